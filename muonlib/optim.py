@@ -1,0 +1,435 @@
+"""Muon and Shampoo as ``torch.optim.Optimizer`` classes, and the parameter routing that
+decides which weights they may touch.
+
+The maths lives in small pure functions (:func:`momentum_direction`,
+:func:`orthogonalize`, :func:`adjusted_lr`, :func:`inverse_root`); the classes only keep
+state and apply updates.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections import ChainMap, defaultdict
+from typing import Callable, Iterable, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from .linalg import CoefficientSpec, msign, newton_schulz
+
+AdjustLR = Literal["match_rms_adamw", "original"] | None
+ADAMW_BETAS = (0.9, 0.95)  # the paper's AdamW settings, also used for Muon's auxiliary AdamW
+
+
+# --------------------------------------------------------------------------- maths
+
+
+def momentum_direction(grad: Tensor, buffer: Tensor, beta: float, nesterov: bool) -> Tensor:
+    """Update the EMA momentum ``M <- beta M + (1 - beta) G`` in place (eq. 3) and return
+    the direction to orthogonalise: ``M`` itself, or with Nesterov the look-ahead
+    ``(1 - beta) G + beta M``. ``grad`` is never modified."""
+    grad = grad.to(buffer.dtype)
+    buffer.lerp_(grad, 1 - beta)
+    return torch.lerp(grad, buffer, beta) if nesterov else buffer
+
+
+def orthogonalize(
+    updates: list[Tensor],
+    method: Literal["newton_schulz", "svd"] = "newton_schulz",
+    steps: int = 5,
+    coefficients: CoefficientSpec = "muon",
+    dtype: torch.dtype = torch.bfloat16,
+) -> list[Tensor]:
+    """``msign`` of each update (eq. 4), by Newton-Schulz or exact SVD.
+
+    Updates of the same shape are stacked and processed in one batched call: on a GPU a
+    768-wide Newton-Schulz is launch-bound, so one call per shape instead of one per
+    matrix is the largest single saving. 3D expert stacks are orthogonalised per expert.
+    """
+    out: list[Tensor | None] = [None] * len(updates)
+    by_shape: dict[tuple, list[int]] = defaultdict(list)
+    for i, u in enumerate(updates):
+        by_shape[(u.shape, u.device)].append(i)
+    for indices in by_shape.values():
+        batch = updates[indices[0]].unsqueeze(0) if len(indices) == 1 else torch.stack([updates[i] for i in indices])
+        if method == "newton_schulz":
+            result = newton_schulz(batch, steps=steps, coefficients=coefficients, dtype=dtype)
+        elif method == "svd":
+            result = msign(batch.double() if batch.dtype == torch.float64 else batch.float())
+        else:
+            raise ValueError(f"orthogonalize must be 'newton_schulz' or 'svd', got {method!r}")
+        for i, r in zip(indices, result.unbind(0)):
+            out[i] = r
+    return out  # type: ignore[return-value]
+
+
+def adjusted_lr(lr: float, shape: torch.Size | tuple[int, ...], adjust_lr: AdjustLR) -> float:
+    """Learning rate applied to the orthogonalised update of an ``m x n`` matrix (the last
+    two dimensions of ``shape``; ``m`` = fan-out, as in ``nn.Linear.weight``).
+
+    * ``"match_rms_adamw"``: ``lr * 0.2 * sqrt(max(m, n))`` (Moonlight, arXiv 2502.16982).
+      ``msign`` of an ``m x n`` matrix has RMS ``1 / sqrt(max(m, n))``, so the update then has
+      RMS about 0.2, the typical RMS of an AdamW update: ``lr`` means the same as AdamW's and
+      one learning rate can serve both (the paper's Algorithm 1 writes ``0.2 sqrt(n)``).
+    * ``"original"``: ``lr * sqrt(max(1, m / n))`` (Keller Jordan): ``lr`` is then roughly
+      the spectral norm of the update, and typical values are ~0.02, not AdamW's ~1e-3.
+    * ``None``: ``lr`` unchanged.
+    """
+    m, n = shape[-2], shape[-1]
+    if adjust_lr == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(m, n))
+    if adjust_lr == "original":
+        return lr * math.sqrt(max(1.0, m / n))
+    if adjust_lr is None:
+        return lr
+    raise ValueError(f"adjust_lr must be 'match_rms_adamw', 'original' or None, got {adjust_lr!r}")
+
+
+def inverse_root(M: Tensor, p: int, eps: float) -> Tensor:
+    """``(M + eps I)^(-1/p)`` of a symmetric positive semi-definite ``M`` by eigendecomposition.
+
+    Eigenvalues below the rounding level of the largest (``n * machine eps * w_max``) are
+    raised to it: the null space of a rank-deficient ``M`` (e.g. ``G^T G`` of a wide ``G``)
+    holds rounding noise of either sign, and a root of it would amplify that noise without
+    bound when ``eps`` is tiny.
+    """
+    n = M.size(-1)
+    w, Q = torch.linalg.eigh(M + eps * torch.eye(n, dtype=M.dtype, device=M.device))
+    floor = (n * torch.finfo(w.dtype).eps * w.amax(dim=-1, keepdim=True)).clamp_min(torch.finfo(w.dtype).tiny)
+    return (Q * torch.maximum(w, floor).pow(-1.0 / p).unsqueeze(-2)) @ Q.mT
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+class Muon(Optimizer):
+    """MomentUm Orthogonalized by Newton-Schulz, eqs. (3)-(5) and Algorithm 1 of the paper.
+
+    For each hidden weight matrix ``W`` (2D, or a 3D stack of experts)::
+
+        M <- beta M + (1 - beta) G                  (Nesterov: D = (1 - beta) G + beta M, else D = M)
+        W <- W - lr * weight_decay * W              (decoupled, with the unadjusted lr)
+        W <- W - adjusted_lr(lr, W.shape) * msign~(D)
+
+    where ``msign~`` is ``ns_steps`` Newton-Schulz iterations with ``ns_coefficients`` (or the
+    exact SVD with ``orthogonalize="svd"``, for ablations). See :func:`adjusted_lr` for what
+    ``lr`` means under each ``adjust_lr``; with the default it is on AdamW's scale.
+
+    Use Muon only for hidden matrices; :func:`build_optimizer` routes embeddings, the
+    output head, norms and biases to AdamW. The momentum buffer is kept in float32 even for
+    low-precision parameters. ``step`` makes no host synchronisation.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        ns_steps: int = 5,
+        ns_coefficients: CoefficientSpec = "muon",
+        adjust_lr: AdjustLR = "match_rms_adamw",
+        orthogonalize: Literal["newton_schulz", "svd"] = "newton_schulz",
+    ):
+        if lr < 0 or weight_decay < 0:
+            raise ValueError(f"lr and weight_decay must be >= 0, got lr={lr}, weight_decay={weight_decay}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if orthogonalize not in ("newton_schulz", "svd"):
+            raise ValueError(f"orthogonalize must be 'newton_schulz' or 'svd', got {orthogonalize!r}")
+        adjusted_lr(1.0, (1, 1), adjust_lr)  # validates adjust_lr
+        defaults = dict(
+            lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, ns_steps=ns_steps,
+            ns_coefficients=ns_coefficients, adjust_lr=adjust_lr, orthogonalize=orthogonalize,
+        )
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim not in (2, 3):
+                    raise ValueError(
+                        f"Muon updates matrices (2D) and stacks of matrices (3D); got a parameter of shape "
+                        f"{tuple(p.shape)}. Give vectors and scalars to AdamW (build_optimizer does this)."
+                    )
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            directions = [
+                momentum_direction(p.grad, self._momentum_buffer(p), group["momentum"], group["nesterov"])
+                for p in params
+            ]
+            updates = orthogonalize(
+                directions, group["orthogonalize"], group["ns_steps"], group["ns_coefficients"]
+            )
+            lr, wd = group["lr"], group["weight_decay"]
+            for p, u in zip(params, updates):
+                if wd:
+                    p.mul_(1 - lr * wd)
+                p.add_(u.to(p.dtype), alpha=-adjusted_lr(lr, p.shape, group["adjust_lr"]))
+        return loss
+
+    def _momentum_buffer(self, p: Tensor) -> Tensor:
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            dtype = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+            state["momentum_buffer"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        return state["momentum_buffer"]
+
+
+class Shampoo(Optimizer):
+    """Full-matrix Shampoo for matrices (and stacks of them), the reference for eq. (11).
+
+    With ``L = G G^T`` and ``R = G^T G`` (or their EMAs with factor ``beta``)::
+
+        W <- W - lr * (L + eps I)^(-1/4) G (R + eps I)^(-1/4)
+
+    The inverse **fourth** roots are those of a matrix (order-2 tensor) Shampoo. With
+    ``beta = 0`` and ``eps -> 0`` the update of a full-rank ``G`` is exactly ``msign(G)``:
+    ``(U S^2 U^T)^(-1/4) U S V^T (V S^2 V^T)^(-1/4) = U V^T``. The preconditioners are
+    computed by eigendecomposition in ``precision`` (float64 by default: this class is a
+    reference, not a fast optimizer). No momentum, no grafting. With ``beta > 0`` the state
+    holds ``L`` and ``R``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float = 0.02,
+        beta: float = 0.0,
+        eps: float = 1e-12,
+        weight_decay: float = 0.0,
+        adjust_lr: AdjustLR = None,
+        precision: torch.dtype = torch.float64,
+    ):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"beta must be in [0, 1), got {beta}")
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        adjusted_lr(1.0, (1, 1), adjust_lr)
+        defaults = dict(lr=lr, beta=beta, eps=eps, weight_decay=weight_decay, adjust_lr=adjust_lr, precision=precision)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim not in (2, 3):
+                    raise ValueError(f"Shampoo here preconditions matrices (2D/3D); got shape {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                G = p.grad.to(group["precision"])
+                L, R = G @ G.mT, G.mT @ G
+                if group["beta"] > 0:
+                    state = self.state[p]
+                    if "L" not in state:
+                        state["L"], state["R"] = torch.zeros_like(L), torch.zeros_like(R)
+                    L = state["L"].lerp_(L, 1 - group["beta"])
+                    R = state["R"].lerp_(R, 1 - group["beta"])
+                update = inverse_root(L, 4, group["eps"]) @ G @ inverse_root(R, 4, group["eps"])
+                lr = group["lr"]
+                if group["weight_decay"]:
+                    p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update.to(p.dtype), alpha=-adjusted_lr(lr, p.shape, group["adjust_lr"]))
+        return loss
+
+
+class HybridOptimizer(Optimizer):
+    """Several optimizers over disjoint parameters, presented as one.
+
+    ``param_groups`` is the concatenation of the children's groups (the same dicts), so an
+    LR scheduler that scales ``group["lr"]`` drives every child; ``state_dict`` nests the
+    children's. Each group carries an ``"optimizer"`` key naming its child.
+    """
+
+    def __init__(self, optimizers: dict[str, Optimizer]):
+        self.optimizers = dict(optimizers)
+        for name, opt in self.optimizers.items():
+            for group in opt.param_groups:
+                group["optimizer"] = name
+        super().__init__([g for opt in self.optimizers.values() for g in opt.param_groups], defaults={})
+        self._link_children()
+
+    def _link_children(self) -> None:
+        # Children's load_state_dict replaces their group and state dicts: point at the new ones.
+        self.param_groups = [g for opt in self.optimizers.values() for g in opt.param_groups]
+        self.state = ChainMap(*(opt.state for opt in self.optimizers.values()))  # type: ignore[assignment]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for opt in self.optimizers.values():
+            opt.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict.get("optimizers", {})
+        if set(saved) != set(self.optimizers):
+            raise ValueError(
+                f"checkpoint holds optimizers {sorted(saved)} but this one has {sorted(self.optimizers)}: "
+                "it was saved for a different optimizer configuration"
+            )
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(saved[name])
+        self._link_children()
+
+    def __repr__(self) -> str:
+        inner = ",\n".join(f"  {name}: {opt!r}".replace("\n", "\n  ") for name, opt in self.optimizers.items())
+        return f"HybridOptimizer(\n{inner}\n)"
+
+
+# --------------------------------------------------------------------------- routing
+
+HEAD_NAMES = ("lm_head", "head", "output", "unembed")
+ROLES = ("hidden", "embedding", "head", "router", "vector")
+
+
+def classify_parameters(model: nn.Module, head_names: Iterable[str] = HEAD_NAMES) -> dict[str, list[tuple[str, Tensor]]]:
+    """Sort a model's parameters by role: ``hidden`` matrices (Muon's), ``embedding``,
+    ``head`` (the output projection to the vocabulary, tied or not), ``router`` (MoE
+    routing logits) and ``vector`` (norm gains, biases, scalars).
+
+    ``ndim == 2`` alone cannot tell a hidden matrix from an embedding or a head, so roles
+    come from the owning module: an ``nn.Embedding``; a module named in ``head_names`` or an
+    ``nn.Linear`` whose output size is the vocabulary of an embedding; a module whose class
+    sets ``muon_role = "router"``. A tied weight counts as an embedding.
+    """
+    head_names = set(head_names)
+    vocab_sizes = {m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)}
+    role_of: dict[int, str] = {}
+    for module_name, module in model.named_modules():
+        leaf = module_name.rsplit(".", 1)[-1]
+        if isinstance(module, nn.Embedding):
+            role = "embedding"
+        elif leaf in head_names or (isinstance(module, nn.Linear) and module.out_features in vocab_sizes):
+            role = "head"
+        elif getattr(module, "muon_role", None) == "router":
+            role = "router"
+        else:
+            continue
+        for p in module.parameters(recurse=False):
+            if p.ndim >= 2 and role_of.get(id(p)) != "embedding":
+                role_of[id(p)] = role
+    roles: dict[str, list[tuple[str, Tensor]]] = {r: [] for r in ROLES}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        role = role_of.get(id(p)) or ("hidden" if p.ndim >= 2 else "vector")
+        roles[role].append((name, p))
+    return roles
+
+
+def assert_muon_safe(model: nn.Module, matrix_params: Iterable[Tensor], head_names: Iterable[str] = HEAD_NAMES) -> None:
+    """Raise if an embedding, an output head or a non-matrix would be orthogonalised."""
+    roles = classify_parameters(model, head_names)
+    forbidden = {id(p): (name, role) for role in ("embedding", "head", "vector") for name, p in roles[role]}
+    for p in matrix_params:
+        if id(p) in forbidden:
+            name, role = forbidden[id(p)]
+            raise ValueError(
+                f"parameter {name!r} (shape {tuple(p.shape)}) is a {role} parameter and would be updated by a "
+                f"matrix optimizer. Muon/Shampoo are for hidden weight matrices only: embeddings and the output "
+                f"head are lookup tables/classifiers whose rows should not be orthogonalised. Send it to AdamW "
+                f"(drop it from `overrides`)."
+            )
+
+
+def build_optimizer(
+    model: nn.Module,
+    name: Literal["muon", "adamw", "shampoo"],
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    betas: tuple[float, float] = ADAMW_BETAS,
+    adamw_lr: float | None = None,
+    router: Literal["adamw", "muon"] = "adamw",
+    overrides: dict[str, str] | None = None,
+    head_names: Iterable[str] = HEAD_NAMES,
+    **matrix_hparams,
+) -> HybridOptimizer:
+    """One optimizer for a whole model, with parameters routed by role.
+
+    * ``"adamw"``: AdamW on everything.
+    * ``"muon"`` / ``"shampoo"``: the matrix optimizer on hidden matrices (2D and 3D expert
+      stacks), AdamW on embeddings, the output head, norms, biases and, unless
+      ``router="muon"``, MoE router weights.
+
+    ``lr`` is shared (with Muon's default ``adjust_lr="match_rms_adamw"`` both optimizers
+    read it on AdamW's scale); ``adamw_lr`` overrides it for the AdamW part. Weight decay
+    applies to matrices, never to vectors. ``overrides`` maps parameter names or glob
+    patterns to ``"muon"`` or ``"adamw"``; sending an embedding or head to Muon raises.
+    ``matrix_hparams`` go to :class:`Muon` or :class:`Shampoo` (e.g. ``momentum``,
+    ``ns_steps``, ``ns_coefficients``, ``adjust_lr``, ``orthogonalize``, ``beta``, ``eps``).
+    """
+    if name not in ("muon", "adamw", "shampoo"):
+        raise ValueError(f"optimizer name must be 'muon', 'adamw' or 'shampoo', got {name!r}")
+    if router not in ("adamw", "muon"):
+        raise ValueError(f"router must be 'adamw' or 'muon', got {router!r}")
+    roles = classify_parameters(model, head_names)
+    matrix_roles = {"hidden"} | ({"router"} if router == "muon" else set())
+    to_matrix: list[tuple[str, Tensor]] = []
+    to_adamw: list[tuple[str, Tensor]] = []
+    for role, named in roles.items():
+        for pname, p in named:
+            target = "muon" if (name != "adamw" and role in matrix_roles) else "adamw"
+            for pattern, forced in (overrides or {}).items():
+                if fnmatch.fnmatchcase(pname, pattern):
+                    if forced not in ("muon", "adamw"):
+                        raise ValueError(f"override for {pattern!r} must be 'muon' or 'adamw', got {forced!r}")
+                    target = forced
+            (to_matrix if target == "muon" and name != "adamw" else to_adamw).append((pname, p))
+    assert_muon_safe(model, (p for _, p in to_matrix), head_names)
+
+    adamw_lr = lr if adamw_lr is None else adamw_lr
+    decay = [p for _, p in to_adamw if p.ndim >= 2]
+    no_decay = [p for _, p in to_adamw if p.ndim < 2]
+    adamw_groups = [g for g in (
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ) if g["params"]]
+    fused = all(p.is_cuda for g in adamw_groups for p in g["params"]) and bool(adamw_groups)
+    optimizers: dict[str, Optimizer] = {}
+    if to_matrix:
+        matrix_cls = Muon if name == "muon" else Shampoo
+        optimizers[name] = matrix_cls(
+            [p for _, p in to_matrix], lr=lr, weight_decay=weight_decay, **matrix_hparams
+        )
+    elif matrix_hparams:
+        raise ValueError(f"{sorted(matrix_hparams)} apply to Muon/Shampoo only, not to {name!r}")
+    if adamw_groups:
+        optimizers["adamw"] = torch.optim.AdamW(adamw_groups, lr=adamw_lr, betas=betas, fused=fused or None)
+    return HybridOptimizer(optimizers)
+
+
+__all__ = [
+    "HybridOptimizer",
+    "Muon",
+    "Shampoo",
+    "adjusted_lr",
+    "assert_muon_safe",
+    "build_optimizer",
+    "classify_parameters",
+    "inverse_root",
+    "momentum_direction",
+    "orthogonalize",
+]

@@ -1,0 +1,155 @@
+"""msign and the Newton-Schulz family: exactness, convergence, symmetries, edge cases."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from muonlib.linalg import (
+    MUON_BAND,
+    coefficient_schedule,
+    msign,
+    newton_schulz,
+    newton_schulz_flops,
+    scalar_map,
+)
+
+F64 = torch.float64
+shapes = st.tuples(st.integers(1, 24), st.integers(1, 24))
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def random_matrix(m, n, seed, dtype=F64, batch=()):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*batch, m, n, generator=g, dtype=dtype)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 10_000))
+def test_msign_is_semi_orthogonal_and_equals_polar_formula(shape, seed):
+    m, n = shape
+    G = random_matrix(m, n, seed)
+    U = msign(G)
+    k = min(m, n)
+    # Gaussian matrices have full rank almost surely: U^T U = I (tall) or U U^T = I (wide).
+    gram = U.mT @ U if m >= n else U @ U.mT
+    assert torch.allclose(gram, torch.eye(k, dtype=F64), atol=1e-10)
+    if m >= n:  # G (G^T G)^(-1/2) needs G^T G invertible
+        w, Q = torch.linalg.eigh(G.mT @ G)
+        assert torch.allclose(U, G @ (Q * w.rsqrt()) @ Q.mT, atol=1e-8)
+
+
+def test_msign_rank_deficient_drops_null_directions():
+    A = random_matrix(8, 3, 0)
+    B = random_matrix(3, 6, 1)
+    G = A @ B  # rank 3
+    U = msign(G)
+    s = torch.linalg.svdvals(U)
+    assert torch.allclose(s[:3], torch.ones(3, dtype=F64), atol=1e-10)
+    assert s[3:].abs().max() < 1e-10
+    assert torch.allclose(msign(U), U, atol=1e-10)  # idempotent
+
+
+def test_msign_zero_and_batched():
+    assert torch.equal(msign(torch.zeros(4, 5, dtype=F64)), torch.zeros(4, 5, dtype=F64))
+    G = random_matrix(5, 7, 3, batch=(2, 3))
+    U = msign(G)
+    for i in range(2):
+        for j in range(3):
+            assert torch.allclose(U[i, j], msign(G[i, j]), atol=1e-12)
+
+
+@pytest.mark.parametrize("coefficients,steps,tol", [("taylor", 12, 1e-9), ("cubic", 30, 1e-9), ("polar_express", 12, 1e-9)])
+def test_convergent_schedules_reach_msign(coefficients, steps, tol):
+    # sigma_min / ||G||_F is about 0.04 here; all three maps send it to 1 in these many steps.
+    G = random_matrix(32, 64, 5)
+    assert rel(newton_schulz(G, steps, coefficients, dtype=F64), msign(G)) < tol
+
+
+def test_polar_express_has_smallest_worst_case_error():
+    # Polar Express is minimax-optimal over normalised singular values in [1e-3, 1]: its
+    # worst case beats the classical maps, though not on every spectrum (Taylor can win on
+    # a well-conditioned matrix).
+    x = torch.logspace(-3, 0, 10_001, dtype=F64)
+    worst = {c: (scalar_map(x, 8, c) - 1).abs().max().item() for c in ("cubic", "taylor", "polar_express")}
+    assert worst["polar_express"] < 1e-2 < worst["taylor"] < worst["cubic"]
+    G = random_matrix(32, 64, 6)
+    assert rel(newton_schulz(G, 5, "cubic", dtype=F64), msign(G)) > 0.1
+
+
+def test_muon_coefficients_stay_in_documented_band_without_converging():
+    x = torch.logspace(-2.5, 0, 20_001, dtype=F64)  # normalised singular values >= 3.2e-3
+    y = scalar_map(x, 5, "muon")
+    assert MUON_BAND[0] <= y.min() and y.max() <= MUON_BAND[1]
+    # more steps do not converge: the map keeps oscillating around 1
+    y10 = scalar_map(x, 10, "muon")
+    assert (y10 - 1).abs().max() > 0.1
+    # the matrix iteration in bf16 lands in the band widened by bf16 rounding (~2^-8 per op, 5 steps)
+    G = random_matrix(64, 256, 7, dtype=torch.float32)
+    s = torch.linalg.svdvals(newton_schulz(G).float())
+    assert MUON_BAND[0] - 0.05 <= s.min() and s.max() <= MUON_BAND[1] + 0.05
+
+
+def test_newton_schulz_commutes_with_svd():
+    G = random_matrix(12, 20, 8)
+    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+    expected = (U * scalar_map(S / G.norm(), 5, "muon")) @ Vh
+    assert rel(newton_schulz(G, 5, "muon", dtype=F64), expected) < 1e-12
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 10_000), coefficients=st.sampled_from(["muon", "taylor", "polar_express"]))
+def test_transpose_symmetry(shape, seed, coefficients):
+    G = random_matrix(*shape, seed)
+    assert torch.allclose(newton_schulz(G.mT, 5, coefficients, dtype=F64), newton_schulz(G, 5, coefficients, dtype=F64).mT, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1e-4, 1.0, 1e6])
+def test_scale_invariance_down_to_tiny_norms(scale):
+    G = random_matrix(16, 40, 9)
+    ref = newton_schulz(G, 5, "muon", dtype=F64)
+    assert rel(newton_schulz(G * scale, 5, "muon", dtype=F64), ref) < 1e-10
+    ref_bf16 = newton_schulz(G.float())
+    assert rel(newton_schulz(G.float() * scale).float(), ref_bf16.float()) < 1e-2
+
+
+def test_zero_input_gives_zero_not_nan():
+    for dtype in (torch.bfloat16, F64):
+        out = newton_schulz(torch.zeros(2, 6, 9), dtype=dtype)
+        assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_batched_equals_loop_and_normalises_per_matrix():
+    # wildly different scales per expert: a norm taken across experts would crush the small ones
+    G = random_matrix(6, 10, 10, batch=(4,)) * torch.tensor([1e-6, 1.0, 1e3, 1e-2], dtype=F64).view(4, 1, 1)
+    batched = newton_schulz(G, 5, "polar_express", dtype=F64)
+    for e in range(4):
+        assert torch.allclose(batched[e], newton_schulz(G[e], 5, "polar_express", dtype=F64), atol=1e-12)
+    G4 = random_matrix(7, 5, 11, batch=(2, 3))
+    assert torch.allclose(newton_schulz(G4, dtype=F64)[1, 2], newton_schulz(G4[1, 2], dtype=F64), atol=1e-12)
+
+
+def test_coefficient_specs():
+    assert coefficient_schedule("muon", 2) == [(3.4445, -4.7750, 2.0315)] * 2
+    pe = coefficient_schedule("polar_express", 10)
+    assert pe[-1] == (1.875, -1.25, 0.375) and pe[0][0] == pytest.approx(8.28721201814563 / 1.01)
+    assert coefficient_schedule((1.5, -0.5, 0.0), 3) == [(1.5, -0.5, 0.0)] * 3
+    assert coefficient_schedule([(1, 2, 3), (4, 5, 6)], 3) == [(1, 2, 3), (4, 5, 6), (4, 5, 6)]
+    with pytest.raises(ValueError, match="unknown coefficient set"):
+        coefficient_schedule("newton", 5)
+    with pytest.raises(ValueError, match="ndim >= 2"):
+        newton_schulz(torch.ones(5))
+
+
+def test_polynomial_fixed_points():
+    one = torch.ones(1, dtype=F64)
+    for name in ("taylor", "cubic"):
+        assert scalar_map(one, 3, name).item() == pytest.approx(1.0, abs=1e-15)
+    assert scalar_map(one, 1, "muon").item() == pytest.approx(3.4445 - 4.7750 + 2.0315)
+
+
+def test_flops_formula():
+    assert newton_schulz_flops(768, 3072) == newton_schulz_flops(3072, 768) == 5 * (4 * 768**2 * 3072 + 2 * 768**3)

@@ -1,0 +1,273 @@
+"""Muon against torch.optim.Muon, Shampoo's equivalence (eq. 11), and parameter routing."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from muonlib.linalg import msign, newton_schulz
+from muonlib.optim import (
+    HybridOptimizer,
+    Muon,
+    Shampoo,
+    adjusted_lr,
+    build_optimizer,
+    classify_parameters,
+    orthogonalize,
+)
+
+F64 = torch.float64
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def run_steps(opt_factory, W0, grads):
+    W = W0.clone().requires_grad_()
+    opt = opt_factory([W])
+    for g in grads:
+        W.grad = g.clone()
+        opt.step()
+    return W.detach()
+
+
+@pytest.mark.parametrize("adjust", ["original", "match_rms_adamw"])
+@pytest.mark.parametrize("shape", [(48, 96), (96, 48), (64, 64)])
+def test_muon_matches_torch_optim_muon(adjust, shape):
+    torch.manual_seed(0)
+    W0 = torch.randn(shape)
+    grads = [torch.randn(shape) for _ in range(3)]
+    hp = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True)
+    ours = run_steps(lambda p: Muon(p, adjust_lr=adjust, **hp), W0, grads)
+    ref = run_steps(lambda p: torch.optim.Muon(p, adjust_lr_fn=adjust, **hp), W0, grads)
+    # Both run Newton-Schulz in bf16; they differ only in rounding (torch normalises in bf16,
+    # we in fp32), about 1% of the update.
+    assert rel(ours - W0, ref - W0) < 2e-2
+    assert rel(ours - W0, ref - W0) > 0  # a genuinely independent computation
+
+
+def test_muon_update_formula_exactly():
+    """One step in float64 with exact msign: W1 = (1 - lr wd) W0 - lr 0.2 sqrt(max(m,n)) msign(D)."""
+    torch.manual_seed(1)
+    W0, G = torch.randn(20, 30, dtype=F64), torch.randn(20, 30, dtype=F64)
+    lr, wd, beta = 0.01, 0.1, 0.9
+    for nesterov in (False, True):
+        W = run_steps(lambda p: Muon(p, lr=lr, weight_decay=wd, momentum=beta, nesterov=nesterov, orthogonalize="svd"), W0, [G])
+        M = (1 - beta) * G  # EMA from a zero buffer
+        D = (1 - beta) * G + beta * M if nesterov else M
+        expected = (1 - lr * wd) * W0 - lr * 0.2 * 30**0.5 * msign(D)
+        assert torch.allclose(W, expected, atol=1e-12)
+
+
+def test_nesterov_changes_direction_and_grad_is_untouched():
+    torch.manual_seed(2)
+    W0 = torch.randn(8, 12)
+    grads = [torch.randn(8, 12) for _ in range(3)]
+    a = run_steps(lambda p: Muon(p, nesterov=True), W0, grads)
+    b = run_steps(lambda p: Muon(p, nesterov=False), W0, grads)
+    assert rel(a - W0, b - W0) > 1e-2
+    W = W0.clone().requires_grad_()
+    g = torch.randn(8, 12)
+    W.grad = g.clone()
+    Muon([W]).step()
+    assert torch.equal(W.grad, g)
+
+
+def test_weight_decay_uses_unadjusted_lr():
+    W0 = torch.randn(4, 6, dtype=F64)
+    W = run_steps(lambda p: Muon(p, lr=0.1, weight_decay=0.5, orthogonalize="svd"), W0, [torch.zeros(4, 6, dtype=F64)])
+    assert torch.allclose(W, (1 - 0.1 * 0.5) * W0)  # zero gradient: only decay acts
+
+
+def test_update_rms_matches_adamw_scale():
+    torch.manual_seed(3)
+    for shape in [(64, 256), (256, 64), (128, 128)]:
+        W0 = torch.zeros(shape, dtype=F64)
+        W = run_steps(lambda p: Muon(p, lr=1.0, orthogonalize="svd"), W0, [torch.randn(shape, dtype=F64)])
+        assert W.pow(2).mean().sqrt().item() == pytest.approx(0.2, rel=1e-9)
+    assert adjusted_lr(1.0, (768, 3072), "original") == 1.0
+    assert adjusted_lr(1.0, (3072, 768), "original") == pytest.approx(2.0)
+    assert adjusted_lr(0.5, (10, 20), None) == 0.5
+
+
+def test_muon_3d_stack_is_orthogonalised_per_expert():
+    torch.manual_seed(4)
+    G = torch.randn(3, 8, 16) * torch.tensor([1e-5, 1.0, 1e4]).view(3, 1, 1)
+    W = run_steps(lambda p: Muon(p, lr=1.0, momentum=0.0, nesterov=False, adjust_lr=None), torch.zeros(3, 8, 16), [G])
+    for e in range(3):
+        assert torch.allclose(W[e], -newton_schulz(G[e]).float(), atol=1e-6)
+
+
+def test_orthogonalize_groups_shapes_without_mixing():
+    torch.manual_seed(5)
+    mats = [torch.randn(6, 10), torch.randn(10, 6), torch.randn(6, 10), torch.randn(2, 6, 10)]
+    out = orthogonalize(mats)
+    for m, o in zip(mats, out):
+        assert torch.equal(o, newton_schulz(m)) or torch.allclose(o.float(), newton_schulz(m).float(), atol=1e-2)
+        assert o.shape == m.shape
+
+
+def test_state_dict_round_trip_resumes_identically():
+    torch.manual_seed(6)
+    W0 = torch.randn(16, 24)
+    grads = [torch.randn(16, 24) for _ in range(4)]
+    straight = run_steps(lambda p: Muon(p, weight_decay=0.1), W0, grads)
+    W = W0.clone().requires_grad_()
+    opt = Muon([W], weight_decay=0.1)
+    for g in grads[:2]:
+        W.grad = g.clone()
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    W2 = W.detach().clone().requires_grad_()
+    opt2 = Muon([W2], weight_decay=0.1)
+    opt2.load_state_dict(saved)
+    for g in grads[2:]:
+        W2.grad = g.clone()
+        opt2.step()
+    assert torch.equal(W2.detach(), straight)
+
+
+def test_muon_rejects_vectors_and_bad_hparams():
+    with pytest.raises(ValueError, match="AdamW"):
+        Muon([nn.Parameter(torch.zeros(5))])
+    with pytest.raises(ValueError, match="adjust_lr"):
+        Muon([nn.Parameter(torch.zeros(2, 2))], adjust_lr="sqrt")
+    with pytest.raises(ValueError, match="momentum"):
+        Muon([nn.Parameter(torch.zeros(2, 2))], momentum=1.0)
+
+
+@pytest.mark.parametrize("shape", [(12, 12), (8, 20), (20, 8)])
+def test_shampoo_without_accumulation_takes_the_msign_step(shape):
+    torch.manual_seed(7)
+    G = torch.randn(shape, dtype=F64)
+    W = run_steps(lambda p: Shampoo(p, lr=1.0, beta=0.0, eps=1e-14), torch.zeros(shape, dtype=F64), [G])
+    assert rel(-W, msign(G)) < 1e-8
+
+
+def test_shampoo_uses_fourth_roots():
+    # G = 2 I: (4I)^(-1/4) (2I) (4I)^(-1/4) = I. An inverse square root would give I/2.
+    W = run_steps(lambda p: Shampoo(p, lr=1.0, eps=0.0), torch.zeros(5, 5, dtype=F64), [2 * torch.eye(5, dtype=F64)])
+    assert torch.allclose(-W, torch.eye(5, dtype=F64), atol=1e-12)
+
+
+def test_shampoo_with_accumulation_departs_from_msign():
+    torch.manual_seed(8)
+    grads = [torch.randn(10, 14, dtype=F64) for _ in range(3)]
+    W = run_steps(lambda p: Shampoo(p, lr=1.0, beta=0.9, eps=1e-12), torch.zeros(10, 14, dtype=F64), grads)
+    msign_sum = -sum(msign(g) for g in grads)
+    assert rel(W, msign_sum) > 1e-2
+
+
+# --------------------------------------------------------------------------- routing
+
+
+class Router(nn.Module):
+    muon_role = "router"
+
+    def __init__(self, d, n):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n, d) * 0.02)
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab=50, d=16, tied=True, head_name="lm_head"):
+        super().__init__()
+        self.tok_emb = nn.Embedding(vocab, d)
+        self.attn = nn.Linear(d, 3 * d, bias=True)
+        self.proj = nn.Linear(d, d, bias=False)
+        self.norm = nn.LayerNorm(d)
+        self.experts = nn.Parameter(torch.randn(4, 2 * d, d) * 0.02)
+        self.router = Router(d, 4)
+        self.scale = nn.Parameter(torch.ones(()))
+        head = nn.Linear(d, vocab, bias=False)
+        setattr(self, head_name, head)
+        if tied:
+            head.weight = self.tok_emb.weight
+
+    def forward(self, idx):
+        x = self.tok_emb(idx)
+        x = x + self.proj(self.attn(x)[..., : x.size(-1)])
+        x = x + torch.einsum("btd,ehd->bteh", x, self.experts).mean((-1, -2)).unsqueeze(-1)
+        x = x + (x @ self.router.weight.T).mean(-1, keepdim=True)
+        return getattr(self, "lm_head", getattr(self, "decoder", None))(self.norm(x) * self.scale)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_classify_parameters(tied):
+    roles = {r: {n for n, _ in v} for r, v in classify_parameters(TinyLM(tied=tied)).items()}
+    assert roles["hidden"] == {"attn.weight", "proj.weight", "experts"}
+    assert roles["embedding"] == {"tok_emb.weight"}
+    assert roles["head"] == (set() if tied else {"lm_head.weight"})
+    assert roles["router"] == {"router.weight"}
+    assert roles["vector"] == {"attn.bias", "norm.weight", "norm.bias", "scale"}
+
+
+def test_head_found_by_vocab_size_whatever_its_name():
+    roles = classify_parameters(TinyLM(tied=False, head_name="decoder"))
+    assert [n for n, _ in roles["head"]] == ["decoder.weight"]
+
+
+def muon_param_ids(opt):
+    return {id(p) for p in opt.optimizers["muon"].param_groups[0]["params"]} if "muon" in opt.optimizers else set()
+
+
+def test_build_optimizer_routes_and_trains():
+    torch.manual_seed(9)
+    model = TinyLM(tied=False)
+    opt = build_optimizer(model, "muon", lr=1e-2, weight_decay=0.1)
+    assert isinstance(opt, HybridOptimizer) and isinstance(opt, torch.optim.Optimizer)
+    assert muon_param_ids(opt) == {id(model.attn.weight), id(model.proj.weight), id(model.experts)}
+    adamw_groups = opt.optimizers["adamw"].param_groups
+    assert {g["weight_decay"] for g in adamw_groups} == {0.1, 0.0}
+    assert all(p.ndim < 2 for g in adamw_groups if g["weight_decay"] == 0.0 for p in g["params"])
+    assert adamw_groups[0]["betas"] == (0.9, 0.95)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+    assert all(g["lr"] == pytest.approx(5e-3) for g in opt.param_groups)  # scheduler reaches every child
+    idx = torch.randint(0, 50, (4, 8))
+    losses = []
+    for _ in range(20):
+        loss = nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5
+    assert set(opt.state_dict()["optimizers"]) == {"muon", "adamw"}
+
+
+def test_build_optimizer_router_and_adamw_modes():
+    model = TinyLM()
+    assert id(model.router.weight) in muon_param_ids(build_optimizer(model, "muon", router="muon"))
+    assert id(model.router.weight) not in muon_param_ids(build_optimizer(model, "muon"))
+    adamw = build_optimizer(model, "adamw")
+    assert set(adamw.optimizers) == {"adamw"}
+    shampoo = build_optimizer(model, "shampoo", beta=0.0)
+    assert isinstance(shampoo.optimizers["shampoo"], Shampoo)
+
+
+@pytest.mark.parametrize("pattern", ["tok_emb.weight", "lm_head.*"])
+def test_embedding_or_head_can_never_reach_muon(pattern):
+    model = TinyLM(tied=False)
+    with pytest.raises(ValueError, match=r"(embedding|head) parameter .* matrix optimizer"):
+        build_optimizer(model, "muon", overrides={pattern: "muon"})
+
+
+def test_hybrid_state_dict_round_trip():
+    torch.manual_seed(10)
+    model = TinyLM(tied=False)
+    opt = build_optimizer(model, "muon")
+    idx = torch.randint(0, 50, (2, 5))
+    nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten()).backward()
+    opt.step()
+    clone = copy.deepcopy(model)
+    opt2 = build_optimizer(clone, "muon")
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    buf = opt.state[model.proj.weight]["momentum_buffer"]
+    assert torch.equal(opt2.state[clone.proj.weight]["momentum_buffer"], buf)
+    torch.optim.lr_scheduler.LambdaLR(opt2, lambda step: 0.25)  # must reach the reloaded children
+    assert all(g["lr"] == pytest.approx(0.25e-3) for opt in opt2.optimizers.values() for g in opt.param_groups)
+    with pytest.raises(ValueError, match="different optimizer configuration"):
+        build_optimizer(clone, "adamw").load_state_dict(opt.state_dict())
