@@ -1,0 +1,34 @@
+"""Which compute preset fits the machine a notebook runs on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PRESETS = ("cpu", "t4", "a100", "h100")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    preset: str  # one of PRESETS
+    device: str  # "cpu" or "cuda"
+    name: str  # what the machine calls itself
+    bf16: bool  # fast bfloat16 matmuls (Ampere and newer)
+
+    def __str__(self) -> str:
+        return f"{self.name} -> preset {self.preset!r} (device {self.device}, bf16 {'yes' if self.bf16 else 'no'})"
+
+
+def detect_hardware() -> Hardware:
+    """The preset for the first visible GPU, or ``cpu``.
+
+    Hopper and newer map to ``h100``, other Ampere-class GPUs (compute capability 8.x) to
+    ``a100``, anything older (Colab's T4 is 7.5) to ``t4``, which has no bf16 tensor cores.
+    """
+    if not torch.cuda.is_available():
+        return Hardware("cpu", "cpu", "CPU", bf16=False)
+    name = torch.cuda.get_device_name(0)
+    major, _ = torch.cuda.get_device_capability(0)
+    preset = "h100" if major >= 9 else "a100" if major == 8 else "t4"
+    return Hardware(preset, "cuda", name, bf16=major >= 8)

@@ -1,0 +1,45 @@
+"""Notebook conventions (CONTRIBUTING.md): badge, Colab setup, no stored outputs."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").rglob("*.ipynb"))
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+REPO_URL = CONFIG["repository"]["url"]
+
+
+def test_there_are_notebooks_and_all_are_in_the_toc():
+    assert NOTEBOOKS
+    toc = (ROOT / "_toc.yml").read_text()
+    for path in NOTEBOOKS:
+        assert str(path.relative_to(ROOT).with_suffix("")) in toc, f"{path} is not in _toc.yml"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_conventions(path):
+    nb = json.loads(path.read_text())
+    cells = nb["cells"]
+    first = "".join(cells[0]["source"])
+    assert cells[0]["cell_type"] == "markdown" and first.startswith("# "), "first cell: a title"
+    colab = f"https://colab.research.google.com/github/{REPO_URL.removeprefix('https://github.com/')}/blob/{CONFIG['repository']['branch']}/{path.relative_to(ROOT)}"
+    assert colab in first, f"first cell needs the Open in Colab badge linking {colab}"
+    setup = "".join(cells[1]["source"])
+    assert '"google.colab" in sys.modules' in setup and f"git+{REPO_URL}" in setup, "second cell: Colab-only install"
+    for cell in cells:
+        if cell["cell_type"] == "code":
+            assert not cell.get("outputs") and cell.get("execution_count") is None, "commit notebooks without outputs"
+
+
+def test_repository_url_appears_nowhere_else():
+    # the URL lives in _config.yml; notebooks use it as checked above, nothing else hard-codes it
+    offenders = [
+        p for p in ROOT.rglob("*")
+        if p.is_file() and p.suffix in {".py", ".md", ".yml", ".toml"} and ".venv" not in p.parts and "_build" not in p.parts
+        and p.name != "_config.yml" and p.parent.name != "tests" and re.search(re.escape(REPO_URL), p.read_text(errors="ignore"))
+    ]
+    assert not offenders, offenders
