@@ -1,0 +1,50 @@
+"""What produced a result: code version, machine, software, time. Written into every artifact."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def git_commit() -> str:
+    """The checkout's commit (``+dirty`` if it has uncommitted changes), or ``MUONLIB_COMMIT``
+    where the tree was copied without ``.git`` (e.g. to a GPU machine)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("MUONLIB_COMMIT", "unknown")
+
+
+def provenance(config: dict[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
+    return {
+        "git_commit": git_commit(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seed": seed,
+        "config": config,
+    }
+
+
+def write_json(path: str | Path, results: Any, config: dict[str, Any] | None = None, seed: int | None = None) -> Path:
+    """Write ``{"provenance": ..., "results": ...}`` atomically (a crash leaves the old file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"provenance": provenance(config, seed), "results": results}, indent=1, default=str))
+    tmp.replace(path)
+    return path
