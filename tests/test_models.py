@@ -171,6 +171,15 @@ def test_bias_rule_balances_a_skewed_stream():
     assert before > 2.0 and after < 0.15, (before, after)
 
 
+def test_balancing_state_stays_fp32_in_a_bf16_model():
+    model = tiny("moe-mla").to(torch.bfloat16).train()
+    router = model.blocks[0].ffn.router
+    assert {router.bias.dtype, router.counts.dtype, router.load.dtype} == {torch.float32}
+    assert router.weight.dtype == torch.bfloat16
+    model(torch.randint(0, 512, (8, 64)))  # 512 tokens x top-2: counts well past bf16's exact range
+    assert router.counts.sum().item() == 8 * 64 * model.config.top_k
+
+
 def test_muon_routing_on_a_real_model():
     model = tiny("moe-mla")
     roles = {r: {n for n, _ in v} for r, v in classify_parameters(model).items()}

@@ -42,6 +42,14 @@ class Router(nn.Module):
         self.register_buffer("counts", torch.zeros(n_experts))  # tokens routed since the last bias update
         self.register_buffer("load", torch.zeros(n_experts))  # f_i of the last update
 
+    def _apply(self, fn, recurse=True):
+        # model.to(bfloat16) must not cast the balancing state: bf16 counts stop being exact
+        # above 256, and bias steps of gamma * (f_i - 1/N) ~ 1e-3 would round away.
+        super()._apply(fn, recurse)
+        for name in ("bias", "counts", "load"):
+            setattr(self, name, getattr(self, name).float())
+        return self
+
     def forward(self, x: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
         """Expert indices ``(N, k)`` and gate weights ``(N, k)`` (fp32, summing to 1) for ``N`` tokens."""
         dtype = torch.promote_types(x.dtype, torch.float32)  # routing decisions in fp32 at least
