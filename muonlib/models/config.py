@@ -113,7 +113,7 @@ PAPER_PARAMS = {"XS": 17.5e6, "S": 44.5e6, "M": 54.1e6, "L": 123.3e6, "XL": 202.
 
 
 def preset(name: str, variant: str = "mha", **changes) -> ModelConfig:
-    """A Table 1 size (``tiny``, ``XS`` ... ``XL``) as one of :data:`VARIANTS`."""
+    """A Table 1 size (``tiny``, ``XS`` ... ``XL``) as one of ``VARIANTS`` (``mha``, ``mla``, ``mla-norope``, ``moe-mla``)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
     return PRESETS[name].variant(variant).replace(**changes)
