@@ -1,0 +1,294 @@
+"""The trainer every experiment goes through: schedule, precision, evaluation, metrics,
+checkpoints that resume exactly, and a clear stop on divergence.
+
+``train(config, out_dir)`` writes ``out_dir/metrics.jsonl`` -- a provenance header, then one
+record per step (with ``val_loss`` at evaluation steps), then a ``final`` record -- and keeps
+``out_dir/checkpoint.pt``. Called again on the same folder it resumes from the checkpoint
+(the data of step ``k`` depends only on the seed and ``k``, the schedule only on ``k``) and,
+on a CPU, reproduces the uninterrupted run bit for bit; a finished run is not repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import time
+from collections import deque
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import VOCAB_SIZE, TokenBatches, evaluation_batches, load_tokens
+from .models import GPT, preset
+from .optim import build_optimizer
+from .provenance import provenance
+
+SPIKE_WINDOW = 50  # steps of history a loss is compared with
+SPIKE_RATIO = 1.1  # a spike: loss above 1.1x the median of that history
+SPIKE_MIN_HISTORY = 10
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "XS"  # a Table 1 preset (muonlib.models.PRESETS)
+    variant: str = "mha"
+    model_changes: dict[str, Any] = field(default_factory=dict)  # e.g. {"context": 256}
+    optimizer: str = "muon"  # muon | adamw | shampoo (build_optimizer)
+    lr: float = 2.5e-3  # peak; Table 1's LR_max for XS
+    adamw_lr: float | None = None  # the AdamW part of a Muon run (default: lr)
+    weight_decay: float = 0.1
+    optimizer_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"momentum": 0.9}
+    corpus: str = "gutenberg"
+    batch_size: int = 32  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per step
+    steps: int = 300
+    warmup: float = 0.02  # fraction of steps (the paper: 0.5-2%)
+    final_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    eval_tokens: int = 2**17
+    checkpoint_every: int = 100
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
+        for name in ("steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+
+    def model_config(self):
+        return preset(self.model, self.variant, **self.model_changes)
+
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.grad_accum * self.model_config().context
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def lr_factor(step: int, steps: int, warmup: float, final_ratio: float) -> float:
+    """Linear warm-up over ``warmup * steps`` steps (at least one), then cosine decay from the
+    peak to ``final_ratio`` of it at the last step. ``step`` counts from 0."""
+    warm = max(1, round(warmup * steps))
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, steps - 1 - warm)
+    return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def is_loss_spike(history: list[float] | deque, loss: float) -> bool:
+    """A training loss more than ``SPIKE_RATIO`` times the median of the previous
+    ``SPIKE_WINDOW`` losses (once ``SPIKE_MIN_HISTORY`` exist). A median ignores earlier
+    spikes; while the loss falls, the median lies above it and nothing fires."""
+    if len(history) < SPIKE_MIN_HISTORY:
+        return False
+    return loss > SPIKE_RATIO * statistics.median(list(history)[-SPIKE_WINDOW:])
+
+
+def count_loss_spikes(losses: list[float]) -> int:
+    return sum(is_loss_spike(losses[max(0, i - SPIKE_WINDOW) : i], loss) for i, loss in enumerate(losses))
+
+
+def flops_per_token(model: GPT) -> int:
+    """Training FLOPs per token: ``6 N`` for the active parameters (forward 2, backward 4)
+    plus ``12 L d T`` for the attention scores and their values (PaLM, appendix B)."""
+    c = model.config
+    positions = model.pos_emb.weight.numel() if model.pos_emb is not None else 0
+    return 6 * (model.num_parameters(active=True) - positions) + 12 * c.n_layer * c.d_model * c.context
+
+
+def resolve_device(config: TrainConfig) -> tuple[torch.device, str]:
+    """The device and the precision: bf16 autocast where the GPU has bf16 tensor cores, fp16
+    with loss scaling on older GPUs (Colab's T4), fp32 on a CPU."""
+    if config.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' was asked for but no GPU is visible: use device='auto' or 'cpu'")
+    precision = config.precision
+    if precision == "auto":
+        precision = "fp32" if device.type == "cpu" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise RuntimeError(f"{torch.cuda.get_device_name(device)} has no bf16 support: use precision='fp16' or 'auto'")
+    return device, precision
+
+
+class Checkpoint:
+    """Model, optimizer, step, RNG and loss-scaler state in one atomically replaced file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def save(self, model, optimizer, scaler, step: int, spike_history: deque) -> None:
+        state = {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            "scaler": scaler.state_dict(), "spike_history": list(spike_history),
+            "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path)
+
+    def load(self, model, optimizer, scaler) -> tuple[int, deque]:
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception as err:
+            raise ValueError(f"checkpoint {self.path} cannot be read ({err}); delete it to start the run afresh") from err
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        return state["step"], deque(state["spike_history"], maxlen=SPIKE_WINDOW)
+
+
+class MetricsLog:
+    """``metrics.jsonl``: a header ``{"provenance": ...}``, step records, a ``final`` record."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self) -> tuple[dict | None, list[dict]]:
+        if not self.path.exists():
+            return None, []
+        lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return (lines[0], lines[1:]) if lines else (None, [])
+
+    def start(self, header: dict, keep_until: int | None) -> list[dict]:
+        """Begin a run (header only) or resume one: keep the records up to step ``keep_until``."""
+        old_header, records = self.read()
+        if keep_until is None or old_header is None:
+            old_header, records = header, []
+        records = [r for r in records if "final" not in r and r["step"] <= keep_until]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in [old_header, *records]))
+        return records
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+@torch.no_grad()
+def evaluate(model, batches, device, autocast) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in batches:
+        with autocast:
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.item() * y.numel()
+        count += y.numel()
+    model.train()
+    return total / count
+
+
+def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> list[dict]:
+    """Train (or resume, or return the finished run in) ``out_dir``; returns the step records."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log, checkpoint = MetricsLog(out_dir / "metrics.jsonl"), Checkpoint(out_dir / "checkpoint.pt")
+    header, records = log.read()
+    if records and "final" in records[-1]:
+        return records[:-1]
+    device, precision = resolve_device(config)
+    model_config = config.model_config()
+    if model_config.vocab_size < VOCAB_SIZE:
+        raise ValueError(f"the model's vocabulary ({model_config.vocab_size}) is smaller than GPT-2's ({VOCAB_SIZE}), "
+                         f"which the corpora are tokenized with: set model_changes={{'vocab_size': {VOCAB_SIZE}}}")
+
+    torch.manual_seed(config.seed)
+    model = GPT(model_config).to(device)
+    optimizer = build_optimizer(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+                                adamw_lr=config.adamw_lr, **config.optimizer_options)
+    for group in optimizer.param_groups:
+        group["peak_lr"] = group["lr"]
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16) if precision != "fp32" else nullcontext()
+
+    start, spike_history = 0, deque(maxlen=SPIKE_WINDOW)
+    if checkpoint.path.exists():
+        start, spike_history = checkpoint.load(model, optimizer, scaler)
+    header = {"provenance": provenance(config.to_dict(), config.seed) | {"precision": precision}}
+    records = log.start(header, keep_until=start or None)
+    saved_step = start
+
+    train_tokens = load_tokens(config.corpus, "train")
+    batches = TokenBatches(train_tokens, config.batch_size, model_config.context, config.seed)
+    eval_set = evaluation_batches(load_tokens(config.corpus, "val"), config.batch_size, model_config.context, config.eval_tokens)
+    step_model = torch.compile(model) if config.compile else model
+    tokens_per_step = config.tokens_per_step()
+    flops = flops_per_token(model) * tokens_per_step
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    bar = tqdm(total=config.steps, initial=start, desc=f"{config.optimizer} lr={config.lr:g}", disable=not progress)
+    for step in range(start, config.steps):
+        t0 = time.perf_counter()
+        factor = lr_factor(step, config.steps, config.warmup, config.final_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = group["peak_lr"] * factor
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(config.grad_accum):
+            x, y = batches(step * config.grad_accum + micro)
+            with autocast:
+                _, loss = step_model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+            scaler.scale(loss / config.grad_accum).backward()
+            loss_sum += loss.detach()
+        loss = loss_sum.item() / config.grad_accum
+        if not math.isfinite(loss):
+            saved = f"the last good checkpoint is {checkpoint.path} (step {saved_step})" if saved_step else "no checkpoint was saved yet"
+            raise TrainingDiverged(f"the training loss became {loss} at step {step}; {saved}. Lower the learning rate "
+                                   f"or raise the warm-up; resuming from the checkpoint would diverge the same way.")
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).item()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        model.update_moe_biases()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+
+        record = {
+            "step": step + 1, "loss": loss, "lr": config.lr * factor, "grad_norm": grad_norm,
+            "tokens": (step + 1) * tokens_per_step, "flops": (step + 1) * flops, "seconds": seconds,
+            "tokens_per_s": tokens_per_step / seconds, "spike": is_loss_spike(spike_history, loss),
+        }
+        spike_history.append(loss)
+        if device.type == "cuda":
+            record["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+        if moe := model.moe_layers():
+            stats = [layer.load_statistics() for layer in moe]
+            record["moe_cv"] = sum(s["cv"].item() for s in stats) / len(stats)
+            record["moe_max_violation"] = max(s["max_violation"].item() for s in stats)
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            record["val_loss"] = evaluate(step_model, eval_set, device, autocast)
+        log.append(record)
+        records.append(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            checkpoint.save(model, optimizer, scaler, step + 1, spike_history)
+            saved_step = step + 1
+    bar.close()
+    log.append({"final": True, "step": config.steps, "val_loss": records[-1]["val_loss"],
+                "spikes": sum(r["spike"] for r in records)})
+    return records
+
