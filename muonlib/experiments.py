@@ -53,7 +53,7 @@ EXPERIMENTS = {
             "xs_muon_vs_adamw",
             "XS MHA: Muon vs AdamW, each at its own best learning rate, then three seeds each",
             muon_vs_adamw_base,
-            {opt: (1.25e-3, 2.5e-3, 5e-3, 1e-2, 2e-2) for opt in ("adamw", "muon")},
+            {opt: (3.125e-4, 6.25e-4, 1.25e-3, 2.5e-3, 5e-3, 1e-2, 2e-2) for opt in ("adamw", "muon")},
         ),
     )
 }

@@ -14,15 +14,17 @@ import torch
 
 
 def git_commit() -> str:
-    """The checkout's commit (``+dirty`` if it has uncommitted changes), or ``MUONLIB_COMMIT``
-    where the tree was copied without ``.git`` (e.g. to a GPU machine)."""
+    """``MUONLIB_COMMIT`` where it is set (a tree copied to a GPU machine may carry a stale
+    ``.git``), else the checkout's commit, ``+dirty`` if it has uncommitted changes."""
+    if "MUONLIB_COMMIT" in os.environ:
+        return os.environ["MUONLIB_COMMIT"]
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("MUONLIB_COMMIT", "unknown")
+        return "unknown"
 
 
 def provenance(config: dict[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
