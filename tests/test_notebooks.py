@@ -29,7 +29,8 @@ def test_notebook_conventions(path):
     colab = f"https://colab.research.google.com/github/{REPO_URL.removeprefix('https://github.com/')}/blob/{CONFIG['repository']['branch']}/{path.relative_to(ROOT)}"
     assert colab in first, f"first cell needs the Open in Colab badge linking {colab}"
     setup = "".join(cells[1]["source"])
-    assert '"google.colab" in sys.modules' in setup and f"git+{REPO_URL}" in setup, "second cell: Colab-only install"
+    assert '"google.colab" in sys.modules' in setup and f'"git", "clone", "--depth", "1", "{REPO_URL}"' in setup, \
+        "second cell: on Colab only, clone the repository and install muonlib from it"
     for cell in cells:
         if cell["cell_type"] == "code":
             assert not cell.get("outputs") and cell.get("execution_count") is None, "commit notebooks without outputs"
