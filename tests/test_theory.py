@@ -1,0 +1,103 @@
+"""The verdicts of the theory chapters (spectral geometry, Shampoo), guarded on small cases."""
+
+import pytest
+import torch
+
+from muonlib import Muon, msign
+from muonlib.theory import (accumulated_shampoo_direction, nearest_orthonormal_by_descent, optimizer_state_floats,
+                            random_unit_spectral, relative_error, shampoo_direction, spectral_ball_ascent, stiefel_tangent)
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(0)
+
+
+def nuclear(G):
+    return float(torch.linalg.matrix_norm(G, "nuc"))
+
+
+def test_theorem3_max_is_the_nuclear_norm_unique_only_for_full_rank(gen):
+    G = torch.randn(24, 16, generator=gen, dtype=torch.float64)
+    assert float((G * msign(G)).sum()) == pytest.approx(nuclear(G), rel=1e-12)
+    random = (random_unit_spectral((24, 16), 500, gen) * G).sum((-2, -1))
+    assert float(random.max()) < nuclear(G)
+    U, trace = spectral_ball_ascent(G, 300, 1.0, gen)
+    assert trace[-1] == pytest.approx(nuclear(G), rel=1e-9) and torch.allclose(U, msign(G), atol=1e-6)
+    low = torch.randn(24, 3, generator=gen, dtype=torch.float64) @ torch.randn(3, 16, generator=gen, dtype=torch.float64)
+    U, trace = spectral_ball_ascent(low, 300, 1.0, gen)
+    assert trace[-1] == pytest.approx(nuclear(low), rel=1e-9)
+    assert float(torch.linalg.matrix_norm(U - msign(low))) > 0.5  # another maximiser
+    assert torch.linalg.matrix_norm(msign(low)) < torch.linalg.matrix_norm(U)  # msign: the least-norm one
+
+
+def test_eq6_argmin_is_minus_msign_and_ascends(gen):
+    G = torch.randn(16, 16, generator=gen, dtype=torch.float64)
+    assert float((G * -msign(G)).sum()) == pytest.approx(-nuclear(G))
+    W = torch.randn(16, 16, generator=gen, dtype=torch.float64)
+    loss = lambda W: 0.5 * (W**2).sum()  # gradient W
+    assert loss(W + 0.01 * msign(W)) > loss(W) > loss(W - 0.01 * msign(W))
+
+
+def test_proposition4_holds_for_full_rank_and_msign_is_infeasible_otherwise(gen):
+    M = torch.randn(30, 10, generator=gen, dtype=torch.float64)
+    U, trace = nearest_orthonormal_by_descent(M, 400, 0.05, gen)
+    assert float(((msign(M) - M) ** 2).sum()) == pytest.approx(trace[-1], rel=1e-8)
+    low = torch.randn(30, 2, generator=gen, dtype=torch.float64) @ torch.randn(2, 10, generator=gen, dtype=torch.float64)
+    assert int((torch.linalg.svdvals(msign(low)) > 0.5).sum()) == 2  # not all singular values are 1
+
+
+def test_muon_bounds_updates_and_weights_not_gradients(gen):
+    X = torch.randn(64, 8, generator=gen, dtype=torch.float64)
+    W = torch.nn.Parameter(torch.randn(8, 8, generator=gen, dtype=torch.float64))
+    lam, lr = 0.1, 0.05
+    bound = max(float(torch.linalg.matrix_norm(W.detach(), 2)), 1 / lam)
+    opt = Muon([W], lr=lr, weight_decay=lam, adjust_lr=None)
+    for t in range(60):
+        ((1e6 if t == 30 else 1.0) * ((X @ W) ** 2).mean()).backward()
+        before = W.detach().clone()
+        opt.step()
+        opt.zero_grad()
+        assert float(torch.linalg.matrix_norm(W.detach() - before, 2)) <= lr * (1 + lam * bound) + 1e-12
+        assert float(torch.linalg.matrix_norm(W.detach(), 2)) <= bound + 1e-12
+
+
+def test_proposition5_muon_leaves_the_stiefel_manifold(gen):
+    W0 = torch.linalg.qr(torch.randn(12, 12, generator=gen, dtype=torch.float64)).Q
+    G = torch.randn(12, 12, generator=gen, dtype=torch.float64)
+    tangent = stiefel_tangent(W0, G)
+    assert torch.allclose(W0.T @ tangent + tangent.T @ W0, torch.zeros(12, 12, dtype=torch.float64), atol=1e-12)
+    U = msign(G)
+    assert float(torch.linalg.matrix_norm(W0.T @ U + U.T @ W0)) > 0.1 * float(torch.linalg.matrix_norm(U))
+    W = W0 - 0.1 * U
+    assert float(torch.linalg.matrix_norm(W.T @ W - torch.eye(12, dtype=torch.float64))) > 0.05
+
+
+def test_eq11_holds_at_beta0_for_any_rank_and_not_with_accumulation(gen):
+    for G in (torch.randn(20, 12, generator=gen, dtype=torch.float64),
+              torch.randn(20, 3, generator=gen, dtype=torch.float64) @ torch.randn(3, 12, generator=gen, dtype=torch.float64)):
+        assert relative_error(shampoo_direction(G, 1e-14), msign(G)) < 1e-8
+        smallest = torch.linalg.svdvals(G)[torch.linalg.matrix_rank(G) - 1]
+        assert relative_error(shampoo_direction(G, float(smallest) ** 2), msign(G)) > 0.05  # eps = sigma_min^2 breaks it
+    base = torch.randn(20, 12, generator=gen, dtype=torch.float64)
+    grads = [base + torch.randn(20, 12, generator=gen, dtype=torch.float64) for _ in range(20)]
+    direction = accumulated_shampoo_direction(grads, 0.9, 1e-12)
+    direction = direction * torch.linalg.matrix_norm(msign(grads[-1])) / torch.linalg.matrix_norm(direction)
+    assert relative_error(direction, msign(grads[-1])) > 0.05
+    assert relative_error(accumulated_shampoo_direction(grads, 0.0, 1e-14), msign(grads[-1])) < 1e-8
+
+
+def test_state_counts():
+    assert optimizer_state_floats((768, 3072), "adamw") == 2 * optimizer_state_floats((768, 3072), "muon")
+    assert optimizer_state_floats((768, 3072), "shampoo") == 2 * (768**2 + 3072**2)
+
+
+def test_rms_matching_needs_the_larger_dimension(gen):
+    from muonlib.optim import adjusted_lr
+    from muonlib.theory import rms
+
+    for m, n in ((64, 64), (256, 64), (64, 256)):
+        U = msign(torch.randn(m, n, generator=gen, dtype=torch.float64))
+        assert adjusted_lr(1.0, (m, n), "match_rms_adamw") * rms(U) == pytest.approx(0.2, rel=1e-9)
+    tall = msign(torch.randn(256, 64, generator=gen, dtype=torch.float64))
+    assert 0.2 * 64**0.5 * rms(tall) == pytest.approx(0.1, rel=1e-9)  # the paper's sqrt(n), n = columns
