@@ -22,7 +22,7 @@ import numpy as np
 
 from .data import data_root
 from .hardware import PRESETS, detect_hardware
-from .train import TrainConfig, count_loss_spikes, train
+from .train import MetricsLog, TrainConfig, count_loss_spikes, train
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,11 @@ def run_id(config: TrainConfig, hardware: str) -> str:
 
 def read_run(path: Path) -> tuple[dict, list[dict], dict | None]:
     """Header, step records and the final record (``None`` while unfinished) of a result file."""
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if not lines or "provenance" not in lines[0]:
+    header, records = MetricsLog(path).read()
+    if header is None or "provenance" not in header:
         raise ValueError(f"{path} is not a result file (no provenance header): delete it and rerun")
-    final = lines[-1] if "final" in lines[-1] else None
-    return lines[0], [r for r in lines[1:] if "final" not in r], final
+    final = records[-1] if records and "final" in records[-1] else None
+    return header, [r for r in records if "final" not in r], final
 
 
 def run_one(config: TrainConfig, hardware: str, results: Path, checkpoints: Path, progress: bool) -> dict:

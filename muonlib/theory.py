@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from .linalg import msign
-from .optim import inverse_root
+from .optim import Shampoo
 
 
 def project_spectral_ball(U: Tensor, radius: float = 1.0) -> Tensor:
@@ -55,21 +55,18 @@ def stiefel_tangent(W: Tensor, G: Tensor) -> Tensor:
     return G - W @ (WtG + WtG.mT) / 2
 
 
-def shampoo_direction(G: Tensor, eps: float) -> Tensor:
-    """``(G G^T + eps I)^(-1/4) G (G^T G + eps I)^(-1/4)``: Shampoo's update without
-    accumulation (eq. 11 of the paper)."""
-    return inverse_root(G @ G.mT, 4, eps) @ G @ inverse_root(G.mT @ G, 4, eps)
-
-
-def accumulated_shampoo_direction(grads: list[Tensor], beta: float, eps: float) -> Tensor:
-    """Shampoo's update for the last of ``grads`` with statistics accumulated as EMAs:
-    ``L <- beta L + (1 - beta) G G^T`` and ``R <- beta R + (1 - beta) G^T G``."""
-    L = torch.zeros(grads[0].shape[0], grads[0].shape[0], dtype=grads[0].dtype)
-    R = torch.zeros(grads[0].shape[1], grads[0].shape[1], dtype=grads[0].dtype)
+def shampoo_update(grads: list[Tensor], beta: float, eps: float) -> Tensor:
+    """The update :class:`muonlib.optim.Shampoo` (lr 1) makes for the last of ``grads`` after
+    stepping through all of them: with ``beta = 0`` and one gradient, eq. (11)'s
+    ``(G G^T + eps I)^(-1/4) G (G^T G + eps I)^(-1/4)``; with ``beta > 0``, the current
+    gradient whitened by the accumulated statistics."""
+    W = torch.nn.Parameter(torch.zeros_like(grads[0]))
+    optimizer = Shampoo([W], lr=1.0, beta=beta, eps=eps, precision=grads[0].dtype)
     for G in grads:
-        L = beta * L + (1 - beta) * G @ G.mT
-        R = beta * R + (1 - beta) * G.mT @ G
-    return inverse_root(L, 4, eps) @ grads[-1] @ inverse_root(R, 4, eps)
+        before = W.detach().clone()
+        W.grad = G
+        optimizer.step()
+    return before - W.detach()
 
 
 def relative_error(A: Tensor, B: Tensor) -> float:
@@ -89,7 +86,7 @@ def rms(X: Tensor) -> float:
 
 
 __all__ = [
-    "accumulated_shampoo_direction", "nearest_orthonormal_by_descent", "optimizer_state_floats",
-    "project_spectral_ball", "random_unit_spectral", "relative_error", "rms", "shampoo_direction",
+    "nearest_orthonormal_by_descent", "optimizer_state_floats",
+    "project_spectral_ball", "random_unit_spectral", "relative_error", "rms", "shampoo_update",
     "spectral_ball_ascent", "stiefel_tangent",
 ]

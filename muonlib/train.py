@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .data import VOCAB_SIZE, TokenBatches, evaluation_batches, load_tokens
 from .models import GPT, preset
+from .models.moe import MoE
 from .optim import build_optimizer
 from .provenance import provenance
 
@@ -167,6 +168,7 @@ class MetricsLog:
         self.path = path
 
     def read(self) -> tuple[dict | None, list[dict]]:
+        """The header (``None`` for a missing or empty file) and every record after it."""
         if not self.path.exists():
             return None, []
         lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
@@ -189,14 +191,14 @@ class MetricsLog:
 @torch.no_grad()
 def evaluate(model, batches, device, autocast) -> float:
     model.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), device=device), 0
     for x, y in batches:
         with autocast:
             _, loss = model(x.to(device), y.to(device))
-        total += loss.item() * y.numel()
+        total += loss.float() * y.numel()  # summed on the device: one sync at the end
         count += y.numel()
     model.train()
-    return total / count
+    return total.item() / count
 
 
 def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> list[dict]:
@@ -204,7 +206,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> li
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log, checkpoint = MetricsLog(out_dir / "metrics.jsonl"), Checkpoint(out_dir / "checkpoint.pt")
-    header, records = log.read()
+    _, records = log.read()
     if records and "final" in records[-1]:
         return records[:-1]
     device, precision = resolve_device(config)
@@ -251,13 +253,13 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> li
                 _, loss = step_model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
             scaler.scale(loss / config.grad_accum).backward()
             loss_sum += loss.detach()
-        loss = loss_sum.item() / config.grad_accum
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        loss, grad_norm = torch.stack([loss_sum / config.grad_accum, grad_norm.float()]).tolist()  # one sync per step
         if not math.isfinite(loss):
             saved = f"the last good checkpoint is {checkpoint.path} (step {saved_step})" if saved_step else "no checkpoint was saved yet"
             raise TrainingDiverged(f"the training loss became {loss} at step {step}; {saved}. Lower the learning rate "
                                    f"or raise the warm-up; resuming from the checkpoint would diverge the same way.")
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).item()
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -275,9 +277,8 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> li
         if device.type == "cuda":
             record["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
         if moe := model.moe_layers():
-            stats = [layer.load_statistics() for layer in moe]
-            record["moe_cv"] = sum(s["cv"].item() for s in stats) / len(stats)
-            record["moe_max_violation"] = max(s["max_violation"].item() for s in stats)
+            cv, violation = torch.stack([torch.stack([s["cv"], s["max_violation"]]) for s in map(MoE.load_statistics, moe)]).T.tolist()
+            record["moe_cv"], record["moe_max_violation"] = sum(cv) / len(cv), max(violation)  # one transfer for all layers
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             record["val_loss"] = evaluate(step_model, eval_set, device, autocast)
         log.append(record)
