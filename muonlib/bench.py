@@ -2,6 +2,7 @@
 
     python -m muonlib.bench models --out data/bench    # fwd+bwd per size/variant, KV cache, MoE vs dense, train step
     python -m muonlib.bench optim --out data/bench     # Muon step vs torch.optim.Muon vs AdamW
+    python -m muonlib.bench ns --out data/bench        # Newton-Schulz per shape: torch, compiled, Triton
 
 Runs on a CPU too (with ``--sizes tiny``), which is how the tests keep it working.
 """
@@ -9,16 +10,17 @@ Runs on a CPU too (with ``--sizes tiny``), which is how the tests keep it workin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 
+from . import linalg
 from .models import GPT, MLP, MoE, kv_cache_bytes, preset
-from .optim import Muon, build_optimizer
+from .optim import HybridOptimizer, Muon, build_optimizer, classify_parameters
 from .provenance import write_json
 
 
@@ -124,7 +126,11 @@ def bench_train_step(size: str, variant: str, optimizer: str, batch: int, compil
     with torch.device(_device()):
         model = GPT(config).train()
     step_model = torch.compile(model) if compile else model
-    opt = build_optimizer(model, optimizer, lr=1e-3)
+    opt = build_optimizer(model, "adamw" if optimizer == "adamw" else "muon", lr=1e-3)
+    if optimizer == "torch.optim.Muon":
+        muon = opt.optimizers["muon"]
+        opt = HybridOptimizer({"muon": torch.optim.Muon(muon.param_groups[0]["params"], lr=1e-3, adjust_lr_fn="match_rms_adamw"),
+                               "adamw": opt.optimizers["adamw"]})
     idx = torch.randint(0, config.vocab_size, (batch, config.context), device=_device())
 
     def step():
@@ -140,40 +146,127 @@ def bench_train_step(size: str, variant: str, optimizer: str, batch: int, compil
                 step_ms=ms, tokens_per_s=batch * config.context / ms * 1e3, peak_memory_gb=_peak_gb())
 
 
-def hidden_matrices(size: str) -> list[tuple[int, int]]:
-    """The hidden weight matrices of an MHA model, as in GPT-2 layouts: 4 d x d, d_ff x d, d x d_ff per layer."""
-    c = preset(size)
-    return [(c.d_model, c.d_model)] * 4 * c.n_layer + [(c.d_ff, c.d_model), (c.d_model, c.d_ff)] * c.n_layer
+def hidden_matrix_shapes(size: str, variant: str = "mha") -> list[tuple[int, ...]]:
+    """Shapes of the parameters Muon updates in a model (2D matrices, 3D expert stacks)."""
+    with torch.device("meta"):
+        model = GPT(preset(size, variant))
+    return [tuple(p.shape) for _, p in classify_parameters(model)["hidden"]]
 
 
-def bench_optimizer_step(size: str) -> list[dict]:
-    shapes = hidden_matrices(size)
+def bench_optimizer_step(size: str, variant: str = "mha") -> list[dict]:
+    """One optimizer step over a model's hidden matrices, gradients in place.
+    ``torch.optim.Muon`` takes 2D parameters only, so it gets each expert as its own matrix."""
+    shapes = hidden_matrix_shapes(size, variant)
     params = [torch.nn.Parameter(torch.randn(s, device=_device()) * 0.02) for s in shapes]
-    grads = [torch.randn_like(p) for p in params]
+    flat = [torch.nn.Parameter(m.clone()) for p in params for m in p.detach().reshape(-1, *p.shape[-2:])]
+    cuda = torch.cuda.is_available()
     optimizers = {
-        "muonlib.Muon": lambda: Muon(params, lr=0.02),
-        "torch.optim.Muon": lambda: torch.optim.Muon(params, lr=0.02, adjust_lr_fn="match_rms_adamw"),
-        "AdamW(fused)" if torch.cuda.is_available() else "AdamW": lambda: torch.optim.AdamW(params, lr=1e-3, fused=torch.cuda.is_available() or None),
+        "muonlib.Muon": (params, lambda: Muon(params, lr=0.02)),
+        "muonlib.Muon(eager)": (params, lambda: Muon(params, lr=0.02, compile=False)),
+        "torch.optim.Muon": (flat, lambda: torch.optim.Muon(flat, lr=0.02, adjust_lr_fn="match_rms_adamw")),
+        "AdamW(fused)" if cuda else "AdamW": (params, lambda: torch.optim.AdamW(params, lr=1e-3, fused=cuda or None)),
     }
+    if not cuda:  # without a GPU muonlib.Muon does not compile: the eager row is the same thing
+        del optimizers["muonlib.Muon(eager)"]
     rows = []
-    for name, make in optimizers.items():
+    for name, (targets, make) in optimizers.items():
         opt = make()
+        grads = [torch.randn_like(p) for p in targets]
 
         def step():
-            for p, g in zip(params, grads):
+            for p, g in zip(targets, grads):
                 p.grad = g  # gradients are in place for every timed step
             opt.step()
 
-        rows.append(dict(size=size, optimizer=name, n_matrices=len(shapes), step_ms=median_ms(step, warmup=3, iters=20)))
+        rows.append(dict(size=size, variant=variant, optimizer=name, n_matrices=len(flat),
+                         step_ms=median_ms(step, warmup=3, iters=20)))
     base = next(r["step_ms"] for r in rows if r["optimizer"] == "torch.optim.Muon")
     for r in rows:
         r["speedup_vs_torch_muon"] = base / r["step_ms"]
     return rows
 
 
+@contextlib.contextmanager
+def symmetric_kernels(enabled: bool) -> Iterator[None]:
+    """Send every Newton-Schulz step through the Triton symmetric kernels, or none (on a CPU the
+    kernels then run in Triton's interpreter, if enabled)."""
+    saved = linalg._symmetric_kernels_win
+    linalg._symmetric_kernels_win = lambda X: enabled
+    try:
+        yield
+    finally:
+        linalg._symmetric_kernels_win = saved
+
+
+def bench_newton_schulz(batch: int, p: int, q: int, iters: int) -> dict:
+    """Five Newton-Schulz steps on ``batch`` wide ``p x q`` bf16 matrices: eager torch, compiled
+    torch and the Triton symmetric kernels; and the two symmetric products alone, by cuBLAS
+    and by the kernel."""
+    from .kernels import gram, gram_reference
+
+    X = torch.randn(batch, p, q, device=_device(), dtype=torch.bfloat16)
+    X = X / torch.linalg.matrix_norm(X.float(), keepdim=True).to(X.dtype)
+    flops = batch * linalg.newton_schulz_flops(p, q)
+    compiled = torch.compile(linalg.newton_schulz, dynamic=False)
+    row = dict(batch=batch, p=p, q=q, ns_flops=flops)
+    with symmetric_kernels(False):
+        row["torch_ms"] = median_ms(lambda: linalg.newton_schulz(X), iters=iters)
+        row["torch_compiled_ms"] = median_ms(lambda: compiled(X), iters=iters)
+        reference = linalg.newton_schulz(X).float()
+    with symmetric_kernels(True):
+        row["triton_ms"] = median_ms(lambda: linalg.newton_schulz(X), iters=iters)
+        row["triton_rel_diff"] = ((linalg.newton_schulz(X).float() - reference).norm() / reference.norm()).item()
+    A = gram_reference(X)
+    row["gram_cublas_ms"] = median_ms(lambda: gram_reference(X), iters=iters)
+    row["gram_triton_ms"] = median_ms(lambda: gram(X), iters=iters)
+    row["bA_cAA_cublas_ms"] = median_ms(lambda: gram_reference(A, -4.775, A, 2.0315), iters=iters)
+    row["bA_cAA_triton_ms"] = median_ms(lambda: gram(A, -4.775, A, 2.0315), iters=iters)
+    best = min(row["torch_ms"], row["torch_compiled_ms"])
+    row["triton_speedup"] = best / row["triton_ms"]
+    row["best_tflops"] = flops / min(best, row["triton_ms"]) / 1e9
+    return row
+
+
+GRAM_CONFIGS = [dict(BLOCK=b, BLOCK_K=k, num_warps=w, num_stages=st)
+                for b, k, w, st in ((64, 64, 4, 4), (128, 32, 8, 4), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2))]
+
+
+def bench_gram_configs(width: int, iters: int) -> list[dict]:
+    """The symmetric kernel's launch configurations on one square bf16 matrix, against cuBLAS."""
+    from .kernels import gram, gram_reference
+
+    X = torch.randn(1, width, width, device=_device(), dtype=torch.bfloat16)
+    rows = [dict(width=width, config="cuBLAS bmm", ms=median_ms(lambda: gram_reference(X), iters=iters))]
+    for config in GRAM_CONFIGS:
+        try:
+            ms = median_ms(lambda: gram(X, config=config), iters=iters)
+        except Exception as error:  # noqa: BLE001 - e.g. out of shared memory: recorded, not fatal
+            ms = float("nan")
+            print(f"gram {width} {config}: {type(error).__name__}")
+        rows.append(dict(width=width, config=str(config), ms=ms))
+    return rows
+
+
+def parse_shapes(text: str) -> list[tuple[int, int, int]]:
+    """``"48x768x768,1x4096x4096"`` -> ``[(48, 768, 768), (1, 4096, 4096)]`` (batch x rows x columns)."""
+    try:
+        shapes = [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 3 or min(s) < 1 for s in shapes):
+        raise SystemExit(f"--ns-shapes wants comma-separated BATCHxROWSxCOLUMNS, e.g. 48x768x768; got {text!r}")
+    return shapes  # type: ignore[return-value]
+
+
+# Every hidden shape of the XS-XL models at their counts (wide orientation), then square
+# and 1:4 matrices up to the sizes where symmetric kernels are reported to win.
+NS_SHAPES = ("24x256x256,12x256x1024,48x512x512,24x512x2048,48x768x768,24x768x3072,48x1024x1024,24x1024x4096,"
+             "8x2048x2048,4x2048x8192,2x4096x4096,1x4096x16384,1x8192x8192")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m muonlib.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["models", "optim"])
+    parser.add_argument("what", choices=["models", "optim", "ns"])
     parser.add_argument("--out", default="data/bench")
     parser.add_argument("--name", default=None, help="output file stem (default: the benchmark's name)")
     parser.add_argument("--parts", default="fwd_bwd,kv,moe,train", help="which model benchmarks to run")
@@ -182,15 +275,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile-sizes", default="XS,L", help="sizes whose fwd+bwd is also measured compiled")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--optimizers", default="adamw,muon,torch.optim.Muon", help="train-step optimizers")
+    parser.add_argument("--ns-shapes", default=NS_SHAPES, help="BATCHxROWSxCOLUMNS list for `ns`")
     args = parser.parse_args(argv)
     sizes, variants = args.sizes.split(","), args.variants.split(",")
     out = Path(args.out)
     config = vars(args)
     if args.what == "optim":
-        rows = [r for s in sizes for r in bench_optimizer_step(s)]
-        write_json(out / f"{args.name or 'optimizer_step'}.json", rows, config)
-        for r in rows:
-            print(f"{r['size']:>4} {r['optimizer']:<18} {r['step_ms']:8.2f} ms  x{r['speedup_vs_torch_muon']:.1f} vs torch.optim.Muon")
+        rows = []
+        for size in sizes:
+            for variant in variants:
+                rows += bench_optimizer_step(size, variant)
+                write_json(out / f"{args.name or 'optimizer_step'}.json", rows, config)
+                for r in rows[-4:]:
+                    print(f"{r['size']:>4} {r['variant']:<8} {r['optimizer']:<20} {r['step_ms']:8.2f} ms  "
+                          f"x{r['speedup_vs_torch_muon']:.1f} vs torch.optim.Muon", flush=True)
+        return
+    if args.what == "ns":
+        results = {"newton_schulz": [], "gram_configs": []}
+        path = out / f"{args.name or 'newton_schulz'}.json"
+        if torch.cuda.is_available():
+            for width in (2048, 4096, 8192):
+                results["gram_configs"] += bench_gram_configs(width, args.iters)
+                write_json(path, results, config)
+                for r in results["gram_configs"][-len(GRAM_CONFIGS) - 1:]:
+                    print(f"gram {width}: {r['config']:<70} {r['ms']:.3f} ms", flush=True)
+        for batch, p, q in parse_shapes(args.ns_shapes):
+            results["newton_schulz"].append(bench_newton_schulz(batch, p, q, args.iters))
+            write_json(path, results, config)
+            r = results["newton_schulz"][-1]
+            print(f"NS {batch}x{p}x{q}: torch {r['torch_ms']:.3f} compiled {r['torch_compiled_ms']:.3f} triton "
+                  f"{r['triton_ms']:.3f} ms (x{r['triton_speedup']:.2f}, diff {r['triton_rel_diff']:.1e}); gram cuBLAS "
+                  f"{r['gram_cublas_ms']:.3f} triton {r['gram_triton_ms']:.3f}; bA+cAA {r['bA_cAA_cublas_ms']:.3f} / "
+                  f"{r['bA_cAA_triton_ms']:.3f}", flush=True)
         return
     parts = args.parts.split(",")
     results: dict[str, list] = {"forward_backward": [], "kv_cache": [], "moe_layer": [], "train_step": []}
@@ -232,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
                    size=kv_size, compiled=compiled)
     if "train" in parts:
         for size in [s for s in sizes if s in compile_sizes] or sizes[:1]:
-            for optimizer in ("adamw", "muon"):
+            for optimizer in args.optimizers.split(","):
                 record("train_step", lambda: bench_train_step(size, "mha", optimizer, args.batch, torch.cuda.is_available(), args.iters),
                        lambda r: f"train step {r['size']} {r['optimizer']}: {r['step_ms']:.1f} ms, {r['tokens_per_s']:,.0f} tok/s",
                        size=size, optimizer=optimizer)

@@ -60,6 +60,12 @@ POLAR_EXPRESS_COEFFICIENTS: tuple[Coefficients, ...] = tuple(
 # "orthogonalised" update of a tiny gradient would not be orthogonal.
 NORM_FLOOR = 1e-30
 
+#: Smallest side of the (wide) matrices from which a Newton-Schulz step on a GPU runs its two
+#: symmetric products through the Triton kernel of :mod:`muonlib.kernels` instead of cuBLAS.
+#: Below it the general matmul wins (measured by ``python -m muonlib.bench ns`` into
+#: ``data/bench/newton_schulz.json``): half the tiles of a small product leave the GPU idle.
+SYMMETRIC_MIN_WIDTH = 4096
+
 
 def msign(G: Tensor, rtol: float | None = None) -> Tensor:
     """Exact matrix sign ``U V^T`` of ``G = U S V^T`` (Definition 1 of the paper), via SVD.
@@ -140,10 +146,27 @@ def newton_schulz(
 
 
 def newton_schulz_step(X: Tensor, a: float, b: float, c: float) -> Tensor:
-    """One quintic step ``a X + (b A + c A A) X`` with ``A = X X^T`` on a batch ``X`` of wide matrices."""
+    """One quintic step ``a X + (b A + c A A) X`` with ``A = X X^T`` on a batch ``X`` of wide matrices.
+
+    On a GPU, matrices at least :data:`SYMMETRIC_MIN_WIDTH` wide take the Triton kernels,
+    which compute the symmetric ``A`` and ``b A + c A A`` on half the tiles.
+    """
+    if _symmetric_kernels_win(X):
+        return _symmetric_step(X, a, b, c)
     A = torch.bmm(X, X.mT)
     B = torch.baddbmm(A, A, A, beta=b, alpha=c)
     return torch.baddbmm(X, B, X, beta=a)
+
+
+def _symmetric_kernels_win(X: Tensor) -> bool:
+    return X.is_cuda and X.size(-2) >= SYMMETRIC_MIN_WIDTH
+
+
+@torch.compiler.disable  # a hand-written kernel: nothing for the compiler to fuse
+def _symmetric_step(X: Tensor, a: float, b: float, c: float) -> Tensor:
+    from .kernels import newton_schulz_step
+
+    return newton_schulz_step(X, a, b, c)
 
 
 def scalar_map(x: Tensor, steps: int, coefficients: CoefficientSpec = "muon") -> Tensor:
@@ -182,6 +205,7 @@ __all__ = [
     "NAMED_COEFFICIENTS",
     "POLAR_EXPRESS_COEFFICIENTS",
     "POLAR_EXPRESS_SAFETY",
+    "SYMMETRIC_MIN_WIDTH",
     "coefficient_schedule",
     "msign",
     "newton_schulz",

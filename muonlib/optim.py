@@ -1,7 +1,7 @@
 """Muon and Shampoo as ``torch.optim.Optimizer`` classes, and the parameter routing that
 decides which weights they may touch.
 
-The maths lives in small pure functions (:func:`momentum_direction`,
+The maths lives in small pure functions (:func:`momentum_directions`,
 :func:`orthogonalize`, :func:`adjusted_lr`, :func:`inverse_root`); the classes only keep
 state and apply updates.
 """
@@ -9,6 +9,7 @@ state and apply updates.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 from collections import ChainMap, defaultdict
 from typing import Callable, Iterable, Literal
@@ -26,13 +27,14 @@ ADAMW_BETAS = (0.9, 0.95)  # the paper's AdamW settings, also used for Muon's au
 # --------------------------------------------------------------------------- maths
 
 
-def momentum_direction(grad: Tensor, buffer: Tensor, beta: float, nesterov: bool) -> Tensor:
-    """Update the EMA momentum ``M <- beta M + (1 - beta) G`` in place (eq. 3) and return
-    the direction to orthogonalise: ``M`` itself, or with Nesterov the look-ahead
-    ``(1 - beta) G + beta M``. ``grad`` is never modified."""
-    grad = grad.to(buffer.dtype)
-    buffer.lerp_(grad, 1 - beta)
-    return torch.lerp(grad, buffer, beta) if nesterov else buffer
+def momentum_directions(grads: list[Tensor], buffers: list[Tensor], beta: float, nesterov: bool) -> list[Tensor]:
+    """Update the EMA momenta ``M <- beta M + (1 - beta) G`` in place (eq. 3) and return the
+    directions to orthogonalise: the ``M`` themselves, or with Nesterov the look-ahead
+    ``(1 - beta) G + beta M``. The gradients are never modified. One multi-tensor kernel
+    per operation instead of one launch per parameter."""
+    grads = [g.to(b.dtype) for g, b in zip(grads, buffers)]
+    torch._foreach_lerp_(buffers, grads, 1 - beta)
+    return torch._foreach_lerp(grads, buffers, beta) if nesterov else list(buffers)
 
 
 def orthogonalize(
@@ -41,28 +43,53 @@ def orthogonalize(
     steps: int = 5,
     coefficients: CoefficientSpec = "muon",
     dtype: torch.dtype = torch.bfloat16,
+    compile: bool = False,
+    out_dtype: torch.dtype | None = None,
 ) -> list[Tensor]:
     """``msign`` of each update (eq. 4), by Newton-Schulz or exact SVD.
 
-    Updates of the same shape are stacked and processed in one batched call: on a GPU a
-    768-wide Newton-Schulz is launch-bound, so one call per shape instead of one per
-    matrix is the largest single saving. 3D expert stacks are orthogonalised per expert.
+    Each update (a matrix, or a 3D stack of experts, orthogonalised per expert) is turned
+    wide (``msign(G^T) = msign(G)^T``), and all those of the same wide shape are
+    concatenated into one batch: on a GPU a 768-wide Newton-Schulz is launch-bound, so one
+    call per shape instead of one per matrix is the largest single saving, and a
+    ``3072 x 768`` matrix joins the batch of the ``768 x 3072`` ones. ``compile`` runs each
+    batch through ``torch.compile(newton_schulz)``, which fuses the normalisation and the
+    elementwise parts of the iteration. ``out_dtype`` casts each batch once (default: leave
+    Newton-Schulz results in ``dtype``, SVD results in float32/float64).
     """
-    out: list[Tensor | None] = [None] * len(updates)
-    by_shape: dict[tuple, list[int]] = defaultdict(list)
+    if method not in ("newton_schulz", "svd"):
+        raise ValueError(f"orthogonalize must be 'newton_schulz' or 'svd', got {method!r}")
+    groups: dict[tuple, list[int]] = defaultdict(list)
     for i, u in enumerate(updates):
-        by_shape[(u.shape, u.device)].append(i)
-    for indices in by_shape.values():
-        batch = updates[indices[0]].unsqueeze(0) if len(indices) == 1 else torch.stack([updates[i] for i in indices])
-        if method == "newton_schulz":
-            result = newton_schulz(batch, steps=steps, coefficients=coefficients, dtype=dtype)
-        elif method == "svd":
+        groups[(*sorted(u.shape[-2:]), u.device)].append(i)
+    out: list[Tensor | None] = [None] * len(updates)
+    for (p, q, _), indices in groups.items():
+        wide = [_as_wide(updates[i]).reshape(-1, p, q) for i in indices]
+        batch = wide[0] if len(wide) == 1 else torch.cat(wide)
+        if method == "svd":
             result = msign(batch.double() if batch.dtype == torch.float64 else batch.float())
         else:
-            raise ValueError(f"orthogonalize must be 'newton_schulz' or 'svd', got {method!r}")
-        for i, r in zip(indices, result.unbind(0)):
-            out[i] = r
+            ns = _compiled_newton_schulz() if compile else newton_schulz
+            result = ns(batch, steps=steps, coefficients=coefficients, dtype=dtype)
+        if out_dtype is not None:
+            result = result.to(out_dtype)
+        for i, r in zip(indices, result.split([w.size(0) for w in wide])):
+            shape = updates[i].shape
+            r = r.reshape(*shape[:-2], p, q)
+            out[i] = r.mT if shape[-2] > shape[-1] else r
     return out  # type: ignore[return-value]
+
+
+def _as_wide(G: Tensor) -> Tensor:
+    return G.mT if G.size(-2) > G.size(-1) else G
+
+
+@functools.cache
+def _compiled_newton_schulz() -> Callable[..., Tensor]:
+    # One graph per batch shape; a model has a handful of shapes, more than dynamo's default
+    # limit of 8 recompilations only for unusual MoE layouts.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(newton_schulz, dynamic=False)
 
 
 def adjusted_lr(lr: float, shape: torch.Size | tuple[int, ...], adjust_lr: AdjustLR) -> float:
@@ -120,6 +147,9 @@ class Muon(Optimizer):
     Use Muon only for hidden matrices; :func:`build_optimizer` routes embeddings, the
     output head, norms and biases to AdamW. The momentum buffer is kept in float32 even for
     low-precision parameters. ``step`` makes no host synchronisation.
+
+    ``compile`` (default: when the parameters are on a GPU) compiles the Newton-Schulz
+    iteration once per matrix shape; the first step pays for the compilation.
     """
 
     def __init__(
@@ -133,6 +163,7 @@ class Muon(Optimizer):
         ns_coefficients: CoefficientSpec = "muon",
         adjust_lr: AdjustLR = "match_rms_adamw",
         orthogonalize: Literal["newton_schulz", "svd"] = "newton_schulz",
+        compile: bool | None = None,
     ):
         if lr < 0 or weight_decay < 0:
             raise ValueError(f"lr and weight_decay must be >= 0, got lr={lr}, weight_decay={weight_decay}")
@@ -143,7 +174,7 @@ class Muon(Optimizer):
         adjusted_lr(1.0, (1, 1), adjust_lr)  # validates adjust_lr
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, ns_steps=ns_steps,
-            ns_coefficients=ns_coefficients, adjust_lr=adjust_lr, orthogonalize=orthogonalize,
+            ns_coefficients=ns_coefficients, adjust_lr=adjust_lr, orthogonalize=orthogonalize, compile=compile,
         )
         super().__init__(params, defaults)
         for group in self.param_groups:
@@ -164,18 +195,24 @@ class Muon(Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            directions = [
-                momentum_direction(p.grad, self._momentum_buffer(p), group["momentum"], group["nesterov"])
-                for p in params
-            ]
+            directions = momentum_directions(
+                [p.grad for p in params], [self._momentum_buffer(p) for p in params], group["momentum"], group["nesterov"]
+            )
+            compile = group["compile"] if group["compile"] is not None else params[0].is_cuda
             updates = orthogonalize(
-                directions, group["orthogonalize"], group["ns_steps"], group["ns_coefficients"]
+                directions, group["orthogonalize"], group["ns_steps"], group["ns_coefficients"], compile=compile,
+                out_dtype=params[0].dtype,
             )
             lr, wd = group["lr"], group["weight_decay"]
+            if wd:
+                torch._foreach_mul_(params, 1 - lr * wd)
+            by_step: dict[tuple, tuple[list[Tensor], list[Tensor]]] = defaultdict(lambda: ([], []))
             for p, u in zip(params, updates):
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.add_(u.to(p.dtype), alpha=-adjusted_lr(lr, p.shape, group["adjust_lr"]))
+                targets, steps = by_step[(adjusted_lr(lr, p.shape, group["adjust_lr"]), p.dtype)]
+                targets.append(p)
+                steps.append(u.to(p.dtype))
+            for (step_lr, _), (targets, steps) in by_step.items():
+                torch._foreach_add_(targets, steps, alpha=-step_lr)
         return loss
 
     def _momentum_buffer(self, p: Tensor) -> Tensor:
@@ -430,6 +467,6 @@ __all__ = [
     "build_optimizer",
     "classify_parameters",
     "inverse_root",
-    "momentum_direction",
+    "momentum_directions",
     "orthogonalize",
 ]

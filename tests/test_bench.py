@@ -6,10 +6,30 @@ from muonlib import bench
 
 
 def test_optimizer_benchmark_writes_provenance(tmp_path):
-    bench.main(["optim", "--out", str(tmp_path), "--sizes", "tiny"])
+    bench.main(["optim", "--out", str(tmp_path), "--sizes", "tiny", "--variants", "mha,moe-mla"])
     data = json.loads((tmp_path / "optimizer_step.json").read_text())
     assert {"git_commit", "gpu", "torch", "date", "config"} <= set(data["provenance"])
-    assert {r["optimizer"] for r in data["results"]} == {"muonlib.Muon", "torch.optim.Muon", "AdamW"}
+    rows = data["results"]
+    assert {r["optimizer"] for r in rows} == {"muonlib.Muon", "torch.optim.Muon", "AdamW"}
+    # torch.optim.Muon gets each expert as its own matrix: both optimizers see the same matrices
+    moe = [r for r in rows if r["variant"] == "moe-mla"]
+    experts = sum(s[0] for s in bench.hidden_matrix_shapes("tiny", "moe-mla") if len(s) == 3)
+    assert len(moe) == 3 and moe[0]["n_matrices"] > experts
+
+
+def test_newton_schulz_benchmark_compares_the_three_paths(tmp_path):
+    bench.main(["ns", "--out", str(tmp_path), "--ns-shapes", "2x16x40", "--iters", "1"])
+    (row,) = json.loads((tmp_path / "newton_schulz.json").read_text())["results"]["newton_schulz"]
+    assert {"torch_ms", "torch_compiled_ms", "triton_ms", "gram_cublas_ms", "gram_triton_ms"} <= set(row)
+    assert row["triton_rel_diff"] < 2e-2
+    assert row["ns_flops"] == 2 * 5 * (4 * 16 * 16 * 40 + 2 * 16**3)
+
+
+def test_bad_shape_list_says_what_is_wanted():
+    import pytest
+
+    with pytest.raises(SystemExit, match="BATCHxROWSxCOLUMNS"):
+        bench.parse_shapes("768x768")
 
 
 def test_model_benchmarks_run_on_cpu(tmp_path):

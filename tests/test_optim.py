@@ -271,3 +271,40 @@ def test_hybrid_state_dict_round_trip():
     assert all(g["lr"] == pytest.approx(0.25e-3) for opt in opt2.optimizers.values() for g in opt.param_groups)
     with pytest.raises(ValueError, match="different optimizer configuration"):
         build_optimizer(clone, "adamw").load_state_dict(opt.state_dict())
+
+
+def test_orthogonalize_batches_tall_with_wide_and_transposes_back():
+    torch.manual_seed(7)
+    wide, tall, stack = torch.randn(6, 10), torch.randn(10, 6), torch.randn(3, 10, 6)
+    out = orthogonalize([wide, tall, stack])
+    assert [o.shape for o in out] == [wide.shape, tall.shape, stack.shape]
+    assert torch.equal(out[1], newton_schulz(tall.mT.contiguous()).mT)
+    for e in range(3):
+        assert torch.allclose(out[2][e].float(), newton_schulz(stack[e]).float(), atol=1e-2)
+
+
+def test_compiled_muon_takes_the_eager_steps():
+    torch.manual_seed(8)
+    shapes = [(16, 24), (24, 16), (3, 16, 24), (8, 8)]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(3)]
+    results = []
+    for compile in (False, True):
+        params = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
+        opt = Muon(params, lr=0.02, weight_decay=0.1, compile=compile)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            opt.step()
+        results.append([p.detach() for p in params])
+    for eager, compiled in zip(*results):
+        # both round the same bf16 products; fusion may reorder the fp32 normalisation
+        assert torch.allclose(eager, compiled, rtol=0, atol=1e-3 * eager.abs().max().item())
+
+
+def test_low_precision_parameters_keep_their_dtype_and_fp32_momentum():
+    W = torch.nn.Parameter(torch.zeros(8, 12, dtype=torch.bfloat16))
+    opt = Muon([W], lr=0.02)
+    W.grad = torch.randn(8, 12, dtype=torch.bfloat16)
+    opt.step()
+    assert W.dtype == torch.bfloat16 and W.abs().sum() > 0
+    assert opt.state[W]["momentum_buffer"].dtype == torch.float32

@@ -1,0 +1,89 @@
+"""The Triton kernels against float64 truth and against their torch references.
+
+Without a GPU they run in Triton's interpreter (``tests/conftest.py`` sets
+``TRITON_INTERPRET=1``), with tiles small enough that odd sizes cross tile edges."""
+
+import pytest
+import torch
+
+from muonlib import linalg
+from muonlib.kernels import gram, gram_reference, newton_schulz_step
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+F64 = torch.float64
+# bf16 keeps 8 significant bits: one rounding of the output is a relative error of at most
+# 2^-9 per entry, so a Frobenius-relative error of 3e-3 bounds it with margin.
+TOL = {torch.bfloat16: 3e-3, torch.float32: 1e-5}
+SHAPES = [(1, 1, 5), (2, 37, 53), (3, 50, 7), (1, 16, 16), (2, 33, 96)]
+
+
+def rel(a, b):
+    return ((a.to(F64) - b.to(F64)).norm() / b.to(F64).norm()).item()
+
+
+def batch(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).to(dtype).to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gram_is_x_xt(shape, dtype):
+    X = batch(shape, dtype)
+    G = gram(X)
+    truth = X.to(F64) @ X.to(F64).mT
+    assert G.dtype == dtype and G.shape == truth.shape
+    assert rel(G, truth) < TOL[dtype]
+    assert rel(G, G.mT) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gram_epilogue_adds_a_symmetric_c(dtype):
+    X = batch((2, 45, 30), dtype, 1)
+    C = gram_reference(batch((2, 45, 45), dtype, 2))
+    truth = 2.0315 * (X.to(F64) @ X.to(F64).mT) - 4.775 * C.to(F64)
+    assert rel(gram(X, 2.0315, C, -4.775), truth) < TOL[dtype]
+    assert rel(gram_reference(X, 2.0315, C, -4.775), truth) < TOL[dtype]
+
+
+def test_gram_reads_strided_input():
+    X = batch((2, 40, 24), torch.float32, 3).mT  # (2, 24, 40), not contiguous
+    assert not X.is_contiguous()
+    assert rel(gram(X), X.to(F64) @ X.to(F64).mT) < TOL[torch.float32]
+
+
+def test_gram_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="batch of matrices"):
+        gram(batch((8, 8), torch.float32))
+    with pytest.raises(ValueError, match="C must have shape"):
+        gram(batch((1, 8, 4), torch.float32), C=batch((1, 4, 4), torch.float32))
+
+
+def test_symmetric_newton_schulz_step_matches_torch_step():
+    X = batch((3, 40, 90), torch.bfloat16, 4)
+    X = X / torch.linalg.matrix_norm(X.float(), keepdim=True).to(X.dtype)
+    a, b, c = linalg.NAMED_COEFFICIENTS["muon"]
+    truth = linalg.newton_schulz_step(X.to(F64), a, b, c)
+    assert rel(newton_schulz_step(X, a, b, c), truth) < 1e-2
+    assert rel(linalg.newton_schulz_step(X, a, b, c), truth) < 1e-2
+
+
+def test_newton_schulz_through_the_kernels_stays_in_the_muon_band(monkeypatch):
+    """Five steps dispatched to the kernels: the same orthogonalisation as the torch path."""
+    G = batch((2, 48, 100), torch.float32, 5)
+    reference = linalg.newton_schulz(G)
+    monkeypatch.setattr(linalg, "_symmetric_kernels_win", lambda X: True)
+    through_kernels = linalg.newton_schulz(G)
+    assert rel(through_kernels, reference) < 2e-2
+    s = torch.linalg.svdvals(through_kernels.float())
+    lo, hi = linalg.MUON_BAND
+    assert lo - 0.02 < s.min() and s.max() < hi + 0.02
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="dispatch by width happens on a GPU only")
+def test_dispatch_sends_only_wide_matrices_to_the_kernels():
+    narrow = torch.zeros(1, 8, 8, device="cuda")
+    wide = torch.zeros(1, linalg.SYMMETRIC_MIN_WIDTH, 8, device="cuda")
+    assert not linalg._symmetric_kernels_win(narrow)
+    assert linalg._symmetric_kernels_win(wide)
+    assert not linalg._symmetric_kernels_win(wide.cpu())
