@@ -72,8 +72,12 @@ def test_newton_schulz_through_the_kernels_stays_in_the_muon_band(monkeypatch):
     """Five steps dispatched to the kernels: the same orthogonalisation as the torch path."""
     G = batch((2, 48, 100), torch.float32, 5)
     reference = linalg.newton_schulz(G)
+    calls = []
+    kernel_step = linalg._symmetric_step
     monkeypatch.setattr(linalg, "_symmetric_kernels_win", lambda X: True)
+    monkeypatch.setattr(linalg, "_symmetric_step", lambda *args: calls.append(1) or kernel_step(*args))
     through_kernels = linalg.newton_schulz(G)
+    assert len(calls) == 5
     assert rel(through_kernels, reference) < 2e-2
     s = torch.linalg.svdvals(through_kernels.float())
     lo, hi = linalg.MUON_BAND

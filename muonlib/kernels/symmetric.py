@@ -36,7 +36,7 @@ def _gram_kernel(
     stride_cb, stride_cm, stride_cn,
     stride_ob, stride_om, stride_on,
     alpha, beta,
-    HAS_C: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, ROUND_BF16: tl.constexpr,
+    HAS_C: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, ROUND_BF16: tl.constexpr, IEEE: tl.constexpr,
 ):
     # Program `tile` owns lower-triangle tile (row, col), row >= col, numbered row by row:
     # row r starts at r (r + 1) / 2. The float sqrt is corrected by one either way.
@@ -61,7 +61,10 @@ def _gram_kernel(
         if UPCAST:  # the interpreter's dot has no bf16
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc)
+        if IEEE:  # float32 in, float32 products (tl.dot would round the inputs to tf32)
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
         left += BLOCK_K * stride_xk
         right += BLOCK_K * stride_xk
 
@@ -118,7 +121,7 @@ def gram(X: Tensor, alpha: float = 1.0, C: Tensor | None = None, beta: float = 0
         *X.stride(), *c.stride(), *out.stride(),
         alpha, beta,
         HAS_C=C is not None, UPCAST=interpreting() and low_precision,
-        ROUND_BF16=interpreting() and X.dtype == torch.bfloat16, **config,
+        ROUND_BF16=interpreting() and X.dtype == torch.bfloat16, IEEE=X.dtype == torch.float32, **config,
     )
     return out
 
