@@ -43,8 +43,6 @@ def orthogonalize(
     steps: int = 5,
     coefficients: CoefficientSpec = "muon",
     dtype: torch.dtype = torch.bfloat16,
-    compile: bool = False,
-    out_dtype: torch.dtype | None = None,
 ) -> list[Tensor]:
     """``msign`` of each update (eq. 4), by Newton-Schulz or exact SVD.
 
@@ -52,10 +50,8 @@ def orthogonalize(
     wide (``msign(G^T) = msign(G)^T``), and all those of the same wide shape are
     concatenated into one batch: on a GPU a 768-wide Newton-Schulz is launch-bound, so one
     call per shape instead of one per matrix is the largest single saving, and a
-    ``3072 x 768`` matrix joins the batch of the ``768 x 3072`` ones. ``compile`` runs each
-    batch through ``torch.compile(newton_schulz)``, which fuses the normalisation and the
-    elementwise parts of the iteration. ``out_dtype`` casts each batch once (default: leave
-    Newton-Schulz results in ``dtype``, SVD results in float32/float64).
+    ``3072 x 768`` matrix joins the batch of the ``768 x 3072`` ones. Newton-Schulz results
+    come back in ``dtype``, SVD results in float32 (float64 for float64 input).
     """
     if method not in ("newton_schulz", "svd"):
         raise ValueError(f"orthogonalize must be 'newton_schulz' or 'svd', got {method!r}")
@@ -69,10 +65,7 @@ def orthogonalize(
         if method == "svd":
             result = msign(batch.double() if batch.dtype == torch.float64 else batch.float())
         else:
-            ns = _compiled_newton_schulz() if compile else newton_schulz
-            result = ns(batch, steps=steps, coefficients=coefficients, dtype=dtype)
-        if out_dtype is not None:
-            result = result.to(out_dtype)
+            result = newton_schulz(batch, steps=steps, coefficients=coefficients, dtype=dtype)
         for i, r in zip(indices, result.split([w.size(0) for w in wide])):
             shape = updates[i].shape
             r = r.reshape(*shape[:-2], p, q)
@@ -84,12 +77,32 @@ def _as_wide(G: Tensor) -> Tensor:
     return G.mT if G.size(-2) > G.size(-1) else G
 
 
+def muon_directions(
+    grads: list[Tensor],
+    buffers: list[Tensor],
+    beta: float,
+    nesterov: bool,
+    method: Literal["newton_schulz", "svd"] = "newton_schulz",
+    steps: int = 5,
+    coefficients: CoefficientSpec = "muon",
+) -> list[Tensor]:
+    """Everything in a Muon step but the parameter update: momentum (eq. 3), look-ahead and
+    orthogonalisation (eq. 4). Updates ``buffers`` in place; this is what :class:`Muon`
+    compiles, so that momentum, concatenation, normalisation and the bf16 cast fuse into a
+    few memory passes around the batched matmuls."""
+    return orthogonalize(momentum_directions(grads, buffers, beta, nesterov), method, steps, coefficients)
+
+
+#: How :class:`Muon` compiles :func:`muon_directions` on a GPU. ``"reduce-overhead"`` replays
+#: CUDA graphs: at XS-L widths the step is launch-bound, and one replay replaces ~100 launches.
+COMPILE_MODE = "reduce-overhead"
+
+
 @functools.cache
-def _compiled_newton_schulz() -> Callable[..., Tensor]:
-    # One graph per batch shape; a model has a handful of shapes, more than dynamo's default
-    # limit of 8 recompilations only for unusual MoE layouts.
+def compiled_muon_directions(mode: str | None = COMPILE_MODE) -> Callable[..., list[Tensor]]:
+    # One graph per parameter group; raise dynamo's default limit of 8 for models with many groups.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(newton_schulz, dynamic=False)
+    return torch.compile(muon_directions, dynamic=False, mode=mode)
 
 
 def adjusted_lr(lr: float, shape: torch.Size | tuple[int, ...], adjust_lr: AdjustLR) -> float:
@@ -148,8 +161,8 @@ class Muon(Optimizer):
     output head, norms and biases to AdamW. The momentum buffer is kept in float32 even for
     low-precision parameters. ``step`` makes no host synchronisation.
 
-    ``compile`` (default: when the parameters are on a GPU) compiles the Newton-Schulz
-    iteration once per matrix shape; the first step pays for the compilation.
+    ``compile`` (default: when the parameters are on a GPU) compiles :func:`muon_directions`
+    once per parameter group (see :data:`COMPILE_MODE`); the first steps pay for it.
     """
 
     def __init__(
@@ -195,24 +208,22 @@ class Muon(Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            directions = momentum_directions(
-                [p.grad for p in params], [self._momentum_buffer(p) for p in params], group["momentum"], group["nesterov"]
-            )
             compile = group["compile"] if group["compile"] is not None else params[0].is_cuda
-            updates = orthogonalize(
-                directions, group["orthogonalize"], group["ns_steps"], group["ns_coefficients"], compile=compile,
-                out_dtype=params[0].dtype,
+            directions = compiled_muon_directions(COMPILE_MODE) if compile else muon_directions
+            updates = directions(
+                [p.grad for p in params], [self._momentum_buffer(p) for p in params], group["momentum"],
+                group["nesterov"], group["orthogonalize"], group["ns_steps"], group["ns_coefficients"],
             )
             lr, wd = group["lr"], group["weight_decay"]
             if wd:
                 torch._foreach_mul_(params, 1 - lr * wd)
-            by_step: dict[tuple, tuple[list[Tensor], list[Tensor]]] = defaultdict(lambda: ([], []))
+            by_lr: dict[float, tuple[list[Tensor], list[Tensor]]] = defaultdict(lambda: ([], []))
             for p, u in zip(params, updates):
-                targets, steps = by_step[(adjusted_lr(lr, p.shape, group["adjust_lr"]), p.dtype)]
+                targets, steps = by_lr[adjusted_lr(lr, p.shape, group["adjust_lr"])]
                 targets.append(p)
-                steps.append(u.to(p.dtype))
-            for (step_lr, _), (targets, steps) in by_step.items():
-                torch._foreach_add_(targets, steps, alpha=-step_lr)
+                steps.append(u)
+            for step_lr, (targets, steps) in by_lr.items():
+                torch._foreach_add_(targets, steps, alpha=-step_lr)  # bf16 updates into the parameters' dtype
         return loss
 
     def _momentum_buffer(self, p: Tensor) -> Tensor:
@@ -220,7 +231,10 @@ class Muon(Optimizer):
         if "momentum_buffer" not in state:
             dtype = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
             state["momentum_buffer"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
-        return state["momentum_buffer"]
+        buffer = state["momentum_buffer"]
+        if buffer.is_cuda:  # a fixed address lets the compiled step replay as a CUDA graph
+            torch._dynamo.mark_static_address(buffer)
+        return buffer
 
 
 class Shampoo(Optimizer):
@@ -468,5 +482,6 @@ __all__ = [
     "classify_parameters",
     "inverse_root",
     "momentum_directions",
+    "muon_directions",
     "orthogonalize",
 ]
