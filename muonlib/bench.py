@@ -20,7 +20,7 @@ import torch
 
 from . import linalg
 from .models import GPT, MLP, MoE, kv_cache_bytes, preset
-from .optim import HybridOptimizer, Muon, build_optimizer, classify_parameters
+from .optim import Muon, build_optimizer, classify_parameters
 from .provenance import write_json
 
 
@@ -126,11 +126,7 @@ def bench_train_step(size: str, variant: str, optimizer: str, batch: int, compil
     with torch.device(_device()):
         model = GPT(config).train()
     step_model = torch.compile(model) if compile else model
-    opt = build_optimizer(model, "adamw" if optimizer == "adamw" else "muon", lr=1e-3)
-    if optimizer == "torch.optim.Muon":
-        muon = opt.optimizers["muon"]
-        opt = HybridOptimizer({"muon": torch.optim.Muon(muon.param_groups[0]["params"], lr=1e-3, adjust_lr_fn="match_rms_adamw"),
-                               "adamw": opt.optimizers["adamw"]})
+    opt = build_optimizer(model, optimizer, lr=1e-3)
     idx = torch.randint(0, config.vocab_size, (batch, config.context), device=_device())
 
     def step():
@@ -276,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile-sizes", default="XS,L", help="sizes whose fwd+bwd is also measured compiled")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--optimizers", default="adamw,muon,torch.optim.Muon", help="train-step optimizers")
+    parser.add_argument("--optimizers", default="adamw,muon", help="train-step optimizers")
     parser.add_argument("--ns-shapes", default=NS_SHAPES, help="BATCHxROWSxCOLUMNS list for `ns`")
     args = parser.parse_args(argv)
     sizes, variants = args.sizes.split(","), args.variants.split(",")

@@ -102,7 +102,11 @@ COMPILE_MODE = "reduce-overhead"
 def compiled_muon_directions(mode: str | None = COMPILE_MODE) -> Callable[..., list[Tensor]]:
     # One graph per parameter group; raise dynamo's default limit of 8 for models with many groups.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(muon_directions, dynamic=False, mode=mode)
+    # Loop reordering after fusion trips an inductor assertion on these foreach + cat graphs
+    # (torch 2.11, CUDA); it only tunes memory order, so it is turned off for this function.
+    return torch.compile(
+        muon_directions, dynamic=False, mode=mode, options={"loop_ordering_after_fusion": False}
+    )
 
 
 def adjusted_lr(lr: float, shape: torch.Size | tuple[int, ...], adjust_lr: AdjustLR) -> float:
