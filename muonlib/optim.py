@@ -93,20 +93,19 @@ def muon_directions(
     return orthogonalize(momentum_directions(grads, buffers, beta, nesterov), method, steps, coefficients)
 
 
-#: How :class:`Muon` compiles :func:`muon_directions` on a GPU. ``"reduce-overhead"`` replays
-#: CUDA graphs: at XS-L widths the step is launch-bound, and one replay replaces ~100 launches.
-COMPILE_MODE = "reduce-overhead"
+#: Whether :class:`Muon`'s compiled step replays CUDA graphs (``mode="reduce-overhead"``): at
+#: XS-L widths the step is launch-bound, and one replay replaces ~100 launches.
+CUDA_GRAPHS = True
 
 
 @functools.cache
-def compiled_muon_directions(mode: str | None = COMPILE_MODE) -> Callable[..., list[Tensor]]:
+def compiled_muon_directions(cuda_graphs: bool = True) -> Callable[..., list[Tensor]]:
     # One graph per parameter group; raise dynamo's default limit of 8 for models with many groups.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     # Loop reordering after fusion trips an inductor assertion on these foreach + cat graphs
     # (torch 2.11, CUDA); it only tunes memory order, so it is turned off for this function.
-    return torch.compile(
-        muon_directions, dynamic=False, mode=mode, options={"loop_ordering_after_fusion": False}
-    )
+    options = {"triton.cudagraphs": cuda_graphs, "loop_ordering_after_fusion": False}
+    return torch.compile(muon_directions, dynamic=False, options=options)
 
 
 def adjusted_lr(lr: float, shape: torch.Size | tuple[int, ...], adjust_lr: AdjustLR) -> float:
@@ -166,7 +165,7 @@ class Muon(Optimizer):
     low-precision parameters. ``step`` makes no host synchronisation.
 
     ``compile`` (default: when the parameters are on a GPU) compiles :func:`muon_directions`
-    once per parameter group (see :data:`COMPILE_MODE`); the first steps pay for it.
+    once per parameter group (see :data:`CUDA_GRAPHS`); the first steps pay for it.
     """
 
     def __init__(
@@ -213,7 +212,7 @@ class Muon(Optimizer):
             if not params:
                 continue
             compile = group["compile"] if group["compile"] is not None else params[0].is_cuda
-            directions = compiled_muon_directions(COMPILE_MODE) if compile else muon_directions
+            directions = compiled_muon_directions(CUDA_GRAPHS) if compile else muon_directions
             updates = directions(
                 [p.grad for p in params], [self._momentum_buffer(p) for p in params], group["momentum"],
                 group["nesterov"], group["orthogonalize"], group["ns_steps"], group["ns_coefficients"],
