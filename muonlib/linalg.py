@@ -64,7 +64,7 @@ NORM_FLOOR = 1e-30
 #: symmetric products through the Triton kernel of :mod:`muonlib.kernels` instead of cuBLAS.
 #: Below it the general matmul wins (measured by ``python -m muonlib.bench ns`` into
 #: ``data/bench/newton_schulz.json``): half the tiles of a small product leave the GPU idle.
-SYMMETRIC_MIN_WIDTH = 4096
+SYMMETRIC_MIN_WIDTH = 2048
 
 
 def msign(G: Tensor, rtol: float | None = None) -> Tensor:
