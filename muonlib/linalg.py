@@ -61,7 +61,7 @@ POLAR_EXPRESS_COEFFICIENTS: tuple[Coefficients, ...] = tuple(
 NORM_FLOOR = 1e-30
 
 #: Smallest side of the (wide) matrices from which a Newton-Schulz step on a GPU runs its two
-#: symmetric products through the Triton kernel of :mod:`muonlib.kernels` instead of cuBLAS.
+#: symmetric products through the Triton kernel of :mod:`muonlib.kernels.symmetric` instead of cuBLAS.
 #: Below it the general matmul wins (measured by ``python -m muonlib.bench ns`` into
 #: ``data/bench/newton_schulz.json``): half the tiles of a small product leave the GPU idle.
 SYMMETRIC_MIN_WIDTH = 2048

@@ -3,6 +3,9 @@ show them) and the tests (which guard their verdicts)."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -81,11 +84,87 @@ def optimizer_state_floats(shape: tuple[int, int], optimizer: str) -> int:
     return {"muon": m * n, "adamw": 2 * m * n, "shampoo": 2 * (m * m + n * n)}[optimizer]
 
 
+@dataclass
+class Quadratic:
+    """``L(W) = 1/2 tr((W - W*)^T H (W - W*))`` over ``m x n`` matrices: ``L``-smooth in the
+    Frobenius norm with ``L = lambda_max(H)``, minimum 0. The testbed for Theorem 2."""
+
+    H: Tensor  # (m, m), symmetric positive definite
+    W_star: Tensor  # (m, n)
+
+    @classmethod
+    def random(cls, m: int, n: int, smoothness: float, condition: float, generator: torch.Generator) -> "Quadratic":
+        """Eigenvalues of ``H`` spread log-uniformly over ``[smoothness / condition, smoothness]``."""
+        Q, _ = torch.linalg.qr(torch.randn(m, m, generator=generator, dtype=torch.float64))
+        eigenvalues = smoothness * torch.logspace(-math.log10(condition), 0, m, dtype=torch.float64)
+        return cls((Q * eigenvalues) @ Q.mT, torch.randn(m, n, generator=generator, dtype=torch.float64))
+
+    @property
+    def smoothness(self) -> float:
+        return float(torch.linalg.eigvalsh(self.H).max())
+
+    def loss(self, W: Tensor) -> float:
+        D = W - self.W_star
+        return 0.5 * float((D * (self.H @ D)).sum())
+
+    def grad(self, W: Tensor) -> Tensor:
+        return self.H @ (W - self.W_star)
+
+
+def run_muon(problem: Quadratic, W: Tensor, eta0: float, beta: float, sigma: float, steps: int,
+             generator: torch.Generator) -> dict[str, Tensor]:
+    """Muon as eqs. (3)-(5) state it (exact msign, no weight decay, no RMS scaling) with
+    ``eta_t = eta0 / sqrt(t)`` on stochastic gradients ``G_t = grad L(W_t) + xi_t``,
+    ``E ||xi_t||_F^2 = sigma^2``. Returns, per step, the true ``||grad L(W_t)||_F^2``, the loss
+    and the ratio ``<grad L(W_t), U_t> / ||grad L(W_t)||_F`` that the proof sketch bounds below."""
+    M = torch.zeros_like(W)
+    grad_sq, losses, ratios = [], [], []
+    noise_scale = sigma / math.sqrt(W.numel())
+    for t in range(1, steps + 1):
+        grad = problem.grad(W)
+        G = grad + noise_scale * torch.randn(W.shape, generator=generator, dtype=W.dtype)
+        M = beta * M + (1 - beta) * G
+        U = msign(M)
+        norm = grad.norm()
+        grad_sq.append(float(norm**2))
+        losses.append(problem.loss(W))
+        ratios.append(float((grad * U).sum() / norm) if norm > 0 else float("nan"))
+        W = W - eta0 / math.sqrt(t) * U
+    return {"grad_sq": torch.tensor(grad_sq), "loss": torch.tensor(losses), "ratio": torch.tensor(ratios)}
+
+
+def theorem2_bound(T: Tensor, initial_gap: float, eta0: float, smoothness: float, sigma: float) -> Tensor:
+    """The right side of eq. (7) without its unspecified ``O(log T / T)`` term:
+    ``2 (L(W_1) - L*) / (eta0 sqrt(T)) + eta0 L sigma^2 / sqrt(T)``."""
+    return (2 * initial_gap / eta0 + eta0 * smoothness * sigma**2) / T.sqrt()
+
+
+def deterministic_bound(T: Tensor, initial_gap: float, eta0: float, smoothness: float, rank: int) -> Tensor:
+    """What the smoothness inequality (8) does give for exact gradients and ``beta = 0``: the
+    mean gradient *norm* ``(1/T) sum ||grad L(W_t)||_F`` is at most
+    ``(gap / eta0 + L r eta0 (1 + ln T) / 2) / sqrt(T)``, with ``r = min(m, n)``.
+
+    From (8), ``L_{t+1} <= L_t - eta_t ||grad_t||_* + L eta_t^2 r / 2`` (``msign`` has ``r`` unit
+    singular values and ``<G, msign(G)> = ||G||_*``); sum, use ``||.||_F <= ||.||_*``,
+    ``eta_t >= eta0 / sqrt(T)`` and ``sum 1/t <= 1 + ln T``."""
+    return (initial_gap / eta0 + smoothness * rank * eta0 * (1 + T.log()) / 2) / T.sqrt()
+
+
+def running_mean(x: Tensor) -> Tensor:
+    """``(1/T) sum_{t <= T} x_t`` for every ``T``."""
+    return x.cumsum(0) / torch.arange(1, len(x) + 1, dtype=x.dtype)
+
+
 def rms(X: Tensor) -> float:
     return float(X.pow(2).mean().sqrt())
 
 
 __all__ = [
+    "Quadratic",
+    "deterministic_bound",
+    "run_muon",
+    "running_mean",
+    "theorem2_bound",
     "nearest_orthonormal_by_descent", "optimizer_state_floats",
     "project_spectral_ball", "random_unit_spectral", "relative_error", "rms", "shampoo_update",
     "spectral_ball_ascent", "stiefel_tangent",

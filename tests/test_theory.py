@@ -101,3 +101,48 @@ def test_rms_matching_needs_the_larger_dimension(gen):
         assert adjusted_lr(1.0, (m, n), "match_rms_adamw") * rms(U) == pytest.approx(0.2, rel=1e-9)
     tall = msign(torch.randn(256, 64, generator=gen, dtype=torch.float64))
     assert 0.2 * 64**0.5 * rms(tall) == pytest.approx(0.1, rel=1e-9)  # the paper's sqrt(n), n = columns
+
+
+# --------------------------------------------------------------------------- Theorem 2
+
+from muonlib.theory import Quadratic, deterministic_bound, run_muon, running_mean, theorem2_bound  # noqa: E402
+
+T = 600
+STEPS = torch.arange(1, T + 1, dtype=torch.float64)
+
+
+def quadratic(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    quad = Quadratic.random(n, n, smoothness=1.0, condition=10.0, generator=g)
+    W = quad.W_star + torch.randn(n, n, generator=g, dtype=torch.float64)
+    return quad, quad.W_star + (W - quad.W_star) / quad.loss(W) ** 0.5, g
+
+
+def test_quadratic_smoothness_and_gradient():
+    quad, W, _ = quadratic(6, 0)
+    assert quad.smoothness == pytest.approx(1.0)
+    D = 1e-6 * torch.randn(6, 6, dtype=torch.float64)
+    assert quad.loss(W + D) - quad.loss(W) == pytest.approx(float((quad.grad(W) * D).sum()), rel=1e-4)
+
+
+@pytest.mark.parametrize("n", [4, 16, 64])
+def test_derived_bound_on_the_mean_gradient_norm_holds(n):
+    quad, W, g = quadratic(n, 0)
+    run = run_muon(quad, W, 1.0, beta=0.0, sigma=0.0, steps=T, generator=g)
+    assert torch.all(running_mean(run["grad_sq"].sqrt()) <= deterministic_bound(STEPS, 1.0, 1.0, 1.0, n))
+    assert run["ratio"].min() >= 1 - 1e-9  # <grad, msign(grad)> = nuclear norm >= Frobenius norm
+
+
+def test_eq7_without_a_dimension_factor_fails_on_large_matrices():
+    bound = theorem2_bound(STEPS, 1.0, 1.0, 1.0, 0.0)
+    small = run_muon(*quadratic(4, 0)[:2], 1.0, 0.0, 0.0, T, torch.Generator().manual_seed(0))
+    large = run_muon(*quadratic(64, 0)[:2], 1.0, 0.0, 0.0, T, torch.Generator().manual_seed(0))
+    assert torch.all(running_mean(small["grad_sq"]) <= bound)
+    assert (running_mean(large["grad_sq"]) > bound).sum() > 100
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.9])
+def test_proof_step_fails_under_noise(beta):
+    quad, W, g = quadratic(16, 1)
+    ratio = run_muon(quad, W, 0.1, beta=beta, sigma=1.0, steps=T, generator=g)["ratio"]
+    assert (ratio[T // 2:] < 0).double().mean() > 0.05
