@@ -216,8 +216,9 @@ def bench_newton_schulz(batch: int, p: int, q: int, iters: int) -> dict:
     A = gram_reference(X)
     row["gram_cublas_ms"] = median_ms(lambda: gram_reference(X), iters=iters)
     row["gram_triton_ms"] = median_ms(lambda: gram(X), iters=iters)
-    row["bA_cAA_cublas_ms"] = median_ms(lambda: gram_reference(A, -4.775, A, 2.0315), iters=iters)
-    row["bA_cAA_triton_ms"] = median_ms(lambda: gram(A, -4.775, A, 2.0315), iters=iters)
+    _, b, c = linalg.NAMED_COEFFICIENTS["muon"]
+    row["bA_cAA_cublas_ms"] = median_ms(lambda: gram_reference(A, c, A, b), iters=iters)
+    row["bA_cAA_triton_ms"] = median_ms(lambda: gram(A, c, A, b), iters=iters)
     best = min(row["torch_ms"], row["torch_compiled_ms"])
     row["triton_speedup"] = best / row["triton_ms"]
     row["best_tflops"] = flops / min(best, row["triton_ms"]) / 1e9

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .linalg import msign
-from .optim import Shampoo
+from .optim import Muon, Shampoo
 
 
 def project_spectral_ball(U: Tensor, radius: float = 1.0) -> Tensor:
@@ -117,19 +116,23 @@ def run_muon(problem: Quadratic, W: Tensor, eta0: float, beta: float, sigma: flo
     ``eta_t = eta0 / sqrt(t)`` on stochastic gradients ``G_t = grad L(W_t) + xi_t``,
     ``E ||xi_t||_F^2 = sigma^2``. Returns, per step, the true ``||grad L(W_t)||_F^2``, the loss
     and the ratio ``<grad L(W_t), U_t> / ||grad L(W_t)||_F`` that the proof sketch bounds below."""
-    M = torch.zeros_like(W)
+    # muonlib's Muon with exact msign, plain EMA momentum and the unscaled update is eqs. (3)-(5)
+    param = torch.nn.Parameter(W.clone())
+    muon = Muon([param], lr=eta0, momentum=beta, nesterov=False, adjust_lr=None, orthogonalize="svd")
     grad_sq, losses, ratios = [], [], []
     noise_scale = sigma / math.sqrt(W.numel())
     for t in range(1, steps + 1):
+        W = param.detach().clone()
         grad = problem.grad(W)
-        G = grad + noise_scale * torch.randn(W.shape, generator=generator, dtype=W.dtype)
-        M = beta * M + (1 - beta) * G
-        U = msign(M)
+        param.grad = grad + noise_scale * torch.randn(W.shape, generator=generator, dtype=W.dtype)
+        lr = eta0 / math.sqrt(t)
+        muon.param_groups[0]["lr"] = lr
+        muon.step()
+        U = (W - param.detach()) / lr  # msign(M_t), read back from the step taken
         norm = grad.norm()
         grad_sq.append(float(norm**2))
         losses.append(problem.loss(W))
         ratios.append(float((grad * U).sum() / norm) if norm > 0 else float("nan"))
-        W = W - eta0 / math.sqrt(t) * U
     return {"grad_sq": torch.tensor(grad_sq), "loss": torch.tensor(losses), "ratio": torch.tensor(ratios)}
 
 
