@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from torch import Tensor
 
 from . import linalg
 from .models import GPT, MLP, MoE, kv_cache_bytes, preset
@@ -195,53 +196,64 @@ def symmetric_kernels(enabled: bool) -> Iterator[None]:
 
 
 def bench_newton_schulz(batch: int, p: int, q: int, iters: int) -> dict:
-    """Five Newton-Schulz steps on ``batch`` wide ``p x q`` bf16 matrices: eager torch, compiled
-    torch and the Triton symmetric kernels; and the two symmetric products alone, by cuBLAS
-    and by the kernel."""
+    """Five Newton-Schulz steps on ``batch`` wide ``p x q`` matrices in float16 (the default):
+    eager torch, compiled torch, the Triton symmetric kernels and the compiled Gram iteration,
+    each with its distance from a float64 run; the direct iteration in bfloat16 for its error;
+    the default dispatch; and ``X X^T`` alone, by cuBLAS and by the kernel."""
     from .kernels import gram, gram_reference
 
-    X = torch.randn(batch, p, q, device=_device(), dtype=torch.bfloat16)
+    X = torch.randn(batch, p, q, device=_device(), dtype=torch.float16)
     X = X / torch.linalg.matrix_norm(X.float(), keepdim=True).to(X.dtype)
     flops = batch * linalg.newton_schulz_flops(p, q)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)  # a graph per shape
     compiled = torch.compile(linalg.newton_schulz, dynamic=False)
-    row = dict(batch=batch, p=p, q=q, ns_flops=flops)
+    exact = linalg.newton_schulz(X, dtype=torch.float64, gram=False)
+
+    def distance(Y: Tensor) -> float:
+        return ((Y.double() - exact).norm() / exact.norm()).item()
+
+    row = dict(batch=batch, p=p, q=q, ns_flops=flops, gram_ns_flops=batch * linalg.gram_newton_schulz_flops(p, q))
     with symmetric_kernels(False):
-        row["torch_ms"] = median_ms(lambda: linalg.newton_schulz(X), iters=iters)
-        row["torch_compiled_ms"] = median_ms(lambda: compiled(X), iters=iters)
-        reference = linalg.newton_schulz(X).float()
+        row["torch_ms"] = median_ms(lambda: linalg.newton_schulz(X, gram=False), iters=iters)
+        row["torch_compiled_ms"] = median_ms(lambda: compiled(X, gram=False), iters=iters)
+        row["torch_error"] = distance(linalg.newton_schulz(X, gram=False))
+        row["bf16_ms"] = median_ms(lambda: compiled(X, dtype=torch.bfloat16, gram=False), iters=iters)
+        row["bf16_error"] = distance(linalg.newton_schulz(X, dtype=torch.bfloat16, gram=False))
+        row["gram_compiled_ms"] = median_ms(lambda: compiled(X, gram=True), iters=iters)
+        row["gram_error"] = distance(linalg.newton_schulz(X, gram=True))
     with symmetric_kernels(True):
-        row["triton_ms"] = median_ms(lambda: linalg.newton_schulz(X), iters=iters)
-        row["triton_rel_diff"] = ((linalg.newton_schulz(X).float() - reference).norm() / reference.norm()).item()
-    A = gram_reference(X)
+        row["triton_ms"] = median_ms(lambda: linalg.newton_schulz(X, gram=False), iters=iters)
+        row["triton_error"] = distance(linalg.newton_schulz(X, gram=False))
+    row["default_ms"] = median_ms(lambda: compiled(X), iters=iters)  # what newton_schulz dispatches to here
     row["gram_cublas_ms"] = median_ms(lambda: gram_reference(X), iters=iters)
     row["gram_triton_ms"] = median_ms(lambda: gram(X), iters=iters)
-    _, b, c = linalg.NAMED_COEFFICIENTS["muon"]
-    row["bA_cAA_cublas_ms"] = median_ms(lambda: gram_reference(A, c, A, b), iters=iters)
-    row["bA_cAA_triton_ms"] = median_ms(lambda: gram(A, c, A, b), iters=iters)
     best = min(row["torch_ms"], row["torch_compiled_ms"])
     row["triton_speedup"] = best / row["triton_ms"]
+    row["gram_speedup"] = best / row["gram_compiled_ms"]
     row["best_tflops"] = flops / min(best, row["triton_ms"]) / 1e9
     return row
 
 
 GRAM_CONFIGS = [dict(BLOCK=b, BLOCK_K=k, num_warps=w, num_stages=st)
-                for b, k, w, st in ((64, 64, 4, 4), (128, 32, 8, 4), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2))]
+                for b, k, w, st in ((64, 64, 4, 4), (64, 128, 4, 3), (128, 32, 8, 4), (128, 64, 4, 3), (128, 64, 4, 4),
+                                    (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (128, 128, 8, 3))]
+#: (batch, width) of the configuration sweep: the 768-wide batch of a GPT-2-small model, then single large matrices.
+GRAM_CONFIG_SHAPES = ((48, 768), (1, 2048), (1, 4096), (1, 8192))
 
 
-def bench_gram_configs(width: int, iters: int) -> list[dict]:
-    """The symmetric kernel's launch configurations on one square bf16 matrix, against cuBLAS."""
+def bench_gram_configs(batch: int, width: int, iters: int) -> list[dict]:
+    """The symmetric kernel's launch configurations on a batch of square float16 matrices, against cuBLAS."""
     from .kernels import gram, gram_reference
 
-    X = torch.randn(1, width, width, device=_device(), dtype=torch.bfloat16)
-    rows = [dict(width=width, config="cuBLAS bmm", ms=median_ms(lambda: gram_reference(X), iters=iters))]
+    X = torch.randn(batch, width, width, device=_device(), dtype=torch.float16)
+    rows = [dict(batch=batch, width=width, config="cuBLAS bmm", ms=median_ms(lambda: gram_reference(X), iters=iters))]
     for config in GRAM_CONFIGS:
         try:
             ms = median_ms(lambda: gram(X, config=config), iters=iters)
         except Exception as error:  # noqa: BLE001 - e.g. out of shared memory: recorded, not fatal
             ms = float("nan")
             print(f"gram {width} {config}: {type(error).__name__}")
-        rows.append(dict(width=width, config=str(config), ms=ms))
+        rows.append(dict(batch=batch, width=width, config=str(config), ms=ms))
     return rows
 
 
@@ -293,19 +305,19 @@ def main(argv: list[str] | None = None) -> None:
         results = {"newton_schulz": [], "gram_configs": []}
         path = out / f"{args.name or 'newton_schulz'}.json"
         if torch.cuda.is_available():
-            for width in (2048, 4096, 8192):
-                results["gram_configs"] += bench_gram_configs(width, args.iters)
+            for batch, width in GRAM_CONFIG_SHAPES:
+                results["gram_configs"] += bench_gram_configs(batch, width, args.iters)
                 write_json(path, results, config)
                 for r in results["gram_configs"][-len(GRAM_CONFIGS) - 1:]:
-                    print(f"gram {width}: {r['config']:<70} {r['ms']:.3f} ms", flush=True)
+                    print(f"gram {batch}x{width}: {r['config']:<70} {r['ms']:.3f} ms", flush=True)
         for batch, p, q in parse_shapes(args.ns_shapes):
             results["newton_schulz"].append(bench_newton_schulz(batch, p, q, args.iters))
             write_json(path, results, config)
             r = results["newton_schulz"][-1]
             print(f"NS {batch}x{p}x{q}: torch {r['torch_ms']:.3f} compiled {r['torch_compiled_ms']:.3f} triton "
-                  f"{r['triton_ms']:.3f} ms (x{r['triton_speedup']:.2f}, diff {r['triton_rel_diff']:.1e}); gram cuBLAS "
-                  f"{r['gram_cublas_ms']:.3f} triton {r['gram_triton_ms']:.3f}; bA+cAA {r['bA_cAA_cublas_ms']:.3f} / "
-                  f"{r['bA_cAA_triton_ms']:.3f}", flush=True)
+                  f"{r['triton_ms']:.3f} ms (x{r['triton_speedup']:.2f}) Gram {r['gram_compiled_ms']:.3f} ms "
+                  f"(x{r['gram_speedup']:.2f}) default {r['default_ms']:.3f} ms; errors {r['torch_error']:.1e} / Gram {r['gram_error']:.1e} / bf16 "
+                  f"{r['bf16_error']:.1e}; XX^T cuBLAS {r['gram_cublas_ms']:.3f} triton {r['gram_triton_ms']:.3f}", flush=True)
         return
     parts = args.parts.split(",")
     results: dict[str, list] = {"forward_backward": [], "kv_cache": [], "moe_layer": [], "train_step": []}

@@ -6,6 +6,7 @@ a stack of MoE experts ``(E, out, in)`` is treated as ``E`` independent matrices
 
 from __future__ import annotations
 
+import math
 from typing import Sequence, Union
 
 import torch
@@ -59,6 +60,13 @@ POLAR_EXPRESS_COEFFICIENTS: tuple[Coefficients, ...] = tuple(
 # in torch.optim.Muon) silently under-scales matrices whose norm is near it, so the
 # "orthogonalised" update of a tiny gradient would not be orthogonal.
 NORM_FLOOR = 1e-30
+
+#: Aspect ratio (long side / short side) from which :func:`newton_schulz` iterates on the
+#: Gram matrix ``R = X X^T`` instead of on ``X`` (see :func:`gram_newton_schulz`). A step on
+#: ``X`` costs ``4 p^2 q + 2 p^3`` FLOPs; the Gram form pays ``4 p^2 q`` once per restart and
+#: ``8 p^3`` per step, so it saves FLOPs from ``q / p`` of about 1.5 and saves time from the
+#: ratio measured by ``python -m muonlib.bench ns``. Set it to ``math.inf`` to turn it off.
+GRAM_MIN_ASPECT = 2.0
 
 #: Smallest side of the (wide) matrices from which a Newton-Schulz step on a GPU runs its two
 #: symmetric products through the Triton kernel of :mod:`muonlib.kernels.symmetric` instead of cuBLAS.
@@ -120,7 +128,8 @@ def newton_schulz(
     G: Tensor,
     steps: int = 5,
     coefficients: CoefficientSpec = "muon",
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype = torch.float16,
+    gram: bool | None = None,
 ) -> Tensor:
     """Approximate ``msign(G)`` with ``steps`` odd-polynomial iterations (Algorithm 1).
 
@@ -130,6 +139,14 @@ def newton_schulz(
     ``steps`` times in ``dtype``. The iteration runs on the wide orientation (``X X^T`` is the
     smaller Gram matrix) and tall inputs are transposed back. Returns ``dtype``; a zero
     matrix gives zero.
+
+    The default is float16, not the paper's bfloat16: after the normalisation every iterate
+    is bounded by the coefficients, so bfloat16's wider range buys nothing, while its 8-bit
+    mantissa rounds about 8 times more coarsely (the Performance chapter measures both).
+    Both run at the same tensor-core rate on an H100, and a T4 has no bfloat16 tensor cores.
+
+    ``gram`` evaluates the same polynomials on the Gram matrix (:func:`gram_newton_schulz`);
+    by default it does so for matrices at least :data:`GRAM_MIN_ASPECT` times wider than tall.
     """
     _check_matrix(G, "newton_schulz")
     schedule = coefficient_schedule(coefficients, steps)
@@ -138,35 +155,118 @@ def newton_schulz(
     batch_shape = X.shape[:-2]
     X = X.reshape(-1, *X.shape[-2:]).to(torch.promote_types(dtype, torch.float32))
     norm = torch.linalg.matrix_norm(X, keepdim=True) * normalization_safety(coefficients)
-    X = (X / norm.clamp_min(NORM_FLOOR)).to(dtype)
-    for a, b, c in schedule:
-        X = newton_schulz_step(X, a, b, c)
+    X = X / norm.clamp_min(NORM_FLOOR)
+    if gram is None:
+        gram = X.size(-1) >= GRAM_MIN_ASPECT * X.size(-2)
+    if gram:
+        X = gram_newton_schulz(X.to(gram_dtype(dtype)), schedule).to(dtype)
+    else:
+        X = X.to(dtype)
+        for a, b, c in schedule:
+            X = newton_schulz_step(X, a, b, c)
     X = X.reshape(*batch_shape, *X.shape[-2:])
     return X.mT if transpose else X
 
 
-def newton_schulz_step(X: Tensor, a: float, b: float, c: float) -> Tensor:
-    """One quintic step ``a X + (b A + c A A) X`` with ``A = X X^T`` on a batch ``X`` of wide matrices.
-
-    On a GPU, matrices at least :data:`SYMMETRIC_MIN_WIDTH` wide take the Triton kernels,
-    which compute the symmetric ``A`` and ``b A + c A A`` on half the tiles.
+def gram_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype :func:`gram_newton_schulz` runs in when asked for ``dtype``: float16 for both
+    16-bit types. ``R = X X^T`` squares the condition number, and bfloat16's 8-bit mantissa
+    rounds it into spurious negative eigenvalues that each step then multiplies by ``a^2``;
+    float16 (11 bits) is as fast, and the normalised iterates never approach its range limit.
     """
+    return torch.float16 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def gram_restarts(steps: int) -> range:
+    """Steps before which :func:`gram_newton_schulz` folds ``Q`` into ``X`` and recomputes
+    ``R = X X^T``: after the second step, then every third (Dao-AILab's gram-newton-schulz
+    restarts once, after step 2 of 5). Between restarts a rounding error in a near-zero
+    eigenvalue of ``R`` grows by about ``a^2`` per step; a restart resets it to one rounding."""
+    return range(2, steps, 3)
+
+
+def step_polynomial(A: Tensor, a: float, b: float, c: float) -> Tensor:
+    """``P = a I + b A + c A^2`` of a batch of symmetric ``A``, by the completed square of
+    :func:`newton_schulz_step` (one elementwise pass over ``A``, one symmetric product)."""
+    return _polynomial_of_scaled(A * _polynomial_scale(b, c), a, b, c)
+
+
+def _polynomial_scale(b: float, c: float) -> float:
+    return b if c == 0 else math.sqrt(abs(c))
+
+
+def _polynomial_of_scaled(S: Tensor, a: float, b: float, c: float) -> Tensor:
+    # S = _polynomial_scale(b, c) * A, a fresh tensor: shifted in place.
+    if c != 0:
+        S.diagonal(dim1=-2, dim2=-1).add_(math.sqrt(abs(c)) * b / (2 * c))
+        S = symmetric_product(S, math.copysign(1.0, c))
+        a = a - b * b / (4 * c)
+    S.diagonal(dim1=-2, dim2=-1).add_(a)
+    return S
+
+
+def gram_newton_schulz(X: Tensor, schedule: Sequence[Coefficients]) -> Tensor:
+    """The quintic iteration on a normalised batch ``X`` of wide ``p x q`` matrices, evaluated
+    on their ``p x p`` Gram matrices.
+
+    Each step maps ``X`` to ``P X`` with ``P = a I + b R + c R^2`` and ``R = X X^T``, so the
+    iterate is ``Q X`` with ``Q`` the product of the ``P``'s, and the next Gram matrix is
+    ``P R P``. Tracking ``R`` and ``Q`` costs four ``p x p`` products per step instead of
+    two ``p x q`` ones and one ``p x p``; ``X`` is touched only at the start, at each of
+    :func:`gram_restarts` and at the end. In exact arithmetic the result equals
+    :func:`newton_schulz_step` applied ``len(schedule)`` times. Computes in ``X``'s dtype
+    (use :func:`gram_dtype`).
+    """
+    R = symmetric_product(X)
+    Q = None
+    restarts = gram_restarts(len(schedule))
+    for step, (a, b, c) in enumerate(schedule):
+        if step in restarts:
+            X = torch.bmm(Q, X)
+            R = symmetric_product(X)
+            Q = None
+        P = step_polynomial(R, a, b, c)
+        Q = P if Q is None else torch.bmm(Q, P)
+        if step + 1 < len(schedule) and step + 1 not in restarts:
+            R = torch.bmm(P, torch.bmm(R, P))
+    return X if Q is None else torch.bmm(Q, X)
+
+
+def newton_schulz_step(X: Tensor, a: float, b: float, c: float) -> Tensor:
+    """One quintic step ``X <- P X`` with ``P = a I + b A + c A^2`` and ``A = X X^T``, on a batch
+    ``X`` of wide matrices.
+
+    ``P`` is built by completing the square, ``c A^2 + b A = sign(c) S^2 - b^2 / (4c) I`` with
+    ``S = sqrt|c| (A + b / (2c) I)``, so the step is three plain matmuls, ``S`` (scaled in the
+    matmul), ``S S^T`` and ``P X``, plus two shifts of a diagonal. ``baddbmm(C, ...)`` with a
+    nonzero ``beta`` would first copy ``C`` into its output and read it again: on an H100 that
+    made ``b A + c A A`` and ``a X + B X`` take twice as long as a plain matmul of the same
+    shape (``python -m muonlib.bench ns``). Both symmetric products go to :func:`symmetric_product`.
+    """
+    S = symmetric_product(X, _polynomial_scale(b, c))
+    return torch.bmm(_polynomial_of_scaled(S, a, b, c), X)
+
+
+def symmetric_product(X: Tensor, alpha: float = 1.0) -> Tensor:
+    """``alpha X X^T`` for a batch ``X``. On a GPU, from :data:`SYMMETRIC_MIN_WIDTH` rows, by the
+    Triton kernel of :mod:`muonlib.kernels.symmetric` (half the tiles); otherwise by one matmul
+    that applies ``alpha`` in its epilogue (``beta = 0`` never reads the input)."""
     if _symmetric_kernels_win(X):
-        return _symmetric_step(X, a, b, c)
-    A = torch.bmm(X, X.mT)
-    B = torch.baddbmm(A, A, A, beta=b, alpha=c)
-    return torch.baddbmm(X, B, X, beta=a)
+        return _symmetric_kernel(X, alpha)
+    if alpha == 1.0:
+        return torch.bmm(X, X.mT)
+    return torch.baddbmm(X.new_empty(1, 1, 1), X, X.mT, beta=0.0, alpha=alpha)
 
 
 def _symmetric_kernels_win(X: Tensor) -> bool:
-    return X.is_cuda and X.size(-2) >= SYMMETRIC_MIN_WIDTH
+    return X.is_cuda and X.dtype != torch.float64 and X.size(-2) >= SYMMETRIC_MIN_WIDTH
 
 
 @torch.compiler.disable  # a hand-written kernel: nothing for the compiler to fuse
-def _symmetric_step(X: Tensor, a: float, b: float, c: float) -> Tensor:
-    from .kernels import newton_schulz_step
+def _symmetric_kernel(X: Tensor, alpha: float) -> Tensor:
+    from .kernels import gram
 
-    return newton_schulz_step(X, a, b, c)
+    return gram(X, alpha)
 
 
 def scalar_map(x: Tensor, steps: int, coefficients: CoefficientSpec = "muon") -> Tensor:
@@ -191,6 +291,20 @@ def newton_schulz_flops(m: int, n: int, steps: int = 5) -> int:
     return steps * (4 * p * p * q + 2 * p**3)
 
 
+def gram_newton_schulz_flops(m: int, n: int, steps: int = 5) -> int:
+    """Dense matmul FLOPs of :func:`gram_newton_schulz` on an ``m x n`` matrix: ``2 p^2 q`` for
+    each product with ``X`` (the first ``R``, two per restart, the final ``Q X``) and ``2 p^3``
+    for each ``p x p`` product."""
+    p, q = min(m, n), max(m, n)
+    restarts = gram_restarts(steps)
+    with_x = 2 + 2 * len(restarts) if steps else 0
+    square = 0
+    for step in range(steps):
+        square += 1 + (step not in restarts and step > 0)  # R R, and Q P unless Q starts here
+        square += 2 * (step + 1 < steps and step + 1 not in restarts)  # P (R P)
+    return with_x * 2 * p * p * q + square * 2 * p**3
+
+
 def _check_matrix(G: Tensor, name: str) -> None:
     if not isinstance(G, Tensor):
         raise TypeError(f"{name} expects a torch.Tensor, got {type(G).__name__}")
@@ -201,16 +315,23 @@ def _check_matrix(G: Tensor, name: str) -> None:
 
 
 __all__ = [
+    "GRAM_MIN_ASPECT",
     "MUON_BAND",
     "NAMED_COEFFICIENTS",
     "POLAR_EXPRESS_COEFFICIENTS",
     "POLAR_EXPRESS_SAFETY",
     "SYMMETRIC_MIN_WIDTH",
     "coefficient_schedule",
+    "gram_dtype",
+    "gram_newton_schulz",
+    "gram_newton_schulz_flops",
+    "gram_restarts",
     "msign",
     "newton_schulz",
     "newton_schulz_flops",
     "newton_schulz_step",
     "normalization_safety",
     "scalar_map",
+    "step_polynomial",
+    "symmetric_product",
 ]

@@ -42,7 +42,7 @@ def orthogonalize(
     method: Literal["newton_schulz", "svd"] = "newton_schulz",
     steps: int = 5,
     coefficients: CoefficientSpec = "muon",
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype = torch.float16,
 ) -> list[Tensor]:
     """``msign`` of each update (eq. 4), by Newton-Schulz or exact SVD.
 
@@ -88,7 +88,7 @@ def muon_directions(
 ) -> list[Tensor]:
     """Everything in a Muon step but the parameter update: momentum (eq. 3), look-ahead and
     orthogonalisation (eq. 4). Updates ``buffers`` in place; this is what :class:`Muon`
-    compiles, so that momentum, concatenation, normalisation and the bf16 cast fuse into a
+    compiles, so that momentum, concatenation, normalisation and the float16 cast fuse into a
     few memory passes around the batched matmuls."""
     return orthogonalize(momentum_directions(grads, buffers, beta, nesterov), method, steps, coefficients)
 
@@ -226,7 +226,7 @@ class Muon(Optimizer):
                 targets.append(p)
                 steps.append(u)
             for step_lr, (targets, steps) in by_lr.items():
-                torch._foreach_add_(targets, steps, alpha=-step_lr)  # bf16 updates into the parameters' dtype
+                torch._foreach_add_(targets, steps, alpha=-step_lr)  # float16 updates into the parameters' dtype
         return loss
 
     def _momentum_buffer(self, p: Tensor) -> Tensor:

@@ -17,12 +17,14 @@ def test_optimizer_benchmark_writes_provenance(tmp_path):
     assert len(moe) == 3 and moe[0]["n_matrices"] > experts
 
 
-def test_newton_schulz_benchmark_compares_the_three_paths(tmp_path):
+def test_newton_schulz_benchmark_compares_the_paths(tmp_path):
     bench.main(["ns", "--out", str(tmp_path), "--ns-shapes", "2x16x40", "--iters", "1"])
     (row,) = json.loads((tmp_path / "newton_schulz.json").read_text())["results"]["newton_schulz"]
-    assert {"torch_ms", "torch_compiled_ms", "triton_ms", "gram_cublas_ms", "gram_triton_ms"} <= set(row)
-    assert row["triton_rel_diff"] < 2e-2
+    assert {"torch_ms", "torch_compiled_ms", "triton_ms", "gram_compiled_ms", "default_ms", "gram_triton_ms"} <= set(row)
+    # every path is the same float16 computation up to rounding (~2e-3), bfloat16 rounds ~8x more coarsely
+    assert max(row["torch_error"], row["triton_error"], row["gram_error"]) < 1e-2 < row["bf16_error"] < 5e-2
     assert row["ns_flops"] == 2 * 5 * (4 * 16 * 16 * 40 + 2 * 16**3)
+    assert row["gram_ns_flops"] < row["ns_flops"]
 
 
 def test_bad_shape_list_says_what_is_wanted():

@@ -5,12 +5,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from muonlib import linalg
 from muonlib.linalg import (
     MUON_BAND,
+    NAMED_COEFFICIENTS,
+    POLAR_EXPRESS_COEFFICIENTS,
     coefficient_schedule,
     msign,
     newton_schulz,
     newton_schulz_flops,
+    newton_schulz_step,
     scalar_map,
 )
 
@@ -153,3 +157,83 @@ def test_polynomial_fixed_points():
 
 def test_flops_formula():
     assert newton_schulz_flops(768, 3072) == newton_schulz_flops(3072, 768) == 5 * (4 * 768**2 * 3072 + 2 * 768**3)
+
+
+# --------------------------------------------------------------------------- evaluation order
+
+
+@pytest.mark.parametrize("abc", [NAMED_COEFFICIENTS["muon"], POLAR_EXPRESS_COEFFICIENTS[0], NAMED_COEFFICIENTS["cubic"], (1.5, 0.4, -0.3)])
+def test_step_by_completed_square_is_the_quintic(abc):
+    a, b, c = abc
+    X = random_matrix(24, 40, 11, batch=(2,))
+    X = X / torch.linalg.matrix_norm(X, keepdim=True)
+    A = X @ X.mT
+    assert rel(newton_schulz_step(X, a, b, c), a * X + b * A @ X + c * A @ A @ X) < 1e-13
+
+
+@pytest.mark.parametrize("coefficients", ["muon", "polar_express", "cubic"])
+@pytest.mark.parametrize("steps", [0, 1, 2, 3, 5, 8])
+def test_gram_iteration_is_the_same_polynomial(coefficients, steps):
+    G = random_matrix(16, 64, 12, batch=(2,))
+    direct = newton_schulz(G, steps, coefficients, dtype=F64, gram=False)
+    assert rel(newton_schulz(G, steps, coefficients, dtype=F64, gram=True), direct) < 1e-12
+
+
+def spectrum_cases(p=64, q=256, seed=13):
+    """Matrices whose spectra stress a half-precision iteration: Gaussian, a power law down to
+    1e-4 and rank p/4 (singular values from 1 to 1e-2, then exact zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    U = torch.linalg.qr(torch.randn(p, p, generator=g, dtype=F64))[0]
+    V = torch.linalg.qr(torch.randn(q, p, generator=g, dtype=F64))[0]
+    low_rank = torch.cat([torch.logspace(0, -2, p // 4, dtype=F64), torch.zeros(p - p // 4, dtype=F64)])
+    return {
+        "gaussian": torch.randn(p, q, generator=g, dtype=F64),
+        "power law": (U * torch.logspace(0, -4, p, dtype=F64)) @ V.mT,
+        "rank p/4": (U * low_rank) @ V.mT,
+    }
+
+
+@pytest.mark.parametrize("case", ["gaussian", "power law", "rank p/4"])
+def test_gram_iteration_in_float16_beats_the_direct_one_in_bfloat16(case):
+    """The Gram form squares the condition number; in float16 with restarts it still lands
+    closer to the exact iteration than the direct bfloat16 one (ratios 0.2-0.45 measured
+    on these spectra, both coefficient sets)."""
+    G = spectrum_cases()[case]
+    for coefficients in ("muon", "polar_express"):
+        exact = newton_schulz(G, 5, coefficients, dtype=F64, gram=False)
+        direct_bf16 = rel(newton_schulz(G, 5, coefficients, dtype=torch.bfloat16, gram=False), exact)
+        gram_fp16 = rel(newton_schulz(G, 5, coefficients, dtype=torch.float16, gram=True), exact)
+        assert gram_fp16 < 0.6 * direct_bf16
+
+
+def test_gram_restarts_keep_near_zero_eigenvalues_from_growing(monkeypatch):
+    """Without the restart after step 2, rounding in the null space of ``X X^T`` grows by
+    about a^2 per step: 6-8x the error measured on these spectra."""
+    cases = spectrum_cases()
+    with_restart = {k: rel(newton_schulz(G, gram=True), newton_schulz(G, dtype=F64, gram=False)) for k, G in cases.items()}
+    monkeypatch.setattr(linalg, "gram_restarts", lambda steps: range(0))
+    without = {k: rel(newton_schulz(G, gram=True), newton_schulz(G, dtype=F64, gram=False)) for k, G in cases.items()}
+    for case in ("power law", "rank p/4"):
+        assert without[case] > 3 * with_restart[case]
+
+
+def test_newton_schulz_picks_the_gram_form_by_aspect_ratio(monkeypatch):
+    calls = []
+    gram_iteration = linalg.gram_newton_schulz
+    monkeypatch.setattr(linalg, "gram_newton_schulz", lambda *args: calls.append(args[0].shape) or gram_iteration(*args))
+    wide = int(linalg.GRAM_MIN_ASPECT * 8)
+    newton_schulz(torch.randn(8, wide - 1))
+    assert calls == []
+    newton_schulz(torch.randn(wide, 8))  # tall: its wide orientation qualifies
+    assert calls == [(1, 8, wide)]
+
+
+@pytest.mark.parametrize("m,n,steps", [(16, 64, 5), (24, 24, 5), (12, 60, 10), (8, 40, 1)])
+def test_flop_formulas_count_what_runs(m, n, steps):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    G = torch.randn(m, n, dtype=F64)
+    for gram, formula in ((False, linalg.newton_schulz_flops), (True, linalg.gram_newton_schulz_flops)):
+        with FlopCounterMode(display=False) as counter:
+            newton_schulz(G, steps, dtype=F64, gram=gram)
+        assert counter.get_total_flops() == formula(m, n, steps)

@@ -1,17 +1,16 @@
-"""A symmetric Gram product ``alpha X X^T + beta C`` in Triton, and the Newton-Schulz step built on it.
+"""A symmetric Gram product ``alpha X X^T`` in Triton.
 
-Both products of a quintic Newton-Schulz step that involve only one matrix are symmetric:
-``A = X X^T`` and ``b A + c A A`` (``A A = A A^T`` because ``A`` is symmetric). A kernel that
-computes only the tiles on and below the diagonal and mirrors them does half the FLOPs of
-a general matmul for these two products, which are 2/3 of a square matrix's step. cuBLAS
-does not know the output is symmetric, so this can beat it, but only where a matmul is
-compute-bound: at 768 wide, half the tiles mean half an already idle GPU (see
-``muonlib.bench ns``, which measures where the kernel wins and is the source of
-:data:`muonlib.linalg.SYMMETRIC_MIN_WIDTH`).
+Two of the three products of a quintic Newton-Schulz step are of this form: ``A = X X^T``
+and ``S S^T`` with ``S`` the shifted ``A`` of :func:`muonlib.linalg.newton_schulz_step`. A
+kernel that computes only the tiles on and below the diagonal and mirrors them does half
+the FLOPs of a general matmul. cuBLAS does not know the output is symmetric, so this can
+beat it, but only where a matmul is compute-bound: at 768 wide, half the tiles mean half
+an already idle GPU (see ``muonlib.bench ns``, which measures where the kernel wins and is
+the source of :data:`muonlib.linalg.SYMMETRIC_MIN_WIDTH`).
 
-Each kernel has a plain torch reference next to it (``*_reference``) that gives the same
-result up to the rounding order of bf16 accumulation. Under ``TRITON_INTERPRET=1`` the
-kernels run on the CPU (slowly): that is how the tests check them without a GPU.
+The kernel has a plain torch reference next to it (:func:`gram_reference`) that gives the
+same result up to the rounding order of the accumulation. Under ``TRITON_INTERPRET=1`` it
+runs on the CPU (slowly): that is how the tests check it without a GPU.
 """
 
 from __future__ import annotations
@@ -31,12 +30,11 @@ def interpreting() -> bool:
 
 @triton.jit
 def _gram_kernel(
-    x_ptr, c_ptr, out_ptr, M, K,
+    x_ptr, out_ptr, M, K,
     stride_xb, stride_xm, stride_xk,
-    stride_cb, stride_cm, stride_cn,
     stride_ob, stride_om, stride_on,
-    alpha, beta,
-    HAS_C: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, ROUND_BF16: tl.constexpr, IEEE: tl.constexpr,
+    alpha,
+    BLOCK: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, ROUND_BF16: tl.constexpr, IEEE: tl.constexpr,
 ):
     # Program `tile` owns lower-triangle tile (row, col), row >= col, numbered row by row:
     # row r starts at r (r + 1) / 2. The float sqrt is corrected by one either way.
@@ -70,9 +68,6 @@ def _gram_kernel(
 
     acc = acc * alpha
     inside = (rows[:, None] < M) & (cols[None, :] < M)
-    if HAS_C:  # C is symmetric, so its (row, col) tile also serves the mirrored one
-        c = tl.load(c_ptr + batch * stride_cb + rows[:, None] * stride_cm + cols[None, :] * stride_cn, mask=inside, other=0.0)
-        acc += beta * c.to(tl.float32)
     if ROUND_BF16:  # the interpreter truncates fp32 -> bf16: round to nearest even by hand, as a GPU does
         bits = acc.to(tl.uint32, bitcast=True)
         acc = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
@@ -84,62 +79,48 @@ def _gram_kernel(
 
 
 def _launch_config(m: int) -> dict:
-    """Tile sizes: 128 x 128 tiles, 64-deep K steps, 4 pipeline stages on a GPU (the best or
-    within 2% of the best of the configurations ``muonlib.bench ns`` sweeps at 2048, 4096 and
-    8192 on an H100), small tiles in the interpreter."""
+    """Tile sizes: 128 x 128 tiles, 64-deep K steps, 4 warps, 3 pipeline stages on a GPU (the
+    fastest of the configurations ``muonlib.bench ns`` sweeps at 4096 and 8192 on an H100, and
+    within 15% at 2048), small tiles in the interpreter."""
     if interpreting():
         return dict(BLOCK=16, BLOCK_K=16, num_warps=1, num_stages=1)
     if m < 1024:
         return dict(BLOCK=64, BLOCK_K=64, num_warps=4, num_stages=4)
-    return dict(BLOCK=128, BLOCK_K=64, num_warps=8, num_stages=4)
+    return dict(BLOCK=128, BLOCK_K=64, num_warps=4, num_stages=3)
 
 
-def gram(X: Tensor, alpha: float = 1.0, C: Tensor | None = None, beta: float = 0.0, config: dict | None = None) -> Tensor:
-    """``alpha X X^T + beta C`` for a batch ``X`` of shape ``(batch, m, k)``; ``C``, if given,
-    must be a symmetric ``(batch, m, m)`` batch (only its lower triangle is read).
+def gram(X: Tensor, alpha: float = 1.0, config: dict | None = None) -> Tensor:
+    """``alpha X X^T`` for a batch ``X`` of shape ``(batch, m, k)``.
 
     Accumulates in float32 and returns ``X``'s dtype. ``config`` overrides the launch
     configuration (``BLOCK``, ``BLOCK_K``, ``num_warps``, ``num_stages``).
     """
     if X.ndim != 3:
         raise ValueError(f"gram expects a batch of matrices (batch, m, k), got shape {tuple(X.shape)}")
+    if X.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"gram computes in float16, bfloat16 or float32, got {X.dtype}; use gram_reference for others")
     batch, m, k = X.shape
-    if C is not None and C.shape != (batch, m, m):
-        raise ValueError(f"C must have shape {(batch, m, m)} to match X {tuple(X.shape)}, got {tuple(C.shape)}")
     if not (X.is_cuda or interpreting()):
         raise RuntimeError(
             "the Triton kernels need a CUDA GPU; on a CPU run them in Triton's interpreter with TRITON_INTERPRET=1 "
             "set before muonlib.kernels is imported, or use gram_reference"
         )
     out = torch.empty(batch, m, m, dtype=X.dtype, device=X.device)
-    c = out if C is None else C  # a placeholder pointer when HAS_C is off
     config = config or _launch_config(m)
     low_precision = X.dtype in (torch.bfloat16, torch.float16)
     tiles = triton.cdiv(m, config["BLOCK"])
     grid = (tiles * (tiles + 1) // 2, batch)
     _gram_kernel[grid](
-        X, c, out, m, k,
-        *X.stride(), *c.stride(), *out.stride(),
-        alpha, beta,
-        HAS_C=C is not None, UPCAST=interpreting() and low_precision,
+        X, out, m, k, *X.stride(), *out.stride(), alpha,
+        UPCAST=interpreting() and low_precision,
         ROUND_BF16=interpreting() and X.dtype == torch.bfloat16, IEEE=X.dtype == torch.float32, **config,
     )
     return out
 
 
-def gram_reference(X: Tensor, alpha: float = 1.0, C: Tensor | None = None, beta: float = 0.0) -> Tensor:
+def gram_reference(X: Tensor, alpha: float = 1.0) -> Tensor:
     """What :func:`gram` computes, by a general batched matmul."""
-    if C is None:
-        return torch.bmm(X, X.mT) * alpha if alpha != 1.0 else torch.bmm(X, X.mT)
-    return torch.baddbmm(C, X, X.mT, beta=beta, alpha=alpha)
+    return torch.bmm(X, X.mT) * alpha if alpha != 1.0 else torch.bmm(X, X.mT)
 
 
-def newton_schulz_step(X: Tensor, a: float, b: float, c: float) -> Tensor:
-    """One quintic step ``a X + (b A + c A A) X``, ``A = X X^T``, with both symmetric products
-    by :func:`gram`; the same maths as :func:`muonlib.linalg.newton_schulz_step`."""
-    A = gram(X)
-    B = gram(A, alpha=c, C=A, beta=b)
-    return torch.baddbmm(X, B, X, beta=a)
-
-
-__all__ = ["gram", "gram_reference", "interpreting", "newton_schulz_step"]
+__all__ = ["gram", "gram_reference", "interpreting"]
