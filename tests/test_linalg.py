@@ -217,12 +217,14 @@ def test_gram_restarts_keep_near_zero_eigenvalues_from_growing(monkeypatch):
         assert without[case] > 3 * with_restart[case]
 
 
-def test_newton_schulz_picks_the_gram_form_by_aspect_ratio(monkeypatch):
+def test_newton_schulz_picks_the_gram_form_by_shape(monkeypatch):
     calls = []
     gram_iteration = linalg.gram_newton_schulz
     monkeypatch.setattr(linalg, "gram_newton_schulz", lambda *args: calls.append(args[0].shape) or gram_iteration(*args))
+    monkeypatch.setattr(linalg, "GRAM_MIN_WIDTH", 8)
     wide = int(linalg.GRAM_MIN_ASPECT * 8)
-    newton_schulz(torch.randn(8, wide - 1))
+    newton_schulz(torch.randn(8, wide - 1))  # not wide enough
+    newton_schulz(torch.randn(7, wide))  # too small
     assert calls == []
     newton_schulz(torch.randn(wide, 8))  # tall: its wide orientation qualifies
     assert calls == [(1, 8, wide)]
