@@ -67,7 +67,7 @@ NORM_FLOOR = 1e-30
 #: ``8 p^3`` per step, so it saves FLOPs from ``q / p`` of about 1.5 and saves time from the
 #: ratio measured by ``python -m muonlib.bench ns``. Set it to ``math.inf`` to turn it off.
 GRAM_MIN_ASPECT = 2.0
-#: Smallest short side for the Gram form: below it the products are too small to keep an
+#: Smallest short side for the Gram form. Below it the products are too small to keep an
 #: H100 busy, and trading two large products for four small ones measured 0-8% slower.
 GRAM_MIN_WIDTH = 768
 
