@@ -202,7 +202,7 @@ def _polynomial_scale(b: float, c: float) -> float:
 def _polynomial_of_scaled(S: Tensor, a: float, b: float, c: float) -> Tensor:
     # S = _polynomial_scale(b, c) * A, a fresh tensor: shifted in place.
     if c != 0:
-        S.diagonal(dim1=-2, dim2=-1).add_(math.sqrt(abs(c)) * b / (2 * c))
+        S.diagonal(dim1=-2, dim2=-1).add_(_polynomial_scale(b, c) * b / (2 * c))
         S = symmetric_product(S, math.copysign(1.0, c))
         a = a - b * b / (4 * c)
     S.diagonal(dim1=-2, dim2=-1).add_(a)
