@@ -11,6 +11,7 @@ from typing import Sequence, Union
 
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
 
 Coefficients = tuple[float, float, float]
 CoefficientSpec = Union[str, Coefficients, Sequence[Coefficients]]
@@ -254,7 +255,17 @@ def newton_schulz_step(X: Tensor, a: float, b: float, c: float) -> Tensor:
 def symmetric_product(X: Tensor, alpha: float = 1.0) -> Tensor:
     """``alpha X X^T`` for a batch ``X``. On a GPU, from :data:`SYMMETRIC_MIN_WIDTH` rows, by the
     Triton kernel of :mod:`muonlib.kernels.symmetric` (half the tiles); otherwise by one matmul
-    that applies ``alpha`` in its epilogue (``beta = 0`` never reads the input)."""
+    that applies ``alpha`` in its epilogue (``beta = 0`` never reads the input).
+
+    It is a custom operator (``torch.ops.muonlib.symmetric_product``), opaque to
+    ``torch.compile``: the compiler would otherwise split the scaled matmul into a matmul and
+    a separate pass that multiplies by ``alpha``, and the Triton kernel would break the
+    compiled graph (and its CUDA graph) in two."""
+    return torch.ops.muonlib.symmetric_product(X, alpha)
+
+
+@torch.library.custom_op("muonlib::symmetric_product", mutates_args=())
+def _symmetric_product(X: Tensor, alpha: float) -> Tensor:
     if _symmetric_kernels_win(X):
         return _symmetric_kernel(X, alpha)
     if alpha == 1.0:
@@ -262,11 +273,21 @@ def symmetric_product(X: Tensor, alpha: float = 1.0) -> Tensor:
     return torch.baddbmm(X.new_empty(1, 1, 1), X, X.mT, beta=0.0, alpha=alpha)
 
 
+@_symmetric_product.register_fake
+def _(X: Tensor, alpha: float) -> Tensor:
+    return X.new_empty(X.size(0), X.size(1), X.size(1))
+
+
+@register_flop_formula(torch.ops.muonlib.symmetric_product)
+def _(X_shape: torch.Size, alpha: float, *args, **kwargs) -> int:
+    batch, m, k = X_shape
+    return 2 * batch * m * m * k  # what a general matmul does: FLOP counts ignore the symmetry
+
+
 def _symmetric_kernels_win(X: Tensor) -> bool:
     return X.is_cuda and X.dtype != torch.float64 and X.size(-2) >= SYMMETRIC_MIN_WIDTH
 
 
-@torch.compiler.disable  # a hand-written kernel: nothing for the compiler to fuse
 def _symmetric_kernel(X: Tensor, alpha: float) -> Tensor:
     from .kernels import gram
 

@@ -12,7 +12,7 @@ import fnmatch
 import functools
 import math
 from collections import ChainMap, defaultdict
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -87,25 +87,64 @@ def muon_directions(
     coefficients: CoefficientSpec = "muon",
 ) -> list[Tensor]:
     """Everything in a Muon step but the parameter update: momentum (eq. 3), look-ahead and
-    orthogonalisation (eq. 4). Updates ``buffers`` in place; this is what :class:`Muon`
-    compiles, so that momentum, concatenation, normalisation and the float16 cast fuse into a
-    few memory passes around the batched matmuls."""
+    orthogonalisation (eq. 4). Updates ``buffers`` in place."""
     return orthogonalize(momentum_directions(grads, buffers, beta, nesterov), method, steps, coefficients)
+
+
+def apply_updates(
+    params: list[Tensor], directions: list[Tensor], lr: Tensor, weight_decay: float, lr_factors: Sequence[float]
+) -> None:
+    """``W <- (1 - lr weight_decay) W - lr factor D`` for each parameter, in place (eq. 5 with
+    decoupled weight decay), computed in the parameter's dtype.
+
+    ``lr`` is a 0-d tensor so that a compiled step reads the scheduler's current value instead
+    of recompiling for each new one; ``factor`` is :func:`adjusted_lr` of the parameter's shape
+    at ``lr = 1`` (every rule there is linear in ``lr``)."""
+    for p, d, factor in zip(params, directions, lr_factors):
+        if weight_decay:
+            p.mul_(1 - lr * weight_decay)
+        p.sub_(d.to(p.dtype) * (lr * factor))
+
+
+def muon_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    buffers: list[Tensor],
+    lr: Tensor,
+    beta: float,
+    nesterov: bool,
+    weight_decay: float,
+    lr_factors: Sequence[float],
+    method: Literal["newton_schulz", "svd"] = "newton_schulz",
+    steps: int = 5,
+    coefficients: CoefficientSpec = "muon",
+) -> None:
+    """One Muon step on one parameter group, in place: :func:`muon_directions`, then
+    :func:`apply_updates`. This is what :class:`Muon` compiles, so that momentum,
+    concatenation, normalisation and the float16 cast fuse into a few memory passes before the
+    batched matmuls, and the update (with its transpose back for tall matrices and the cast to
+    the parameter's dtype) into one pass per parameter after them."""
+    directions = muon_directions(grads, buffers, beta, nesterov, method, steps, coefficients)
+    apply_updates(params, directions, lr, weight_decay, lr_factors)
 
 
 #: Whether :class:`Muon`'s compiled step replays CUDA graphs (``mode="reduce-overhead"``): at
 #: XS-L widths the step is launch-bound, and one replay replaces ~100 launches.
 CUDA_GRAPHS = True
+#: How often a parameter group's gradients may come back at new addresses before :class:`Muon`
+#: stops letting its CUDA graph read them in place (each move re-records the graph) and copies
+#: them into fixed buffers instead, one more pass over them per step.
+GRADIENT_MOVES_ALLOWED = 3
 
 
 @functools.cache
-def compiled_muon_directions(cuda_graphs: bool = True) -> Callable[..., list[Tensor]]:
+def compiled_muon_step(cuda_graphs: bool = True) -> Callable[..., None]:
     # One graph per parameter group; raise dynamo's default limit of 8 for models with many groups.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     # Loop reordering after fusion trips an inductor assertion on these foreach + cat graphs
     # (torch 2.11, CUDA); it only tunes memory order, so it is turned off for this function.
     options = {"triton.cudagraphs": cuda_graphs, "loop_ordering_after_fusion": False}
-    return torch.compile(muon_directions, dynamic=False, options=options)
+    return torch.compile(muon_step, dynamic=False, options=options)
 
 
 def adjusted_lr(lr: float, shape: torch.Size | tuple[int, ...], adjust_lr: AdjustLR) -> float:
@@ -164,8 +203,9 @@ class Muon(Optimizer):
     output head, norms and biases to AdamW. The momentum buffer is kept in float32 even for
     low-precision parameters. ``step`` makes no host synchronisation.
 
-    ``compile`` (default: when the parameters are on a GPU) compiles :func:`muon_directions`
-    once per parameter group (see :data:`CUDA_GRAPHS`); the first steps pay for it.
+    ``compile`` (default: when the parameters are on a GPU) compiles :func:`muon_step` once
+    per parameter group (see :data:`CUDA_GRAPHS`); the first steps pay for it. Its CUDA graph
+    reads parameters, momenta and gradients in place (see :data:`GRADIENT_MOVES_ALLOWED`).
     """
 
     def __init__(
@@ -200,6 +240,9 @@ class Muon(Optimizer):
                         f"Muon updates matrices (2D) and stacks of matrices (3D); got a parameter of shape "
                         f"{tuple(p.shape)}. Give vectors and scalars to AdamW (build_optimizer does this)."
                     )
+        self._lr_tensors: dict[torch.device, Tensor] = {}
+        self._gradient_addresses: dict[int, tuple[tuple[int, ...], int]] = {}
+        self._gradient_copies: dict[Tensor, Tensor] = {}
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -207,27 +250,50 @@ class Muon(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
             compile = group["compile"] if group["compile"] is not None else params[0].is_cuda
-            directions = compiled_muon_directions(CUDA_GRAPHS) if compile else muon_directions
-            updates = directions(
-                [p.grad for p in params], [self._momentum_buffer(p) for p in params], group["momentum"],
-                group["nesterov"], group["orthogonalize"], group["ns_steps"], group["ns_coefficients"],
+            step = compiled_muon_step(CUDA_GRAPHS) if compile else muon_step
+            grads = [p.grad for p in params]
+            if compile and params[0].is_cuda and CUDA_GRAPHS:
+                grads = self._graph_gradients(index, params, grads)
+            step(
+                params, grads, [self._momentum_buffer(p) for p in params],
+                self._learning_rate(group["lr"], params[0].device), group["momentum"], group["nesterov"],
+                group["weight_decay"], tuple(adjusted_lr(1.0, p.shape, group["adjust_lr"]) for p in params),
+                group["orthogonalize"], group["ns_steps"], group["ns_coefficients"],
             )
-            lr, wd = group["lr"], group["weight_decay"]
-            if wd:
-                torch._foreach_mul_(params, 1 - lr * wd)
-            by_lr: dict[float, tuple[list[Tensor], list[Tensor]]] = defaultdict(lambda: ([], []))
-            for p, u in zip(params, updates):
-                targets, steps = by_lr[adjusted_lr(lr, p.shape, group["adjust_lr"])]
-                targets.append(p)
-                steps.append(u)
-            for step_lr, (targets, steps) in by_lr.items():
-                torch._foreach_add_(targets, steps, alpha=-step_lr)  # float16 updates into the parameters' dtype
         return loss
+
+    def _graph_gradients(self, index: int, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+        # The CUDA graph reads gradients in place while they come back at the same addresses
+        # each step (the caching allocator usually repeats itself); each move re-records the
+        # graph, so after GRADIENT_MOVES_ALLOWED moves they are copied into fixed buffers instead.
+        addresses = tuple(g.data_ptr() for g in grads)
+        last, moves = self._gradient_addresses.get(index, (addresses, 0))
+        moves += addresses != last
+        self._gradient_addresses[index] = (addresses, moves)
+        if moves > GRADIENT_MOVES_ALLOWED:
+            for p, g in zip(params, grads):
+                if p not in self._gradient_copies:
+                    self._gradient_copies[p] = torch.empty_like(g)
+            copies = [self._gradient_copies[p] for p in params]
+            torch._foreach_copy_(copies, grads)
+            grads = copies
+        for g in grads:
+            torch._dynamo.mark_static_address(g, guard=False)
+        return grads
+
+    def _learning_rate(self, lr: float, device: torch.device) -> Tensor:
+        # One 0-d float64 tensor per device, refilled each step: a fixed address that a CUDA
+        # graph can read, and float64 so that a float64 parameter's update is exact.
+        if device not in self._lr_tensors:
+            self._lr_tensors[device] = torch.zeros((), dtype=torch.float64, device=device)
+            if device.type == "cuda":
+                torch._dynamo.mark_static_address(self._lr_tensors[device], guard=False)
+        return self._lr_tensors[device].fill_(lr)
 
     def _momentum_buffer(self, p: Tensor) -> Tensor:
         state = self.state[p]
@@ -235,8 +301,9 @@ class Muon(Optimizer):
             dtype = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
             state["momentum_buffer"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         buffer = state["momentum_buffer"]
-        if buffer.is_cuda:  # a fixed address lets the compiled step replay as a CUDA graph
-            torch._dynamo.mark_static_address(buffer)
+        if buffer.is_cuda:  # fixed addresses let the compiled step replay as a CUDA graph
+            torch._dynamo.mark_static_address(p, guard=False)
+            torch._dynamo.mark_static_address(buffer, guard=False)
         return buffer
 
 

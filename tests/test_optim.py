@@ -8,6 +8,7 @@ from torch import nn
 
 from muonlib.linalg import msign, newton_schulz
 from muonlib.optim import (
+    GRADIENT_MOVES_ALLOWED,
     HybridOptimizer,
     Muon,
     Shampoo,
@@ -310,3 +311,21 @@ def test_low_precision_parameters_keep_their_dtype_and_fp32_momentum():
     opt.step()
     assert W.dtype == torch.bfloat16 and W.abs().sum() > 0
     assert opt.state[W]["momentum_buffer"].dtype == torch.float32
+
+
+def test_graph_reads_gradients_in_place_until_they_keep_moving():
+    W = nn.Parameter(torch.zeros(4, 6))
+    opt = Muon([W])
+    g = torch.randn(4, 6)
+    for _ in range(2 * GRADIENT_MOVES_ALLOWED):  # the same address every step: never copied
+        assert opt._graph_gradients(0, [W], [g])[0] is g
+    moved = [torch.randn(4, 6) for _ in range(GRADIENT_MOVES_ALLOWED + 3)]  # all alive: distinct addresses
+    copies = []
+    for k, g in enumerate(moved, start=1):
+        out = opt._graph_gradients(0, [W], [g])[0]
+        if k <= GRADIENT_MOVES_ALLOWED:
+            assert out is g
+        else:
+            assert out is not g and torch.equal(out, g)
+            copies.append(out.data_ptr())
+    assert len(set(copies)) == 1  # one fixed buffer, whatever address the gradient came from
