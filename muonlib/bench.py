@@ -3,6 +3,7 @@
     python -m muonlib.bench models --out data/bench    # fwd+bwd per size/variant, KV cache, MoE vs dense, train step
     python -m muonlib.bench optim --out data/bench     # Muon step vs torch.optim.Muon vs AdamW
     python -m muonlib.bench ns --out data/bench        # Newton-Schulz per shape: torch, compiled, Triton
+    python -m muonlib.bench profile --out data/bench   # GPU time of a Muon step by kind of kernel (GPU only)
 
 Runs on a CPU too (with ``--sizes tiny``), which is how the tests keep it working.
 """
@@ -13,6 +14,7 @@ import argparse
 import contextlib
 import statistics
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -198,6 +200,41 @@ def bench_optimizer_step(size: str, variant: str = "mha") -> list[dict]:
     return rows
 
 
+def kernel_kind(name: str) -> str:
+    """The part of a Muon step a GPU kernel belongs to, from the kernel's name."""
+    if "_gram_kernel" in name:
+        return "Triton symmetric products"
+    if any(tag in name for tag in ("nvjet", "gemm", "xmma", "cutlass")):
+        return "matmuls (cuBLAS)"
+    if name.startswith("triton_"):
+        return "compiled elementwise passes"
+    return "other kernels"
+
+
+def profile_optimizer_step(size: str, variant: str = "mha", steps: int = 5) -> list[dict]:
+    """GPU time per :func:`kernel_kind` of one compiled ``muonlib.Muon`` step over a model's
+    hidden matrices, and what the step's wall time adds to the sum of its kernels (host work
+    before the CUDA graph starts, and gaps between kernels)."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("profiling a Muon step needs a CUDA GPU (the kernels are what it measures)")
+    params = [torch.nn.Parameter(torch.randn(s, device="cuda") * 0.02) for s in hidden_matrix_shapes(size, variant)]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = Muon(params, lr=0.02)
+    wall = median_ms(opt.step, warmup=5, iters=20)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            opt.step()
+        torch.cuda.synchronize()
+    per_kind: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        if event.self_device_time_total > 0:
+            per_kind[kernel_kind(event.key)] += event.self_device_time_total / steps / 1e3
+    rows = [dict(size=size, variant=variant, part=kind, ms=ms) for kind, ms in sorted(per_kind.items())]
+    rows.append(dict(size=size, variant=variant, part="host work and gaps", ms=wall - sum(per_kind.values())))
+    return rows
+
+
 @contextlib.contextmanager
 def symmetric_kernels(enabled: bool) -> Iterator[None]:
     """Send every Newton-Schulz step through the Triton symmetric kernels, or none (on a CPU the
@@ -294,7 +331,7 @@ NS_SHAPES = ("24x256x256,12x256x1024,48x512x512,24x512x2048,48x768x768,24x768x30
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m muonlib.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["models", "optim", "ns"])
+    parser.add_argument("what", choices=["models", "optim", "ns", "profile"])
     parser.add_argument("--out", default="data/bench")
     parser.add_argument("--name", default=None, help="output file stem (default: the benchmark's name)")
     parser.add_argument("--parts", default="fwd_bwd,kv,moe,train", help="which model benchmarks to run")
@@ -318,6 +355,15 @@ def main(argv: list[str] | None = None) -> None:
                 for r in rows[-4:]:
                     print(f"{r['size']:>4} {r['variant']:<8} {r['optimizer']:<20} {r['step_ms']:8.2f} ms  "
                           f"x{r['speedup_vs_torch_muon']:.1f} vs torch.optim.Muon", flush=True)
+        return
+    if args.what == "profile":
+        rows = []
+        for size in sizes:
+            for variant in variants:
+                rows += profile_optimizer_step(size, variant)
+                write_json(out / f"{args.name or 'optimizer_profile'}.json", rows, config)
+                print(f"{size} {variant}: " + ", ".join(f"{r['part']} {r['ms']:.2f} ms" for r in rows if r["size"] == size
+                                                        and r["variant"] == variant), flush=True)
         return
     if args.what == "ns":
         results = {"newton_schulz": [], "gram_configs": []}

@@ -41,3 +41,17 @@ def test_model_benchmarks_run_on_cpu(tmp_path):
     assert len(results["forward_backward"]) == 2 and all("error" not in r for r in results["forward_backward"])
     for r in results["kv_cache"]:
         assert r["kv_bytes_measured"] == r["kv_bytes_analytic"]
+
+
+def test_profile_sorts_kernels_by_part_and_needs_a_gpu():
+    import pytest
+    import torch
+
+    assert bench.kernel_kind("nvjet_sm90_hsh_192x192_64x4_1x2_h_bz_coopB_TNN") == "matmuls (cuBLAS)"
+    assert bench.kernel_kind("sm90_xmma_gemm_f16f16_f16f32") == "matmuls (cuBLAS)"
+    assert bench.kernel_kind("_gram_kernel") == "Triton symmetric products"
+    assert bench.kernel_kind("triton_for_fused_0") == "compiled elementwise passes"
+    assert bench.kernel_kind("void at::native::multi_tensor_apply_kernel<...>") == "other kernels"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA GPU"):
+            bench.profile_optimizer_step("tiny")
