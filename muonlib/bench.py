@@ -346,24 +346,22 @@ def main(argv: list[str] | None = None) -> None:
     sizes, variants = args.sizes.split(","), args.variants.split(",")
     out = Path(args.out)
     config = vars(args)
-    if args.what == "optim":
+    per_model = {  # benchmark, output stem, one printed line per result row
+        "optim": (bench_optimizer_step, "optimizer_step",
+                  lambda r: f"{r['size']:>4} {r['variant']:<8} {r['optimizer']:<20} {r['step_ms']:8.2f} ms  "
+                            f"x{r['speedup_vs_torch_muon']:.1f} vs torch.optim.Muon"),
+        "profile": (profile_optimizer_step, "optimizer_profile",
+                    lambda r: f"{r['size']:>4} {r['variant']:<8} {r['part']:<30} {r['ms']:8.2f} ms"),
+    }
+    if args.what in per_model:
+        run, stem, describe = per_model[args.what]
         rows = []
         for size in sizes:
             for variant in variants:
-                rows += bench_optimizer_step(size, variant)
-                write_json(out / f"{args.name or 'optimizer_step'}.json", rows, config)
-                for r in rows[-4:]:
-                    print(f"{r['size']:>4} {r['variant']:<8} {r['optimizer']:<20} {r['step_ms']:8.2f} ms  "
-                          f"x{r['speedup_vs_torch_muon']:.1f} vs torch.optim.Muon", flush=True)
-        return
-    if args.what == "profile":
-        rows = []
-        for size in sizes:
-            for variant in variants:
-                rows += profile_optimizer_step(size, variant)
-                write_json(out / f"{args.name or 'optimizer_profile'}.json", rows, config)
-                print(f"{size} {variant}: " + ", ".join(f"{r['part']} {r['ms']:.2f} ms" for r in rows if r["size"] == size
-                                                        and r["variant"] == variant), flush=True)
+                new_rows = run(size, variant)
+                rows += new_rows
+                write_json(out / f"{args.name or stem}.json", rows, config)
+                print("\n".join(map(describe, new_rows)), flush=True)
         return
     if args.what == "ns":
         results = {"newton_schulz": [], "gram_configs": []}
