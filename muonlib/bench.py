@@ -153,8 +153,8 @@ def bench_train_step(size: str, variant: str, optimizer: str, batch: int, compil
         opt.zero_grad(set_to_none=True)
 
     _peak_reset()
-    # Ten warm-up steps: compilation, autotuning and the CUDA graphs' recordings (one per move of
-    # the gradients, see muonlib.optim.GRADIENT_MOVES_ALLOWED) stay out of the timed steps.
+    # Ten warm-up steps: the model's compilation and the Muon step's CUDA-graph recording stay
+    # out of the timed steps.
     ms = median_ms(step, warmup=10, iters=iters)
     return dict(size=size, variant=variant, optimizer=optimizer, compiled=compile, batch=batch,
                 step_ms=ms, tokens_per_s=batch * config.context / ms * 1e3, peak_memory_gb=_peak_gb())
@@ -176,12 +176,12 @@ def bench_optimizer_step(size: str, variant: str = "mha") -> list[dict]:
     cuda = torch.cuda.is_available()
     optimizers = {
         "muonlib.Muon": (params, lambda: Muon(params, lr=0.02)),
-        "muonlib.Muon(eager)": (params, lambda: Muon(params, lr=0.02, compile=False)),
+        "muonlib.Muon(reference)": (params, lambda: Muon(params, lr=0.02, fused=False)),
         "torch.optim.Muon": (flat, lambda: torch.optim.Muon(flat, lr=0.02, adjust_lr_fn="match_rms_adamw")),
         "AdamW(fused)" if cuda else "AdamW": (params, lambda: torch.optim.AdamW(params, lr=1e-3, fused=cuda or None)),
     }
-    if not cuda:  # without a GPU muonlib.Muon does not compile: the eager row is the same thing
-        del optimizers["muonlib.Muon(eager)"]
+    if not cuda:  # without a GPU muonlib.Muon takes the reference step: the row would repeat it
+        del optimizers["muonlib.Muon(reference)"]
     rows = []
     for name, (targets, make) in optimizers.items():
         opt = make()
@@ -204,15 +204,15 @@ def kernel_kind(name: str) -> str:
     """The part of a Muon step a GPU kernel belongs to, from the kernel's name."""
     if "_gram_kernel" in name:
         return "Triton symmetric products"
+    if any(tag in name for tag in ("_momentum_kernel", "_normalize_kernel", "_update_kernel")):
+        return "Triton memory passes"
     if any(tag in name for tag in ("nvjet", "gemm", "xmma", "cutlass")):
         return "matmuls (cuBLAS)"
-    if name.startswith("triton_"):
-        return "compiled elementwise passes"
     return "other kernels"
 
 
 def profile_optimizer_step(size: str, variant: str = "mha", steps: int = 5) -> list[dict]:
-    """GPU time per :func:`kernel_kind` of one compiled ``muonlib.Muon`` step over a model's
+    """GPU time per :func:`kernel_kind` of one (fused) ``muonlib.Muon`` step over a model's
     hidden matrices, and what the step's wall time adds to the sum of its kernels (host work
     before the CUDA graph starts, and gaps between kernels)."""
     if not torch.cuda.is_available():

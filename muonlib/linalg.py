@@ -162,15 +162,32 @@ def newton_schulz(
     norm = torch.linalg.matrix_norm(X, keepdim=True) * normalization_safety(coefficients)
     X = X / norm.clamp_min(NORM_FLOOR)
     if gram is None:
-        gram = X.size(-2) >= GRAM_MIN_WIDTH and X.size(-1) >= GRAM_MIN_ASPECT * X.size(-2)
-    if gram:
-        X = gram_newton_schulz(X.to(gram_dtype(dtype)), schedule).to(dtype)
-    else:
-        X = X.to(dtype)
-        for a, b, c in schedule:
-            X = newton_schulz_step(X, a, b, c)
+        gram = prefers_gram(*X.shape[-2:])
+    X = newton_schulz_iterations(X.to(gram_dtype(dtype) if gram else dtype), schedule, gram).to(dtype)
     X = X.reshape(*batch_shape, *X.shape[-2:])
     return X.mT if transpose else X
+
+
+def prefers_gram(p: int, q: int) -> bool:
+    """Whether a wide ``p x q`` matrix iterates on its Gram matrix by default: from
+    :data:`GRAM_MIN_WIDTH` rows and :data:`GRAM_MIN_ASPECT` times wider than tall."""
+    return p >= GRAM_MIN_WIDTH and q >= GRAM_MIN_ASPECT * p
+
+
+def newton_schulz_iterations(
+    X: Tensor, schedule: Sequence[Coefficients], gram: bool | None = None, out: Tensor | None = None
+) -> Tensor:
+    """The iterations of :func:`newton_schulz` alone, on a batch ``(batch, p, q)`` of wide
+    matrices that are already normalised, in ``X``'s dtype: directly, or by
+    :func:`gram_newton_schulz` (default: :func:`prefers_gram`). ``out``, if given, receives
+    the result from the last product, which is how a CUDA graph finds it at a fixed address."""
+    if gram is None:
+        gram = prefers_gram(*X.shape[-2:])
+    if gram:
+        return gram_newton_schulz(X, schedule, out)
+    for step, (a, b, c) in enumerate(schedule):
+        X = newton_schulz_step(X, a, b, c, out if step + 1 == len(schedule) else None)
+    return out.copy_(X) if out is not None and not schedule else X
 
 
 def gram_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -210,7 +227,7 @@ def _polynomial_of_scaled(S: Tensor, a: float, b: float, c: float) -> Tensor:
     return S
 
 
-def gram_newton_schulz(X: Tensor, schedule: Sequence[Coefficients]) -> Tensor:
+def gram_newton_schulz(X: Tensor, schedule: Sequence[Coefficients], out: Tensor | None = None) -> Tensor:
     """The quintic iteration on a normalised batch ``X`` of wide ``p x q`` matrices, evaluated
     on their ``p x p`` Gram matrices.
 
@@ -220,7 +237,7 @@ def gram_newton_schulz(X: Tensor, schedule: Sequence[Coefficients]) -> Tensor:
     two ``p x q`` ones and one ``p x p``; ``X`` is touched only at the start, at each of
     :func:`gram_restarts` and at the end. In exact arithmetic the result equals
     :func:`newton_schulz_step` applied ``len(schedule)`` times. Computes in ``X``'s dtype
-    (use :func:`gram_dtype`).
+    (use :func:`gram_dtype`); the last product writes into ``out`` if given.
     """
     R = symmetric_product(X)
     Q = None
@@ -234,10 +251,12 @@ def gram_newton_schulz(X: Tensor, schedule: Sequence[Coefficients]) -> Tensor:
         Q = P if Q is None else torch.bmm(Q, P)
         if step + 1 < len(schedule) and step + 1 not in restarts:
             R = torch.bmm(P, torch.bmm(R, P))
-    return X if Q is None else torch.bmm(Q, X)
+    if Q is None:
+        return X if out is None else out.copy_(X)
+    return torch.bmm(Q, X, out=out)
 
 
-def newton_schulz_step(X: Tensor, a: float, b: float, c: float) -> Tensor:
+def newton_schulz_step(X: Tensor, a: float, b: float, c: float, out: Tensor | None = None) -> Tensor:
     """One quintic step ``X <- P X`` with ``P = a I + b A + c A^2`` and ``A = X X^T``, on a batch
     ``X`` of wide matrices.
 
@@ -247,9 +266,10 @@ def newton_schulz_step(X: Tensor, a: float, b: float, c: float) -> Tensor:
     nonzero ``beta`` would first copy ``C`` into its output and read it again: on an H100 that
     made ``b A + c A A`` and ``a X + B X`` take twice as long as a plain matmul of the same
     shape (``python -m muonlib.bench ns``). Both symmetric products go to :func:`symmetric_product`.
+    The last product writes into ``out`` if given.
     """
     S = symmetric_product(X, _polynomial_scale(b, c))
-    return torch.bmm(_polynomial_of_scaled(S, a, b, c), X)
+    return torch.bmm(_polynomial_of_scaled(S, a, b, c), X, out=out)
 
 
 def symmetric_product(X: Tensor, alpha: float = 1.0) -> Tensor:
@@ -355,8 +375,10 @@ __all__ = [
     "msign",
     "newton_schulz",
     "newton_schulz_flops",
+    "newton_schulz_iterations",
     "newton_schulz_step",
     "normalization_safety",
+    "prefers_gram",
     "scalar_map",
     "step_polynomial",
     "symmetric_product",

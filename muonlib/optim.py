@@ -9,7 +9,6 @@ state and apply updates.
 from __future__ import annotations
 
 import fnmatch
-import functools
 import math
 from collections import ChainMap, defaultdict
 from typing import Callable, Iterable, Literal, Sequence
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from .fused import FusedMuonStep, fusable
 from .linalg import CoefficientSpec, msign, newton_schulz
 
 AdjustLR = Literal["match_rms_adamw", "original"] | None
@@ -92,14 +92,12 @@ def muon_directions(
 
 
 def apply_updates(
-    params: list[Tensor], directions: list[Tensor], lr: Tensor, weight_decay: float, lr_factors: Sequence[float]
+    params: list[Tensor], directions: list[Tensor], lr: float, weight_decay: float, lr_factors: Sequence[float]
 ) -> None:
     """``W <- (1 - lr weight_decay) W - lr factor D`` for each parameter, in place (eq. 5 with
-    decoupled weight decay), computed in the parameter's dtype.
-
-    ``lr`` is a 0-d tensor so that a compiled step reads the scheduler's current value instead
-    of recompiling for each new one; ``factor`` is :func:`adjusted_lr` of the parameter's shape
-    at ``lr = 1`` (every rule there is linear in ``lr``)."""
+    decoupled weight decay): each operation rounds to the parameter's dtype, the scalars do not
+    (a float32 ``1 - lr wd`` rounded to bfloat16 would be 1). ``factor`` is :func:`adjusted_lr`
+    of the parameter's shape at ``lr = 1`` (every rule there is linear in ``lr``)."""
     for p, d, factor in zip(params, directions, lr_factors):
         if weight_decay:
             p.mul_(1 - lr * weight_decay)
@@ -110,7 +108,7 @@ def muon_step(
     params: list[Tensor],
     grads: list[Tensor],
     buffers: list[Tensor],
-    lr: Tensor,
+    lr: float,
     beta: float,
     nesterov: bool,
     weight_decay: float,
@@ -120,31 +118,15 @@ def muon_step(
     coefficients: CoefficientSpec = "muon",
 ) -> None:
     """One Muon step on one parameter group, in place: :func:`muon_directions`, then
-    :func:`apply_updates`. This is what :class:`Muon` compiles, so that momentum,
-    concatenation, normalisation and the float16 cast fuse into a few memory passes before the
-    batched matmuls, and the update (with its transpose back for tall matrices and the cast to
-    the parameter's dtype) into one pass per parameter after them."""
+    :func:`apply_updates`. The reference for :class:`muonlib.fused.FusedMuonStep`, which
+    :class:`Muon` runs instead on a GPU."""
     directions = muon_directions(grads, buffers, beta, nesterov, method, steps, coefficients)
     apply_updates(params, directions, lr, weight_decay, lr_factors)
 
 
-#: Whether :class:`Muon`'s compiled step replays CUDA graphs (``mode="reduce-overhead"``): at
-#: XS-L widths the step is launch-bound, and one replay replaces ~100 launches.
+#: Whether :class:`Muon`'s fused step replays a CUDA graph after its first call: at XS-L widths
+#: a step is launch-bound, and one replay replaces about a hundred launches.
 CUDA_GRAPHS = True
-#: How often a parameter group's gradients may come back at new addresses before :class:`Muon`
-#: stops letting its CUDA graph read them in place (each move re-records the graph) and copies
-#: them into fixed buffers instead, one more pass over them per step.
-GRADIENT_MOVES_ALLOWED = 3
-
-
-@functools.cache
-def compiled_muon_step(cuda_graphs: bool = True) -> Callable[..., None]:
-    # One graph per parameter group; raise dynamo's default limit of 8 for models with many groups.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    # Loop reordering after fusion trips an inductor assertion on these foreach + cat graphs
-    # (torch 2.11, CUDA); it only tunes memory order, so it is turned off for this function.
-    options = {"triton.cudagraphs": cuda_graphs, "loop_ordering_after_fusion": False}
-    return torch.compile(muon_step, dynamic=False, options=options)
 
 
 def adjusted_lr(lr: float, shape: torch.Size | tuple[int, ...], adjust_lr: AdjustLR) -> float:
@@ -203,9 +185,12 @@ class Muon(Optimizer):
     output head, norms and biases to AdamW. The momentum buffer is kept in float32 even for
     low-precision parameters. ``step`` makes no host synchronisation.
 
-    ``compile`` (default: when the parameters are on a GPU) compiles :func:`muon_step` once
-    per parameter group (see :data:`CUDA_GRAPHS`); the first steps pay for it. Its CUDA graph
-    reads parameters, momenta and gradients in place (see :data:`GRADIENT_MOVES_ALLOWED`).
+    ``fused`` (default: where the parameters are on a GPU and :func:`muonlib.fused.fusable`)
+    runs each group's step as :class:`muonlib.fused.FusedMuonStep`: three Triton memory passes
+    around the batched Newton-Schulz, replayed as one CUDA graph (see :data:`CUDA_GRAPHS`) that
+    reads gradients wherever they are. ``fused=False`` runs :func:`muon_step`, the plain torch
+    reference; ``fused=True`` raises where the fused step cannot run (on a CPU it then needs
+    ``TRITON_INTERPRET=1``, which is how the tests run it).
     """
 
     def __init__(
@@ -219,7 +204,7 @@ class Muon(Optimizer):
         ns_coefficients: CoefficientSpec = "muon",
         adjust_lr: AdjustLR = "match_rms_adamw",
         orthogonalize: Literal["newton_schulz", "svd"] = "newton_schulz",
-        compile: bool | None = None,
+        fused: bool | None = None,
     ):
         if lr < 0 or weight_decay < 0:
             raise ValueError(f"lr and weight_decay must be >= 0, got lr={lr}, weight_decay={weight_decay}")
@@ -230,7 +215,7 @@ class Muon(Optimizer):
         adjusted_lr(1.0, (1, 1), adjust_lr)  # validates adjust_lr
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, ns_steps=ns_steps,
-            ns_coefficients=ns_coefficients, adjust_lr=adjust_lr, orthogonalize=orthogonalize, compile=compile,
+            ns_coefficients=ns_coefficients, adjust_lr=adjust_lr, orthogonalize=orthogonalize, fused=fused,
         )
         super().__init__(params, defaults)
         for group in self.param_groups:
@@ -240,9 +225,7 @@ class Muon(Optimizer):
                         f"Muon updates matrices (2D) and stacks of matrices (3D); got a parameter of shape "
                         f"{tuple(p.shape)}. Give vectors and scalars to AdamW (build_optimizer does this)."
                     )
-        self._lr_tensors: dict[torch.device, Tensor] = {}
-        self._gradient_addresses: dict[int, tuple[tuple[int, ...], int]] = {}
-        self._gradient_copies: dict[Tensor, Tensor] = {}
+        self._fused_steps: dict[int, tuple[tuple, FusedMuonStep]] = {}
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -254,57 +237,48 @@ class Muon(Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            compile = group["compile"] if group["compile"] is not None else params[0].is_cuda
-            step = compiled_muon_step(CUDA_GRAPHS) if compile else muon_step
             grads = [p.grad for p in params]
-            if compile and params[0].is_cuda and CUDA_GRAPHS:
-                grads = self._graph_gradients(index, params, grads)
-            step(
-                params, grads, [self._momentum_buffer(p) for p in params],
-                self._learning_rate(group["lr"], params[0].device), group["momentum"], group["nesterov"],
-                group["weight_decay"], tuple(adjusted_lr(1.0, p.shape, group["adjust_lr"]) for p in params),
+            buffers = [self._momentum_buffer(p) for p in params]
+            if self._takes_fused_step(group, params, grads):
+                self._fused_step(index, group, params)(params, grads, buffers, group["lr"], group["momentum"], group["weight_decay"])
+                continue
+            muon_step(
+                params, grads, buffers, group["lr"], group["momentum"], group["nesterov"], group["weight_decay"],
+                [adjusted_lr(1.0, p.shape, group["adjust_lr"]) for p in params],
                 group["orthogonalize"], group["ns_steps"], group["ns_coefficients"],
             )
         return loss
 
-    def _graph_gradients(self, index: int, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
-        # The CUDA graph reads gradients in place while they come back at the same addresses
-        # each step (the caching allocator usually repeats itself); each move re-records the
-        # graph, so after GRADIENT_MOVES_ALLOWED moves they are copied into fixed buffers instead.
-        addresses = tuple(g.data_ptr() for g in grads)
-        last, moves = self._gradient_addresses.get(index, (addresses, 0))
-        moves += addresses != last
-        self._gradient_addresses[index] = (addresses, moves)
-        if moves > GRADIENT_MOVES_ALLOWED:
-            for p, g in zip(params, grads):
-                if p not in self._gradient_copies:
-                    self._gradient_copies[p] = torch.empty_like(g)
-            copies = [self._gradient_copies[p] for p in params]
-            torch._foreach_copy_(copies, grads)
-            grads = copies
-        for g in grads:
-            torch._dynamo.mark_static_address(g, guard=False)
-        return grads
+    @staticmethod
+    def _takes_fused_step(group: dict, params: list[Tensor], grads: list[Tensor]) -> bool:
+        if group["fused"] is False:
+            return False
+        reason = fusable(params, grads)
+        if reason is None and group["orthogonalize"] != "newton_schulz":
+            reason = f"orthogonalize={group['orthogonalize']!r} (it fuses Newton-Schulz only)"
+        if reason is None and not params[0].is_cuda and group["fused"] is None:
+            reason = "the parameters are on a CPU"
+        if reason is not None and group["fused"]:
+            raise ValueError(f"Muon(fused=True) cannot fuse this step: {reason}. Pass fused=None to fall back to the reference step.")
+        return reason is None
 
-    def _learning_rate(self, lr: float, device: torch.device) -> Tensor:
-        # One 0-d float64 tensor per device, refilled each step: a fixed address that a CUDA
-        # graph can read, and float64 so that a float64 parameter's update is exact.
-        if device not in self._lr_tensors:
-            self._lr_tensors[device] = torch.zeros((), dtype=torch.float64, device=device)
-            if device.type == "cuda":
-                torch._dynamo.mark_static_address(self._lr_tensors[device], guard=False)
-        return self._lr_tensors[device].fill_(lr)
+    def _fused_step(self, index: int, group: dict, params: list[Tensor]) -> FusedMuonStep:
+        key = (tuple(map(id, params)), params[0].dtype, group["nesterov"], group["ns_steps"],
+               repr(group["ns_coefficients"]), group["adjust_lr"])
+        if self._fused_steps.get(index, (None,))[0] != key:
+            factors = [adjusted_lr(1.0, p.shape, group["adjust_lr"]) for p in params]
+            self._fused_steps[index] = key, FusedMuonStep(
+                params, factors, group["nesterov"], group["ns_steps"], group["ns_coefficients"], CUDA_GRAPHS)
+        return self._fused_steps[index][1]
 
     def _momentum_buffer(self, p: Tensor) -> Tensor:
         state = self.state[p]
+        dtype = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
         if "momentum_buffer" not in state:
-            dtype = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
             state["momentum_buffer"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
-        buffer = state["momentum_buffer"]
-        if buffer.is_cuda:  # fixed addresses let the compiled step replay as a CUDA graph
-            torch._dynamo.mark_static_address(p, guard=False)
-            torch._dynamo.mark_static_address(buffer, guard=False)
-        return buffer
+        elif state["momentum_buffer"].dtype != dtype:  # load_state_dict casts state to the parameter's dtype
+            state["momentum_buffer"] = state["momentum_buffer"].to(dtype)
+        return state["momentum_buffer"]
 
 
 class Shampoo(Optimizer):

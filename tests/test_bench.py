@@ -50,7 +50,8 @@ def test_profile_sorts_kernels_by_part_and_needs_a_gpu():
     assert bench.kernel_kind("nvjet_sm90_hsh_192x192_64x4_1x2_h_bz_coopB_TNN") == "matmuls (cuBLAS)"
     assert bench.kernel_kind("sm90_xmma_gemm_f16f16_f16f32") == "matmuls (cuBLAS)"
     assert bench.kernel_kind("_gram_kernel") == "Triton symmetric products"
-    assert bench.kernel_kind("triton_for_fused_0") == "compiled elementwise passes"
+    assert bench.kernel_kind("_momentum_kernel") == "Triton memory passes"
+    assert bench.kernel_kind("_update_kernel_0d1d2d") == "Triton memory passes"
     assert bench.kernel_kind("void at::native::multi_tensor_apply_kernel<...>") == "other kernels"
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA GPU"):

@@ -83,3 +83,81 @@ def test_dispatch_sends_only_wide_matrices_to_the_kernels():
     assert linalg._symmetric_kernels_win(wide)
     assert not linalg._symmetric_kernels_win(wide.cpu())
     assert not linalg._symmetric_kernels_win(wide.double())  # the kernel has no float64
+
+
+# --------------------------------------------------------------------------- Muon's memory passes
+
+PASS_SHAPES = [(16, 24), (24, 16), (3, 16, 24), (8, 8), (2, 20, 13), (9, 40), (1, 5)]
+
+
+def pass_inputs(param_dtype, seed=0):
+    from muonlib.kernels.muon_passes import PassTables
+
+    g = torch.Generator().manual_seed(seed)
+    make = lambda s: torch.randn(*s, generator=g).to(DEVICE)  # noqa: E731
+    params = [make(s).to(param_dtype) for s in PASS_SHAPES]
+    grads = [make(s).to(param_dtype) for s in PASS_SHAPES]
+    buffers = [make(s) for s in PASS_SHAPES]
+    wide = [(p.numel() // (p.shape[-2] * p.shape[-1]), *sorted(p.shape[-2:])) for p in params]
+    sources = [torch.full(w, float("nan"), dtype=torch.float16, device=DEVICE) for w in wide]
+    results = [torch.randn(*w, generator=g).to(torch.float16).to(DEVICE) for w in wide]
+    factors = [0.5 + k for k in range(len(params))]
+    tables = PassTables(params, sources, results, factors)
+    tables.point_at(grads, buffers, params)
+    return params, grads, buffers, sources, results, factors, tables
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("grad_dtype", [torch.float32, torch.bfloat16])
+def test_momentum_and_normalize_passes_match_the_reference(nesterov, grad_dtype):
+    from muonlib.kernels.muon_passes import momentum_pass, muon_passes_reference, normalize_pass
+
+    params, grads, buffers, sources, _, _, tables = pass_inputs(grad_dtype)
+    expected_buffers = [b.clone() for b in buffers]
+    expected = muon_passes_reference(grads, expected_buffers, 0.9, nesterov, safety=1.01)
+    scalars = torch.tensor([0.0, 0.9, 0.0], dtype=F64, device=DEVICE)
+    momentum_pass(tables, scalars, grad_dtype, nesterov)
+    normalize_pass(tables, scalars, grad_dtype, nesterov, safety=1.01)
+    for b, e in zip(buffers, expected_buffers):
+        assert rel(b, e) < 1e-6  # float32 lerps in the same formula; FMA contraction may differ
+    for s, e in zip(sources, expected):
+        assert s.shape == e.shape
+        # Each matrix's norm sums tiles in another order than torch's: a last-bit difference
+        # in the norm flips a few float16 roundings, no more than one rounding of the output.
+        assert rel(s, e) < TOL[torch.float16]
+
+
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16])
+def test_update_pass_is_apply_updates(param_dtype):
+    from muonlib.kernels.muon_passes import update_pass
+    from muonlib.optim import apply_updates
+
+    params, _, _, _, results, factors, tables = pass_inputs(param_dtype, seed=1)
+    expected = [p.clone() for p in params]
+    directions = [r.mT if p.shape[-2] > p.shape[-1] else r for p, r in zip(params, results)]
+    apply_updates(expected, [d.reshape(p.shape) for d, p in zip(directions, params)], 0.03, 0.1, factors)
+    update_pass(tables, torch.tensor([0.03, 0.0, 0.1], dtype=F64, device=DEVICE), param_dtype)
+    for p, e in zip(params, expected):
+        # The same roundings in the same order; float32 may still differ by FMA contraction.
+        assert torch.allclose(p.float(), e.float(), rtol=2e-7, atol=0) if param_dtype == torch.float32 else torch.equal(p, e)
+
+
+def test_tables_follow_tensors_that_moved():
+    from muonlib.kernels.muon_passes import momentum_pass
+
+    params, grads, buffers, _, _, _, tables = pass_inputs(torch.float32, seed=2)
+    moved = [torch.zeros_like(b) for b in buffers]
+    tables.point_at(grads, moved, params)
+    momentum_pass(tables, torch.tensor([0.0, 0.5, 0.0], dtype=F64, device=DEVICE), torch.float32, False)
+    for m, g in zip(moved, grads):
+        assert torch.allclose(m, 0.5 * g)  # lerp from zero: the new buffers were written, not the old
+
+
+def test_tables_refuse_tensors_the_kernels_would_misread():
+    params, grads, buffers, _, _, _, tables = pass_inputs(torch.float32, seed=3)
+    with pytest.raises(ValueError, match="float32"):
+        tables.point_at(grads, [b.bfloat16() for b in buffers], params)
+    with pytest.raises(ValueError, match="contiguous gradient"):
+        tables.point_at([g.mT.contiguous().mT for g in grads], buffers, params)
+    with pytest.raises(ValueError, match="shape"):
+        tables.point_at(grads[::-1], buffers, params)

@@ -239,3 +239,16 @@ def test_flop_formulas_count_what_runs(m, n, steps):
         with FlopCounterMode(display=False) as counter:
             newton_schulz(G, steps, dtype=F64, gram=gram)
         assert counter.get_total_flops() == formula(m, n, steps)
+
+
+@pytest.mark.parametrize("gram", [False, True])
+@pytest.mark.parametrize("steps", [0, 1, 5])
+def test_iterations_write_their_result_into_out(gram, steps):
+    X = torch.randn(2, 8, 30, dtype=torch.float64)
+    X = X / torch.linalg.matrix_norm(X, keepdim=True)
+    schedule = linalg.coefficient_schedule("muon", steps)
+    out = torch.full_like(X, float("nan"))
+    returned = linalg.newton_schulz_iterations(X.clone(), schedule, gram, out=out)
+    assert returned.data_ptr() == out.data_ptr()
+    expected = linalg.newton_schulz(X, steps, dtype=torch.float64, gram=gram)
+    assert torch.allclose(out, expected, atol=1e-12)

@@ -8,7 +8,6 @@ from torch import nn
 
 from muonlib.linalg import msign, newton_schulz
 from muonlib.optim import (
-    GRADIENT_MOVES_ALLOWED,
     HybridOptimizer,
     Muon,
     Shampoo,
@@ -284,24 +283,48 @@ def test_orthogonalize_batches_tall_with_wide_and_transposes_back():
         assert torch.allclose(out[2][e].float(), newton_schulz(stack[e]).float(), atol=1e-2)
 
 
-def test_compiled_muon_takes_the_eager_steps():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_fused_muon_takes_the_reference_steps(dtype, nesterov):
+    """The fused step (Triton passes; in the interpreter without a GPU) against muon_step, over
+    steps whose gradients come back at new addresses, with a state reloaded in between."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(8)
-    shapes = [(16, 24), (24, 16), (3, 16, 24), (8, 8)]
-    grads = [[torch.randn(s) for s in shapes] for _ in range(3)]
-    results = []
-    for compile in (False, True):
-        params = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
-        opt = Muon(params, lr=0.02, weight_decay=0.1, compile=compile)
-        for step_grads in grads:
+    shapes = [(16, 24), (24, 16), (3, 16, 24), (8, 8), (2, 20, 13)]
+    W0 = [torch.randn(s).to(dtype).to(device) for s in shapes]
+    grads = [[torch.randn(s).to(dtype).to(device) for s in shapes] for _ in range(4)]
+    runs = {}
+    for fused in (False, True):
+        params = [nn.Parameter(w.clone()) for w in W0]
+        opt = Muon(params, lr=0.02, weight_decay=0.1, nesterov=nesterov, fused=fused)
+        for k, step_grads in enumerate(grads):
             for p, g in zip(params, step_grads):
-                p.grad = g.clone()
+                p.grad = g.clone()  # a new address every step
             opt.step()
-        results.append([p.detach() for p in params])
-    for eager, compiled in zip(*results):
-        # Fusion reorders the fp32 normalisation, which flips some bf16 roundings of the input,
-        # and five Newton-Schulz steps amplify those: agreement to 2e-2 (relative, Frobenius) is
-        # what two bf16 runs of the same iteration give, far below the update itself.
-        assert ((eager - compiled).norm() / eager.norm()).item() < 2e-2
+            if k == 1:  # new momentum tensors, as after resuming from a checkpoint
+                opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+        runs[fused] = params, opt
+    for p_ref, p_fused, w in zip(*(runs[f][0] for f in (False, True)), W0):
+        ref, ours = (p_ref - w).double(), (p_fused - w).double()
+        # Both orthogonalise the same float16 input, except where the norm (summed per tile
+        # here, by torch there) differs in its last bit and flips a float16 rounding; five
+        # Newton-Schulz steps amplify such a flip to at most ~1e-4 of the update.
+        assert p_fused.dtype == dtype and rel(ours, ref) < 1e-3
+        m_ref, m_fused = (runs[f][1].state[p]["momentum_buffer"] for f, p in ((False, p_ref), (True, p_fused)))
+        assert rel(m_fused, m_ref) < 1e-6
+
+
+def test_fused_true_says_why_it_cannot_fuse():
+    W = nn.Parameter(torch.zeros(4, 6, dtype=F64))
+    W.grad = torch.ones(4, 6, dtype=F64)
+    with pytest.raises(ValueError, match="float64.*fused=None"):
+        Muon([W], fused=True).step()
+    V = nn.Parameter(torch.zeros(4, 6))
+    V.grad = torch.ones(4, 6)
+    with pytest.raises(ValueError, match="svd"):
+        Muon([V], fused=True, orthogonalize="svd").step()
+    Muon([W]).step()  # the default falls back to the reference step
+    assert W.abs().sum() > 0
 
 
 def test_low_precision_parameters_keep_their_dtype_and_fp32_momentum():
@@ -311,21 +334,9 @@ def test_low_precision_parameters_keep_their_dtype_and_fp32_momentum():
     opt.step()
     assert W.dtype == torch.bfloat16 and W.abs().sum() > 0
     assert opt.state[W]["momentum_buffer"].dtype == torch.float32
+    opt.load_state_dict(opt.state_dict())  # torch casts state to the parameter's dtype on loading
+    W.grad = torch.randn(8, 12, dtype=torch.bfloat16)
+    opt.step()
+    assert opt.state[W]["momentum_buffer"].dtype == torch.float32
 
 
-def test_graph_reads_gradients_in_place_until_they_keep_moving():
-    W = nn.Parameter(torch.zeros(4, 6))
-    opt = Muon([W])
-    g = torch.randn(4, 6)
-    for _ in range(2 * GRADIENT_MOVES_ALLOWED):  # the same address every step: never copied
-        assert opt._graph_gradients(0, [W], [g])[0] is g
-    moved = [torch.randn(4, 6) for _ in range(GRADIENT_MOVES_ALLOWED + 3)]  # all alive: distinct addresses
-    copies = []
-    for k, g in enumerate(moved, start=1):
-        out = opt._graph_gradients(0, [W], [g])[0]
-        if k <= GRADIENT_MOVES_ALLOWED:
-            assert out is g
-        else:
-            assert out is not g and torch.equal(out, g)
-            copies.append(out.data_ptr())
-    assert len(set(copies)) == 1  # one fixed buffer, whatever address the gradient came from

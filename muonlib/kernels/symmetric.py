@@ -29,6 +29,14 @@ def interpreting() -> bool:
 
 
 @triton.jit
+def round_bfloat16(x):
+    """``x`` (float32) rounded to the nearest bfloat16, ties to even, still as float32: by hand,
+    because Triton's interpreter truncates float32 -> bfloat16 where a GPU rounds."""
+    bits = x.to(tl.uint32, bitcast=True)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _gram_kernel(
     x_ptr, out_ptr, M, K,
     stride_xb, stride_xm, stride_xk,
@@ -68,9 +76,8 @@ def _gram_kernel(
 
     acc = acc * alpha
     inside = (rows[:, None] < M) & (cols[None, :] < M)
-    if ROUND_BF16:  # the interpreter truncates fp32 -> bf16: round to nearest even by hand, as a GPU does
-        bits = acc.to(tl.uint32, bitcast=True)
-        acc = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+    if ROUND_BF16:  # the interpreter truncates fp32 -> bf16
+        acc = round_bfloat16(acc)
     result = acc.to(out_ptr.dtype.element_ty)
     out = out_ptr + batch * stride_ob
     tl.store(out + rows[:, None] * stride_om + cols[None, :] * stride_on, result, mask=inside)
@@ -123,4 +130,4 @@ def gram_reference(X: Tensor, alpha: float = 1.0) -> Tensor:
     return torch.bmm(X, X.mT) * alpha if alpha != 1.0 else torch.bmm(X, X.mT)
 
 
-__all__ = ["gram", "gram_reference", "interpreting"]
+__all__ = ["gram", "gram_reference", "interpreting", "round_bfloat16"]
