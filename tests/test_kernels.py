@@ -137,9 +137,14 @@ def test_update_pass_is_apply_updates(param_dtype):
     directions = [r.mT if p.shape[-2] > p.shape[-1] else r for p, r in zip(params, results)]
     apply_updates(expected, [d.reshape(p.shape) for d, p in zip(directions, params)], 0.03, 0.1, factors)
     update_pass(tables, torch.tensor([0.03, 0.0, 0.1], dtype=F64, device=DEVICE), param_dtype)
-    for p, e in zip(params, expected):
-        # The same roundings in the same order; float32 may still differ by FMA contraction.
-        assert torch.allclose(p.float(), e.float(), rtol=2e-7, atol=0) if param_dtype == torch.float32 else torch.equal(p, e)
+    for p, e, r, factor in zip(params, expected, results, factors):
+        if param_dtype == torch.bfloat16:  # every operation rounds to bfloat16 as the reference's do
+            assert torch.equal(p, e)
+        else:
+            # A GPU may contract a product and the subtraction into one FMA, skipping the rounding of
+            # W (1 - lr wd) or of lr factor O: at most one float32 rounding (2^-24 relative) of each.
+            skipped = 2**-24 * (e.abs().max().item() + 0.03 * factor * r.float().abs().max().item())
+            assert torch.allclose(p, e, rtol=0, atol=2 * skipped)
 
 
 def test_tables_follow_tensors_that_moved():
