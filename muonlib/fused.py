@@ -16,7 +16,8 @@ from torch import Tensor
 
 from .linalg import CoefficientSpec, coefficient_schedule, newton_schulz_iterations, normalization_safety
 
-#: The dtype Newton-Schulz iterates in (as :func:`muonlib.optim.orthogonalize`'s default).
+#: The dtype Muon's Newton-Schulz iterates in, fused or not (:func:`muonlib.optim.orthogonalize`'s
+#: default): float16, for the reasons :func:`muonlib.linalg.newton_schulz` gives.
 ITERATION_DTYPE = torch.float16
 #: The parameter and gradient dtypes the passes handle; others take the reference step.
 PASS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from .fused import FusedMuonStep, fusable
+from .fused import ITERATION_DTYPE, FusedMuonStep, fusable
 from .linalg import CoefficientSpec, msign, newton_schulz
 
 AdjustLR = Literal["match_rms_adamw", "original"] | None
@@ -42,7 +42,7 @@ def orthogonalize(
     method: Literal["newton_schulz", "svd"] = "newton_schulz",
     steps: int = 5,
     coefficients: CoefficientSpec = "muon",
-    dtype: torch.dtype = torch.float16,
+    dtype: torch.dtype = ITERATION_DTYPE,
 ) -> list[Tensor]:
     """``msign`` of each update (eq. 4), by Newton-Schulz or exact SVD.
 
