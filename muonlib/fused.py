@@ -9,6 +9,7 @@ replay: no guards, no graph re-recording when gradients move, no copies of them.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 
 import torch
@@ -61,6 +62,7 @@ class FusedMuonStep:
         self.safety = normalization_safety(coefficients)
         self.param_dtype = params[0].dtype
         device = params[0].device
+        self.device = device
         self.cuda_graph = cuda_graph and device.type == "cuda"
         slots: dict[tuple[int, int], list[int]] = defaultdict(list)  # wide shape -> parameters
         for i, p in enumerate(params):
@@ -82,6 +84,12 @@ class FusedMuonStep:
 
     def __call__(self, params: list[Tensor], grads: list[Tensor], buffers: list[Tensor],
                  lr: float, beta: float, weight_decay: float) -> None:
+        # Triton launches and CUDA graphs use the current device: make it the parameters' for the call.
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            self._step(params, grads, buffers, lr, beta, weight_decay)
+
+    def _step(self, params: list[Tensor], grads: list[Tensor], buffers: list[Tensor],
+              lr: float, beta: float, weight_decay: float) -> None:
         grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
         if grads[0].dtype != self._grad_dtype:
             self._grad_dtype = grads[0].dtype

@@ -283,12 +283,16 @@ def test_orthogonalize_batches_tall_with_wide_and_transposes_back():
         assert torch.allclose(out[2][e].float(), newton_schulz(stack[e]).float(), atol=1e-2)
 
 
+@pytest.mark.parametrize("device", [
+    "cuda" if torch.cuda.is_available() else "cpu",
+    # a device other than the current one: the step must launch its kernels and graph there
+    pytest.param("cuda:1", marks=pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")),
+])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("nesterov", [True, False])
-def test_fused_muon_takes_the_reference_steps(dtype, nesterov):
+def test_fused_muon_takes_the_reference_steps(dtype, nesterov, device):
     """The fused step (Triton passes; in the interpreter without a GPU) against muon_step, over
     steps whose gradients come back at new addresses, with a state reloaded in between."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(8)
     shapes = [(16, 24), (24, 16), (3, 16, 24), (8, 8), (2, 20, 13)]
     W0 = [torch.randn(s).to(dtype).to(device) for s in shapes]
