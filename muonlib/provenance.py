@@ -39,6 +39,8 @@ def provenance(config: dict[str, Any] | None = None, seed: int | None = None) ->
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seed": seed,
         "config": config,
+        # runs sharing the GPU (set by the experiment runner): their timings are not a lone run's
+        "runs_per_gpu": int(os.environ.get("MUONLIB_RUNS_PER_GPU", "1")),
     }
 
 

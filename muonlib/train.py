@@ -2,10 +2,11 @@
 checkpoints that resume exactly, and a clear stop on divergence.
 
 ``train(config, out_dir)`` writes ``out_dir/metrics.jsonl`` -- a provenance header, then one
-record per step (with ``val_loss`` at evaluation steps), then a ``final`` record -- and keeps
-``out_dir/checkpoint.pt``. Called again on the same folder it resumes from the checkpoint
-(the data of step ``k`` depends only on the seed and ``k``, the schedule only on ``k``) and,
-on a CPU, reproduces the uninterrupted run bit for bit; a finished run is not repeated.
+record per step (with ``val_loss`` and ``test_loss`` at evaluation steps), then a ``final``
+record -- and keeps ``out_dir/checkpoint.pt``. Called again on the same folder it resumes
+from the checkpoint (the data of step ``k`` depends only on the seed and ``k``, the schedule
+only on ``k``) and, on a CPU, reproduces the uninterrupted run bit for bit; a finished run
+is not repeated. A diverged run ends with a ``final`` record that says so.
 """
 
 from __future__ import annotations
@@ -13,27 +14,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import statistics
 import time
-from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from .data import VOCAB_SIZE, TokenBatches, evaluation_batches, load_tokens
+from .data import VOCAB_SIZE, TokenBatches, evaluation_batches, load_manifest, load_tokens
 from .models import GPT, preset
 from .models.moe import MoE
 from .optim import build_optimizer
 from .provenance import provenance
-
-SPIKE_WINDOW = 50  # steps of history a loss is compared with
-SPIKE_RATIO = 1.1  # a spike: loss above 1.1x the median of that history
-SPIKE_MIN_HISTORY = 10
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -83,6 +77,10 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
+class TrainingStopped(RuntimeError):
+    """Raised at a step boundary when ``should_stop`` asks, after a checkpoint of that step."""
+
+
 def lr_factor(step: int, steps: int, warmup: float, final_ratio: float) -> float:
     """Linear warm-up over ``warmup * steps`` steps (at least one), then cosine decay from the
     peak to ``final_ratio`` of it at the last step. ``step`` counts from 0."""
@@ -91,19 +89,6 @@ def lr_factor(step: int, steps: int, warmup: float, final_ratio: float) -> float
         return (step + 1) / warm
     progress = (step - warm) / max(1, steps - 1 - warm)
     return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def is_loss_spike(history: list[float] | deque, loss: float) -> bool:
-    """A training loss more than ``SPIKE_RATIO`` times the median of the previous
-    ``SPIKE_WINDOW`` losses (once ``SPIKE_MIN_HISTORY`` exist). A median ignores earlier
-    spikes; while the loss falls, the median lies above it and nothing fires."""
-    if len(history) < SPIKE_MIN_HISTORY:
-        return False
-    return loss > SPIKE_RATIO * statistics.median(list(history)[-SPIKE_WINDOW:])
-
-
-def count_loss_spikes(losses: list[float]) -> int:
-    return sum(is_loss_spike(losses[max(0, i - SPIKE_WINDOW) : i], loss) for i, loss in enumerate(losses))
 
 
 def flops_per_token(model: GPT) -> int:
@@ -137,17 +122,17 @@ class Checkpoint:
     def __init__(self, path: Path):
         self.path = path
 
-    def save(self, model, optimizer, scaler, step: int, spike_history: deque) -> None:
+    def save(self, model, optimizer, scaler, step: int) -> None:
         state = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-            "scaler": scaler.state_dict(), "spike_history": list(spike_history),
+            "scaler": scaler.state_dict(),
             "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
         tmp = self.path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.path)
 
-    def load(self, model, optimizer, scaler) -> tuple[int, deque]:
+    def load(self, model, optimizer, scaler) -> int:
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=False)
         except Exception as err:
@@ -158,7 +143,7 @@ class Checkpoint:
         torch.set_rng_state(state["rng"]["cpu"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        return state["step"], deque(state["spike_history"], maxlen=SPIKE_WINDOW)
+        return state["step"]
 
 
 class MetricsLog:
@@ -201,8 +186,11 @@ def evaluate(model, batches, device, autocast) -> float:
     return total.item() / count
 
 
-def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> list[dict]:
-    """Train (or resume, or return the finished run in) ``out_dir``; returns the step records."""
+def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, should_stop: Callable[[], bool] | None = None) -> list[dict]:
+    """Train (or resume, or return the finished run in) ``out_dir``; returns the step records.
+
+    ``should_stop`` is asked after every step; when it answers true the run saves a
+    checkpoint of that step and raises :class:`TrainingStopped`, so nothing is lost."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log, checkpoint = MetricsLog(out_dir / "metrics.jsonl"), Checkpoint(out_dir / "checkpoint.pt")
@@ -224,21 +212,30 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> li
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16) if precision != "fp32" else nullcontext()
 
-    start, spike_history = 0, deque(maxlen=SPIKE_WINDOW)
-    if checkpoint.path.exists():
-        start, spike_history = checkpoint.load(model, optimizer, scaler)
-    header = {"provenance": provenance(config.to_dict(), config.seed) | {"precision": precision}}
-    records = log.start(header, keep_until=start or None)
-    saved_step = start
-
+    start = checkpoint.load(model, optimizer, scaler) if checkpoint.path.exists() else 0
     train_tokens = load_tokens(config.corpus, "train")
     batches = TokenBatches(train_tokens, config.batch_size, model_config.context, config.seed)
-    eval_set = evaluation_batches(load_tokens(config.corpus, "val"), config.batch_size, model_config.context, config.eval_tokens)
+    held_out = {split: evaluation_batches(load_tokens(config.corpus, split), config.batch_size, model_config.context, config.eval_tokens)
+                for split in ("val", "test")}
+    manifest = load_manifest(config.corpus)
+    header = {"provenance": provenance(config.to_dict(), config.seed) | {"precision": precision},
+              "parameters": model.num_parameters(), "active_parameters": model.num_parameters(active=True),
+              "data": {"corpus": config.corpus, "version": manifest["version"],
+                       **{f"{split}_tokens": v["tokens"] for split, v in manifest["splits"].items()},
+                       "train_sha256": manifest["splits"]["train"]["sha256"]}}
+    records = log.start(header, keep_until=start or None)
+    saved_step = start
     step_model = torch.compile(model) if config.compile else model
     tokens_per_step = config.tokens_per_step()
     flops = flops_per_token(model) * tokens_per_step
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+
+    def diverged(what: str, value: float, step: int) -> TrainingDiverged:
+        log.append({"final": True, "diverged": True, "step": step, "val_loss": None, "test_loss": None})
+        saved = f"the last good checkpoint is {checkpoint.path} (step {saved_step})" if saved_step else "no checkpoint was saved yet"
+        return TrainingDiverged(f"the {what} became {value} at step {step}; {saved}. Lower the learning rate "
+                                f"or raise the warm-up; resuming from the checkpoint would diverge the same way.")
 
     bar = tqdm(total=config.steps, initial=start, desc=f"{config.optimizer} lr={config.lr:g}", disable=not progress)
     for step in range(start, config.steps):
@@ -257,9 +254,10 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> li
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         loss, grad_norm = torch.stack([loss_sum / config.grad_accum, grad_norm.float()]).tolist()  # one sync per step
         if not math.isfinite(loss):
-            saved = f"the last good checkpoint is {checkpoint.path} (step {saved_step})" if saved_step else "no checkpoint was saved yet"
-            raise TrainingDiverged(f"the training loss became {loss} at step {step}; {saved}. Lower the learning rate "
-                                   f"or raise the warm-up; resuming from the checkpoint would diverge the same way.")
+            raise diverged("training loss", loss, step)
+        skipped = not math.isfinite(grad_norm)
+        if skipped and not scaler.is_enabled():  # fp16 loss scaling expects overflows and skips the step itself
+            raise diverged("gradient norm", grad_norm, step)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -271,25 +269,29 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> li
         record = {
             "step": step + 1, "loss": loss, "lr": config.lr * factor, "grad_norm": grad_norm,
             "tokens": (step + 1) * tokens_per_step, "flops": (step + 1) * flops, "seconds": seconds,
-            "tokens_per_s": tokens_per_step / seconds, "spike": is_loss_spike(spike_history, loss),
+            "tokens_per_s": tokens_per_step / seconds, **({"skipped": True} if skipped else {}),
         }
-        spike_history.append(loss)
         if device.type == "cuda":
             record["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
         if moe := model.moe_layers():
             cv, violation = torch.stack([torch.stack([s["cv"], s["max_violation"]]) for s in map(MoE.load_statistics, moe)]).T.tolist()
             record["moe_cv"], record["moe_max_violation"] = sum(cv) / len(cv), max(violation)  # one transfer for all layers
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            record["val_loss"] = evaluate(step_model, eval_set, device, autocast)
+            for split, eval_set in held_out.items():
+                record[f"{split}_loss"] = evaluate(step_model, eval_set, device, autocast)
         log.append(record)
         records.append(record)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            checkpoint.save(model, optimizer, scaler, step + 1, spike_history)
+        stopping = should_stop is not None and should_stop()
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or stopping:
+            checkpoint.save(model, optimizer, scaler, step + 1)
             saved_step = step + 1
+        if stopping and step + 1 < config.steps:
+            bar.close()
+            raise TrainingStopped(f"stopped at step {step + 1} of {config.steps}; the checkpoint resumes it")
     bar.close()
-    log.append({"final": True, "step": config.steps, "val_loss": records[-1]["val_loss"],
-                "spikes": sum(r["spike"] for r in records)})
+    last = records[-1]
+    log.append({"final": True, "step": config.steps, "val_loss": last["val_loss"], "test_loss": last["test_loss"],
+                "min_val_loss": min(r["val_loss"] for r in records if "val_loss" in r)})
     return records
-

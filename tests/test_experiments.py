@@ -1,84 +1,211 @@
-"""The experiment runner (skip, resume) and the analysis helpers on synthetic curves."""
+"""The experiment protocol's plan, the multi-worker runner (two CPU workers on the tiny
+model), and moving results between machines."""
 
 import dataclasses
+import json
 import math
+import signal
+import subprocess
+import sys
+import tarfile
+import time
 
-import numpy as np
 import pytest
 
-from muonlib import experiments
+from muonlib import experiments, runner
 from muonlib.data import prepare
-from muonlib.experiments import Experiment, load_results, token_consumption_ratio, tokens_to_target
+from muonlib.experiments import Comparison, Experiment, pack, read_run, run, run_id, unpack
 from muonlib.train import TrainConfig
 
-
-def test_tokens_to_target_interpolates_the_first_crossing():
-    tokens = [0, 100, 200, 300]
-    losses = [10.0, 6.0, 4.0, 5.0]
-    assert tokens_to_target(tokens, losses, 5.0) == pytest.approx(150.0)
-    assert tokens_to_target(tokens, losses, 6.0) == pytest.approx(100.0)
-    assert tokens_to_target(tokens, losses, 12.0) == 0.0
-    assert math.isnan(tokens_to_target(tokens, losses, 3.0))
+# ---------------------------------------------------------------- the plan, simulated
 
 
-def test_token_consumption_ratio_of_a_curve_twice_as_fast_is_two():
-    tokens = np.linspace(0, 1000, 51)
-    adamw = (tokens, 10 - tokens / 200)  # linear: reaches loss L at 200 (10 - L)
-    muon = (tokens, 10 - tokens / 100)
-    for target in (9.0, 7.5, 6.0):
-        assert token_consumption_ratio(adamw, muon, target) == pytest.approx(2.0)
-    assert math.isnan(token_consumption_ratio(adamw, muon, 2.0))  # AdamW never gets there
+def synthetic_loss(config: TrainConfig) -> float:
+    """A made-up loss with known optima: AdamW best at 2e-3, Muon at 8e-3 (its AdamW part best
+    at AdamW's optimum), both better with a longer budget, AdamW hurt by a warm-up under 0.1."""
+    best = {"adamw": 2e-3, "muon": 8e-3}[config.optimizer]
+    loss = 3 + math.log2(config.lr / best) ** 2 - 0.1 * math.log2(config.steps)
+    if config.optimizer == "adamw":
+        loss += max(0.0, 0.1 - config.warmup)
+    else:
+        loss += 0.01 * math.log2(config.adamw_lr / 2e-3) ** 2
+    return loss + 0.001 * config.seed
+
+
+COMPARISON = Comparison(
+    TrainConfig(model="tiny", corpus="sample"), budgets=(100, 300), warmups=(0.02, 0.1, 0.2),
+    warmup_rates={"adamw": (2e-3,), "muon": (8e-3,)}, warmup_adamw_lr=2e-3,
+    grids={"adamw": (1e-3, 2e-3, 4e-3), "muon": (1e-3, 2e-3, 4e-3)},
+)
+
+
+def simulate(comparison, rounds=20):
+    """Run the plan as the runner would: each round finishes every wanted run."""
+    finals, history = {}, []
+    for _ in range(rounds):
+        wanted, decisions = comparison.plan("cpu", finals)
+        new = [c for c in wanted if run_id(c, "cpu") not in finals]
+        history.append(new)
+        if not new:
+            return finals, decisions, history
+        for c in new:
+            finals[run_id(c, "cpu")] = {"final": True, "val_loss": synthetic_loss(c), "config": c}
+    raise AssertionError("the plan never settled")
+
+
+def test_the_plan_unlocks_its_stages_in_order_and_settles_on_inside_optima():
+    finals, decisions, history = simulate(COMPARISON)
+    assert {(c.optimizer, c.steps) for c in history[0]} == {("adamw", 100), ("muon", 100)}  # the warm-up check alone
+    assert all(c.seed == 0 and c.lr in (2e-3, 8e-3) for c in history[0])
+    assert decisions.warmup == 0.1  # AdamW's best; Muon does not care
+    assert decisions.rates == {(100, "adamw"): 2e-3, (300, "adamw"): 2e-3, (100, "muon"): 8e-3, (300, "muon"): 8e-3}
+    for (steps, opt), rates in decisions.swept.items():
+        assert min(rates) < decisions.rates[steps, opt] < max(rates)  # strictly inside: Muon's grid was extended
+    runs = [f["config"] for f in finals.values()]
+    assert all(c.warmup == 0.1 for c in runs if c.lr not in (2e-3, 8e-3) or c.seed > 0)
+    assert all(c.adamw_lr == 2e-3 for c in runs if c.optimizer == "muon" and c.warmup == 0.1)
+    for (steps, opt), lr in decisions.rates.items():
+        assert sorted(c.seed for c in runs if (c.steps, c.optimizer, c.lr, c.warmup) == (steps, opt, lr, 0.1)) == [0, 1, 2]
+    second = {(c.optimizer, c.steps) for c in history[1]}
+    assert ("muon", 100) not in second and ("adamw", 300) in second  # Muon waits for AdamW's rate, AdamW for nothing
+
+
+def test_budgets_differ_only_in_length():
+    a = COMPARISON.config("muon", 100, 0.1, 1e-3)
+    b = COMPARISON.config("muon", 300, 0.1, 1e-3)
+    differing = {k for k, v in a.to_dict().items() if b.to_dict()[k] != v}
+    assert differing == {"steps", "eval_every", "checkpoint_every"}
+    assert run_id(a, "cpu") != run_id(b, "cpu") and run_id(a, "cpu") != run_id(dataclasses.replace(a, weight_decay=0), "cpu")
+    assert run_id(a, "cpu").split("-")[-2] == run_id(dataclasses.replace(a, seed=5), "cpu").split("-")[-2]
+
+
+# ---------------------------------------------------------------- the runner, for real
 
 
 @pytest.fixture
-def toy_experiment(tmp_path, monkeypatch):
+def toy(tmp_path, monkeypatch):
+    """A two-budget comparison of the tiny model small enough for two CPU workers."""
     monkeypatch.setenv("MUONLIB_DATA", str(tmp_path))
     prepare("sample", tmp_path)
-    base = TrainConfig(model="tiny", model_changes={"vocab_size": 50257, "context": 32}, corpus="sample",
-                       batch_size=2, steps=4, eval_every=2, eval_tokens=128, checkpoint_every=2)
-    toy = Experiment("toy", "test", lambda hardware: base, {"adamw": (1e-3, 1e-2), "muon": (1e-3, 1e-2)}, extra_seeds=(1,))
-    monkeypatch.setitem(experiments.EXPERIMENTS, "toy", toy)
+    base = TrainConfig(model="tiny", model_changes={"vocab_size": 50257, "context": 32}, corpus="sample", batch_size=2, eval_tokens=128)
+    comparison = Comparison(base, budgets=(4,), warmups=(0.25,), warmup_rates={"adamw": (1e-3,), "muon": (1e-3,)},
+                            warmup_adamw_lr=1e-3, grids={"adamw": (1e-3,), "muon": (1e-3,)}, seeds=(0, 1), evaluations=2)
+    monkeypatch.setattr(experiments, "EXPERIMENTS", {"toy": Experiment("toy", "test", lambda hardware: comparison)})
+    monkeypatch.setattr(experiments, "sweep_rates", lambda grid, finals: (sorted(grid), min(grid) if set(grid) <= set(finals) else None))
     return tmp_path / "results" / "toy"
 
 
-def test_runner_sweeps_picks_the_best_rate_and_skips_finished_runs(toy_experiment, monkeypatch):
-    calls = []
-    real_train = experiments.train
-    monkeypatch.setattr(experiments, "train", lambda config, *a, **k: calls.append(config) or real_train(config, *a, **k))
-    chosen = experiments.run("toy", "cpu", progress=False)
-    assert len(calls) == 4 + 2 and len(list(toy_experiment.glob("*.jsonl"))) == 6
-    frame = load_results(toy_experiment)
-    finals = frame[(frame.seed == 0) & (frame.step == 4)].set_index(["optimizer", "lr"]).val_loss
-    assert chosen == {opt: finals[opt].idxmin() for opt in ("adamw", "muon")}
-    assert set(frame[frame.seed == 1].lr) == set(chosen.values())
-    assert {"run", "optimizer", "lr", "seed", "tokens", "loss", "val_loss", "gpu"} <= set(frame.columns)
-    calls.clear()
-    experiments.run("toy", "cpu", progress=False)
-    assert calls == []
+def test_two_cpu_workers_run_the_plan_and_a_second_call_skips_finished_runs(toy):
+    report = run("toy", "cpu", workers=2, progress=False)
+    assert not report.failed and not report.waiting and len(report.finished) == 4  # 2 optimizers x 2 seeds
+    files = sorted(toy.glob("*.jsonl"))
+    assert [f.stem for f in files] == sorted(report.finished)
+    for path in files:
+        header, records, final = read_run(path)
+        assert len(records) == 4 and final["val_loss"] == records[-1]["val_loss"] and "test_loss" in final
+        assert header["provenance"]["config"]["steps"] == 4
+    again = run("toy", "cpu", workers=2, progress=False)
+    assert again.finished == [] and not again.failed
 
 
-def test_runner_resumes_an_interrupted_sweep(toy_experiment, monkeypatch):
-    real_train = experiments.train
-    started = []
+def test_a_crashing_run_is_reported_and_the_others_go_on(toy, monkeypatch):
+    real_plan = Comparison.plan
 
-    def interrupted_third_run(config, run_dir, **kwargs):
-        started.append(config)
-        if len(started) == 3:
+    def one_bad_run(self, hardware, finals):
+        wanted, decisions = real_plan(self, hardware, finals)
+        return [dataclasses.replace(c, corpus="sotu") if c.optimizer == "muon" and c.seed == 1 else c for c in wanted], decisions
+
+    monkeypatch.setattr(Comparison, "plan", one_bad_run)
+    report = run("toy", "cpu", workers=2, progress=False)
+    assert len(report.finished) == 3 and len(report.failed) == 1
+    (bad, tail), = report.failed.items()
+    assert "-muon-" in bad and "prepare sotu" in tail  # the end of its log says why
+
+
+def test_a_deadline_starts_nothing_more(toy):
+    report = run("toy", "cpu", workers=2, progress=False, deadline=0)
+    assert report.finished == [] and len(report.waiting) == 2  # the seed-0 runs: the seeds wait for them
+
+
+def test_a_stopped_worker_checkpoints_its_step_and_resumes(toy, tmp_path):
+    config = dataclasses.replace(COMPARISON.config("adamw", 400, 0.1, 1e-3), model_changes={"vocab_size": 50257, "context": 32},
+                                 batch_size=2, eval_tokens=128, checkpoint_every=1000)
+    results, checkpoints = tmp_path / "r", tmp_path / "c"
+    args = [sys.executable, "-m", "muonlib.experiments", "worker", "--hardware", "cpu", "--results", str(results),
+            "--checkpoints", str(checkpoints), "--config", json.dumps(config.to_dict())]
+    proc = subprocess.Popen(args)
+    metrics = checkpoints / run_id(config, "cpu") / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while runner.steps_done(metrics) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 3
+    done = runner.steps_done(metrics)
+    import torch
+    assert 3 <= done < 400 and torch.load(metrics.parent / "checkpoint.pt", weights_only=False)["step"] == done
+    assert not results.exists()  # no result until the run is whole
+
+
+def test_an_interrupted_queue_stops_its_runs_cleanly(toy, monkeypatch):
+    calls = {"n": 0}
+    real_sleep = time.sleep
+
+    def interrupt_on_the_third_poll(seconds):
+        calls["n"] += 1
+        if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real_train(config, run_dir, **kwargs)
+        real_sleep(seconds)
 
-    monkeypatch.setattr(experiments, "train", interrupted_third_run)
-    with pytest.raises(KeyboardInterrupt):
-        experiments.run("toy", "cpu", progress=False)
-    assert len(list(toy_experiment.glob("*.jsonl"))) == 2
-    started.clear()
-    monkeypatch.setattr(experiments, "train", lambda config, *a, **k: started.append(config) or real_train(config, *a, **k))
-    experiments.run("toy", "cpu", progress=False)
-    assert len(started) == 4 and len(list(toy_experiment.glob("*.jsonl"))) == 6
+    monkeypatch.setattr(runner.time, "sleep", interrupt_on_the_third_poll)
+    report = run("toy", "cpu", workers=2, progress=False)
+    assert report.interrupted and report.waiting
+    monkeypatch.setattr(runner.time, "sleep", real_sleep)
+    report = run("toy", "cpu", workers=2, progress=False)
+    assert not report.failed and not report.waiting and len(list(toy.glob("*.jsonl"))) == 4
 
 
-def test_unknown_names_are_refused():
+def test_presets_for_a_gpu_are_refused_without_one(toy):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("checks the message on a machine without a GPU")
+    with pytest.raises(RuntimeError, match="no GPU is visible"):
+        run("toy", "h100", progress=False)
     with pytest.raises(KeyError, match="unknown experiment"):
-        experiments.run("nope", "cpu")
-    with pytest.raises(ValueError, match="preset"):
-        experiments.run("xs_muon_vs_adamw", "tpu")
+        run("nope", "cpu")
+
+
+# ---------------------------------------------------------------- pack and unpack
+
+
+def fake_result(path, final=True, lr=1e-3):
+    lines = [{"provenance": {"config": {"lr": lr}}}, {"step": 1, "loss": 5.0}] + ([{"final": True, "step": 1}] if final else [])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_pack_and_unpack_round_trip_and_leave_differing_results_alone(tmp_path):
+    source = tmp_path / "gpu" / "results" / "toy"
+    for i in range(3):
+        fake_result(source / f"run{i}.jsonl", lr=i)
+    archive = tmp_path / "toy.tar.gz"
+    assert pack("toy", archive, source) == 3
+    target = tmp_path / "here" / "results"
+    fake_result(target / "toy" / "run0.jsonl", lr=99)  # a different run0 is already here
+    outcome = unpack(archive, target)
+    assert sorted(outcome["added"]) == ["toy/run1.jsonl", "toy/run2.jsonl"] and outcome["conflicting"] == ["toy/run0.jsonl"]
+    assert read_run(target / "toy" / "run0.jsonl")[0]["provenance"]["config"]["lr"] == 99
+    assert unpack(archive, target)["unchanged"] == ["toy/run1.jsonl", "toy/run2.jsonl"]
+    assert unpack(archive, target, overwrite=True)["replaced"] == ["toy/run0.jsonl"]
+    assert (target / "toy" / "run0.jsonl").read_bytes() == (source / "run0.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("name,final", [("../escape.jsonl", True), ("toy/notes.txt", True), ("toy/run.jsonl", False)])
+def test_unpack_refuses_what_pack_does_not_make(tmp_path, name, final):
+    archive = tmp_path / "bad.tar.gz"
+    path = fake_result(tmp_path / "f.jsonl", final=final)
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(path, arcname=name)
+    with pytest.raises(ValueError, match="not an experiment's result|not a finished result"):
+        unpack(archive, tmp_path / "results")
+    assert not (tmp_path / "results").exists() and not (tmp_path / "escape.jsonl").exists()

@@ -1,4 +1,4 @@
-"""The trainer: schedule, spike detector, bit-exact resume on CPU, stop on divergence."""
+"""The trainer: schedule, bit-exact resume on CPU, a clean stop on request, stop on divergence."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import torch
 
 from muonlib import train as train_module
 from muonlib.data import prepare
-from muonlib.train import TrainConfig, TrainingDiverged, count_loss_spikes, is_loss_spike, lr_factor, train
+from muonlib.train import TrainConfig, TrainingDiverged, TrainingStopped, lr_factor, train
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +38,6 @@ def test_schedule_warms_up_linearly_then_decays_by_cosine_to_the_final_ratio():
     assert factors[9 + (steps - 10) // 2] == pytest.approx(0.55, abs=0.01)  # the cosine's midpoint
 
 
-def test_spike_detector():
-    falling = [10 * 0.99**i for i in range(100)]
-    assert count_loss_spikes(falling) == 0
-    flat = [3.0] * 30
-    assert is_loss_spike(flat, 3.4) and not is_loss_spike(flat, 3.2) and not is_loss_spike(flat[:5], 9.0)
-    assert count_loss_spikes(flat + [4.0, 3.0, 3.0, 5.0]) == 2
-
-
 @pytest.mark.parametrize("variant,optimizer", [("mha", "muon"), ("moe-mla", "muon"), ("mla", "adamw")])
 def test_a_killed_run_resumes_bit_for_bit(tmp_path, data_env, monkeypatch, variant, optimizer):
     config = tiny(variant, optimizer)
@@ -66,7 +58,7 @@ def test_a_killed_run_resumes_bit_for_bit(tmp_path, data_env, monkeypatch, varia
     monkeypatch.setattr(train_module, "lr_factor", real_lr_factor)
     resumed = train(config, tmp_path / "resumed", progress=False)
 
-    keys = ("step", "loss", "grad_norm", "lr", "val_loss", "moe_cv")
+    keys = ("step", "loss", "grad_norm", "lr", "val_loss", "test_loss", "moe_cv")
     assert [{k: r.get(k) for k in keys} for r in resumed] == [{k: r.get(k) for k in keys} for r in straight]
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
@@ -86,11 +78,24 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
         return logits, loss * (math.nan if calls["n"] > 6 else 1.0)
 
     monkeypatch.setattr(train_module.GPT, "forward", nan_after_six_steps)
-    with pytest.raises(TrainingDiverged, match=r"became nan at step 6.*checkpoint.pt \(step 4\)"):
+    with pytest.raises(TrainingDiverged, match=r"training loss became nan at step 6.*checkpoint.pt \(step 4\)"):
         train(tiny(), tmp_path, progress=False)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 4
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()[1:]]
-    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records[:-1]] == [1, 2, 3, 4, 5, 6]
+    assert records[-1] == {"final": True, "diverged": True, "step": 6, "val_loss": None, "test_loss": None}
+    assert len(train(tiny(), tmp_path, progress=False)) == 6  # a diverged run is over: it is not retried
+
+
+def test_a_stop_request_checkpoints_the_current_step(tmp_path, data_env):
+    config = tiny(checkpoint_every=100)
+    asked = iter([False, False, True])
+    with pytest.raises(TrainingStopped, match="step 3 of 10"):
+        train(config, tmp_path / "stopped", progress=False, should_stop=lambda: next(asked))
+    assert torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)["step"] == 3
+    resumed = train(config, tmp_path / "stopped", progress=False)
+    straight = train(config, tmp_path / "straight", progress=False)
+    assert [(r["step"], r["loss"]) for r in resumed] == [(r["step"], r["loss"]) for r in straight]
 
 
 def test_bad_configurations_are_refused(tmp_path, data_env):

@@ -1,0 +1,184 @@
+"""The fair-comparison protocol in small functions: how a learning-rate sweep finds an
+optimum strictly inside its grid, how seeds decide whether a difference is real, how a
+budget is stated, and how a loss spike is told apart from a hard batch.
+
+Each function knows nothing of models or optimizers: they take numbers and return numbers,
+so the experiment plans, the book's chapters and the tests that guard verdicts share them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+SWEEP_FACTOR = 2.0  # neighbouring rates of a sweep
+SWEEP_EXTENSIONS = 3  # rates a sweep may add beyond its first grid, on each side
+SPIKE_WINDOW = 50  # steps of history a loss or a gradient norm is compared with
+SPIKE_RATIO = 1.1  # a loss spike: 10% above what the history (and, paired, the other run) predicts
+GRAD_NORM_RATIO = 3.0  # a gradient-norm excursion: 3x the median of its history
+
+
+# ---------------------------------------------------------------- learning-rate sweeps
+
+
+def rate_key(lr: float) -> float:
+    """A rate rounded to 6 significant digits, so that a grid reached by repeated doubling
+    matches the rates written in result files."""
+    return float(f"{lr:.6g}")
+
+
+def loss_or_inf(loss: float | None) -> float:
+    """A diverged run (``None`` or non-finite) ranks behind every finished one."""
+    return float(loss) if loss is not None and math.isfinite(loss) else math.inf
+
+
+def sweep_rates(grid: Sequence[float], finals: Mapping[float, float | None]) -> tuple[list[float], float | None]:
+    """The rates a sweep needs and, once it is settled, its best rate.
+
+    ``finals`` maps the rates run so far to their selection loss. While the best rate sits
+    at an edge of what has been run, the sweep extends by one :data:`SWEEP_FACTOR` beyond
+    that edge (at most :data:`SWEEP_EXTENSIONS` times on a side), so the chosen rate ends
+    strictly inside the grid; past that limit the edge rate is returned and
+    :func:`at_edge` says so.
+    """
+    rates = sorted({rate_key(r) for r in grid} | {rate_key(r) for r in finals})
+    finals = {rate_key(r): loss for r, loss in finals.items()}
+    if any(r not in finals for r in rates):
+        return rates, None
+    best = min(rates, key=lambda r: (loss_or_inf(finals[r]), r))
+    low, high = min(grid), max(grid)
+    if best == rates[-1] and sum(r > high for r in rates) < SWEEP_EXTENSIONS:
+        return rates + [rate_key(best * SWEEP_FACTOR)], None
+    if best == rates[0] and sum(r < low for r in rates) < SWEEP_EXTENSIONS:
+        return [rate_key(best / SWEEP_FACTOR)] + rates, None
+    return rates, best
+
+
+def at_edge(rates: Sequence[float], best: float) -> bool:
+    return best in (min(rates), max(rates))
+
+
+# ---------------------------------------------------------------- seeds
+
+
+@dataclass(frozen=True)
+class SeedSpread:
+    """A quantity measured once per seed: its mean, sample standard deviation and range."""
+
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else math.nan
+
+    @property
+    def low(self) -> float:
+        return float(min(self.values))
+
+    @property
+    def high(self) -> float:
+        return float(max(self.values))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4g} ± {self.std:.2g} (n={len(self.values)})"
+
+
+def compare(a: Sequence[float], b: Sequence[float]) -> int:
+    """-1 if every seed of ``a`` lies below every seed of ``b``, +1 if above, 0 if their
+    ranges overlap: a difference counts only when it exceeds the seed spread. (With three
+    seeds each, ranges that do not overlap by chance alone have probability 1/10.)"""
+    a, b = SeedSpread(tuple(a)), SeedSpread(tuple(b))
+    if a.high < b.low:
+        return -1
+    if a.low > b.high:
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------- budgets
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A training budget stated three ways."""
+
+    tokens: int
+    epochs: float  # passes over the training split
+    tokens_per_parameter: float
+
+    @classmethod
+    def of(cls, steps: int, tokens_per_step: int, train_tokens: int, parameters: int) -> "Budget":
+        tokens = steps * tokens_per_step
+        return cls(tokens, tokens / train_tokens, tokens / parameters)
+
+    def __str__(self) -> str:
+        return f"{self.tokens / 1e6:.1f}M tokens, {self.epochs:.2g} epochs, {self.tokens_per_parameter:.2g} tokens per parameter"
+
+
+# ---------------------------------------------------------------- loss spikes
+
+
+def loss_jumps(losses: Sequence[float], window: int = SPIKE_WINDOW) -> np.ndarray:
+    """``log(loss_t / median of the previous `window` losses)`` for every step (``nan`` for
+    the first ten, which have too little history). A median ignores earlier spikes; while
+    the loss falls it lies above the loss and the jump is negative."""
+    losses = np.asarray(losses, float)
+    jumps = np.full(len(losses), np.nan)
+    for t in range(10, len(losses)):
+        jumps[t] = math.log(losses[t] / np.median(losses[max(0, t - window) : t]))
+    return jumps
+
+
+def raw_spikes(losses: Sequence[float]) -> np.ndarray:
+    """Steps whose loss exceeds :data:`SPIKE_RATIO` times its recent median. Alone this flags
+    hard batches as much as instability: two runs fed the same batches flag the same steps."""
+    return np.nan_to_num(loss_jumps(losses), nan=-np.inf) > math.log(SPIKE_RATIO)
+
+
+def paired_spikes(losses: Sequence[float], reference: Sequence[float]) -> np.ndarray:
+    """Steps where a run's loss jumps :data:`SPIKE_RATIO` above its recent median *more than
+    a reference run on the identical batches does*. Batch difficulty moves both runs' losses
+    by about the same factor and cancels in the difference of their log-jumps; what is left
+    is the run's own instability."""
+    excess = loss_jumps(losses) - loss_jumps(reference)
+    return np.nan_to_num(excess, nan=-np.inf) > math.log(SPIKE_RATIO)
+
+
+def grad_norm_excursions(grad_norms: Sequence[float], window: int = SPIKE_WINDOW) -> np.ndarray:
+    """Steps whose gradient norm (before clipping) exceeds :data:`GRAD_NORM_RATIO` times the
+    median of the previous ``window`` steps."""
+    norms = np.asarray(grad_norms, float)
+    flags = np.zeros(len(norms), bool)
+    for t in range(10, len(norms)):
+        flags[t] = norms[t] > GRAD_NORM_RATIO * np.median(norms[max(0, t - window) : t])
+    return flags
+
+
+# ---------------------------------------------------------------- tokens to a target
+
+
+def tokens_to_target(tokens, losses, target: float) -> float:
+    """Tokens at which a loss curve first reaches ``target``, interpolated linearly between the
+    two measurements around the crossing; ``nan`` if it never does."""
+    tokens, losses = np.asarray(tokens, float), np.asarray(losses, float)
+    below = np.flatnonzero(losses <= target)
+    if below.size == 0:
+        return float("nan")
+    i = below[0]
+    if i == 0:
+        return float(tokens[0])
+    t0, t1, l0, l1 = tokens[i - 1], tokens[i], losses[i - 1], losses[i]
+    return float(t0 + (t1 - t0) * (l0 - target) / (l0 - l1))
+
+
+def token_consumption_ratio(adamw: tuple, muon: tuple, target: float) -> float:
+    """``R_L(B) = T_AdamW / T_Muon`` (eq. 12) for curves given as ``(tokens, losses)``; above 1
+    when Muon needs fewer tokens to reach the target loss ``L``."""
+    return tokens_to_target(*adamw, target) / tokens_to_target(*muon, target)

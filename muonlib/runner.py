@@ -1,0 +1,160 @@
+"""Independent training runs spread over every GPU of a machine, from one queue.
+
+One worker slot per GPU (or several: ``per_device``), each run a subprocess that sees only
+its GPU through ``CUDA_VISIBLE_DEVICES``; on a machine without a GPU the slots are CPU
+processes sharing the cores. The queue is a *plan*: a function from the finished runs to
+every run the experiment wants so far, so that a stage that depends on an earlier one (the
+seeds of a chosen rate, a sweep extended past its edge) is queued the moment its inputs
+exist, and the other slots never wait for a whole stage to end.
+
+Nothing is lost: finished runs are skipped, an interrupted run resumes from its checkpoint,
+a run that crashes is reported (with the end of its log) while the others go on, and Ctrl-C
+asks every run to checkpoint its current step and stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+POLL_SECONDS = 1.0
+STOP_GRACE_SECONDS = 120  # how long stopped runs get to write their checkpoint
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run: its identifier, the number of steps it takes, and the arguments of its worker."""
+
+    run: str
+    steps: int
+    argv: tuple[str, ...]  # after `python -m`
+    log: Path  # where its output goes; progress is read from `progress` (one line per step)
+    progress: Path
+
+
+@dataclass
+class Report:
+    finished: list[str] = field(default_factory=list)  # finished by this call
+    failed: dict[str, str] = field(default_factory=dict)  # run -> the end of its log
+    waiting: list[str] = field(default_factory=list)  # wanted, never started (deadline, failures upstream)
+    interrupted: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)  # run -> wall-clock seconds of its worker
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.finished)} runs finished in {sum(self.seconds.values()) / 60:.1f} worker-minutes"]
+        if self.failed:
+            lines.append(f"{len(self.failed)} failed: " + ", ".join(self.failed))
+        if self.waiting:
+            lines.append(f"{len(self.waiting)} not started")
+        if self.interrupted:
+            lines.append("interrupted: the runs in flight saved checkpoints and resume on the next call")
+        return "; ".join(lines)
+
+
+def slots(devices: int | None, per_device: int = 1, cpu_workers: int = 1) -> list[dict[str, str]]:
+    """The environment of every worker slot: ``per_device`` slots on each of ``devices`` GPUs
+    (``None``: every visible GPU), or ``cpu_workers`` CPU slots where there is no GPU."""
+    import torch
+
+    if per_device < 1 or cpu_workers < 1:
+        raise ValueError("per_device and cpu_workers must be >= 1")
+    visible = torch.cuda.device_count()
+    if visible == 0:
+        if devices:
+            raise RuntimeError(f"{devices} GPU(s) asked for, but no GPU is visible: leave out --gpus to run on the CPU")
+        threads = max(1, (os.cpu_count() or 1) // cpu_workers)
+        return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads)} for _ in range(cpu_workers)]
+    if devices is not None and not 1 <= devices <= visible:
+        raise ValueError(f"{devices} GPU(s) asked for; {visible} visible")
+    ids = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(visible)))).split(",")[: devices or visible]
+    threads = max(1, (os.cpu_count() or 1) // (len(ids) * per_device))
+    return [{"CUDA_VISIBLE_DEVICES": gpu, "MUONLIB_RUNS_PER_GPU": str(per_device), "OMP_NUM_THREADS": str(threads)}
+            for gpu in ids for _ in range(per_device)]
+
+
+def steps_done(path: Path) -> int:
+    try:
+        return max(0, path.read_bytes().count(b"\n") - 1)  # the header is not a step
+    except FileNotFoundError:
+        return 0
+
+
+def run_queue(plan: Callable[[], list[Job]], is_finished: Callable[[str], bool], environments: list[dict[str, str]],
+              progress: bool = True, deadline: float | None = None, description: str = "runs") -> Report:
+    """Run what ``plan()`` wants on the worker slots until nothing more is wanted.
+
+    ``plan`` is asked again whenever a run ends; ``is_finished`` says whether a run's
+    result exists. ``deadline`` (seconds from now): start no run after it; runs in flight
+    finish."""
+    report = Report()
+    running: dict[str, tuple[subprocess.Popen, int, Job]] = {}
+    started: dict[str, float] = {}
+    free = list(range(len(environments)))
+    stop_launching = time.monotonic() + deadline if deadline is not None else None
+    bar = tqdm(total=0, unit="step", desc=description, disable=not progress, dynamic_ncols=True)
+    wanted: list[Job] = []
+    try:
+        while True:
+            wanted = plan()
+            pending = [j for j in wanted if not is_finished(j.run) and j.run not in running and j.run not in report.failed]
+            pending.sort(key=lambda j: -j.steps)  # longest first: the last wave ends soonest
+            may_launch = stop_launching is None or time.monotonic() < stop_launching
+            while free and pending and may_launch:
+                job, slot = pending.pop(0), free.pop(0)
+                job.log.parent.mkdir(parents=True, exist_ok=True)
+                with open(job.log, "ab") as log:
+                    proc = subprocess.Popen([sys.executable, "-m", *job.argv], stdout=log, stderr=subprocess.STDOUT,
+                                            env=os.environ | environments[slot])
+                running[job.run] = (proc, slot, job)
+                started[job.run] = time.monotonic()
+            bar.total = sum(j.steps for j in wanted)
+            bar.n = sum(j.steps if is_finished(j.run) else steps_done(j.progress) if j.run in running else 0 for j in wanted)
+            bar.set_postfix(running=len(running), failed=len(report.failed), refresh=False)
+            bar.refresh()
+            if not running:
+                report.waiting = [j.run for j in pending]
+                return report
+            time.sleep(POLL_SECONDS)
+            for run, (proc, slot, job) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[run]
+                free.append(slot)
+                report.seconds[run] = time.monotonic() - started[run]
+                if proc.returncode == 0 and is_finished(run):
+                    report.finished.append(run)
+                else:
+                    tail = job.log.read_text(errors="replace").splitlines()[-15:] if job.log.exists() else []
+                    report.failed[run] = "\n".join(tail)
+                    bar.write(f"run {run} failed (exit {proc.returncode}); its log is {job.log}:\n  " + "\n  ".join(tail[-5:]))
+    except KeyboardInterrupt:
+        report.interrupted = True
+        for proc, _, _ in running.values():
+            proc.send_signal(signal.SIGINT)
+        end = time.monotonic() + STOP_GRACE_SECONDS
+        for proc, _, _ in running.values():
+            try:
+                proc.wait(timeout=max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        report.waiting = [j.run for j in wanted if not is_finished(j.run)]
+        return report
+    finally:
+        bar.close()
+
+
+def worker_signals() -> Callable[[], bool]:
+    """In a worker: SIGINT and SIGTERM ask the run to stop at its next step boundary."""
+    asked = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: asked.append(True))
+    return lambda: bool(asked)
+

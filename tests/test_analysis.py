@@ -1,0 +1,112 @@
+"""The protocol's helpers on synthetic numbers: sweeps that end inside their grid, seed
+comparisons, budgets, spikes told apart from hard batches, tokens to a target."""
+
+import math
+
+import numpy as np
+import pytest
+
+from muonlib.analysis import (
+    SWEEP_EXTENSIONS, Budget, SeedSpread, at_edge, compare, grad_norm_excursions, loss_jumps, paired_spikes, raw_spikes,
+    sweep_rates, token_consumption_ratio, tokens_to_target,
+)
+
+GRID = (1e-3, 2e-3, 4e-3)
+
+
+def bowl(optimum):
+    return lambda lr: (math.log2(lr / optimum)) ** 2 + 3.0
+
+
+def settle(grid, loss):
+    """Run a sweep to its end: returns the rates run and the chosen one."""
+    finals = {}
+    while True:
+        rates, chosen = sweep_rates(grid, finals)
+        if chosen is not None:
+            return rates, chosen
+        for lr in rates:
+            finals.setdefault(lr, loss(lr))
+
+
+def test_a_sweep_waits_for_its_grid_then_picks_an_inside_optimum():
+    assert sweep_rates(GRID, {1e-3: 3.5}) == ([1e-3, 2e-3, 4e-3], None)
+    rates, chosen = settle(GRID, bowl(2e-3))
+    assert rates == [1e-3, 2e-3, 4e-3] and chosen == 2e-3 and not at_edge(rates, chosen)
+
+
+@pytest.mark.parametrize("optimum,expected", [(1.6e-2, [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2]), (2.5e-4, [1.25e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3])])
+def test_a_sweep_extends_past_the_edge_until_the_optimum_is_inside(optimum, expected):
+    rates, chosen = settle(GRID, bowl(optimum))
+    assert rates == expected and chosen == pytest.approx(optimum) and not at_edge(rates, chosen)
+
+
+def test_a_sweep_stops_extending_after_its_limit_and_says_it_is_at_the_edge():
+    rates, chosen = settle(GRID, lambda lr: -lr)  # better and better: no optimum anywhere
+    assert len(rates) == len(GRID) + SWEEP_EXTENSIONS and chosen == max(rates) and at_edge(rates, chosen)
+
+
+def test_diverged_runs_rank_behind_every_finished_one():
+    rates, chosen = sweep_rates(GRID, {1e-3: 3.4, 2e-3: 3.2, 4e-3: None})
+    assert chosen == 2e-3
+    rates, chosen = sweep_rates(GRID, {1e-3: None, 2e-3: math.nan, 4e-3: None})
+    assert chosen is None and rates[0] == 5e-4  # nothing finished: look lower
+
+
+def test_a_difference_counts_only_beyond_the_seed_spread():
+    assert compare([3.0, 3.1, 3.05], [3.2, 3.3, 3.25]) == -1
+    assert compare([3.2, 3.3, 3.25], [3.0, 3.1, 3.05]) == 1
+    assert compare([3.0, 3.25, 3.1], [3.2, 3.3, 3.24]) == 0  # 3.25 > 3.2: the ranges overlap
+    spread = SeedSpread((1.0, 2.0, 3.0))
+    assert (spread.mean, spread.std, spread.low, spread.high) == (2.0, 1.0, 1.0, 3.0)
+
+
+def test_a_budget_in_tokens_epochs_and_tokens_per_parameter():
+    b = Budget.of(steps=400, tokens_per_step=16 * 512, train_tokens=3_000_000, parameters=17_600_000)
+    assert b.tokens == 3_276_800 and b.epochs == pytest.approx(1.092, abs=1e-3)
+    assert b.tokens_per_parameter == pytest.approx(0.186, abs=1e-3)  # not "about 19"
+    assert "0.19 tokens per parameter" in str(b)
+
+
+def shared_batches(seed=0, steps=400):
+    """Two falling loss curves fed the same batches: each step's difficulty multiplies both."""
+    rng = np.random.default_rng(seed)
+    difficulty = np.exp(rng.normal(0, 0.03, steps))
+    difficulty[[150, 250, 320]] = 1.2  # three hard batches
+    t = np.arange(steps)
+    return (4 + 6 * np.exp(-t / 60)) * difficulty, (4.3 + 6 * np.exp(-t / 90)) * difficulty
+
+
+def test_hard_batches_fool_the_raw_detector_but_not_the_paired_one():
+    a, b = shared_batches()
+    assert set(np.flatnonzero(raw_spikes(a))) >= {150, 250, 320} and set(np.flatnonzero(raw_spikes(b))) >= {150, 250, 320}
+    assert not paired_spikes(a, b).any() and not paired_spikes(b, a).any()
+    a[200] *= 1.25  # an instability of a's own
+    assert np.flatnonzero(paired_spikes(a, b)).tolist() == [200]
+    assert not paired_spikes(b, a).any()
+    jumps = loss_jumps(a)
+    assert np.isnan(jumps[:10]).all() and jumps[200] > math.log(1.1) > jumps[199]
+
+
+def test_grad_norm_excursions():
+    norms = np.full(200, 0.5) * np.exp(np.random.default_rng(1).normal(0, 0.1, 200))
+    norms[[5, 150]] = 4.0  # step 5 has too little history to judge
+    assert np.flatnonzero(grad_norm_excursions(norms)).tolist() == [150]
+
+
+def test_tokens_to_target_interpolates_the_first_crossing():
+    tokens = [0, 100, 200, 300]
+    losses = [10.0, 6.0, 4.0, 5.0]
+    assert tokens_to_target(tokens, losses, 5.0) == pytest.approx(150.0)
+    assert tokens_to_target(tokens, losses, 6.0) == pytest.approx(100.0)
+    assert tokens_to_target(tokens, losses, 12.0) == 0.0
+    assert math.isnan(tokens_to_target(tokens, losses, 3.0))
+
+
+def test_token_consumption_ratio_of_a_curve_twice_as_fast_is_two():
+    tokens = np.linspace(0, 1000, 51)
+    adamw = (tokens, 10 - tokens / 200)  # linear: reaches loss L at 200 (10 - L)
+    muon = (tokens, 10 - tokens / 100)
+    for target in (9.0, 7.5, 6.0):
+        assert token_consumption_ratio(adamw, muon, target) == pytest.approx(2.0)
+    assert math.isnan(token_consumption_ratio(adamw, muon, 2.0))  # AdamW never gets there
