@@ -16,6 +16,9 @@ import numpy as np
 
 SWEEP_FACTOR = 2.0  # neighbouring rates of a sweep
 SWEEP_EXTENSIONS = 3  # rates a sweep may add beyond its first grid, on each side
+WARMUP_FACTOR = 1.5  # the next warm-up fraction tried beyond the longest
+WARMUP_EXTENSIONS = 2
+MAX_WARMUP = 0.5
 SPIKE_WINDOW = 50  # steps of history a loss or a gradient norm is compared with
 SPIKE_RATIO = 1.1  # a loss spike: 10% above what the history (and, paired, the other run) predicts
 GRAD_NORM_RATIO = 3.0  # a gradient-norm excursion: 3x the median of its history
@@ -59,6 +62,30 @@ def sweep_rates(grid: Sequence[float], finals: Mapping[float, float | None]) -> 
 
 def at_edge(rates: Sequence[float], best: float) -> bool:
     return best in (min(rates), max(rates))
+
+
+def warmup_handicaps(losses: Mapping[str, Mapping[float, float | None]]) -> dict[float, dict[str, float]]:
+    """For every warm-up fraction, how much each optimizer loses against its own best
+    fraction (``losses``: optimizer -> fraction -> its best loss there)."""
+    fractions = sorted(next(iter(losses.values())))
+    best = {opt: min(loss_or_inf(by_w[w]) for w in fractions) for opt, by_w in losses.items()}
+    return {w: {opt: loss_or_inf(by_w[w]) - best[opt] for opt, by_w in losses.items()} for w in fractions}
+
+
+def choose_warmup(grid: Sequence[float], losses: Mapping[str, Mapping[float, float | None]]) -> tuple[list[float], float | None]:
+    """The warm-up fractions a check needs and, once settled, the one both optimizers share:
+    the fraction whose larger handicap (see :func:`warmup_handicaps`) is smallest, so that
+    neither optimizer is held back much by a warm-up chosen for the other. While the longest
+    fraction is chosen, a longer one (:data:`WARMUP_FACTOR` times, at most :data:`MAX_WARMUP`)
+    is tried, up to :data:`WARMUP_EXTENSIONS` times."""
+    fractions = sorted(set(grid).union(*(set(by_w) for by_w in losses.values())))
+    if not losses or any(w not in by_w for by_w in losses.values() for w in fractions):
+        return fractions, None
+    handicaps = warmup_handicaps(losses)
+    chosen = min(fractions, key=lambda w: (max(handicaps[w].values()), w))
+    if chosen == fractions[-1] and chosen < MAX_WARMUP and sum(w > max(grid) for w in fractions) < WARMUP_EXTENSIONS:
+        return fractions + [round(min(MAX_WARMUP, chosen * WARMUP_FACTOR), 4)], None
+    return fractions, chosen
 
 
 # ---------------------------------------------------------------- seeds

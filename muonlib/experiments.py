@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .analysis import sweep_rates
+from .analysis import choose_warmup, loss_or_inf, sweep_rates
 from .data import data_root
 from .hardware import PRESETS, detect_hardware
 from .runner import Job, Report, run_queue, slots, worker_signals
@@ -94,7 +94,7 @@ class Decisions:
     """What a comparison has settled so far (``None`` while the runs that decide it are missing)."""
 
     warmup: float | None = None
-    warmup_losses: dict[str, dict[float, float | None]] = dataclasses.field(default_factory=dict)  # optimizer -> warm-up -> best loss
+    warmup_losses: dict[str, dict[float, float | None]] = dataclasses.field(default_factory=dict)  # optimizer -> warm-up -> its best loss
     rates: dict[tuple[int, str], float] = dataclasses.field(default_factory=dict)  # (steps, optimizer) -> chosen peak rate
     swept: dict[tuple[int, str], list[float]] = dataclasses.field(default_factory=dict)  # (steps, optimizer) -> rates run
 
@@ -104,9 +104,8 @@ class Comparison:
     """Muon against AdamW, fairly, at several budgets of one setting.
 
     1. *Warm-up*: both optimizers at a few rates and warm-up fractions, at the first budget
-       (Muon's AdamW part at ``warmup_adamw_lr``); each optimizer's best fraction is found,
-       and the longer of the two is used by all runs, so that neither is handicapped by a
-       short warm-up.
+       (Muon's AdamW part at ``warmup_adamw_lr``); all runs then share the fraction that
+       holds back neither optimizer much (:func:`muonlib.analysis.choose_warmup`).
     2. *Rates*: for every budget, AdamW sweeps its peak rate on a factor-2 grid, extended
        until the optimum (lowest validation loss at seed 0) lies strictly inside; then Muon
        does the same, its AdamW part (embeddings, head, norms) at AdamW's chosen rate.
@@ -135,19 +134,19 @@ class Comparison:
             return ("missing",) if final is None else (final.get("val_loss"),)
 
         wanted, decisions = [], Decisions()
-        first = self.budgets[0]
-        checks = {(opt, w, lr): self.config(opt, first, w, lr, adamw_lr=self.warmup_adamw_lr if opt == "muon" else None)
-                  for opt, rates in self.warmup_rates.items() for w in self.warmups for lr in rates}
-        wanted += checks.values()
-        if any(result(c) == ("missing",) for c in checks.values()):
-            return wanted, decisions
-        for opt, rates in self.warmup_rates.items():
-            decisions.warmup_losses[opt] = {w: min((result(checks[opt, w, lr])[0] for lr in rates), key=lambda v: float("inf") if v is None else v)
-                                            for w in self.warmups}
-        best = {opt: min(self.warmups, key=lambda w: float("inf") if losses[w] is None else losses[w])
-                for opt, losses in decisions.warmup_losses.items()}
-        warmup = max(best.values())
-        decisions = dataclasses.replace(decisions, warmup=warmup)
+        first, fractions = self.budgets[0], list(self.warmups)
+        while True:  # the warm-up check, extended while its longest fraction is chosen
+            checks = {(opt, w, lr): self.config(opt, first, w, lr, adamw_lr=self.warmup_adamw_lr if opt == "muon" else None)
+                      for opt, rates in self.warmup_rates.items() for w in fractions for lr in rates}
+            wanted += checks.values()
+            if any(result(c) == ("missing",) for c in checks.values()):
+                return self.unique(wanted, hardware), decisions
+            losses = {opt: {w: min((result(checks[opt, w, lr])[0] for lr in rates), key=loss_or_inf) for w in fractions}
+                      for opt, rates in self.warmup_rates.items()}
+            fractions, warmup = choose_warmup(self.warmups, losses)
+            if warmup is not None:
+                break
+        decisions = dataclasses.replace(decisions, warmup=warmup, warmup_losses=losses)
 
         for steps in self.budgets:
             adamw_lr = None
@@ -161,7 +160,11 @@ class Comparison:
                 decisions.rates[steps, opt] = chosen
                 wanted += [dataclasses.replace(make(chosen), seed=s) for s in self.seeds]
                 adamw_lr = chosen
-        return list({run_id(c, hardware): c for c in wanted}.values()), decisions
+        return self.unique(wanted, hardware), decisions
+
+    @staticmethod
+    def unique(configs: list[TrainConfig], hardware: str) -> list[TrainConfig]:
+        return list({run_id(c, hardware): c for c in configs}.values())
 
     @staticmethod
     def sweep(make: Callable[[float], TrainConfig], grid: tuple[float, ...], result) -> tuple[list[float], float | None]:
@@ -314,9 +317,10 @@ def unpack(archive: Path, root: Path | None = None, overwrite: bool = False) -> 
 
 
 def load_results(folder: str | Path):
-    """Every finished run in ``folder`` as one tidy ``pandas.DataFrame``: a row per step record,
-    with the run's ``run``, ``hardware``, ``gpu``, ``diverged`` and its configuration's
-    scalar settings (``optimizer``, ``lr``, ``seed``, ``steps``, ``warmup``, ...)."""
+    """Every finished run in ``folder`` as one tidy ``pandas.DataFrame``: a row per step record
+    (the step's learning rate as ``scheduled_lr``), with the run's ``run``, ``hardware``,
+    ``gpu``, ``diverged`` and its configuration's scalar settings (``optimizer``, ``lr``,
+    ``seed``, ``steps``, ``warmup``, ...)."""
     import pandas as pd
 
     frames = []
@@ -325,7 +329,7 @@ def load_results(folder: str | Path):
         if final is None:
             continue
         config = header["provenance"]["config"]
-        frame = pd.DataFrame(records)
+        frame = pd.DataFrame(records).rename(columns={"lr": "scheduled_lr"})  # "lr" is the run's peak rate
         frame.insert(0, "run", path.stem)
         for key, value in config.items():
             if not isinstance(value, (dict, list)) and key not in frame:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from muonlib.analysis import (
-    SWEEP_EXTENSIONS, Budget, SeedSpread, at_edge, compare, grad_norm_excursions, loss_jumps, paired_spikes, raw_spikes,
-    sweep_rates, token_consumption_ratio, tokens_to_target,
+    SWEEP_EXTENSIONS, Budget, SeedSpread, at_edge, choose_warmup, compare, grad_norm_excursions, loss_jumps, paired_spikes,
+    raw_spikes, sweep_rates, token_consumption_ratio, tokens_to_target, warmup_handicaps,
 )
 
 GRID = (1e-3, 2e-3, 4e-3)
@@ -110,3 +110,13 @@ def test_token_consumption_ratio_of_a_curve_twice_as_fast_is_two():
     for target in (9.0, 7.5, 6.0):
         assert token_consumption_ratio(adamw, muon, target) == pytest.approx(2.0)
     assert math.isnan(token_consumption_ratio(adamw, muon, 2.0))  # AdamW never gets there
+
+
+def test_the_shared_warmup_holds_back_neither_optimizer_much_and_extends_past_the_longest():
+    losses = {"adamw": {0.02: 5.43, 0.1: 5.31, 0.2: 5.23}, "muon": {0.02: 4.94, 0.1: 4.95, 0.2: 4.96}}
+    handicaps = warmup_handicaps(losses)
+    assert handicaps[0.1] == pytest.approx({"adamw": 0.08, "muon": 0.01})
+    assert choose_warmup((0.02, 0.1, 0.2), losses) == ([0.02, 0.1, 0.2, 0.3], None)  # the longest won: try longer
+    losses["adamw"][0.3], losses["muon"][0.3] = 5.22, 5.10  # Muon would lose 0.16 at 0.3: AdamW's 0.01 at 0.2 is less
+    assert choose_warmup((0.02, 0.1, 0.2), losses) == ([0.02, 0.1, 0.2, 0.3], 0.2)
+    assert choose_warmup((0.02, 0.1), {"adamw": {0.02: 5.0}, "muon": {0.02: 4.0, 0.1: 4.1}}) == ([0.02, 0.1], None)  # waits

@@ -91,7 +91,9 @@ def toy(tmp_path, monkeypatch):
     comparison = Comparison(base, budgets=(4,), warmups=(0.25,), warmup_rates={"adamw": (1e-3,), "muon": (1e-3,)},
                             warmup_adamw_lr=1e-3, grids={"adamw": (1e-3,), "muon": (1e-3,)}, seeds=(0, 1), evaluations=2)
     monkeypatch.setattr(experiments, "EXPERIMENTS", {"toy": Experiment("toy", "test", lambda hardware: comparison)})
+    # one rate and one warm-up, taken as they are: the plan's logic is tested above, here the runner
     monkeypatch.setattr(experiments, "sweep_rates", lambda grid, finals: (sorted(grid), min(grid) if set(grid) <= set(finals) else None))
+    monkeypatch.setattr(experiments, "choose_warmup", lambda grid, losses: (sorted(grid), grid[0]))
     return tmp_path / "results" / "toy"
 
 
