@@ -97,6 +97,7 @@ class Decisions:
     warmup_losses: dict[str, dict[float, float | None]] = dataclasses.field(default_factory=dict)  # optimizer -> warm-up -> its best loss
     rates: dict[tuple[int, str], float] = dataclasses.field(default_factory=dict)  # (steps, optimizer) -> chosen peak rate
     swept: dict[tuple[int, str], list[float]] = dataclasses.field(default_factory=dict)  # (steps, optimizer) -> rates run
+    warmup_at_longest: dict[str, dict[float, float | None]] = dataclasses.field(default_factory=dict)  # optimizer -> fraction -> loss
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,8 @@ class Comparison:
        until the optimum (lowest validation loss at seed 0) lies strictly inside; then Muon
        does the same, its AdamW part (embeddings, head, norms) at AdamW's chosen rate.
     3. *Seeds*: each optimizer repeats its chosen rate at the other seeds.
+    4. *Warm-up, confirmed*: at the longest budget each optimizer's chosen rate also runs at
+       every warm-up fraction of the check, to show whether the shared one still suits it.
 
     Rates are chosen on the validation split; the chapters report the test split.
     """
@@ -151,7 +154,7 @@ class Comparison:
         for steps in self.budgets:
             adamw_lr = None
             for opt in ("adamw", "muon"):
-                make = lambda lr, opt=opt: self.config(opt, steps, warmup, lr, adamw_lr=adamw_lr)
+                make = lambda lr, opt=opt, adamw_lr=adamw_lr: self.config(opt, steps, warmup, lr, adamw_lr=adamw_lr)
                 rates, chosen = self.sweep(make, self.grids[opt], result)
                 decisions.swept[steps, opt] = rates
                 wanted += [make(lr) for lr in rates]
@@ -159,6 +162,10 @@ class Comparison:
                     break  # Muon's sweep needs AdamW's rate; the seeds need the chosen rate
                 decisions.rates[steps, opt] = chosen
                 wanted += [dataclasses.replace(make(chosen), seed=s) for s in self.seeds]
+                if steps == self.budgets[-1]:  # does the shared warm-up still suit the longest budget?
+                    confirm = {w: dataclasses.replace(make(chosen), warmup=w) for w in losses[opt]}
+                    wanted += confirm.values()
+                    decisions.warmup_at_longest[opt] = {w: r[0] for w, c in confirm.items() if (r := result(c)) != ("missing",)}
                 adamw_lr = chosen
         return self.unique(wanted, hardware), decisions
 

@@ -66,6 +66,9 @@ def test_the_plan_unlocks_its_stages_in_order_and_settles_on_inside_optima():
     assert all(c.adamw_lr == 2e-3 for c in runs if c.optimizer == "muon" and c.warmup == 0.1)
     for (steps, opt), lr in decisions.rates.items():
         assert sorted(c.seed for c in runs if (c.steps, c.optimizer, c.lr, c.warmup) == (steps, opt, lr, 0.1)) == [0, 1, 2]
+    for opt, lr in (("adamw", 2e-3), ("muon", 8e-3)):  # the warm-up confirmed at the longest budget
+        assert sorted(c.warmup for c in runs if (c.optimizer, c.steps, c.lr, c.seed) == (opt, 300, lr, 0)) == [0.02, 0.1, 0.2]
+        assert set(decisions.warmup_at_longest[opt]) == {0.02, 0.1, 0.2}
     second = {(c.optimizer, c.steps) for c in history[1]}
     assert ("muon", 100) not in second and ("adamw", 300) in second  # Muon waits for AdamW's rate, AdamW for nothing
 
