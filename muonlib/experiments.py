@@ -2,9 +2,9 @@
 
 ``python -m muonlib.experiments run NAME`` runs an experiment's plan on every visible GPU
 (``--gpus N``, ``--per-gpu K`` runs sharing each GPU; on a CPU ``--workers N``). Each run's
-metrics go to ``data/results/NAME/RUN.jsonl`` (a provenance header, step records, a
-``final`` record); checkpoints and logs go to ``data/cache/runs/NAME/`` and are not
-committed. A run whose result file exists is skipped; an interrupted one resumes from its
+metrics go to ``data/results/NAME/RUN.jsonl.gz`` (a provenance header, step records, a
+``final`` record; compacted and gzipped, since experiments hold hundreds of runs);
+checkpoints and logs go to ``data/cache/runs/NAME/`` and are not committed. A run whose result file exists is skipped; an interrupted one resumes from its
 checkpoint. ``pack NAME`` puts an experiment's results into one archive and ``unpack FILE``
 puts them back, for machines that return a few files, not hundreds.
 """
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import hashlib
 import json
 import re
-import shutil
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -27,7 +27,7 @@ from .analysis import choose_warmup, loss_or_inf, sweep_rates
 from .data import data_root
 from .hardware import PRESETS, detect_hardware
 from .runner import Job, Report, run_queue, slots, worker_signals
-from .train import MetricsLog, TrainConfig, TrainingDiverged, TrainingStopped, train
+from .train import TrainConfig, TrainingDiverged, TrainingStopped, train
 
 Finals = Mapping[str, dict]  # run id -> the final record of a finished run
 
@@ -47,22 +47,54 @@ def run_id(config: TrainConfig, hardware: str) -> str:
             f"-{config_hash(config)}-seed{config.seed}")
 
 
+RESULT = ".jsonl.gz"
+DERIVED = ("tokens", "flops", "tokens_per_s")  # step * tokens_per_step, step * flops_per_step, from seconds
+
+
+def result_path(results: Path, run: str) -> Path:
+    return results / f"{run}{RESULT}"
+
+
+def read_lines(path: Path) -> list[dict]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def read_run(path: Path) -> tuple[dict, list[dict], dict | None]:
     """Header, step records and the final record (``None`` while unfinished) of a result file."""
-    header, records = MetricsLog(path).read()
-    if header is None or "provenance" not in header:
+    lines = read_lines(path)
+    if not lines or "provenance" not in lines[0]:
         raise ValueError(f"{path} is not a result file (no provenance header): delete it and rerun")
+    header, records = lines[0], lines[1:]
     final = records[-1] if records and "final" in records[-1] else None
     return header, [r for r in records if "final" not in r], final
+
+
+def compact(lines: list[dict]) -> bytes:
+    """A run's metrics as a result file: numbers to 7 significant digits (losses are float32,
+    so nothing real is lost), the per-step fields that other fields give dropped, gzipped.
+    A run's header gains ``tokens_per_step`` and ``flops_per_step`` if it lacks them."""
+    def rounded(value):
+        return float(f"{value:.7g}") if isinstance(value, float) else value
+
+    header, records = dict(lines[0]), lines[1:]
+    first = next((r for r in records if "tokens" in r), None)
+    if first is not None:
+        header.setdefault("tokens_per_step", first["tokens"] // first["step"])
+        header.setdefault("flops_per_step", first["flops"] // first["step"])
+    records = [{k: rounded(v) for k, v in r.items() if k not in DERIVED} for r in records]
+    text = "".join(json.dumps(line) + "\n" for line in [header, *records])
+    return gzip.compress(text.encode(), mtime=0)
 
 
 def read_finals(results: Path) -> dict[str, dict]:
     """The final record of every finished run in a result folder, by run id."""
     finals = {}
-    for path in sorted(results.glob("*.jsonl")):
+    for path in sorted(results.glob(f"*{RESULT}")):
         final = read_run(path)[2]
         if final is not None:
-            finals[path.stem] = final
+            finals[path.name.removesuffix(RESULT)] = final
     return finals
 
 
@@ -70,7 +102,7 @@ def run_one(config: TrainConfig, hardware: str, results: Path, checkpoints: Path
             should_stop: Callable[[], bool] | None = None) -> dict:
     """One run, skipped when its result exists; returns its final record. A diverged run is a
     result too (its final record says ``diverged``): a sweep's highest rates may diverge."""
-    target = results / f"{run_id(config, hardware)}.jsonl"
+    target = result_path(results, run_id(config, hardware))
     if target.exists() and (final := read_run(target)[2]) is not None:
         return final
     run_dir = checkpoints / run_id(config, hardware)
@@ -80,7 +112,7 @@ def run_one(config: TrainConfig, hardware: str, results: Path, checkpoints: Path
         print(err, file=sys.stderr)
     results.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
-    shutil.copyfile(run_dir / "metrics.jsonl", tmp)
+    tmp.write_bytes(compact(read_lines(run_dir / "metrics.jsonl")))
     tmp.replace(target)
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)  # the result is kept; the weights are not needed
     return read_run(target)[2]
@@ -250,7 +282,7 @@ def run(name: str, hardware: str | None = None, results: Path | None = None, gpu
     finals: dict[str, dict] = read_finals(results) if results.exists() else {}
 
     def is_finished(run: str) -> bool:
-        if run not in finals and (path := results / f"{run}.jsonl").exists() and (final := read_run(path)[2]) is not None:
+        if run not in finals and (path := result_path(results, run)).exists() and (final := read_run(path)[2]) is not None:
             finals[run] = final
         return run in finals
 
@@ -274,17 +306,17 @@ def decisions(name: str, hardware: str, results: Path | None = None) -> Decision
 
 # ---------------------------------------------------------------- moving results between machines
 
-RESULT_NAME = re.compile(r"\w[\w.-]*/\w[\w.+-]*\.jsonl", re.ASCII)  # NAME/RUN.jsonl, no dot-led parts
+RESULT_NAME = re.compile(r"\w[\w.-]*/\w[\w.+-]*\.jsonl\.gz", re.ASCII)  # NAME/RUN.jsonl.gz, no dot-led parts
 
 
 def pack(name: str, archive: Path, results: Path | None = None) -> int:
-    """Every finished result of an experiment in one ``.tar.gz``; returns how many."""
+    """Every finished result of an experiment in one tar archive; returns how many."""
     results = Path(results) if results is not None else data_root() / "results" / name
-    finished = sorted(results.glob("*.jsonl")) if results.exists() else []
+    finished = sorted(results.glob(f"*{RESULT}")) if results.exists() else []
     if not finished:
         raise FileNotFoundError(f"no results in {results} to pack: run the experiment first")
     archive.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, "w:gz") as tar:
+    with tarfile.open(archive, "w") as tar:  # the files are gzipped already
         for path in finished:
             tar.add(path, arcname=f"{name}/{path.name}")
     return len(finished)
@@ -301,7 +333,7 @@ def unpack(archive: Path, root: Path | None = None, overwrite: bool = False) -> 
                 raise ValueError(f"{archive} holds {member.name!r}, which is not an experiment's result file: "
                                  f"only archives made by `python -m muonlib.experiments pack` can be unpacked")
             content = tar.extractfile(member).read()
-            lines = [json.loads(line) for line in content.decode().splitlines() if line.strip()]
+            lines = [json.loads(line) for line in gzip.decompress(content).decode().splitlines() if line.strip()]
             if not lines or "provenance" not in lines[0] or "final" not in lines[-1]:
                 raise ValueError(f"{member.name} in {archive} is not a finished result (no provenance header or final record)")
             target = root / member.name
@@ -331,17 +363,19 @@ def load_results(folder: str | Path):
     import pandas as pd
 
     frames = []
-    for path in sorted(Path(folder).glob("*.jsonl")):
+    for path in sorted(Path(folder).glob(f"*{RESULT}")):
         header, records, final = read_run(path)
         if final is None:
             continue
         config = header["provenance"]["config"]
         frame = pd.DataFrame(records).rename(columns={"lr": "scheduled_lr"})  # "lr" is the run's peak rate
-        frame.insert(0, "run", path.stem)
+        frame["tokens"] = frame.step * header["tokens_per_step"]
+        frame["flops"] = frame.step * header["flops_per_step"]
+        frame.insert(0, "run", path.name.removesuffix(RESULT))
         for key, value in config.items():
             if not isinstance(value, (dict, list)) and key not in frame:
                 frame[key] = value
-        frame["hardware"] = path.stem.split("-")[0]
+        frame["hardware"] = frame.run.str.split("-").str[0]
         frame["gpu"] = header["provenance"]["gpu"] or "CPU"
         frame["diverged"] = bool(final.get("diverged"))
         frames.append(frame)
@@ -364,9 +398,9 @@ def main(argv: list[str] | None = None) -> None:
     go.add_argument("--per-gpu", type=int, default=1, help="runs sharing each GPU (small models leave a GPU idle)")
     go.add_argument("--workers", type=int, default=1, help="CPU processes where there is no GPU")
     go.add_argument("--deadline", type=float, help="start no run after this many seconds (runs in flight finish)")
-    packer = sub.add_parser("pack", help="an experiment's results in one .tar.gz")
+    packer = sub.add_parser("pack", help="an experiment's results in one .tar")
     packer.add_argument("name", choices=sorted(EXPERIMENTS))
-    packer.add_argument("-o", "--output", type=Path, help="archive path (default: NAME.tar.gz)")
+    packer.add_argument("-o", "--output", type=Path, help="archive path (default: NAME.tar)")
     unpacker = sub.add_parser("unpack", help="put packed results into data/results/")
     unpacker.add_argument("archive", type=Path)
     unpacker.add_argument("--overwrite", action="store_true", help="replace results that differ from the packed ones")
@@ -385,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
         if report.failed or report.interrupted:
             sys.exit(1)
     elif args.command == "pack":
-        output = args.output or Path(f"{args.name}.tar.gz")
+        output = args.output or Path(f"{args.name}.tar")
         print(f"packed {pack(args.name, output)} results into {output}")
     elif args.command == "unpack":
         outcome = unpack(args.archive, overwrite=args.overwrite)

@@ -218,16 +218,17 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, shoul
     held_out = {split: evaluation_batches(load_tokens(config.corpus, split), config.batch_size, model_config.context, config.eval_tokens)
                 for split in ("val", "test")}
     manifest = load_manifest(config.corpus)
+    tokens_per_step = config.tokens_per_step()
+    flops = flops_per_token(model) * tokens_per_step
     header = {"provenance": provenance(config.to_dict(), config.seed) | {"precision": precision},
               "parameters": model.num_parameters(), "active_parameters": model.num_parameters(active=True),
+              "tokens_per_step": tokens_per_step, "flops_per_step": flops,
               "data": {"corpus": config.corpus, "version": manifest["version"],
                        **{f"{split}_tokens": v["tokens"] for split, v in manifest["splits"].items()},
                        "train_sha256": manifest["splits"]["train"]["sha256"]}}
     records = log.start(header, keep_until=start or None)
     saved_step = start
     step_model = torch.compile(model) if config.compile else model
-    tokens_per_step = config.tokens_per_step()
-    flops = flops_per_token(model) * tokens_per_step
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 

@@ -14,7 +14,7 @@ import pytest
 
 from muonlib import experiments, runner
 from muonlib.data import prepare
-from muonlib.experiments import Comparison, Experiment, pack, read_run, run, run_id, unpack
+from muonlib.experiments import Comparison, Experiment, compact, load_results, pack, read_run, run, run_id, unpack
 from muonlib.train import TrainConfig
 
 # ---------------------------------------------------------------- the plan, simulated
@@ -103,12 +103,14 @@ def toy(tmp_path, monkeypatch):
 def test_two_cpu_workers_run_the_plan_and_a_second_call_skips_finished_runs(toy):
     report = run("toy", "cpu", workers=2, progress=False)
     assert not report.failed and not report.waiting and len(report.finished) == 4  # 2 optimizers x 2 seeds
-    files = sorted(toy.glob("*.jsonl"))
-    assert [f.stem for f in files] == sorted(report.finished)
+    files = sorted(toy.glob("*.jsonl.gz"))
+    assert [f.name.removesuffix(".jsonl.gz") for f in files] == sorted(report.finished)
     for path in files:
         header, records, final = read_run(path)
         assert len(records) == 4 and final["val_loss"] == records[-1]["val_loss"] and "test_loss" in final
-        assert header["provenance"]["config"]["steps"] == 4
+        assert header["provenance"]["config"]["steps"] == 4 and header["tokens_per_step"] == 2 * 32
+    runs = load_results(toy)
+    assert (runs.tokens == runs.step * 64).all() and set(runs.lr) == {1e-3} and "scheduled_lr" in runs
     again = run("toy", "cpu", workers=2, progress=False)
     assert again.finished == [] and not again.failed
 
@@ -166,7 +168,7 @@ def test_an_interrupted_queue_stops_its_runs_cleanly(toy, monkeypatch):
     assert report.interrupted and report.waiting
     monkeypatch.setattr(runner.time, "sleep", real_sleep)
     report = run("toy", "cpu", workers=2, progress=False)
-    assert not report.failed and not report.waiting and len(list(toy.glob("*.jsonl"))) == 4
+    assert not report.failed and not report.waiting and len(list(toy.glob("*.jsonl.gz"))) == 4
 
 
 def test_presets_for_a_gpu_are_refused_without_one(toy):
@@ -185,32 +187,43 @@ def test_presets_for_a_gpu_are_refused_without_one(toy):
 def fake_result(path, final=True, lr=1e-3):
     lines = [{"provenance": {"config": {"lr": lr}}}, {"step": 1, "loss": 5.0}] + ([{"final": True, "step": 1}] if final else [])
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    path.write_bytes(compact(lines))
     return path
+
+
+def test_result_files_are_compact_and_lose_nothing_real(tmp_path):
+    lines = [{"provenance": {}}] + [{"step": s, "loss": 10 / (s + 0.123456789), "tokens": 64 * s, "flops": 10**9 * s,
+                                     "tokens_per_s": 1e5, "seconds": 0.1} for s in range(1, 4)] + [{"final": True}]
+    path = tmp_path / "run.jsonl.gz"
+    path.write_bytes(compact(lines))
+    header, records, final = read_run(path)
+    assert header["tokens_per_step"] == 64 and header["flops_per_step"] == 10**9 and final == {"final": True}
+    assert [set(r) for r in records] == [{"step", "loss", "seconds"}] * 3
+    assert all(abs(r["loss"] - line["loss"]) < 1e-6 * line["loss"] for r, line in zip(records, lines[1:]))
 
 
 def test_pack_and_unpack_round_trip_and_leave_differing_results_alone(tmp_path):
     source = tmp_path / "gpu" / "results" / "toy"
     for i in range(3):
-        fake_result(source / f"run{i}.jsonl", lr=i)
-    archive = tmp_path / "toy.tar.gz"
+        fake_result(source / f"run{i}.jsonl.gz", lr=i)
+    archive = tmp_path / "toy.tar"
     assert pack("toy", archive, source) == 3
     target = tmp_path / "here" / "results"
-    fake_result(target / "toy" / "run0.jsonl", lr=99)  # a different run0 is already here
+    fake_result(target / "toy" / "run0.jsonl.gz", lr=99)  # a different run0 is already here
     outcome = unpack(archive, target)
-    assert sorted(outcome["added"]) == ["toy/run1.jsonl", "toy/run2.jsonl"] and outcome["conflicting"] == ["toy/run0.jsonl"]
-    assert read_run(target / "toy" / "run0.jsonl")[0]["provenance"]["config"]["lr"] == 99
-    assert unpack(archive, target)["unchanged"] == ["toy/run1.jsonl", "toy/run2.jsonl"]
-    assert unpack(archive, target, overwrite=True)["replaced"] == ["toy/run0.jsonl"]
-    assert (target / "toy" / "run0.jsonl").read_bytes() == (source / "run0.jsonl").read_bytes()
+    assert sorted(outcome["added"]) == ["toy/run1.jsonl.gz", "toy/run2.jsonl.gz"] and outcome["conflicting"] == ["toy/run0.jsonl.gz"]
+    assert read_run(target / "toy" / "run0.jsonl.gz")[0]["provenance"]["config"]["lr"] == 99
+    assert unpack(archive, target)["unchanged"] == ["toy/run1.jsonl.gz", "toy/run2.jsonl.gz"]
+    assert unpack(archive, target, overwrite=True)["replaced"] == ["toy/run0.jsonl.gz"]
+    assert (target / "toy" / "run0.jsonl.gz").read_bytes() == (source / "run0.jsonl.gz").read_bytes()
 
 
-@pytest.mark.parametrize("name,final", [("../escape.jsonl", True), ("toy/notes.txt", True), ("toy/run.jsonl", False)])
+@pytest.mark.parametrize("name,final", [("../escape.jsonl.gz", True), ("toy/notes.txt", True), ("toy/run.jsonl.gz", False)])
 def test_unpack_refuses_what_pack_does_not_make(tmp_path, name, final):
-    archive = tmp_path / "bad.tar.gz"
-    path = fake_result(tmp_path / "f.jsonl", final=final)
-    with tarfile.open(archive, "w:gz") as tar:
+    archive = tmp_path / "bad.tar"
+    path = fake_result(tmp_path / "f.jsonl.gz", final=final)
+    with tarfile.open(archive, "w") as tar:
         tar.add(path, arcname=name)
     with pytest.raises(ValueError, match="not an experiment's result|not a finished result"):
         unpack(archive, tmp_path / "results")
-    assert not (tmp_path / "results").exists() and not (tmp_path / "escape.jsonl").exists()
+    assert not (tmp_path / "results").exists() and not (tmp_path / "escape.jsonl.gz").exists()
