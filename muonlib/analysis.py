@@ -14,14 +14,24 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-SWEEP_FACTOR = 2.0  # neighbouring rates of a sweep
-SWEEP_EXTENSIONS = 3  # rates a sweep may add beyond its first grid, on each side
-WARMUP_FACTOR = 1.5  # the next warm-up fraction tried beyond the longest
+#: neighbouring rates of a sweep
+SWEEP_FACTOR = 2.0
+#: rates a sweep may add beyond its first grid, on each side
+SWEEP_EXTENSIONS = 3
+#: the next warm-up fraction tried beyond the longest, as a multiple of it
+WARMUP_FACTOR = 1.5
+#: warm-up fractions the check may add beyond its first grid
 WARMUP_EXTENSIONS = 2
+#: the longest warm-up fraction tried
 MAX_WARMUP = 0.5
-SPIKE_WINDOW = 50  # steps of history a loss or a gradient norm is compared with
-SPIKE_RATIO = 1.1  # a loss spike: 10% above what the history (and, paired, the other run) predicts
-GRAD_NORM_RATIO = 3.0  # a gradient-norm excursion: 3x the median of its history
+#: steps of history a loss or a gradient norm is compared with
+SPIKE_WINDOW = 50
+#: how far (10%) a loss spike rises above what its history, or a paired run, predicts
+SPIKE_RATIO = 1.1
+#: steps of history a paired log-ratio is compared with
+PAIRED_WINDOW = 10
+#: how many times the median of its history a gradient-norm excursion exceeds
+GRAD_NORM_RATIO = 3.0
 
 
 # ---------------------------------------------------------------- learning-rate sweeps
@@ -45,7 +55,7 @@ def sweep_rates(grid: Sequence[float], finals: Mapping[float, float | None]) -> 
     at an edge of what has been run, the sweep extends by one :data:`SWEEP_FACTOR` beyond
     that edge (at most :data:`SWEEP_EXTENSIONS` times on a side), so the chosen rate ends
     strictly inside the grid; past that limit the edge rate is returned and
-    :func:`at_edge` says so.
+    :func:`muonlib.analysis.at_edge` says so.
     """
     rates = sorted({rate_key(r) for r in grid} | {rate_key(r) for r in finals})
     finals = {rate_key(r): loss for r, loss in finals.items()}
@@ -61,6 +71,7 @@ def sweep_rates(grid: Sequence[float], finals: Mapping[float, float | None]) -> 
 
 
 def at_edge(rates: Sequence[float], best: float) -> bool:
+    """Whether a sweep's chosen rate is its lowest or highest (no optimum was bracketed)."""
     return best in (min(rates), max(rates))
 
 
@@ -169,13 +180,17 @@ def raw_spikes(losses: Sequence[float]) -> np.ndarray:
     return np.nan_to_num(loss_jumps(losses), nan=-np.inf) > math.log(SPIKE_RATIO)
 
 
-def paired_spikes(losses: Sequence[float], reference: Sequence[float]) -> np.ndarray:
-    """Steps where a run's loss jumps :data:`SPIKE_RATIO` above its recent median *more than
-    a reference run on the identical batches does*. Batch difficulty moves both runs' losses
-    by about the same factor and cancels in the difference of their log-jumps; what is left
-    is the run's own instability."""
-    excess = loss_jumps(losses) - loss_jumps(reference)
-    return np.nan_to_num(excess, nan=-np.inf) > math.log(SPIKE_RATIO)
+def paired_spikes(losses: Sequence[float], reference: Sequence[float], window: int = PAIRED_WINDOW) -> np.ndarray:
+    """Steps where a run's loss jumps :data:`SPIKE_RATIO` above a reference run's on the
+    identical batch, relative to how the two compared over the previous ``window`` steps.
+    Batch difficulty moves both losses by about the same factor and cancels in their log
+    ratio; that ratio changes slowly as one run learns faster, so a short median follows it,
+    and what is left is the run's own instability."""
+    ratio = np.log(np.asarray(losses, float)) - np.log(np.asarray(reference, float))
+    flags = np.zeros(len(ratio), bool)
+    for t in range(window, len(ratio)):
+        flags[t] = ratio[t] - np.median(ratio[t - window : t]) > math.log(SPIKE_RATIO)
+    return flags
 
 
 def grad_norm_excursions(grad_norms: Sequence[float], window: int = SPIKE_WINDOW) -> np.ndarray:

@@ -39,7 +39,7 @@ class TrainConfig:
     adamw_lr: float | None = None  # the AdamW part of a Muon run (default: lr)
     weight_decay: float = 0.1
     optimizer_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"momentum": 0.9}
-    corpus: str = "gutenberg"
+    corpus: str = "mix"  # muonlib.data.CORPORA
     batch_size: int = 32  # sequences per micro-batch
     grad_accum: int = 1  # micro-batches per step
     steps: int = 300
