@@ -12,10 +12,14 @@ is not repeated. A diverged run ends with a ``final`` record that says so.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import math
+import os
 import time
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -45,7 +49,7 @@ class TrainConfig:
     steps: int = 300
     warmup: float = 0.02  # fraction of steps (the paper: 0.5-2%)
     final_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
-    grad_clip: float = 1.0
+    grad_clip: float | None = 1.0  # global-norm clipping; 0 or None: none (the norm is still logged)
     eval_every: int = 50
     eval_tokens: int = 2**17
     checkpoint_every: int = 100
@@ -62,6 +66,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        if not 0 <= self.final_lr_ratio <= 1:
+            raise ValueError(f"final_lr_ratio is the fraction of the peak rate left at the end, in [0, 1]; got {self.final_lr_ratio}")
+        for name in ("lr", "adamw_lr", "weight_decay"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"grad_clip is the largest gradient norm kept (0 or None: no clipping), got {self.grad_clip}")
 
     def model_config(self):
         return preset(self.model, self.variant, **self.model_changes)
@@ -109,34 +121,59 @@ def resolve_device(config: TrainConfig) -> tuple[torch.device, str]:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for but no GPU is visible: use device='auto' or 'cpu'")
     precision = config.precision
+    # A T4 (compute capability 7.5) reports bf16 support, but only through emulation, without
+    # bf16 tensor cores: fp16 with loss scaling is its fast mixed precision.
+    bf16_cores = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
     if precision == "auto":
-        precision = "fp32" if device.type == "cpu" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise RuntimeError(f"{torch.cuda.get_device_name(device)} has no bf16 support: use precision='fp16' or 'auto'")
+        precision = "fp32" if device.type == "cpu" else ("bf16" if bf16_cores else "fp16")
+    if precision == "bf16" and device.type == "cuda" and not bf16_cores:
+        raise RuntimeError(f"{torch.cuda.get_device_name(device)} has no bf16 tensor cores: use precision='fp16' or 'auto'")
     return device, precision
 
 
 class Checkpoint:
-    """Model, optimizer, step, RNG and loss-scaler state in one atomically replaced file."""
+    """Model, optimizer, step, RNG and loss-scaler state in one atomically replaced file,
+    headed by the sha256 of the rest: ``torch.load`` does not check the zip's CRCs, so a
+    damaged checkpoint would otherwise load and train on garbage."""
+
+    MAGIC = b"muonlib-checkpoint sha256="
 
     def __init__(self, path: Path):
         self.path = path
 
-    def save(self, model, optimizer, scaler, step: int) -> None:
+    def save(self, model, optimizer, scaler, step: int, config: dict) -> None:
         state = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-            "scaler": scaler.state_dict(),
+            "scaler": scaler.state_dict(), "config": config,
             "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        payload = buffer.getvalue()
         tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:
+            f.write(self.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
+            f.write(payload)
         tmp.replace(self.path)
 
-    def load(self, model, optimizer, scaler) -> int:
+    def read(self) -> dict:
+        """The saved state, after checking its hash."""
+        redo = "delete it to start the run afresh"
+        raw = self.path.read_bytes()
+        if not raw.startswith(self.MAGIC):
+            raise ValueError(f"checkpoint {self.path} has no integrity header (not written by this muonlib, or its "
+                             f"start is damaged): {redo}")
+        digest, _, payload = raw[len(self.MAGIC):].partition(b"\n")
+        if hashlib.sha256(payload).hexdigest().encode() != digest:
+            raise ValueError(f"checkpoint {self.path} is damaged (its sha256 does not match the one saved with it): {redo}")
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
+            return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
         except Exception as err:
-            raise ValueError(f"checkpoint {self.path} cannot be read ({err}); delete it to start the run afresh") from err
+            raise ValueError(f"checkpoint {self.path} cannot be read ({err}): {redo}") from err
+
+    @staticmethod
+    def restore(state: dict, model, optimizer, scaler) -> int:
+        """Put a read state back into the training objects; returns its step."""
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -153,11 +190,21 @@ class MetricsLog:
         self.path = path
 
     def read(self) -> tuple[dict | None, list[dict]]:
-        """The header (``None`` for a missing or empty file) and every record after it."""
+        """The header (``None`` for a missing or empty file) and every record after it. A last
+        line cut short (the process was killed while writing it) is dropped; damage anywhere
+        else is an error."""
         if not self.path.exists():
             return None, []
-        lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        return (lines[0], lines[1:]) if lines else (None, [])
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        parsed = []
+        for i, line in enumerate(lines):
+            try:
+                parsed.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                if i == len(lines) - 1 and i > 0:
+                    break
+                raise ValueError(f"{self.path}, line {i + 1}, is damaged ({err}): delete the run folder to start afresh") from err
+        return (parsed[0], parsed[1:]) if parsed else (None, [])
 
     def start(self, header: dict, keep_until: int | None) -> list[dict]:
         """Begin a run (header only) or resume one: keep the records up to step ``keep_until``."""
@@ -186,15 +233,61 @@ def evaluate(model, batches, device, autocast) -> float:
     return total.item() / count
 
 
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What makes two configurations the same run: everything but the device it runs on."""
+    return {k: v for k, v in config.items() if k != "device"}
+
+
+def check_same_run(config: TrainConfig, saved: dict[str, Any], where: Path) -> None:
+    """Refuse to continue (or return) a run of another configuration in the same folder."""
+    ours, theirs = identity(config.to_dict()), identity(saved)
+    differing = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    if differing:
+        changes = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differing)
+        raise ValueError(f"{where} holds a run of another configuration ({changes}); continuing it would mix the two. "
+                         f"Train in another folder, or delete {where} to start afresh.")
+
+
+@contextmanager
+def exclusive(folder: Path):
+    """Hold a lock on ``folder`` for as long as a run trains in it: a second trainer on the
+    same folder would write every record twice."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(folder / "train.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another process is training in {folder}; wait for it, or train in another folder") from None
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, should_stop: Callable[[], bool] | None = None) -> list[dict]:
     """Train (or resume, or return the finished run in) ``out_dir``; returns the step records.
 
-    ``should_stop`` is asked after every step; when it answers true the run saves a
-    checkpoint of that step and raises :class:`TrainingStopped`, so nothing is lost."""
+    A folder holds one run: resuming it with another configuration is refused, and so is a
+    second trainer while one runs. ``should_stop`` is asked after every step; when it answers
+    true the run saves a checkpoint of that step and raises :class:`TrainingStopped`, so
+    nothing is lost."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(out_dir):
+        return _train(config, out_dir, progress, should_stop)
+
+
+def _train(config: TrainConfig, out_dir: Path, progress: bool, should_stop: Callable[[], bool] | None) -> list[dict]:
     log, checkpoint = MetricsLog(out_dir / "metrics.jsonl"), Checkpoint(out_dir / "checkpoint.pt")
-    _, records = log.read()
+    saved_header, records = log.read()
+    if saved_header is not None:
+        check_same_run(config, saved_header["provenance"]["config"], out_dir)
     if records and "final" in records[-1]:
         return records[:-1]
     device, precision = resolve_device(config)
@@ -212,7 +305,12 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, shoul
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16) if precision != "fp32" else nullcontext()
 
-    start = checkpoint.load(model, optimizer, scaler) if checkpoint.path.exists() else 0
+    start = 0
+    if checkpoint.path.exists():
+        state = checkpoint.read()
+        check_same_run(config, state["config"], out_dir)
+        start = Checkpoint.restore(state, model, optimizer, scaler)
+        del state
     train_tokens = load_tokens(config.corpus, "train")
     batches = TokenBatches(train_tokens, config.batch_size, model_config.context, config.seed)
     held_out = {split: evaluation_batches(load_tokens(config.corpus, split), config.batch_size, model_config.context, config.eval_tokens)
@@ -252,13 +350,19 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, shoul
             scaler.scale(loss / config.grad_accum).backward()
             loss_sum += loss.detach()
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        if config.grad_clip:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
         loss, grad_norm = torch.stack([loss_sum / config.grad_accum, grad_norm.float()]).tolist()  # one sync per step
         if not math.isfinite(loss):
             raise diverged("training loss", loss, step)
         skipped = not math.isfinite(grad_norm)
-        if skipped and not scaler.is_enabled():  # fp16 loss scaling expects overflows and skips the step itself
+        if skipped and not scaler.is_enabled():
             raise diverged("gradient norm", grad_norm, step)
+        if skipped:  # fp16 loss scaling expects overflows: the scaler skips the step and lowers its scale
+            warnings.warn(f"step {step + 1}: the fp16 gradients overflowed (norm {grad_norm}); the loss scaler skips "
+                          f"this step and lowers its scale", RuntimeWarning, stacklevel=2)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -286,7 +390,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, shoul
         bar.set_postfix(loss=f"{loss:.3f}", **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
         stopping = should_stop is not None and should_stop()
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or stopping:
-            checkpoint.save(model, optimizer, scaler, step + 1)
+            checkpoint.save(model, optimizer, scaler, step + 1, config.to_dict())
             saved_step = step + 1
         if stopping and step + 1 < config.steps:
             bar.close()

@@ -1,4 +1,6 @@
-"""The trainer: schedule, bit-exact resume on CPU, a clean stop on request, stop on divergence."""
+"""The trainer: schedule, bit-exact resume on CPU, a clean stop on request, stop on divergence,
+and nothing lost or silently wrong under faults (damaged checkpoints, non-finite gradients,
+torn metrics, a folder reused for another configuration or by two trainers)."""
 
 import json
 import math
@@ -8,7 +10,7 @@ import torch
 
 from muonlib import train as train_module
 from muonlib.data import prepare
-from muonlib.train import TrainConfig, TrainingDiverged, TrainingStopped, lr_factor, train
+from muonlib.train import Checkpoint, MetricsLog, TrainConfig, TrainingDiverged, TrainingStopped, lr_factor, train
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,8 @@ def test_a_killed_run_resumes_bit_for_bit(tmp_path, data_env, monkeypatch, varia
 
     keys = ("step", "loss", "grad_norm", "lr", "val_loss", "test_loss", "moe_cv")
     assert [{k: r.get(k) for k in keys} for r in resumed] == [{k: r.get(k) for k in keys} for r in straight]
-    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    a = Checkpoint(tmp_path / "straight" / "checkpoint.pt").read()
+    b = Checkpoint(tmp_path / "resumed" / "checkpoint.pt").read()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     # a finished run is returned, not repeated
     assert train(config, tmp_path / "resumed", progress=False) == resumed
@@ -80,7 +82,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
     monkeypatch.setattr(train_module.GPT, "forward", nan_after_six_steps)
     with pytest.raises(TrainingDiverged, match=r"training loss became nan at step 6.*checkpoint.pt \(step 4\)"):
         train(tiny(), tmp_path, progress=False)
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 4
+    assert Checkpoint(tmp_path / "checkpoint.pt").read()["step"] == 4
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()[1:]]
     assert [r["step"] for r in records[:-1]] == [1, 2, 3, 4, 5, 6]
     assert records[-1] == {"final": True, "diverged": True, "step": 6, "val_loss": None, "test_loss": None}
@@ -92,7 +94,7 @@ def test_a_stop_request_checkpoints_the_current_step(tmp_path, data_env):
     asked = iter([False, False, True])
     with pytest.raises(TrainingStopped, match="step 3 of 10"):
         train(config, tmp_path / "stopped", progress=False, should_stop=lambda: next(asked))
-    assert torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)["step"] == 3
+    assert Checkpoint(tmp_path / "stopped" / "checkpoint.pt").read()["step"] == 3
     resumed = train(config, tmp_path / "stopped", progress=False)
     straight = train(config, tmp_path / "straight", progress=False)
     assert [(r["step"], r["loss"]) for r in resumed] == [(r["step"], r["loss"]) for r in straight]
@@ -105,9 +107,119 @@ def test_bad_configurations_are_refused(tmp_path, data_env):
         tiny(precision="fp8")
     with pytest.raises(ValueError, match="warmup"):
         tiny(warmup=1.5)
+    for field, value in (("final_lr_ratio", 1.5), ("final_lr_ratio", -0.1), ("lr", math.nan), ("lr", -1e-3),
+                         ("adamw_lr", math.inf), ("weight_decay", -0.1), ("grad_clip", -1.0), ("grad_clip", math.nan)):
+        with pytest.raises(ValueError, match=field):
+            tiny(**{field: value})
+
+
+def test_no_clipping_is_zero_or_none_and_keeps_the_gradients(tmp_path, data_env):
+    runs = {clip: train(tiny(grad_clip=clip, steps=4, lr=3e-2), tmp_path / str(clip), progress=False) for clip in (0.0, None, 1e9, 0.05)}
+    losses = {clip: [r["loss"] for r in records] for clip, records in runs.items()}
+    assert losses[0.0] == losses[None] == losses[1e9]  # no clipping at all, not a zeroed gradient
+    assert losses[0.05] != losses[0.0]  # a real clip changes the run
+    assert [r["grad_norm"] for r in runs[0.0]] == [r["grad_norm"] for r in runs[1e9]]
+
+
+def test_a_damaged_checkpoint_is_refused_before_it_trains_on_garbage(tmp_path, data_env):
+    config = tiny(steps=8, checkpoint_every=4)
+    real_lr_factor = train_module.lr_factor
+
+    def killed_at_step_6(step, *args):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real_lr_factor(step, *args)
+
+    train_module.lr_factor = killed_at_step_6
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(config, tmp_path, progress=False)
+    finally:
+        train_module.lr_factor = real_lr_factor
+    path = tmp_path / "checkpoint.pt"
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 64] = bytes(b ^ 0xFF for b in raw[middle : middle + 64])  # 64 flipped bytes
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="damaged.*delete it to start the run afresh"):
+        train(config, tmp_path, progress=False)
+    path.write_bytes(b"garbage" + bytes(raw))
+    with pytest.raises(ValueError, match="no integrity header"):
+        train(config, tmp_path, progress=False)
+
+
+def test_non_finite_gradients_never_reach_the_weights_or_a_checkpoint(tmp_path, data_env, monkeypatch):
+    real_forward = train_module.GPT.forward
+    calls = {"n": 0}
+
+    def nan_gradients_after_six_steps(self, idx, targets=None, cache=None):
+        logits, loss = real_forward(self, idx, targets, cache)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] > 6:  # the loss stays finite; d sqrt(x)/dx at 0 is inf, times 0 is nan
+                w = self.blocks[0].ffn.up.weight if hasattr(self.blocks[0].ffn, "up") else next(self.parameters())
+                loss = loss + 0.0 * torch.sqrt(w - w.detach()).sum()
+        return logits, loss
+
+    monkeypatch.setattr(train_module.GPT, "forward", nan_gradients_after_six_steps)
+    with pytest.raises(TrainingDiverged, match="gradient norm became nan at step 6"):
+        train(tiny(), tmp_path, progress=False)
+    state = Checkpoint(tmp_path / "checkpoint.pt").read()
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_a_folder_holds_one_run_and_refuses_another_configuration(tmp_path, data_env):
+    config = tiny(steps=6)
+    train(config, tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"another configuration \(lr: 0.003 there, 0.002 here\).*delete"):
+        train(tiny(steps=6, lr=2e-3), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="steps: 6 there, 12 here"):  # a finished run is not silently returned
+        train(tiny(steps=12), tmp_path, progress=False)
+    assert len(train(tiny(steps=6, device="cpu"), tmp_path, progress=False)) == 6  # the device is not the run
+
+
+def test_a_second_trainer_on_the_same_folder_is_refused(tmp_path, data_env):
+    import fcntl
+
+    with open(tmp_path / "train.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match="another process is training"):
+            train(tiny(), tmp_path, progress=False)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_the_run_resumes(tmp_path, data_env, monkeypatch):
+    config = tiny()
+    straight = train(config, tmp_path / "straight", progress=False)
+    real_lr_factor = train_module.lr_factor
+    monkeypatch.setattr(train_module, "lr_factor", lambda step, *a: (_ for _ in ()).throw(KeyboardInterrupt) if step == 6 else real_lr_factor(step, *a))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "torn", progress=False)
+    with open(tmp_path / "torn" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "loss": 4.2')  # killed mid-write
+    monkeypatch.setattr(train_module, "lr_factor", real_lr_factor)
+    resumed = train(config, tmp_path / "torn", progress=False)
+    assert [(r["step"], r["loss"]) for r in resumed] == [(r["step"], r["loss"]) for r in straight]
+    (tmp_path / "bad.jsonl").write_text('{"provenance": {}}\n{"step": 1, "lo\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="line 2, is damaged"):  # damage before the end is not a torn write
+        MetricsLog(tmp_path / "bad.jsonl").read()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_asking_for_a_missing_gpu_says_so(tmp_path, data_env):
     with pytest.raises(RuntimeError, match="no GPU is visible"):
         train(tiny(device="cuda"), tmp_path, progress=False)
+
+
+def test_a_t4_gets_fp16_with_loss_scaling_not_emulated_bf16(monkeypatch):
+    from muonlib.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # a T4 says so: by emulation
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+    assert resolve_device(tiny(device="auto"))[1] == "fp16"
+    with pytest.raises(RuntimeError, match="no bf16 tensor cores"):
+        resolve_device(tiny(device="auto", precision="bf16"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    assert resolve_device(tiny(device="auto"))[1] == "bf16"
