@@ -15,7 +15,7 @@ from collections import defaultdict
 import torch
 from torch import Tensor
 
-from .linalg import CoefficientSpec, coefficient_schedule, newton_schulz_iterations, normalization_safety
+from .linalg import NORM_FLOOR, CoefficientSpec, coefficient_schedule, newton_schulz_iterations, normalization_safety
 
 #: The dtype Muon's Newton-Schulz iterates in, fused or not (:func:`muonlib.optim.orthogonalize`'s
 #: default): float16, for the reasons :func:`muonlib.linalg.newton_schulz` gives.
@@ -53,13 +53,14 @@ class FusedMuonStep:
     """
 
     def __init__(self, params: list[Tensor], lr_factors: list[float], nesterov: bool, steps: int,
-                 coefficients: CoefficientSpec, cuda_graph: bool = True):
+                 coefficients: CoefficientSpec, cuda_graph: bool = True, eps: float = NORM_FLOOR):
         from .kernels import muon_passes  # imports Triton: only where a fused step is built
 
         self._passes = muon_passes
         self.nesterov = nesterov
         self.schedule = coefficient_schedule(coefficients, steps)
         self.safety = normalization_safety(coefficients)
+        self.eps = eps
         self.param_dtype = params[0].dtype
         device = params[0].device
         self.device = device
@@ -111,7 +112,7 @@ class FusedMuonStep:
     def _run(self) -> None:
         passes = self._passes
         passes.momentum_pass(self.tables, self.scalars, self._grad_dtype, self.nesterov)
-        passes.normalize_pass(self.tables, self.scalars, self._grad_dtype, self.nesterov, self.safety, ITERATION_DTYPE)
+        passes.normalize_pass(self.tables, self.scalars, self._grad_dtype, self.nesterov, self.safety, ITERATION_DTYPE, self.eps)
         for source, result in self.batches:
             newton_schulz_iterations(source, self.schedule, out=result)
         passes.update_pass(self.tables, self.scalars, self.param_dtype, ITERATION_DTYPE)

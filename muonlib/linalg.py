@@ -134,11 +134,13 @@ def newton_schulz(
     coefficients: CoefficientSpec = "muon",
     dtype: torch.dtype = torch.float16,
     gram: bool | None = None,
+    eps: float = NORM_FLOOR,
 ) -> Tensor:
     """Approximate ``msign(G)`` with ``steps`` odd-polynomial iterations (Algorithm 1).
 
     Each matrix is first divided by its own Frobenius norm (computed in float32, or in
-    float64 for a float64 ``dtype``), so every singular value lies in [0, 1]; then
+    float64 for a float64 ``dtype``; never by less than ``eps``), so every singular value
+    lies in [0, 1]; then
     ``X <- a X + b (X X^T) X + c (X X^T)^2 X`` is applied
     ``steps`` times in ``dtype``. The iteration runs on the wide orientation (``X X^T`` is the
     smaller Gram matrix) and tall inputs are transposed back. Returns ``dtype``; a zero
@@ -160,7 +162,7 @@ def newton_schulz(
     batch_shape = X.shape[:-2]
     X = X.reshape(-1, *X.shape[-2:]).to(torch.promote_types(dtype, torch.float32))
     norm = torch.linalg.matrix_norm(X, keepdim=True) * normalization_safety(coefficients)
-    X = X / norm.clamp_min(NORM_FLOOR)
+    X = X / norm.clamp_min(eps)
     if gram is None:
         gram = prefers_gram(*X.shape[-2:])
     X = newton_schulz_iterations(X.to(gram_dtype(dtype) if gram else dtype), schedule, gram).to(dtype)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .fused import ITERATION_DTYPE, FusedMuonStep, fusable
-from .linalg import CoefficientSpec, msign, newton_schulz
+from .linalg import NORM_FLOOR, CoefficientSpec, msign, newton_schulz
 
 AdjustLR = Literal["match_rms_adamw", "original"] | None
 ADAMW_BETAS = (0.9, 0.95)  # the paper's AdamW settings, also used for Muon's auxiliary AdamW
@@ -43,8 +43,10 @@ def orthogonalize(
     steps: int = 5,
     coefficients: CoefficientSpec = "muon",
     dtype: torch.dtype = ITERATION_DTYPE,
+    eps: float = NORM_FLOOR,
 ) -> list[Tensor]:
-    """``msign`` of each update (eq. 4), by Newton-Schulz or exact SVD.
+    """``msign`` of each update (eq. 4), by Newton-Schulz (each matrix divided by its norm, or
+    by ``eps`` if that is larger) or exact SVD.
 
     Each update (a matrix, or a 3D stack of experts, orthogonalised per expert) is turned
     wide (``msign(G^T) = msign(G)^T``), and all those of the same wide shape are
@@ -65,7 +67,7 @@ def orthogonalize(
         if method == "svd":
             result = msign(batch.double() if batch.dtype == torch.float64 else batch.float())
         else:
-            result = newton_schulz(batch, steps=steps, coefficients=coefficients, dtype=dtype)
+            result = newton_schulz(batch, steps=steps, coefficients=coefficients, dtype=dtype, eps=eps)
         for i, r in zip(indices, result.split([w.size(0) for w in wide])):
             shape = updates[i].shape
             r = r.reshape(*shape[:-2], p, q)
@@ -85,10 +87,11 @@ def muon_directions(
     method: Literal["newton_schulz", "svd"] = "newton_schulz",
     steps: int = 5,
     coefficients: CoefficientSpec = "muon",
+    eps: float = NORM_FLOOR,
 ) -> list[Tensor]:
     """Everything in a Muon step but the parameter update: momentum (eq. 3), look-ahead and
     orthogonalisation (eq. 4). Updates ``buffers`` in place."""
-    return orthogonalize(momentum_directions(grads, buffers, beta, nesterov), method, steps, coefficients)
+    return orthogonalize(momentum_directions(grads, buffers, beta, nesterov), method, steps, coefficients, eps=eps)
 
 
 def apply_updates(
@@ -116,11 +119,12 @@ def muon_step(
     method: Literal["newton_schulz", "svd"] = "newton_schulz",
     steps: int = 5,
     coefficients: CoefficientSpec = "muon",
+    eps: float = NORM_FLOOR,
 ) -> None:
     """One Muon step on one parameter group, in place: :func:`muon_directions`, then
     :func:`apply_updates`. The reference for :class:`muonlib.fused.FusedMuonStep`, which
     :class:`Muon` runs instead on a GPU."""
-    directions = muon_directions(grads, buffers, beta, nesterov, method, steps, coefficients)
+    directions = muon_directions(grads, buffers, beta, nesterov, method, steps, coefficients, eps)
     apply_updates(params, directions, lr, weight_decay, lr_factors)
 
 
@@ -167,19 +171,52 @@ def inverse_root(M: Tensor, p: int, eps: float) -> Tensor:
 
 # --------------------------------------------------------------------------- optimizers
 
+_UNSET = object()
+
+
+def resolve_adjust_lr(adjust_lr: AdjustLR | object, adjust_lr_fn: str | None | object) -> AdjustLR:
+    """Muon's scale rule from ``adjust_lr`` (ours: ``None`` leaves ``lr`` unchanged) or
+    ``adjust_lr_fn`` (torch.optim.Muon's name and meaning: ``None`` is ``"original"``)."""
+    if adjust_lr is not _UNSET and adjust_lr_fn is not _UNSET:
+        raise ValueError("pass adjust_lr (muonlib's) or adjust_lr_fn (torch.optim.Muon's), not both: "
+                         "they mean different things by None")
+    if adjust_lr_fn is not _UNSET:
+        adjust_lr = "original" if adjust_lr_fn is None else adjust_lr_fn
+    elif adjust_lr is _UNSET:
+        adjust_lr = "match_rms_adamw"
+    adjusted_lr(1.0, (1, 1), adjust_lr)  # validates it
+    return adjust_lr  # type: ignore[return-value]
+
+
 
 class Muon(Optimizer):
     """MomentUm Orthogonalized by Newton-Schulz, eqs. (3)-(5) and Algorithm 1 of the paper.
 
-    For each hidden weight matrix ``W`` (2D, or a 3D stack of experts)::
+    For each hidden weight matrix ``W`` (2D, a 3D stack of experts, or a convolution filter)::
 
         M <- beta M + (1 - beta) G                  (Nesterov: D = (1 - beta) G + beta M, else D = M)
         W <- W - lr * weight_decay * W              (decoupled, with the unadjusted lr)
         W <- W - adjusted_lr(lr, W.shape) * msign~(D)
 
     where ``msign~`` is ``ns_steps`` Newton-Schulz iterations with ``ns_coefficients`` (or the
-    exact SVD with ``orthogonalize="svd"``, for ablations). See :func:`adjusted_lr` for what
-    ``lr`` means under each ``adjust_lr``; with the default it is on AdamW's scale.
+    exact SVD with ``orthogonalize="svd"``, for ablations). A convolution filter
+    ``(out, in, kh, kw)`` is orthogonalised as the matrix ``(out, in * kh * kw)``, as Keller
+    Jordan's Muon does; it must be contiguous, since the update goes through a view.
+
+    **What ``lr`` means.** With the default ``adjust_lr="match_rms_adamw"`` the update of an
+    ``m x n`` matrix is scaled by ``0.2 sqrt(max(m, n))``, which gives it AdamW's typical RMS:
+    ``lr`` is on AdamW's scale, hence the default ``1e-3``. Code written for another Muon
+    converts as follows (see :func:`adjusted_lr`):
+
+    * ``torch.optim.Muon(lr=x)`` (``adjust_lr_fn=None`` means ``"original"`` there): pass the
+      same ``adjust_lr_fn``, accepted here with torch's meaning, or ``adjust_lr="original"``
+      and ``lr=x``;
+    * Keller Jordan's ``Muon(lr=0.02)``: ``adjust_lr="original"``, ``lr=0.02``; or, keeping
+      the default scale, ``lr = 0.02 sqrt(max(1, m/n)) / (0.2 sqrt(max(m, n)))`` (about
+      ``3.6e-3`` for a ``768 x 768`` matrix).
+
+    ``eps`` is the smallest norm a direction is divided by before Newton-Schulz (torch's name;
+    its default ``1e-7`` under-scales tiny gradients, so ours only guards an exact zero).
 
     Use Muon only for hidden matrices; :func:`build_optimizer` routes embeddings, the
     output head, norms and biases to AdamW. The momentum buffer is kept in float32 even for
@@ -196,36 +233,56 @@ class Muon(Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict],
-        lr: float = 0.02,
+        lr: float = 1e-3,
         momentum: float = 0.95,
         nesterov: bool = True,
         weight_decay: float = 0.0,
         ns_steps: int = 5,
         ns_coefficients: CoefficientSpec = "muon",
-        adjust_lr: AdjustLR = "match_rms_adamw",
+        adjust_lr: AdjustLR | object = _UNSET,
         orthogonalize: Literal["newton_schulz", "svd"] = "newton_schulz",
         fused: bool | None = None,
+        *,
+        adjust_lr_fn: str | None | object = _UNSET,
+        eps: float = NORM_FLOOR,
     ):
-        if lr < 0 or weight_decay < 0:
-            raise ValueError(f"lr and weight_decay must be >= 0, got lr={lr}, weight_decay={weight_decay}")
+        if not (lr >= 0 and math.isfinite(lr)) or not (weight_decay >= 0 and math.isfinite(weight_decay)):
+            raise ValueError(f"lr and weight_decay must be finite and >= 0, got lr={lr}, weight_decay={weight_decay}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if not (isinstance(ns_steps, int) and ns_steps >= 1):
+            raise ValueError(f"ns_steps must be an integer >= 1 (0 would skip the orthogonalisation), got {ns_steps!r}")
+        if not (eps > 0 and math.isfinite(eps)):
+            raise ValueError(f"eps must be a small positive number, got {eps}")
         if orthogonalize not in ("newton_schulz", "svd"):
             raise ValueError(f"orthogonalize must be 'newton_schulz' or 'svd', got {orthogonalize!r}")
-        adjusted_lr(1.0, (1, 1), adjust_lr)  # validates adjust_lr
+        adjust_lr = resolve_adjust_lr(adjust_lr, adjust_lr_fn)
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, ns_steps=ns_steps,
-            ns_coefficients=ns_coefficients, adjust_lr=adjust_lr, orthogonalize=orthogonalize, fused=fused,
+            ns_coefficients=ns_coefficients, adjust_lr=adjust_lr, orthogonalize=orthogonalize, fused=fused, eps=eps,
         )
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
-                if p.ndim not in (2, 3):
+                if p.ndim < 2:
                     raise ValueError(
-                        f"Muon updates matrices (2D) and stacks of matrices (3D); got a parameter of shape "
+                        f"Muon updates matrices, stacks of them and convolution filters; got a parameter of shape "
                         f"{tuple(p.shape)}. Give vectors and scalars to AdamW (build_optimizer does this)."
                     )
+                self._matrix(p)  # a filter that cannot be viewed as a matrix is refused now, not at the first step
         self._fused_steps: dict[int, tuple[tuple, FusedMuonStep]] = {}
+        self._matrices: dict[Tensor, Tensor] = {}  # convolution filter -> its matrix view, made once
+
+    @staticmethod
+    def _matrix(p: Tensor) -> Tensor:
+        """What Muon updates: the parameter itself, or a convolution filter viewed as ``(out, rest)``."""
+        if p.ndim <= 3:
+            return p
+        if not p.is_contiguous():
+            raise ValueError(f"Muon orthogonalises a convolution filter {tuple(p.shape)} through a matrix view, which needs "
+                             f"a contiguous parameter (channels_last?): make it contiguous, or route it to AdamW "
+                             f"(build_optimizer(..., overrides={{NAME: 'adamw'}}))")
+        return p.view(p.size(0), -1)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -234,18 +291,19 @@ class Muon(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for index, group in enumerate(self.param_groups):
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
+            with_grads = [p for p in group["params"] if p.grad is not None]
+            if not with_grads:
                 continue
-            grads = [p.grad for p in params]
-            buffers = [self._momentum_buffer(p) for p in params]
+            buffers = [self._momentum_buffer(p) for p in with_grads]
+            params = [self._matrices.setdefault(p, self._matrix(p)) if p.ndim > 3 else p for p in with_grads]
+            grads = [p.grad if p.ndim <= 3 else p.grad.reshape(m.shape) for p, m in zip(with_grads, params)]
             if self._takes_fused_step(group, params, grads):
                 self._fused_step(index, group, params)(params, grads, buffers, group["lr"], group["momentum"], group["weight_decay"])
                 continue
             muon_step(
                 params, grads, buffers, group["lr"], group["momentum"], group["nesterov"], group["weight_decay"],
                 [adjusted_lr(1.0, p.shape, group["adjust_lr"]) for p in params],
-                group["orthogonalize"], group["ns_steps"], group["ns_coefficients"],
+                group["orthogonalize"], group["ns_steps"], group["ns_coefficients"], group["eps"],
             )
         return loss
 
@@ -264,18 +322,18 @@ class Muon(Optimizer):
 
     def _fused_step(self, index: int, group: dict, params: list[Tensor]) -> FusedMuonStep:
         key = (tuple(map(id, params)), params[0].dtype, group["nesterov"], group["ns_steps"],
-               repr(group["ns_coefficients"]), group["adjust_lr"])
+               repr(group["ns_coefficients"]), group["adjust_lr"], group["eps"])
         if self._fused_steps.get(index, (None,))[0] != key:
             factors = [adjusted_lr(1.0, p.shape, group["adjust_lr"]) for p in params]
             self._fused_steps[index] = key, FusedMuonStep(
-                params, factors, group["nesterov"], group["ns_steps"], group["ns_coefficients"], CUDA_GRAPHS)
+                params, factors, group["nesterov"], group["ns_steps"], group["ns_coefficients"], CUDA_GRAPHS, group["eps"])
         return self._fused_steps[index][1]
 
     def _momentum_buffer(self, p: Tensor) -> Tensor:
         state = self.state[p]
         dtype = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        if "momentum_buffer" not in state:  # shaped like what Muon updates (a filter's matrix)
+            state["momentum_buffer"] = torch.zeros(self._matrix(p).shape, dtype=dtype, device=p.device)
         elif state["momentum_buffer"].dtype != dtype:  # load_state_dict casts state to the parameter's dtype
             state["momentum_buffer"] = state["momentum_buffer"].to(dtype)
         return state["momentum_buffer"]
@@ -357,7 +415,21 @@ class HybridOptimizer(Optimizer):
         for name, opt in self.optimizers.items():
             for group in opt.param_groups:
                 group["optimizer"] = name
+        self._linked = False  # Optimizer.__init__ adds the children's groups through add_param_group
         super().__init__([g for opt in self.optimizers.values() for g in opt.param_groups], defaults={})
+        self._link_children()
+        self._linked = True
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group to the child named by its ``"optimizer"`` key (``"adamw"``, ``"muon"``,
+        ...): a group no child owns would never be updated."""
+        if not self._linked:
+            return super().add_param_group(param_group)
+        name = param_group.get("optimizer")
+        if name not in self.optimizers:
+            raise ValueError(f"say which optimizer updates the new group: param_group['optimizer'] must be one of "
+                             f"{sorted(self.optimizers)}, got {name!r}")
+        self.optimizers[name].add_param_group(param_group)
         self._link_children()
 
     def _link_children(self) -> None:
@@ -467,7 +539,9 @@ def build_optimizer(
     * ``"adamw"``: AdamW on everything.
     * ``"muon"`` / ``"shampoo"``: the matrix optimizer on hidden matrices (2D and 3D expert
       stacks), AdamW on embeddings, the output head, norms, biases and, unless
-      ``router="muon"``, MoE router weights.
+      ``router="muon"``, MoE router weights. Convolution filters (4D) go to Muon, which
+      orthogonalises each as an ``(out, in * kh * kw)`` matrix as Keller Jordan's Muon does,
+      and to AdamW under Shampoo (a reference for matrices only).
 
     ``lr`` is shared (with Muon's default ``adjust_lr="match_rms_adamw"`` both optimizers
     read it on AdamW's scale); ``adamw_lr`` overrides it for the AdamW part. Weight decay
@@ -486,7 +560,7 @@ def build_optimizer(
     to_adamw: list[tuple[str, Tensor]] = []
     for role, named in roles.items():
         for pname, p in named:
-            target = "muon" if (name != "adamw" and role in matrix_roles) else "adamw"
+            target = "muon" if (name != "adamw" and role in matrix_roles and (name == "muon" or p.ndim <= 3)) else "adamw"
             for pattern, forced in (overrides or {}).items():
                 if fnmatch.fnmatchcase(pname, pattern):
                     if forced not in ("muon", "adamw"):

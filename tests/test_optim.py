@@ -136,6 +136,102 @@ def test_muon_rejects_vectors_and_bad_hparams():
         Muon([nn.Parameter(torch.zeros(2, 2))], adjust_lr="sqrt")
     with pytest.raises(ValueError, match="momentum"):
         Muon([nn.Parameter(torch.zeros(2, 2))], momentum=1.0)
+    for bad in (dict(lr=float("nan")), dict(lr=-1.0), dict(weight_decay=float("inf")), dict(ns_steps=0), dict(ns_steps=-2),
+                dict(eps=0.0), dict(adjust_lr=None, adjust_lr_fn=None)):
+        with pytest.raises(ValueError, match="lr|ns_steps|eps|adjust_lr"):
+            Muon([nn.Parameter(torch.zeros(2, 2))], **bad)
+
+
+def test_the_default_rate_is_on_adamws_scale():
+    """With the default scale rule lr means AdamW's: the default update has AdamW's typical
+    RMS at AdamW's default rate (0.2 x 1e-3), not 20 times it."""
+    torch.manual_seed(11)
+    for shape in [(64, 64), (32, 128)]:
+        W = run_steps(lambda p: Muon(p, orthogonalize="svd"), torch.zeros(shape, dtype=F64), [torch.randn(shape, dtype=F64)])
+        assert W.pow(2).mean().sqrt().item() == pytest.approx(0.2 * torch.optim.AdamW([W]).defaults["lr"], rel=1e-9)
+
+
+def test_code_written_for_torch_optim_muon_runs_unchanged():
+    torch.manual_seed(12)
+    W0, grads = torch.randn(32, 48), [torch.randn(32, 48) for _ in range(3)]
+    kwargs = dict(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, ns_coefficients=(3.4445, -4.775, 2.0315),
+                  eps=1e-7, ns_steps=5)
+    for adjust_lr_fn in (None, "original", "match_rms_adamw"):  # None means "original" in torch
+        ours = run_steps(lambda p: Muon(p, adjust_lr_fn=adjust_lr_fn, **kwargs), W0, grads)
+        ref = run_steps(lambda p: torch.optim.Muon(p, adjust_lr_fn=adjust_lr_fn, **kwargs), W0, grads)
+        assert rel(ours - W0, ref - W0) < 2e-2
+
+
+def test_eps_floors_the_norm_before_newton_schulz():
+    tiny = torch.randn(16, 16, dtype=F64) * 1e-13  # Frobenius norm ~1.6e-12, far below torch's 1e-7
+    exact = run_steps(lambda p: Muon(p, lr=1.0, momentum=0.0, adjust_lr=None, fused=False), torch.zeros(16, 16), [tiny.float()])
+    floored = run_steps(lambda p: Muon(p, lr=1.0, momentum=0.0, adjust_lr=None, eps=1e-7, fused=False), torch.zeros(16, 16), [tiny.float()])
+    assert exact.pow(2).mean().sqrt().item() == pytest.approx(0.25, rel=0.3)  # orthogonal: RMS 1/sqrt(16)
+    assert floored.pow(2).mean().sqrt().item() < 0.2 * exact.pow(2).mean().sqrt().item()  # torch's default under-scales
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_the_step_never_writes_into_the_momentum_or_the_gradient(fused, dtype, nesterov):
+    """torch.optim.Muon once normalised its direction in place, and without Nesterov that
+    direction was the momentum buffer itself (bf16 gradients): the buffer shrank every step."""
+    torch.manual_seed(13)
+    if fused and dtype == torch.float16:
+        pytest.skip("the fused passes take float32 and bfloat16 parameters")
+    shapes = [(8, 12), (12, 8), (2, 8, 12), (4, 2, 3, 3)]
+    params = [nn.Parameter(torch.randn(s).to(dtype)) for s in shapes]
+    opt = Muon(params, lr=0.02, momentum=0.9, nesterov=nesterov, fused=fused or None)
+    expected = [torch.zeros(s) for s in shapes]
+    for _ in range(2):
+        grads = [torch.randn(s).to(dtype) for s in shapes]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        for p, g, e in zip(params, grads, expected):
+            e.mul_(0.9).add_(0.1 * g.float())
+            assert torch.equal(p.grad, g)
+            buffer = opt.state[p]["momentum_buffer"]
+            assert buffer.dtype == torch.float32 and torch.allclose(buffer.reshape(e.shape), e, rtol=1e-6, atol=1e-7)
+
+
+def test_a_convolution_filter_is_orthogonalised_as_a_flat_matrix():
+    torch.manual_seed(14)
+    G = torch.randn(6, 4, 3, 3, dtype=F64)
+    W = run_steps(lambda p: Muon(p, lr=1.0, momentum=0.0, nesterov=False, adjust_lr=None, orthogonalize="svd"),
+                  torch.zeros(6, 4, 3, 3, dtype=F64), [G])
+    assert torch.allclose(W.reshape(6, 36), -msign(G.reshape(6, 36)), atol=1e-12)
+    conv = nn.Conv2d(4, 6, 3).to(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="contiguous.*AdamW"):
+        Muon([conv.weight])
+
+
+def test_build_optimizer_sends_convolution_filters_to_muon_and_says_so():
+    model = nn.Sequential(nn.Embedding(50, 16), nn.Conv1d(16, 16, 3, padding=1), nn.Linear(16, 50))
+    opt = build_optimizer(model, "muon")
+    assert muon_param_ids(opt) == {id(model[1].weight)}
+    assert "Keller Jordan" in build_optimizer.__doc__ and "(out, in * kh * kw)" in build_optimizer.__doc__
+    x = torch.randint(0, 50, (2, 7))
+    loss = model[2](model[1](model[0](x).mT).mT).logsumexp(-1).mean()
+    loss.backward()
+    before = model[1].weight.detach().clone()
+    opt.step()
+    assert not torch.equal(model[1].weight, before)
+    assert id(model[1].weight) not in muon_param_ids(build_optimizer(model, "shampoo"))  # Shampoo: matrices only
+
+
+def test_a_group_added_to_the_hybrid_optimizer_is_updated_by_the_child_it_names():
+    model = TinyLM(tied=False)
+    opt = build_optimizer(model, "muon")
+    extra = nn.Parameter(torch.zeros(8, 8))
+    with pytest.raises(ValueError, match="say which optimizer"):
+        opt.add_param_group({"params": [extra]})
+    opt.add_param_group({"params": [extra], "optimizer": "muon", "lr": 1e-2})
+    assert any(extra is p for g in opt.optimizers["muon"].param_groups for p in g["params"])
+    assert any(extra is p for g in opt.param_groups for p in g["params"])
+    extra.grad = torch.randn(8, 8)
+    opt.step()
+    assert extra.abs().sum() > 0
 
 
 @pytest.mark.parametrize("shape", [(12, 12), (8, 20), (20, 8)])
@@ -294,7 +390,7 @@ def test_fused_muon_takes_the_reference_steps(dtype, nesterov, device):
     """The fused step (Triton passes; in the interpreter without a GPU) against muon_step, over
     steps whose gradients come back at new addresses, with a state reloaded in between."""
     torch.manual_seed(8)
-    shapes = [(16, 24), (24, 16), (3, 16, 24), (8, 8), (2, 20, 13)]
+    shapes = [(16, 24), (24, 16), (3, 16, 24), (8, 8), (2, 20, 13), (6, 4, 3, 3)]  # the last: a convolution filter
     W0 = [torch.randn(s).to(dtype).to(device) for s in shapes]
     grads = [[torch.randn(s).to(dtype).to(device) for s in shapes] for _ in range(4)]
     runs = {}

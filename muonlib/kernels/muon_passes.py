@@ -44,7 +44,6 @@ COLUMNS = tl.constexpr(7)
 # Entries of the float64 scalars tensor, read by the kernels at run time so that a scheduler
 # may change them without a new CUDA graph.
 LR, BETA, WEIGHT_DECAY = (tl.constexpr(i) for i in range(3))
-_NORM_FLOOR = tl.constexpr(NORM_FLOOR)
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
@@ -96,7 +95,7 @@ def _momentum_kernel(tiles, matrices, scalars, tile_sums, GRAD_DTYPE: tl.constex
 
 
 @triton.jit
-def _normalize_kernel(tiles, matrices, scalars, tile_sums, first_tiles, safety,
+def _normalize_kernel(tiles, matrices, scalars, tile_sums, first_tiles, safety, norm_floor,
                       GRAD_DTYPE: tl.constexpr, NESTEROV: tl.constexpr, OUT_DTYPE: tl.constexpr,
                       TILE_R: tl.constexpr, TILE_C: tl.constexpr, SUM_BLOCK: tl.constexpr):
     tile, matrix, rows, cols, r, c, offsets, inside = _locate(tiles, matrices, TILE_R, TILE_C)
@@ -113,7 +112,7 @@ def _normalize_kernel(tiles, matrices, scalars, tile_sums, first_tiles, safety,
     for start in range(first, last, SUM_BLOCK):
         k = start + tl.arange(0, SUM_BLOCK)
         sums += tl.load(tile_sums + k, mask=k < last, other=0.0)
-    norm = tl.maximum(tl.sqrt(tl.sum(sums, axis=0)) * safety, _NORM_FLOOR)
+    norm = tl.maximum(tl.sqrt(tl.sum(sums, axis=0)) * safety, norm_floor)
     x = (d / norm).to(OUT_DTYPE)
     source = _address(matrices, matrix, SOURCE, OUT_DTYPE)
     if rows > cols:  # the batch holds tall matrices transposed: element (r, c) goes to [c, r]
@@ -243,10 +242,11 @@ def momentum_pass(tables: PassTables, scalars: Tensor, grad_dtype: torch.dtype, 
 
 
 def normalize_pass(tables: PassTables, scalars: Tensor, grad_dtype: torch.dtype, nesterov: bool,
-                   safety: float, out_dtype: torch.dtype = torch.float16) -> None:
-    """Pass 2: each direction divided by ``safety * ||D||_F``, cast to ``out_dtype``, into its slot."""
+                   safety: float, out_dtype: torch.dtype = torch.float16, eps: float = NORM_FLOOR) -> None:
+    """Pass 2: each direction divided by ``safety * ||D||_F`` (at least ``eps``), cast to
+    ``out_dtype``, into its slot."""
     _normalize_kernel[(tables.n_tiles,)](
-        tables.tiles, tables.matrices, scalars, tables.tile_sums, tables.first_tiles, safety,
+        tables.tiles, tables.matrices, scalars, tables.tile_sums, tables.first_tiles, safety, eps,
         GRAD_DTYPE=_TRITON_DTYPES[grad_dtype], NESTEROV=nesterov, OUT_DTYPE=_TRITON_DTYPES[out_dtype],
         SUM_BLOCK=min(512, triton.next_power_of_2(tables.largest_matrix_tiles)), **tables.config,
     )
@@ -263,7 +263,7 @@ def update_pass(tables: PassTables, scalars: Tensor, param_dtype: torch.dtype, i
 
 def muon_passes_reference(
     grads: list[Tensor], buffers: list[Tensor], beta: float, nesterov: bool, safety: float,
-    out_dtype: torch.dtype = torch.float16,
+    out_dtype: torch.dtype = torch.float16, eps: float = NORM_FLOOR,
 ) -> list[Tensor]:
     """What passes 1 and 2 compute, matrix by matrix: momenta updated in place, and each
     direction normalised per matrix, in ``out_dtype`` and wide orientation ``(experts, p, q)``.
@@ -275,7 +275,7 @@ def muon_passes_reference(
         d = torch.lerp(g, m, beta) if nesterov else m
         d = d.reshape(-1, *d.shape[-2:])
         norm = torch.linalg.matrix_norm(d, keepdim=True) * safety
-        d = (d / norm.clamp_min(NORM_FLOOR)).to(out_dtype)
+        d = (d / norm.clamp_min(eps)).to(out_dtype)
         sources.append(d.mT if d.size(-2) > d.size(-1) else d)
     return sources
 
