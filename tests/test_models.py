@@ -102,6 +102,26 @@ def test_generate_greedy_matches_argmax_of_full_forward(variant):
     assert sampled.shape == (2, 9)
 
 
+def test_generate_refuses_arguments_that_would_change_its_meaning():
+    model = tiny("mha")
+    prompt = torch.randint(0, 512, (1, 3))
+    for bad in (dict(temperature=-1.0), dict(temperature=float("nan")), dict(top_k=0), dict(top_k=-3), dict(top_k=2.5)):
+        with pytest.raises(ValueError, match="temperature|top_k"):
+            model.generate(prompt, 2, **bad)
+    for bad in (-1, 2.0):
+        with pytest.raises(ValueError, match="max_new_tokens"):
+            model.generate(prompt, bad)
+    assert torch.equal(model.generate(prompt, 0), prompt)
+
+
+def test_generate_never_counts_towards_moe_load_balancing():
+    model = tiny("moe-mla").train()
+    before = {name: b.clone() for name, b in model.named_buffers() if name.endswith(("counts", "load", "bias"))}
+    model.generate(torch.randint(0, 512, (2, 4)), 3)
+    assert model.training  # its mode is given back
+    assert all(torch.equal(b, before[name]) for name, b in model.named_buffers() if name in before)
+
+
 def test_grouped_mm_fallback():
     x = torch.randn(10, 4)
     w = torch.randn(3, 4, 5)

@@ -88,7 +88,24 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
-        """Sample ``max_new_tokens`` continuations with a KV cache (greedy when ``temperature == 0``)."""
+        """Sample ``max_new_tokens`` continuations with a KV cache (greedy when ``temperature == 0``,
+        else from the softmax at ``temperature``, restricted to the ``top_k`` likeliest tokens).
+        Runs in evaluation mode: decoding never counts towards MoE load balancing."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        if not (temperature >= 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be an integer >= 1 or None (every token), got {top_k!r}")
+        training = self.training
+        self.eval()
+        try:
+            return self._decode(idx, max_new_tokens, temperature, top_k, generator)
+        finally:
+            self.train(training)
+
+    def _decode(self, idx: Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
+                generator: torch.Generator | None) -> Tensor:
         cache = self.new_cache(idx.size(0), idx.size(1) + max_new_tokens)
         logits = self(idx, cache=cache)[:, -1]
         out = [idx]
