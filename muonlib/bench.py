@@ -24,7 +24,7 @@ from torch import Tensor
 from . import linalg
 from .models import GPT, MLP, MoE, kv_cache_bytes, preset
 from .optim import Muon, build_optimizer, classify_parameters
-from .provenance import write_json
+from .provenance import check_replaceable, write_json
 
 
 def median_ms(fn: Callable[[], object], warmup: int = 3, iters: int = 10) -> float:
@@ -342,10 +342,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--optimizers", default="adamw,muon", help="train-step optimizers")
     parser.add_argument("--ns-shapes", default=NS_SHAPES, help="BATCHxROWSxCOLUMNS list for `ns`")
+    parser.add_argument("--force", action="store_true", help="replace results measured on another device")
     args = parser.parse_args(argv)
     sizes, variants = args.sizes.split(","), args.variants.split(",")
     out = Path(args.out)
     config = vars(args)
+    stems = {"optim": "optimizer_step", "profile": "optimizer_profile", "ns": "newton_schulz", "models": "models"}
+    target = out / f"{args.name or stems[args.what]}.json"
+    if args.force:
+        target.unlink(missing_ok=True)
+    check_replaceable(target)  # before minutes of measuring, not after
     per_model = {  # benchmark, output stem, one printed line per result row
         "optim": (bench_optimizer_step, "optimizer_step",
                   lambda r: f"{r['size']:>4} {r['variant']:<8} {r['optimizer']:<20} {r['step_ms']:8.2f} ms  "
@@ -360,12 +366,12 @@ def main(argv: list[str] | None = None) -> None:
             for variant in variants:
                 new_rows = run(size, variant)
                 rows += new_rows
-                write_json(out / f"{args.name or stem}.json", rows, config)
+                write_json(target, rows, config)
                 print("\n".join(map(describe, new_rows)), flush=True)
         return
     if args.what == "ns":
         results = {"newton_schulz": [], "gram_configs": []}
-        path = out / f"{args.name or 'newton_schulz'}.json"
+        path = target
         if torch.cuda.is_available():
             for batch, width in GRAM_CONFIG_SHAPES:
                 results["gram_configs"] += bench_gram_configs(batch, width, args.iters)
@@ -392,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
             row = dict(key, error=f"{type(error).__name__}: {error}"[:500])
         results[section].append(row)
         print(row["error"] if "error" in row else describe(row), flush=True)
-        write_json(out / f"{args.name or 'models'}.json", results, config)
+        write_json(target, results, config)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

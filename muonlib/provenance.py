@@ -30,7 +30,7 @@ def git_commit() -> str:
 def provenance(config: dict[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
     return {
         "git_commit": git_commit(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,  # None: a CPU
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
@@ -44,9 +44,31 @@ def provenance(config: dict[str, Any] | None = None, seed: int | None = None) ->
     }
 
 
-def write_json(path: str | Path, results: Any, config: dict[str, Any] | None = None, seed: int | None = None) -> Path:
-    """Write ``{"provenance": ..., "results": ...}`` atomically (a crash leaves the old file)."""
+def device_name() -> str:
+    """The GPU results are measured on, or ``"CPU"``."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+
+
+def check_replaceable(path: str | Path) -> None:
+    """Refuse to replace a result file measured on another device (a CPU run would overwrite
+    an H100's committed numbers)."""
     path = Path(path)
+    if not path.exists():
+        return
+    try:
+        theirs = json.loads(path.read_text())["provenance"].get("gpu") or "CPU"
+    except (ValueError, KeyError, TypeError):
+        return  # not a result file of ours: nothing measured to protect
+    if theirs != device_name():
+        raise FileExistsError(f"{path} holds results measured on {theirs}, and this machine is {device_name()}: "
+                              f"write elsewhere (--out), or replace them deliberately (--force)")
+
+
+def write_json(path: str | Path, results: Any, config: dict[str, Any] | None = None, seed: int | None = None) -> Path:
+    """Write ``{"provenance": ..., "results": ...}`` atomically (a crash leaves the old file);
+    never over results measured on another device (:func:`check_replaceable`)."""
+    path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps({"provenance": provenance(config, seed), "results": results}, indent=1, default=str))

@@ -62,3 +62,20 @@ def test_profile_sorts_kernels_by_part_and_needs_a_gpu():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA GPU"):
             bench.profile_optimizer_step("tiny")
+
+
+def test_a_benchmark_never_silently_replaces_results_of_another_device(tmp_path):
+    import pytest
+
+    from muonlib.provenance import device_name
+
+    path = tmp_path / "optimizer_step.json"
+    other = "NVIDIA H100 80GB HBM3" if device_name() == "CPU" else "CPU"
+    committed = json.dumps({"provenance": {"gpu": None if other == "CPU" else other}, "results": ["measured there"]})
+    path.write_text(committed)
+    args = ["optim", "--out", str(tmp_path), "--sizes", "tiny", "--variants", "mha"]
+    with pytest.raises(FileExistsError, match=f"measured on {other}.*--force"):
+        bench.main(args)
+    assert path.read_text() == committed  # refused before measuring anything
+    bench.main(args + ["--force"])
+    assert json.loads(path.read_text())["results"] != ["measured there"]
