@@ -4,6 +4,7 @@
     python -m muonlib.bench optim --out data/bench     # Muon step vs torch.optim.Muon vs AdamW
     python -m muonlib.bench ns --out data/bench        # Newton-Schulz per shape: torch, compiled, Triton
     python -m muonlib.bench profile --out data/bench   # GPU time of a Muon step by kind of kernel (GPU only)
+    python -m muonlib.bench ddp --sizes L --optimizers adamw,muon,muon-redundant   # data-parallel scaling over 1, 2, 4 GPUs
 
 Runs on a CPU too (with ``--sizes tiny``), which is how the tests keep it working.
 """
@@ -158,6 +159,88 @@ def bench_train_step(size: str, variant: str, optimizer: str, batch: int, compil
     ms = median_ms(step, warmup=10, iters=iters)
     return dict(size=size, variant=variant, optimizer=optimizer, compiled=compile, batch=batch,
                 step_ms=ms, tokens_per_s=batch * config.context / ms * 1e3, peak_memory_gb=_peak_gb())
+
+
+def bench_data_parallel_step(size: str, optimizer: str, batch: int, iters: int) -> dict | None:
+    """One rank of a data-parallel training step (launched by ``torchrun``): the compiled
+    model under DistributedDataParallel, ``batch`` sequences per rank, clipping and bf16 as in
+    the trainer. ``optimizer`` is ``adamw``, ``muon`` (Newton-Schulz shared over the ranks)
+    or ``muon-redundant`` (every rank orthogonalises every matrix). Returns rank 0's row:
+    total tokens/s, and the optimizer step's median GPU time on a rank."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from .distributed import launch
+
+    run = launch()
+    device = torch.device("cuda", run.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    config = preset(size, "mha")
+    torch.manual_seed(0)
+    model = GPT(config).to(device).train()
+    parallel = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if run.distributed else model
+    step_model = torch.compile(parallel) if device.type == "cuda" else parallel
+    name, options = {"adamw": ("adamw", {}), "muon": ("muon", {}), "muon-redundant": ("muon", {"distributed": False})}[optimizer]
+    opt = build_optimizer(model, name, lr=1e-3, **options)
+    idx = torch.randint(0, config.vocab_size, (batch, config.context), device=device)
+    optimizer_ms = []
+
+    def step(time_optimizer: bool):
+        with _autocast():
+            _, loss = step_model(idx, idx)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if time_optimizer and device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            opt.step()
+            end.record()
+            end.synchronize()
+            optimizer_ms.append(start.elapsed_time(end))
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(10):  # compilation, CUDA-graph recordings, NCCL communicators
+        step(False)
+    ms = median_ms(lambda: step(False), warmup=2, iters=iters)
+    for _ in range(iters):
+        step(True)
+    if not run.main:
+        return None
+    return dict(size=size, optimizer=optimizer, gpus=run.world, batch_per_gpu=batch, step_ms=ms,
+                tokens_per_s=run.world * batch * config.context / ms * 1e3,
+                optimizer_step_ms=statistics.median(optimizer_ms) if optimizer_ms else None)
+
+
+def data_parallel_scaling(size: str, optimizers: list[str], gpu_counts: list[int], batch: int, iters: int) -> list[dict]:
+    """:func:`bench_data_parallel_step` for every optimizer and GPU count, one ``torchrun``
+    launch each, side by side; adds each row's speed-up over one GPU and Muon's share of
+    AdamW's tokens/s at the same GPU count."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    rows = []
+    for gpus in gpu_counts:
+        for optimizer in optimizers:
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+                                "-m", "muonlib.bench", "ddp-worker", "--sizes", size, "--optimizers", optimizer,
+                                "--batch", str(batch), "--iters", str(iters), "--out", out.name], check=True)
+                row = json.loads(Path(out.name).read_text())
+            rows.append(row)
+            print(f"ddp {size} {optimizer:<15} {gpus} GPU(s): {row['tokens_per_s']:>12,.0f} tok/s, "
+                  f"optimizer step {row['optimizer_step_ms']} ms", flush=True)
+    one = {r["optimizer"]: r for r in rows if r["gpus"] == 1}
+    for r in rows:
+        if r["optimizer"] in one:
+            r["speedup_vs_1_gpu"] = r["tokens_per_s"] / one[r["optimizer"]]["tokens_per_s"]
+            if r["optimizer_step_ms"] and one[r["optimizer"]]["optimizer_step_ms"]:
+                r["optimizer_step_vs_1_gpu"] = r["optimizer_step_ms"] / one[r["optimizer"]]["optimizer_step_ms"]
+        adamw = next((a for a in rows if a["optimizer"] == "adamw" and a["gpus"] == r["gpus"]), None)
+        if adamw is not None:
+            r["share_of_adamw"] = r["tokens_per_s"] / adamw["tokens_per_s"]
+    return rows
 
 
 def hidden_matrix_shapes(size: str, variant: str = "mha") -> list[tuple[int, ...]]:
@@ -331,7 +414,7 @@ NS_SHAPES = ("24x256x256,12x256x1024,48x512x512,24x512x2048,48x768x768,24x768x30
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m muonlib.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["models", "optim", "ns", "profile"])
+    parser.add_argument("what", choices=["models", "optim", "ns", "profile", "ddp", "ddp-worker"])
     parser.add_argument("--out", default="data/bench")
     parser.add_argument("--name", default=None, help="output file stem (default: the benchmark's name)")
     parser.add_argument("--parts", default="fwd_bwd,kv,moe,train", help="which model benchmarks to run")
@@ -343,11 +426,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--optimizers", default="adamw,muon", help="train-step optimizers")
     parser.add_argument("--ns-shapes", default=NS_SHAPES, help="BATCHxROWSxCOLUMNS list for `ns`")
     parser.add_argument("--force", action="store_true", help="replace results measured on another device")
+    parser.add_argument("--gpu-counts", default="1,2,4", help="`ddp`: the numbers of GPUs to launch")
     args = parser.parse_args(argv)
+    if args.what == "ddp-worker":  # one torchrun process of `ddp`: rank 0 writes its row to --out
+        row = bench_data_parallel_step(args.sizes, args.optimizers, args.batch, args.iters)
+        if row is not None:
+            Path(args.out).write_text(__import__("json").dumps(row))
+        return
     sizes, variants = args.sizes.split(","), args.variants.split(",")
     out = Path(args.out)
     config = vars(args)
-    stems = {"optim": "optimizer_step", "profile": "optimizer_profile", "ns": "newton_schulz", "models": "models"}
+    stems = {"optim": "optimizer_step", "profile": "optimizer_profile", "ns": "newton_schulz", "models": "models",
+             "ddp": "data_parallel"}
     target = out / f"{args.name or stems[args.what]}.json"
     if args.force:
         target.unlink(missing_ok=True)
@@ -359,6 +449,11 @@ def main(argv: list[str] | None = None) -> None:
         "profile": (profile_optimizer_step, "optimizer_profile",
                     lambda r: f"{r['size']:>4} {r['variant']:<8} {r['part']:<30} {r['ms']:8.2f} ms"),
     }
+    if args.what == "ddp":
+        rows = data_parallel_scaling(sizes[0], args.optimizers.split(","), [int(n) for n in args.gpu_counts.split(",")],
+                                     args.batch, args.iters)
+        write_json(target, rows, config)
+        return
     if args.what in per_model:
         run, stem, describe = per_model[args.what]
         rows = []

@@ -436,9 +436,10 @@ class TokenBatches:
                              f"use a larger corpus or a shorter context")
         self.tokens, self.batch_size, self.context, self.seed = tokens, batch_size, context, seed
 
-    def __call__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, k: int, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``k``, or only its ``rows`` (a rank's share of a batch split over processes)."""
         starts = np.random.default_rng([self.seed, k]).integers(0, len(self.tokens) - self.context - 1, self.batch_size)
-        return windows(self.tokens, starts, self.context)
+        return windows(self.tokens, starts[rows], self.context)
 
 
 def windows(tokens: np.ndarray, starts: np.ndarray, context: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ from collections import defaultdict
 import torch
 from torch import Tensor
 
+from .distributed import Shard
 from .linalg import NORM_FLOOR, CoefficientSpec, coefficient_schedule, newton_schulz_iterations, normalization_safety
 
 #: The dtype Muon's Newton-Schulz iterates in, fused or not (:func:`muonlib.optim.orthogonalize`'s
@@ -53,7 +54,8 @@ class FusedMuonStep:
     """
 
     def __init__(self, params: list[Tensor], lr_factors: list[float], nesterov: bool, steps: int,
-                 coefficients: CoefficientSpec, cuda_graph: bool = True, eps: float = NORM_FLOOR):
+                 coefficients: CoefficientSpec, cuda_graph: bool = True, eps: float = NORM_FLOOR,
+                 shard: Shard | None = None):
         from .kernels import muon_passes  # imports Triton: only where a fused step is built
 
         self._passes = muon_passes
@@ -64,7 +66,8 @@ class FusedMuonStep:
         self.param_dtype = params[0].dtype
         device = params[0].device
         self.device = device
-        self.cuda_graph = cuda_graph and device.type == "cuda"
+        self.shard = shard  # several ranks: each iterates on its slice of every batch, then all gather
+        self.cuda_graph = cuda_graph and device.type == "cuda" and shard is None  # no collectives in the graph
         slots: dict[tuple[int, int], list[int]] = defaultdict(list)  # wide shape -> parameters
         for i, p in enumerate(params):
             slots[tuple(sorted(p.shape[-2:]))].append(i)
@@ -73,9 +76,10 @@ class FusedMuonStep:
         results: list[Tensor | None] = [None] * len(params)
         for (rows, cols), members in slots.items():
             counts = [params[i].numel() // (rows * cols) for i in members]
-            source, result = (torch.empty(sum(counts), rows, cols, dtype=ITERATION_DTYPE, device=device) for _ in range(2))
+            size = shard.padded(sum(counts)) if shard is not None else sum(counts)
+            source, result = (torch.zeros(size, rows, cols, dtype=ITERATION_DTYPE, device=device) for _ in range(2))
             self.batches.append((source, result))
-            for i, s, r in zip(members, source.split(counts), result.split(counts)):
+            for i, s, r in zip(members, source[: sum(counts)].split(counts), result[: sum(counts)].split(counts)):
                 sources[i], results[i] = s, r
         self.tables = muon_passes.PassTables(params, sources, results, lr_factors)  # type: ignore[arg-type]
         self.scalars = torch.zeros(3, dtype=torch.float64, device=device)  # lr, beta, weight decay
@@ -113,8 +117,12 @@ class FusedMuonStep:
         passes = self._passes
         passes.momentum_pass(self.tables, self.scalars, self._grad_dtype, self.nesterov)
         passes.normalize_pass(self.tables, self.scalars, self._grad_dtype, self.nesterov, self.safety, ITERATION_DTYPE, self.eps)
-        for source, result in self.batches:
-            newton_schulz_iterations(source, self.schedule, out=result)
+        if self.shard is None:
+            for source, result in self.batches:
+                newton_schulz_iterations(source, self.schedule, out=result)
+        else:
+            sources, results = zip(*self.batches)
+            self.shard.orthogonalize(list(sources), lambda s, r: newton_schulz_iterations(s, self.schedule, out=r), list(results))
         passes.update_pass(self.tables, self.scalars, self.param_dtype, ITERATION_DTYPE)
 
 

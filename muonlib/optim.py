@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from .distributed import Shard
 from .fused import ITERATION_DTYPE, FusedMuonStep, fusable
 from .linalg import NORM_FLOOR, CoefficientSpec, msign, newton_schulz
 
@@ -44,6 +45,7 @@ def orthogonalize(
     coefficients: CoefficientSpec = "muon",
     dtype: torch.dtype = ITERATION_DTYPE,
     eps: float = NORM_FLOOR,
+    shard: Shard | None = None,
 ) -> list[Tensor]:
     """``msign`` of each update (eq. 4), by Newton-Schulz (each matrix divided by its norm, or
     by ``eps`` if that is larger) or exact SVD.
@@ -53,22 +55,36 @@ def orthogonalize(
     concatenated into one batch: on a GPU a 768-wide Newton-Schulz is launch-bound, so one
     call per shape instead of one per matrix is the largest single saving, and a
     ``3072 x 768`` matrix joins the batch of the ``768 x 3072`` ones. Newton-Schulz results
-    come back in ``dtype``, SVD results in float32 (float64 for float64 input).
+    come back in ``dtype``, SVD results in float32 (float64 for float64 input). With a
+    :class:`muonlib.distributed.Shard` each rank orthogonalises its slice of every batch and
+    the slices are all-gathered: every rank gets every result.
     """
     if method not in ("newton_schulz", "svd"):
         raise ValueError(f"orthogonalize must be 'newton_schulz' or 'svd', got {method!r}")
+
+    def solve(batch: Tensor) -> Tensor:
+        if method == "svd":
+            return msign(batch.double() if batch.dtype == torch.float64 else batch.float())
+        return newton_schulz(batch, steps=steps, coefficients=coefficients, dtype=dtype, eps=eps)
+
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, u in enumerate(updates):
         groups[(*sorted(u.shape[-2:]), u.device)].append(i)
-    out: list[Tensor | None] = [None] * len(updates)
+    batches, sizes = [], []
     for (p, q, _), indices in groups.items():
         wide = [_as_wide(updates[i]).reshape(-1, p, q) for i in indices]
-        batch = wide[0] if len(wide) == 1 else torch.cat(wide)
-        if method == "svd":
-            result = msign(batch.double() if batch.dtype == torch.float64 else batch.float())
-        else:
-            result = newton_schulz(batch, steps=steps, coefficients=coefficients, dtype=dtype, eps=eps)
-        for i, r in zip(indices, result.split([w.size(0) for w in wide])):
+        batches.append(wide[0] if len(wide) == 1 else torch.cat(wide))
+        sizes.append([w.size(0) for w in wide])
+    if shard is None:
+        results = [solve(batch) for batch in batches]
+    else:  # pad every batch to equal slices; the padding is zeros, whose msign is zero
+        batches = [torch.cat([b, b.new_zeros(shard.padded(b.size(0)) - b.size(0), *b.shape[1:])]) for b in batches]
+        results = [torch.empty_like(b, dtype=(torch.float64 if b.dtype == torch.float64 else torch.float32) if method == "svd" else dtype)
+                   for b in batches]
+        shard.orthogonalize(batches, lambda source, result: result.copy_(solve(source)), results)
+    out: list[Tensor | None] = [None] * len(updates)
+    for ((p, q, _), indices), result, counts in zip(groups.items(), results, sizes):
+        for i, r in zip(indices, result[: sum(counts)].split(counts)):
             shape = updates[i].shape
             r = r.reshape(*shape[:-2], p, q)
             out[i] = r.mT if shape[-2] > shape[-1] else r
@@ -88,10 +104,11 @@ def muon_directions(
     steps: int = 5,
     coefficients: CoefficientSpec = "muon",
     eps: float = NORM_FLOOR,
+    shard: Shard | None = None,
 ) -> list[Tensor]:
     """Everything in a Muon step but the parameter update: momentum (eq. 3), look-ahead and
     orthogonalisation (eq. 4). Updates ``buffers`` in place."""
-    return orthogonalize(momentum_directions(grads, buffers, beta, nesterov), method, steps, coefficients, eps=eps)
+    return orthogonalize(momentum_directions(grads, buffers, beta, nesterov), method, steps, coefficients, eps=eps, shard=shard)
 
 
 def apply_updates(
@@ -120,11 +137,12 @@ def muon_step(
     steps: int = 5,
     coefficients: CoefficientSpec = "muon",
     eps: float = NORM_FLOOR,
+    shard: Shard | None = None,
 ) -> None:
     """One Muon step on one parameter group, in place: :func:`muon_directions`, then
     :func:`apply_updates`. The reference for :class:`muonlib.fused.FusedMuonStep`, which
     :class:`Muon` runs instead on a GPU."""
-    directions = muon_directions(grads, buffers, beta, nesterov, method, steps, coefficients, eps)
+    directions = muon_directions(grads, buffers, beta, nesterov, method, steps, coefficients, eps, shard)
     apply_updates(params, directions, lr, weight_decay, lr_factors)
 
 
@@ -218,6 +236,13 @@ class Muon(Optimizer):
     ``eps`` is the smallest norm a direction is divided by before Newton-Schulz (torch's name;
     its default ``1e-7`` under-scales tiny gradients, so ours only guards an exact zero).
 
+    **Several GPUs.** Under data parallelism (``torch.distributed`` initialised, e.g. by
+    ``torchrun``) every rank holds the same averaged gradients. With ``distributed=None`` (the
+    default) or ``True`` each rank then orthogonalises an equal slice of every shape batch and
+    the slices are all-gathered (:class:`muonlib.distributed.Shard`); momentum and updates
+    stay replicated, so every rank ends the step with the same weights and state as a single
+    process would. ``distributed=False`` has every rank orthogonalise everything.
+
     Use Muon only for hidden matrices; :func:`build_optimizer` routes embeddings, the
     output head, norms and biases to AdamW. The momentum buffer is kept in float32 even for
     low-precision parameters. ``step`` makes no host synchronisation.
@@ -245,6 +270,7 @@ class Muon(Optimizer):
         *,
         adjust_lr_fn: str | None | object = _UNSET,
         eps: float = NORM_FLOOR,
+        distributed: bool | None = None,
     ):
         if not (lr >= 0 and math.isfinite(lr)) or not (weight_decay >= 0 and math.isfinite(weight_decay)):
             raise ValueError(f"lr and weight_decay must be finite and >= 0, got lr={lr}, weight_decay={weight_decay}")
@@ -260,6 +286,7 @@ class Muon(Optimizer):
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, ns_steps=ns_steps,
             ns_coefficients=ns_coefficients, adjust_lr=adjust_lr, orthogonalize=orthogonalize, fused=fused, eps=eps,
+            distributed=distributed,
         )
         super().__init__(params, defaults)
         for group in self.param_groups:
@@ -291,21 +318,32 @@ class Muon(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for index, group in enumerate(self.param_groups):
+            for key, value in (("eps", NORM_FLOOR), ("distributed", None)):
+                group.setdefault(key, value)  # a state dict saved before these options existed
             with_grads = [p for p in group["params"] if p.grad is not None]
             if not with_grads:
                 continue
             buffers = [self._momentum_buffer(p) for p in with_grads]
             params = [self._matrices.setdefault(p, self._matrix(p)) if p.ndim > 3 else p for p in with_grads]
             grads = [p.grad if p.ndim <= 3 else p.grad.reshape(m.shape) for p, m in zip(with_grads, params)]
+            shard = self._shard(group)
             if self._takes_fused_step(group, params, grads):
-                self._fused_step(index, group, params)(params, grads, buffers, group["lr"], group["momentum"], group["weight_decay"])
+                self._fused_step(index, group, params, shard)(params, grads, buffers, group["lr"], group["momentum"], group["weight_decay"])
                 continue
             muon_step(
                 params, grads, buffers, group["lr"], group["momentum"], group["nesterov"], group["weight_decay"],
                 [adjusted_lr(1.0, p.shape, group["adjust_lr"]) for p in params],
-                group["orthogonalize"], group["ns_steps"], group["ns_coefficients"], group["eps"],
+                group["orthogonalize"], group["ns_steps"], group["ns_coefficients"], group["eps"], shard,
             )
         return loss
+
+    @staticmethod
+    def _shard(group: dict) -> Shard | None:
+        shard = Shard.current() if group["distributed"] is not False else None
+        if shard is None and group["distributed"]:
+            raise ValueError("Muon(distributed=True) needs an initialised torch.distributed process group of several "
+                             "ranks (launch with torchrun); pass distributed=None to run as a single process")
+        return shard
 
     @staticmethod
     def _takes_fused_step(group: dict, params: list[Tensor], grads: list[Tensor]) -> bool:
@@ -320,13 +358,13 @@ class Muon(Optimizer):
             raise ValueError(f"Muon(fused=True) cannot fuse this step: {reason}. Pass fused=None to fall back to the reference step.")
         return reason is None
 
-    def _fused_step(self, index: int, group: dict, params: list[Tensor]) -> FusedMuonStep:
+    def _fused_step(self, index: int, group: dict, params: list[Tensor], shard: Shard | None) -> FusedMuonStep:
         key = (tuple(map(id, params)), params[0].dtype, group["nesterov"], group["ns_steps"],
-               repr(group["ns_coefficients"]), group["adjust_lr"], group["eps"])
+               repr(group["ns_coefficients"]), group["adjust_lr"], group["eps"], shard)
         if self._fused_steps.get(index, (None,))[0] != key:
             factors = [adjusted_lr(1.0, p.shape, group["adjust_lr"]) for p in params]
             self._fused_steps[index] = key, FusedMuonStep(
-                params, factors, group["nesterov"], group["ns_steps"], group["ns_coefficients"], CUDA_GRAPHS, group["eps"])
+                params, factors, group["nesterov"], group["ns_steps"], group["ns_coefficients"], CUDA_GRAPHS, group["eps"], shard)
         return self._fused_steps[index][1]
 
     def _momentum_buffer(self, p: Tensor) -> Tensor:

@@ -19,15 +19,18 @@ import math
 import os
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .data import VOCAB_SIZE, TokenBatches, evaluation_batches, load_manifest, load_tokens
+from .distributed import Launch, agree, all_reduce_sum, distributed_now, launch
 from .models import GPT, preset
 from .models.moe import MoE
 from .optim import build_optimizer
@@ -111,11 +114,12 @@ def flops_per_token(model: GPT) -> int:
     return 6 * (model.num_parameters(active=True) - positions) + 12 * c.n_layer * c.d_model * c.context
 
 
-def resolve_device(config: TrainConfig) -> tuple[torch.device, str]:
+def resolve_device(config: TrainConfig, run: Launch = Launch()) -> tuple[torch.device, str]:
     """The device and the precision: bf16 autocast where the GPU has bf16 tensor cores, fp16
-    with loss scaling on older GPUs (Colab's T4), fp32 on a CPU."""
+    with loss scaling on older GPUs (Colab's T4), fp32 on a CPU. Under ``torchrun`` each
+    process takes the GPU of its local rank."""
     if config.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device("cuda", run.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     else:
         device = torch.device(config.device)
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -222,15 +226,17 @@ class MetricsLog:
 
 @torch.no_grad()
 def evaluate(model, batches, device, autocast) -> float:
+    """Mean held-out loss per token. Under several processes each evaluates every
+    ``world``-th batch and the sums are added up over the ranks."""
     model.eval()
-    total, count = torch.zeros((), device=device), 0
-    for x, y in batches:
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, tokens
+    for x, y in batches[dist.get_rank() :: dist.get_world_size()] if distributed_now() else batches:
         with autocast:
             _, loss = model(x.to(device), y.to(device))
-        total += loss.float() * y.numel()  # summed on the device: one sync at the end
-        count += y.numel()
+        totals += torch.stack([loss.double() * y.numel(), torch.tensor(y.numel(), dtype=torch.float64, device=device)])
     model.train()
-    return total.item() / count
+    total, count = all_reduce_sum(totals).tolist()  # one sync at the end
+    return total / count
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -276,27 +282,45 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, shoul
     A folder holds one run: resuming it with another configuration is refused, and so is a
     second trainer while one runs. ``should_stop`` is asked after every step; when it answers
     true the run saves a checkpoint of that step and raises :class:`TrainingStopped`, so
-    nothing is lost."""
+    nothing is lost.
+
+    Launched by ``torchrun`` (``WORLD_SIZE`` > 1) the run is data-parallel: every step's
+    batch is split over the processes (``batch_size`` counts the whole batch), so the data of
+    step ``k`` and the global batch are those of one process; rank 0 writes the metrics and
+    checkpoints."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive(out_dir):
-        return _train(config, out_dir, progress, should_stop)
+    run = launch()
+    with ExitStack() as stack:
+        refusal = None
+        try:  # every rank must learn of a refusal, or the others would wait for it forever
+            if run.main:
+                stack.enter_context(exclusive(out_dir))
+            saved_header, saved = MetricsLog(out_dir / "metrics.jsonl").read()  # read by every rank before rank 0 writes
+            if saved_header is not None:
+                check_same_run(config, saved_header["provenance"]["config"], out_dir)
+            if config.batch_size % run.world:
+                raise ValueError(f"batch_size ({config.batch_size} sequences, over all processes) must be a multiple of the "
+                                 f"{run.world} processes")
+        except (RuntimeError, ValueError) as err:
+            refusal = err
+        if not agree(refusal is None):
+            raise refusal or RuntimeError(f"another process refused to start the run in {out_dir}; its message says why")
+        return _train(config, out_dir, progress and run.main, should_stop, run, saved)
 
 
-def _train(config: TrainConfig, out_dir: Path, progress: bool, should_stop: Callable[[], bool] | None) -> list[dict]:
+def _train(config: TrainConfig, out_dir: Path, progress: bool, should_stop: Callable[[], bool] | None, run: Launch,
+           saved: list[dict]) -> list[dict]:
     log, checkpoint = MetricsLog(out_dir / "metrics.jsonl"), Checkpoint(out_dir / "checkpoint.pt")
-    saved_header, records = log.read()
-    if saved_header is not None:
-        check_same_run(config, saved_header["provenance"]["config"], out_dir)
-    if records and "final" in records[-1]:
-        return records[:-1]
-    device, precision = resolve_device(config)
+    if saved and "final" in saved[-1]:
+        return saved[:-1]
+    device, precision = resolve_device(config, run)
     model_config = config.model_config()
     if model_config.vocab_size < VOCAB_SIZE:
         raise ValueError(f"the model's vocabulary ({model_config.vocab_size}) is smaller than GPT-2's ({VOCAB_SIZE}), "
                          f"which the corpora are tokenized with: set model_changes={{'vocab_size': {VOCAB_SIZE}}}")
 
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = GPT(model_config).to(device)
     optimizer = build_optimizer(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
                                 adamw_lr=config.adamw_lr, **config.optimizer_options)
@@ -313,6 +337,8 @@ def _train(config: TrainConfig, out_dir: Path, progress: bool, should_stop: Call
         del state
     train_tokens = load_tokens(config.corpus, "train")
     batches = TokenBatches(train_tokens, config.batch_size, model_config.context, config.seed)
+    share = config.batch_size // run.world
+    rows = slice(run.rank * share, (run.rank + 1) * share)  # this rank's rows of every batch
     held_out = {split: evaluation_batches(load_tokens(config.corpus, split), config.batch_size, model_config.context, config.eval_tokens)
                 for split in ("val", "test")}
     manifest = load_manifest(config.corpus)
@@ -324,14 +350,18 @@ def _train(config: TrainConfig, out_dir: Path, progress: bool, should_stop: Call
               "data": {"corpus": config.corpus, "version": manifest["version"],
                        **{f"{split}_tokens": v["tokens"] for split, v in manifest["splits"].items()},
                        "train_sha256": manifest["splits"]["train"]["sha256"]}}
-    records = log.start(header, keep_until=start or None)
+    header["processes"] = run.world
+    records = log.start(header, keep_until=start or None) if run.main else [r for r in saved if "final" not in r and r["step"] <= start]
     saved_step = start
-    step_model = torch.compile(model) if config.compile else model
+    parallel = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       broadcast_buffers=False) if run.distributed else model  # MoE buffers: summed below
+    step_model = torch.compile(parallel) if config.compile else parallel
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     def diverged(what: str, value: float, step: int) -> TrainingDiverged:
-        log.append({"final": True, "diverged": True, "step": step, "val_loss": None, "test_loss": None})
+        if run.main:
+            log.append({"final": True, "diverged": True, "step": step, "val_loss": None, "test_loss": None})
         saved = f"the last good checkpoint is {checkpoint.path} (step {saved_step})" if saved_step else "no checkpoint was saved yet"
         return TrainingDiverged(f"the {what} became {value} at step {step}; {saved}. Lower the learning rate "
                                 f"or raise the warm-up; resuming from the checkpoint would diverge the same way.")
@@ -344,17 +374,20 @@ def _train(config: TrainConfig, out_dir: Path, progress: bool, should_stop: Call
             group["lr"] = group["peak_lr"] * factor
         loss_sum = torch.zeros((), device=device)
         for micro in range(config.grad_accum):
-            x, y = batches(step * config.grad_accum + micro)
-            with autocast:
-                _, loss = step_model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-            scaler.scale(loss / config.grad_accum).backward()
+            x, y = batches(step * config.grad_accum + micro, rows)
+            last = micro + 1 == config.grad_accum  # gradients are averaged over the ranks once, after the last
+            with parallel.no_sync() if run.distributed and not last else nullcontext():
+                with autocast:
+                    _, loss = step_model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+                scaler.scale(loss / config.grad_accum).backward()
             loss_sum += loss.detach()
         scaler.unscale_(optimizer)
         if config.grad_clip:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-        loss, grad_norm = torch.stack([loss_sum / config.grad_accum, grad_norm.float()]).tolist()  # one sync per step
+        # one sync per step; the ranks' losses are averaged, their gradient norms are the same
+        loss, grad_norm = (all_reduce_sum(torch.stack([loss_sum / config.grad_accum, grad_norm.float()])) / run.world).tolist()
         if not math.isfinite(loss):
             raise diverged("training loss", loss, step)
         skipped = not math.isfinite(grad_norm)
@@ -366,6 +399,8 @@ def _train(config: TrainConfig, out_dir: Path, progress: bool, should_stop: Call
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        for layer in model.moe_layers():  # every rank routed its own tokens: balance on all of them
+            all_reduce_sum(layer.router.counts)
         model.update_moe_biases()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -384,19 +419,58 @@ def _train(config: TrainConfig, out_dir: Path, progress: bool, should_stop: Call
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             for split, eval_set in held_out.items():
                 record[f"{split}_loss"] = evaluate(step_model, eval_set, device, autocast)
-        log.append(record)
+        if run.main:
+            log.append(record)
         records.append(record)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
-        stopping = should_stop is not None and should_stop()
+        asked = should_stop is not None and should_stop()
+        stopping = not agree(not asked)  # any rank asked: every rank stops at this step
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or stopping:
-            checkpoint.save(model, optimizer, scaler, step + 1, config.to_dict())
+            if run.main:
+                checkpoint.save(model, optimizer, scaler, step + 1, config.to_dict())
             saved_step = step + 1
         if stopping and step + 1 < config.steps:
             bar.close()
             raise TrainingStopped(f"stopped at step {step + 1} of {config.steps}; the checkpoint resumes it")
     bar.close()
     last = records[-1]
-    log.append({"final": True, "step": config.steps, "val_loss": last["val_loss"], "test_loss": last["test_loss"],
-                "min_val_loss": min(r["val_loss"] for r in records if "val_loss" in r)})
+    if run.main:
+        log.append({"final": True, "step": config.steps, "val_loss": last["val_loss"], "test_loss": last["test_loss"],
+                    "min_val_loss": min(r["val_loss"] for r in records if "val_loss" in r)})
     return records
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs as TrainConfig fields; values are JSON where they parse as JSON
+    (numbers, booleans, objects), strings otherwise."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}; got {pair!r}")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m muonlib.train", description="Train one run (resumable); under torchrun, data-parallel over its processes.",
+        epilog="example: torchrun --nproc_per_node 4 -m muonlib.train runs/l-muon model=L optimizer=muon lr=3e-3 batch_size=64 steps=2000")
+    parser.add_argument("out_dir", type=Path, help="the run's folder: metrics.jsonl and checkpoint.pt")
+    parser.add_argument("settings", nargs="*", help="TrainConfig fields as KEY=VALUE")
+    args = parser.parse_args(argv)
+    records = train(TrainConfig(**parse_settings(args.settings)), args.out_dir)
+    if launch().main:
+        last = records[-1]
+        print(f"step {last['step']}: loss {last['loss']:.4f}, validation {last.get('val_loss', float('nan')):.4f}; metrics in {args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()

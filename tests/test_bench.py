@@ -79,3 +79,12 @@ def test_a_benchmark_never_silently_replaces_results_of_another_device(tmp_path)
     assert path.read_text() == committed  # refused before measuring anything
     bench.main(args + ["--force"])
     assert json.loads(path.read_text())["results"] != ["measured there"]
+
+
+def test_data_parallel_scaling_launches_torchrun_per_gpu_count(tmp_path):
+    bench.main(["ddp", "--out", str(tmp_path), "--sizes", "tiny", "--optimizers", "adamw,muon", "--gpu-counts", "1,2",
+                "--batch", "2", "--iters", "2"])
+    rows = json.loads((tmp_path / "data_parallel.json").read_text())["results"]
+    assert [(r["optimizer"], r["gpus"]) for r in rows] == [("adamw", 1), ("muon", 1), ("adamw", 2), ("muon", 2)]
+    assert all(r["tokens_per_s"] > 0 and r["share_of_adamw"] > 0 for r in rows)
+    assert [r["speedup_vs_1_gpu"] for r in rows[:2]] == [1.0, 1.0]

@@ -1,0 +1,115 @@
+"""Training on several GPUs (or CPU processes) with ``torch.distributed``, launched by
+``torchrun``: the launch environment, and how Muon shares its Newton-Schulz work.
+
+Under data parallelism every rank holds the same averaged gradient after the backward
+pass, so a naive Muon orthogonalises every matrix on every rank. :class:`Shard` splits each
+shape batch of Newton-Schulz into equal slices, one per rank (matrices of one shape cost
+the same, so equal counts are equal FLOPs); each rank iterates on its slice, and the slices
+are all-gathered, the gather of one shape batch overlapping the iteration of the next.
+The result is the single-process update, bit for bit where the iteration is batch-invariant.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process sits in a launch: ``rank`` of ``world`` processes, and its GPU."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """The rank that writes metrics, checkpoints and progress bars."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def launch() -> Launch:
+    """The launch ``torchrun`` described in the environment (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``), with its process group initialised: NCCL on GPUs, gloo on CPUs. A plain
+    ``python`` process is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Launch()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(minutes=10))
+    return Launch(rank, world, local_rank)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This rank's share of a batch of matrices: slice ``rank`` of ``world`` equal slices."""
+
+    rank: int
+    world: int
+    group: dist.ProcessGroup | None = None
+
+    @classmethod
+    def current(cls) -> "Shard | None":
+        """The default process group's shard, or ``None`` when not distributed."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return None
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    def slice_size(self, n: int) -> int:
+        """Matrices per rank for a batch of ``n``: the batch is padded to ``world`` equal slices."""
+        return -(-n // self.world)
+
+    def padded(self, n: int) -> int:
+        return self.slice_size(n) * self.world
+
+    def orthogonalize(self, batches: list[Tensor], iterate: Callable[[Tensor, Tensor], None], results: list[Tensor]) -> None:
+        """For each padded ``batch`` (first dimension a multiple of ``world``), run
+        ``iterate(source_slice, result_slice)`` on this rank's slice, then all-gather every
+        rank's slice into ``result``. Each gather is launched asynchronously, so it overlaps
+        the next batch's iteration; all are complete on return."""
+        pending = []
+        for batch, result in zip(batches, results):
+            k = batch.size(0) // self.world
+            mine = slice(self.rank * k, (self.rank + 1) * k)
+            iterate(batch[mine], result[mine])
+            pending.append(dist.all_gather(list(result.split(k)), result[mine].clone(), group=self.group, async_op=True))
+        for work in pending:
+            work.wait()
+
+
+def distributed_now() -> bool:
+    """Whether this process is one of several in an initialised process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Sum ``tensor`` over the ranks in place (nothing to do in a single process)."""
+    if distributed_now():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def agree(ok: bool) -> bool:
+    """Whether every rank says ``ok`` (a single process agrees with itself)."""
+    if not distributed_now():
+        return ok
+    flag = torch.tensor([int(ok)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+__all__ = ["Launch", "Shard", "agree", "all_reduce_sum", "distributed_now", "launch"]
