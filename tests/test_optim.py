@@ -179,20 +179,24 @@ def test_the_step_never_writes_into_the_momentum_or_the_gradient(fused, dtype, n
     torch.manual_seed(13)
     if fused and dtype == torch.float16:
         pytest.skip("the fused passes take float32 and bfloat16 parameters")
+    device = "cuda" if fused and torch.cuda.is_available() else "cpu"  # the fused passes run where the weights are
     shapes = [(8, 12), (12, 8), (2, 8, 12), (4, 2, 3, 3)]
-    params = [nn.Parameter(torch.randn(s).to(dtype)) for s in shapes]
+    params = [nn.Parameter(torch.randn(s).to(dtype).to(device)) for s in shapes]
     opt = Muon(params, lr=0.02, momentum=0.9, nesterov=nesterov, fused=fused or None)
-    expected = [torch.zeros(s) for s in shapes]
+    expected = [torch.zeros(s, dtype=torch.float64, device=device) for s in shapes]
     for _ in range(2):
-        grads = [torch.randn(s).to(dtype) for s in shapes]
+        grads = [torch.randn(s).to(dtype).to(device) for s in shapes]
         for p, g in zip(params, grads):
             p.grad = g.clone()
         opt.step()
         for p, g, e in zip(params, grads, expected):
-            e.mul_(0.9).add_(0.1 * g.float())
+            e.mul_(0.9).add_(0.1 * g.double())
             assert torch.equal(p.grad, g)
             buffer = opt.state[p]["momentum_buffer"]
-            assert buffer.dtype == torch.float32 and torch.allclose(buffer.reshape(e.shape), e, rtol=1e-6, atol=1e-7)
+            # The aliasing this guards against scales the buffer by the update's norm, orders of
+            # magnitude; the lerp itself rounds differently from this float64 recurrence (by
+            # torch version and device) within float32's precision.
+            assert buffer.dtype == torch.float32 and torch.allclose(buffer.reshape(e.shape).double(), e, rtol=1e-5, atol=1e-6)
 
 
 def test_a_convolution_filter_is_orthogonalised_as_a_flat_matrix():
@@ -409,7 +413,17 @@ def test_fused_muon_takes_the_reference_steps(dtype, nesterov, device):
         # Both orthogonalise the same float16 input, except where the norm (summed per tile
         # here, by torch there) differs in its last bit and flips a float16 rounding; five
         # Newton-Schulz steps amplify such a flip to at most ~1e-4 of the update.
-        assert p_fused.dtype == dtype and rel(ours, ref) < 1e-3
+        assert p_fused.dtype == dtype
+        if dtype == torch.float32:
+            assert rel(ours, ref) < 1e-3
+        else:
+            # A bfloat16 weight rounds after every update, and a ~1e-4 difference in the update
+            # flips the rounding of a weight that sits near a boundary by one unit (2^-7 of its
+            # size), a percent-level change against an update of a few units: on an H100 a
+            # 216-element sixth matrix (seed 8) gave 5.5% of the update. So: every weight within
+            # two units of the reference's.
+            unit = 2.0**-7 * torch.maximum(p_ref.detach().abs(), p_fused.detach().abs()).double()
+            assert ((p_fused.detach().double() - p_ref.detach().double()).abs() <= 2 * unit + 1e-30).all()
         m_ref, m_fused = (runs[f][1].state[p]["momentum_buffer"] for f, p in ((False, p_ref), (True, p_fused)))
         assert rel(m_fused, m_ref) < 1e-6
 
