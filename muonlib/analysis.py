@@ -67,6 +67,8 @@ def sweep_rates(grid: Sequence[float], finals: Mapping[float, float | None]) -> 
         return rates + [rate_key(best * SWEEP_FACTOR)], None
     if best == rates[0] and sum(r < low for r in rates) < SWEEP_EXTENSIONS:
         return [rate_key(best / SWEEP_FACTOR)] + rates, None
+    if loss_or_inf(finals[best]) == math.inf:
+        raise ValueError(f"every rate of the sweep diverged ({', '.join(f'{r:g}' for r in rates)}): start its grid lower")
     return rates, best
 
 
@@ -80,6 +82,9 @@ def warmup_handicaps(losses: Mapping[str, Mapping[float, float | None]]) -> dict
     fraction (``losses``: optimizer -> fraction -> its best loss there)."""
     fractions = sorted(next(iter(losses.values())))
     best = {opt: min(loss_or_inf(by_w[w]) for w in fractions) for opt, by_w in losses.items()}
+    for opt, loss in best.items():
+        if loss == math.inf:
+            raise ValueError(f"{opt} diverged at every warm-up fraction checked: check it at lower rates")
     return {w: {opt: loss_or_inf(by_w[w]) - best[opt] for opt, by_w in losses.items()} for w in fractions}
 
 

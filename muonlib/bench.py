@@ -178,7 +178,8 @@ def bench_data_parallel_step(size: str, optimizer: str, batch: int, iters: int) 
     model = GPT(config).to(device).train()
     parallel = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if run.distributed else model
     step_model = torch.compile(parallel) if device.type == "cuda" else parallel
-    name, options = {"adamw": ("adamw", {}), "muon": ("muon", {}), "muon-redundant": ("muon", {"distributed": False})}[optimizer]
+    name, options = {"adamw": ("adamw", {}), "muon": ("muon", {"distributed": run.distributed}),
+                     "muon-redundant": ("muon", {})}[optimizer]
     opt = build_optimizer(model, name, lr=1e-3, **options)
     idx = torch.randint(0, config.vocab_size, (batch, config.context), device=device)
     optimizer_ms = []

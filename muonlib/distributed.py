@@ -47,9 +47,9 @@ def launch() -> Launch:
     if world == 1:
         return Launch()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)  # also where the group was initialised elsewhere: collectives use it
     if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(minutes=10))
     return Launch(rank, world, local_rank)
 

@@ -26,7 +26,7 @@ from typing import Callable, Mapping
 from .analysis import choose_warmup, loss_or_inf, sweep_rates
 from .data import data_root
 from .hardware import PRESETS, detect_hardware
-from .runner import Job, Report, run_queue, slots, worker_signals
+from .runner import Job, Report, run_queue, slots, terminate_as_interrupt, worker_signals
 from .train import TrainConfig, TrainingDiverged, TrainingStopped, train
 
 Finals = Mapping[str, dict]  # run id -> the final record of a finished run
@@ -327,7 +327,8 @@ def unpack(archive: Path, root: Path | None = None, overwrite: bool = False) -> 
     file that differs from one already there is left alone unless ``overwrite``."""
     root = Path(root) if root is not None else data_root() / "results"
     outcome: dict[str, list[str]] = {"added": [], "unchanged": [], "conflicting": [], "replaced": []}
-    with tarfile.open(archive) as tar:
+    contents: dict[str, bytes] = {}
+    with tarfile.open(archive) as tar:  # every member is checked before any is written
         for member in tar.getmembers():
             if not (member.isfile() and RESULT_NAME.fullmatch(member.name)):
                 raise ValueError(f"{archive} holds {member.name!r}, which is not an experiment's result file: "
@@ -336,19 +337,21 @@ def unpack(archive: Path, root: Path | None = None, overwrite: bool = False) -> 
             lines = [json.loads(line) for line in gzip.decompress(content).decode().splitlines() if line.strip()]
             if not lines or "provenance" not in lines[0] or "final" not in lines[-1]:
                 raise ValueError(f"{member.name} in {archive} is not a finished result (no provenance header or final record)")
-            target = root / member.name
-            if target.exists():
-                if target.read_bytes() == content:
-                    outcome["unchanged"].append(member.name)
-                    continue
-                if not overwrite:
-                    outcome["conflicting"].append(member.name)
-                    continue
-            outcome["replaced" if target.exists() else "added"].append(member.name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".tmp")
-            tmp.write_bytes(content)
-            tmp.replace(target)
+            contents[member.name] = content
+    for name, content in contents.items():
+        target = root / name
+        if target.exists():
+            if target.read_bytes() == content:
+                outcome["unchanged"].append(name)
+                continue
+            if not overwrite:
+                outcome["conflicting"].append(name)
+                continue
+        outcome["replaced" if target.exists() else "added"].append(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(content)
+        tmp.replace(target)
     return outcome
 
 
@@ -411,6 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "run":
+        terminate_as_interrupt()
         gpus = None if args.gpus == "all" else int(args.gpus)
         report = run(args.name, args.preset, args.results, gpus, args.per_gpu, args.workers, deadline=args.deadline)
         print(report)

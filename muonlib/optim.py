@@ -237,11 +237,12 @@ class Muon(Optimizer):
     its default ``1e-7`` under-scales tiny gradients, so ours only guards an exact zero).
 
     **Several GPUs.** Under data parallelism (``torch.distributed`` initialised, e.g. by
-    ``torchrun``) every rank holds the same averaged gradients. With ``distributed=None`` (the
-    default) or ``True`` each rank then orthogonalises an equal slice of every shape batch and
-    the slices are all-gathered (:class:`muonlib.distributed.Shard`); momentum and updates
-    stay replicated, so every rank ends the step with the same weights and state as a single
-    process would. ``distributed=False`` has every rank orthogonalise everything.
+    ``torchrun``) every rank holds the same averaged gradients. With ``distributed=True``
+    (what :func:`muonlib.train.train` passes under DDP) each rank then orthogonalises an equal
+    slice of every shape batch and the slices are all-gathered
+    (:class:`muonlib.distributed.Shard`); momentum and updates stay replicated, so every rank
+    ends the step with the same weights and state as a single process would. It is not the
+    default: ranks whose gradients differ (FSDP, independent models) would mix their updates.
 
     Use Muon only for hidden matrices; :func:`build_optimizer` routes embeddings, the
     output head, norms and biases to AdamW. The momentum buffer is kept in float32 even for
@@ -270,7 +271,7 @@ class Muon(Optimizer):
         *,
         adjust_lr_fn: str | None | object = _UNSET,
         eps: float = NORM_FLOOR,
-        distributed: bool | None = None,
+        distributed: bool = False,
     ):
         if not (lr >= 0 and math.isfinite(lr)) or not (weight_decay >= 0 and math.isfinite(weight_decay)):
             raise ValueError(f"lr and weight_decay must be finite and >= 0, got lr={lr}, weight_decay={weight_decay}")
@@ -289,16 +290,21 @@ class Muon(Optimizer):
             distributed=distributed,
         )
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.ndim < 2:
-                    raise ValueError(
-                        f"Muon updates matrices, stacks of them and convolution filters; got a parameter of shape "
-                        f"{tuple(p.shape)}. Give vectors and scalars to AdamW (build_optimizer does this)."
-                    )
-                self._matrix(p)  # a filter that cannot be viewed as a matrix is refused now, not at the first step
         self._fused_steps: dict[int, tuple[tuple, FusedMuonStep]] = {}
         self._matrices: dict[Tensor, Tensor] = {}  # convolution filter -> its matrix view, made once
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Every group (the constructor's too) is checked here, before it joins, not at its first step."""
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        for p in params:
+            if p.ndim < 2:
+                raise ValueError(
+                    f"Muon updates matrices, stacks of them and convolution filters; got a parameter of shape "
+                    f"{tuple(p.shape)}. Give vectors and scalars to AdamW (build_optimizer does this)."
+                )
+            self._matrix(p)  # a filter that cannot be viewed as a matrix is refused now
+        super().add_param_group({**param_group, "params": params})
 
     @staticmethod
     def _matrix(p: Tensor) -> Tensor:
@@ -318,7 +324,7 @@ class Muon(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for index, group in enumerate(self.param_groups):
-            for key, value in (("eps", NORM_FLOOR), ("distributed", None)):
+            for key, value in (("eps", NORM_FLOOR), ("distributed", False)):
                 group.setdefault(key, value)  # a state dict saved before these options existed
             with_grads = [p for p in group["params"] if p.grad is not None]
             if not with_grads:
@@ -339,10 +345,12 @@ class Muon(Optimizer):
 
     @staticmethod
     def _shard(group: dict) -> Shard | None:
-        shard = Shard.current() if group["distributed"] is not False else None
-        if shard is None and group["distributed"]:
+        if not group["distributed"]:
+            return None
+        shard = Shard.current()
+        if shard is None:
             raise ValueError("Muon(distributed=True) needs an initialised torch.distributed process group of several "
-                             "ranks (launch with torchrun); pass distributed=None to run as a single process")
+                             "ranks (launch with torchrun); leave distributed=False in a single process")
         return shard
 
     @staticmethod
@@ -467,7 +475,13 @@ class HybridOptimizer(Optimizer):
         if name not in self.optimizers:
             raise ValueError(f"say which optimizer updates the new group: param_group['optimizer'] must be one of "
                              f"{sorted(self.optimizers)}, got {name!r}")
-        self.optimizers[name].add_param_group(param_group)
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        owned = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in owned for p in params):
+            raise ValueError("some parameters of the new group are already updated by this optimizer: two optimizers "
+                             "would update them")
+        self.optimizers[name].add_param_group({**param_group, "params": params})
         self._link_children()
 
     def _link_children(self) -> None:

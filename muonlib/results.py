@@ -25,6 +25,12 @@ TABLE1_XS_RATE = 2.5e-3  # the paper's Table 1 LR_max for XS, shared by both opt
 PAPER = {"M15": (48, 52), "M18": (2, 4)}  # Muon's share of AdamW's FLOPs (%); final-loss gain (%)
 
 
+def common_steps(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two runs' step records over the steps both reached (a diverged run ends early)."""
+    n = min(len(a), len(b))
+    return a.sort_values("step").iloc[:n], b.sort_values("step").iloc[:n]
+
+
 @dataclass
 class ComparisonResults:
     name: str
@@ -48,7 +54,9 @@ class ComparisonResults:
 
     @property
     def budgets(self) -> list[int]:
-        return sorted({steps for steps, _ in self.decisions.rates})
+        """The budgets where both optimizers have a chosen rate."""
+        return sorted(steps for steps in {s for s, _ in self.decisions.rates}
+                      if all((steps, opt) in self.decisions.rates for opt in OPTIMIZERS))
 
     def at_shared_warmup(self, steps: int, optimizer: str) -> pd.DataFrame:
         """Runs at the shared warm-up for one budget and optimizer (Muon's with its AdamW part
@@ -92,40 +100,49 @@ class ComparisonResults:
         return table
 
     def sweep_table(self) -> pd.DataFrame:
-        """Seed-0 final validation loss against the peak rate, per budget and optimizer."""
+        """Seed-0 final validation loss against the peak rate, per budget and optimizer; a run
+        that diverged has loss ``inf``."""
         rows = []
         for steps in self.budgets:
             for opt in OPTIMIZERS:
                 runs = self.at_shared_warmup(steps, opt)
-                last = runs[(runs.seed == 0) & (runs.step == steps)]
-                rows += [{"steps": steps, "optimizer": opt, "lr": lr, "val_loss": v} for lr, v in zip(last.lr, last.val_loss)]
+                for lr, run in runs[runs.seed == 0].groupby("lr"):
+                    last = run.loc[run.step.idxmax()]
+                    rows.append({"steps": steps, "optimizer": opt, "lr": lr, "diverged": bool(last.diverged),
+                                 "val_loss": np.inf if last.diverged else last.val_loss})
         return pd.DataFrame(rows)
 
     def final_table(self) -> pd.DataFrame:
-        """Per budget, optimizer and seed at the chosen rate: final validation and test loss, and
-        the lowest validation loss with its step (below the final one where a curve turns up)."""
+        """Per budget, optimizer and seed at the chosen rate: final validation and test loss (NaN
+        for a run that diverged), and the lowest validation loss with its step (below the final
+        one where a curve turns up)."""
         rows = []
         for steps in self.budgets:
             for opt in OPTIMIZERS:
                 for seed, run in self.chosen(steps, opt).groupby("seed"):
                     evals = run.dropna(subset=["val_loss"])
-                    lowest = evals.loc[evals.val_loss.idxmin()]
-                    last = evals.loc[evals.step.idxmax()]
-                    rows.append({"steps": steps, "optimizer": opt, "seed": seed, "lr": run.lr.iloc[0],
-                                 "val_loss": last.val_loss, "test_loss": last.test_loss,
-                                 "min_val_loss": lowest.val_loss, "min_val_step": int(lowest.step)})
+                    diverged = bool(run.diverged.iloc[0])
+                    lowest = evals.loc[evals.val_loss.idxmin()] if len(evals) else None
+                    last = evals.loc[evals.step.idxmax()] if len(evals) and not diverged else None
+                    rows.append({"steps": steps, "optimizer": opt, "seed": seed, "lr": run.lr.iloc[0], "diverged": diverged,
+                                 "val_loss": np.nan if last is None else last.val_loss,
+                                 "test_loss": np.nan if last is None else last.test_loss,
+                                 "min_val_loss": np.nan if lowest is None else lowest.val_loss,
+                                 "min_val_step": -1 if lowest is None else int(lowest.step)})
         return pd.DataFrame(rows)
 
     def gap_table(self) -> pd.DataFrame:
         """Final test loss per budget, and Muon's gain ``1 - L_Muon / L_AdamW`` (%) per seed
-        pair; ``separated`` is -1 where every Muon seed beats every AdamW seed."""
+        pair; ``separated`` is -1 where every Muon seed beats every AdamW seed; seeds that
+        diverged are counted, not averaged."""
         final = self.final_table()
         rows = []
         for steps, group in final.groupby("steps"):
-            loss = {opt: group[group.optimizer == opt].set_index("seed").test_loss for opt in OPTIMIZERS}
+            loss = {opt: group[group.optimizer == opt].set_index("seed").test_loss.dropna() for opt in OPTIMIZERS}
             gain = SeedSpread(tuple(100 * (1 - loss["muon"] / loss["adamw"]).dropna()))
             rows.append({"steps": steps, "AdamW": SeedSpread(tuple(loss["adamw"])), "Muon": SeedSpread(tuple(loss["muon"])),
-                         "gain %": gain, "separated": compare(loss["muon"], loss["adamw"])})
+                         "gain %": gain, "separated": compare(loss["muon"], loss["adamw"]),
+                         "diverged": int(group.diverged.sum())})
         return pd.DataFrame(rows).set_index("steps")
 
     def ratio_table(self, offsets=TARGET_OFFSETS) -> pd.DataFrame:
@@ -134,7 +151,8 @@ class ComparisonResults:
         of AdamW's seeds plus ``offsets``, so that every run reaches every target."""
         rows = []
         for steps in self.budgets:
-            curves = {opt: {seed: run.dropna(subset=["test_loss"]).sort_values("step") for seed, run in self.chosen(steps, opt).groupby("seed")}
+            curves = {opt: {seed: run.dropna(subset=["test_loss"]).sort_values("step")
+                            for seed, run in self.chosen(steps, opt).groupby("seed") if not run.diverged.iloc[0]}
                       for opt in OPTIMIZERS}
             final = max(c.test_loss.iloc[-1] for c in curves["adamw"].values())
             for offset in offsets:
@@ -156,7 +174,7 @@ class ComparisonResults:
         for steps in self.budgets:
             runs = {opt: dict(iter(self.chosen(steps, opt).sort_values("step").groupby("seed"))) for opt in OPTIMIZERS}
             for seed in sorted(set(runs["adamw"]) & set(runs["muon"])):
-                a, m = runs["adamw"][seed], runs["muon"][seed]
+                a, m = common_steps(runs["adamw"][seed], runs["muon"][seed])
                 ja, jm = loss_jumps(a.loss.values), loss_jumps(m.loss.values)
                 known = ~np.isnan(ja)
                 for opt, run, other in (("adamw", a, m), ("muon", m, a)):
@@ -174,11 +192,13 @@ class ComparisonResults:
         for steps in self.budgets:
             for opt, other in (("adamw", "muon"), ("muon", "adamw")):
                 reference = self.chosen(steps, other)
-                reference = reference[reference.seed == 0].sort_values("step").loss.values
+                reference = reference[reference.seed == 0].sort_values("step")
                 runs = self.at_shared_warmup(steps, opt)
                 for lr, run in runs[runs.seed == 0].sort_values("step").groupby("lr"):
+                    run, ref = common_steps(run, reference)
                     rows.append({"steps": steps, "optimizer": opt, "lr": lr, "lr / optimum": lr / self.decisions.rates[steps, opt],
-                                 "paired spikes": int(paired_spikes(run.loss.values, reference).sum()),
+                                 "diverged": bool(run.diverged.iloc[0]),
+                                 "paired spikes": int(paired_spikes(run.loss.values, ref.loss.values).sum()),
                                  "grad-norm excursions": int(grad_norm_excursions(run.grad_norm.values).sum())})
         return pd.DataFrame(rows)
 

@@ -137,18 +137,37 @@ def run_queue(plan: Callable[[], list[Job]], is_finished: Callable[[str], bool],
                     bar.write(f"run {run} failed (exit {proc.returncode}); its log is {job.log}:\n  " + "\n  ".join(tail[-5:]))
     except KeyboardInterrupt:
         report.interrupted = True
-        for proc, _, _ in running.values():
-            proc.send_signal(signal.SIGINT)
-        end = time.monotonic() + STOP_GRACE_SECONDS
-        for proc, _, _ in running.values():
-            try:
-                proc.wait(timeout=max(0.0, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
         report.waiting = [j.run for j in wanted if not is_finished(j.run)]
         return report
-    finally:
+    finally:  # however the loop ends (Ctrl-C, an error in the plan, SIGTERM), no worker is left behind
+        stop_workers([proc for proc, _, _ in running.values()])
         bar.close()
+
+
+def stop_workers(processes: list[subprocess.Popen]) -> None:
+    """Ask each worker to checkpoint and stop (SIGINT), wait up to :data:`STOP_GRACE_SECONDS`,
+    then kill those still running. A second Ctrl-C while waiting kills at once."""
+    for proc in processes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    end = time.monotonic() + STOP_GRACE_SECONDS
+    try:
+        for proc in processes:
+            proc.wait(timeout=max(0.0, end - time.monotonic()))
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        pass
+    finally:
+        for proc in processes:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def terminate_as_interrupt() -> None:
+    """Make SIGTERM (a scheduler or ``timeout`` ending the runner) stop the queue as Ctrl-C does."""
+    def interrupt(*_):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def worker_signals() -> Callable[[], bool]:

@@ -145,10 +145,10 @@ class Checkpoint:
     def __init__(self, path: Path):
         self.path = path
 
-    def save(self, model, optimizer, scaler, step: int, config: dict) -> None:
+    def save(self, model, optimizer, scaler, step: int, config: dict, precision: str) -> None:
         state = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-            "scaler": scaler.state_dict(), "config": config,
+            "scaler": scaler.state_dict(), "config": config, "precision": precision,
             "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
         buffer = io.BytesIO()
@@ -226,11 +226,16 @@ class MetricsLog:
 
 @torch.no_grad()
 def evaluate(model, batches, device, autocast) -> float:
-    """Mean held-out loss per token. Under several processes each evaluates every
-    ``world``-th batch and the sums are added up over the ranks."""
+    """Mean held-out loss per token. Under several processes each evaluates its rows of
+    every batch, as in training, and the sums are added up over the ranks."""
     model.eval()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed_now() else (0, 1)
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, tokens
-    for x, y in batches[dist.get_rank() :: dist.get_world_size()] if distributed_now() else batches:
+    for x, y in batches:
+        share = -(-len(x) // world)
+        x, y = x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]
+        if len(x) == 0:
+            continue
         with autocast:
             _, loss = model(x.to(device), y.to(device))
         totals += torch.stack([loss.double() * y.numel(), torch.tensor(y.numel(), dtype=torch.float64, device=device)])
@@ -240,8 +245,9 @@ def evaluate(model, batches, device, autocast) -> float:
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
-    """What makes two configurations the same run: everything but the device it runs on."""
-    return {k: v for k, v in config.items() if k != "device"}
+    """What makes two configurations the same run: everything but the device it runs on, as
+    JSON holds it (a saved header has lists where the configuration has tuples)."""
+    return json.loads(json.dumps({k: v for k, v in config.items() if k != "device"}))
 
 
 def check_same_run(config: TrainConfig, saved: dict[str, Any], where: Path) -> None:
@@ -302,7 +308,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, shoul
             if config.batch_size % run.world:
                 raise ValueError(f"batch_size ({config.batch_size} sequences, over all processes) must be a multiple of the "
                                  f"{run.world} processes")
-        except (RuntimeError, ValueError) as err:
+        except Exception as err:  # noqa: BLE001 - re-raised below, after every rank has heard of it
             refusal = err
         if not agree(refusal is None):
             raise refusal or RuntimeError(f"another process refused to start the run in {out_dir}; its message says why")
@@ -322,8 +328,11 @@ def _train(config: TrainConfig, out_dir: Path, progress: bool, should_stop: Call
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = GPT(model_config).to(device)
+    options = dict(config.optimizer_options)
+    if run.distributed and config.optimizer == "muon":
+        options.setdefault("distributed", True)  # the ranks hold the same gradients: share the Newton-Schulz work
     optimizer = build_optimizer(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
-                                adamw_lr=config.adamw_lr, **config.optimizer_options)
+                                adamw_lr=config.adamw_lr, **options)
     for group in optimizer.param_groups:
         group["peak_lr"] = group["lr"]
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -333,6 +342,9 @@ def _train(config: TrainConfig, out_dir: Path, progress: bool, should_stop: Call
     if checkpoint.path.exists():
         state = checkpoint.read()
         check_same_run(config, state["config"], out_dir)
+        if state["precision"] != precision:
+            raise ValueError(f"{out_dir} was trained in {state['precision']} and would resume in {precision} on this "
+                             f"machine: resume where {state['precision']} runs, or set precision='{state['precision']}'")
         start = Checkpoint.restore(state, model, optimizer, scaler)
         del state
     train_tokens = load_tokens(config.corpus, "train")
@@ -363,7 +375,7 @@ def _train(config: TrainConfig, out_dir: Path, progress: bool, should_stop: Call
         if run.main:
             log.append({"final": True, "diverged": True, "step": step, "val_loss": None, "test_loss": None})
         saved = f"the last good checkpoint is {checkpoint.path} (step {saved_step})" if saved_step else "no checkpoint was saved yet"
-        return TrainingDiverged(f"the {what} became {value} at step {step}; {saved}. Lower the learning rate "
+        return TrainingDiverged(f"the {what} became {value} at step {step + 1}; {saved}. Lower the learning rate "
                                 f"or raise the warm-up; resuming from the checkpoint would diverge the same way.")
 
     bar = tqdm(total=config.steps, initial=start, desc=f"{config.optimizer} lr={config.lr:g}", disable=not progress)
@@ -393,7 +405,7 @@ def _train(config: TrainConfig, out_dir: Path, progress: bool, should_stop: Call
         skipped = not math.isfinite(grad_norm)
         if skipped and not scaler.is_enabled():
             raise diverged("gradient norm", grad_norm, step)
-        if skipped:  # fp16 loss scaling expects overflows: the scaler skips the step and lowers its scale
+        if skipped:  # fp16 loss scaling expects overflows: the scaler skips the step and lowers its scale  # fp16 loss scaling expects overflows: the scaler skips the step and lowers its scale
             warnings.warn(f"step {step + 1}: the fp16 gradients overflowed (norm {grad_norm}); the loss scaler skips "
                           f"this step and lowers its scale", RuntimeWarning, stacklevel=2)
         scaler.step(optimizer)
@@ -428,7 +440,7 @@ def _train(config: TrainConfig, out_dir: Path, progress: bool, should_stop: Call
         stopping = not agree(not asked)  # any rank asked: every rank stops at this step
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or stopping:
             if run.main:
-                checkpoint.save(model, optimizer, scaler, step + 1, config.to_dict())
+                checkpoint.save(model, optimizer, scaler, step + 1, config.to_dict(), precision)
             saved_step = step + 1
         if stopping and step + 1 < config.steps:
             bar.close()
@@ -466,10 +478,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", type=Path, help="the run's folder: metrics.jsonl and checkpoint.pt")
     parser.add_argument("settings", nargs="*", help="TrainConfig fields as KEY=VALUE")
     args = parser.parse_args(argv)
-    records = train(TrainConfig(**parse_settings(args.settings)), args.out_dir)
-    if launch().main:
-        last = records[-1]
-        print(f"step {last['step']}: loss {last['loss']:.4f}, validation {last.get('val_loss', float('nan')):.4f}; metrics in {args.out_dir}")
+    try:
+        records = train(TrainConfig(**parse_settings(args.settings)), args.out_dir)
+        if launch().main:
+            last = records[-1]
+            print(f"step {last['step']}: loss {last['loss']:.4f}, validation {last.get('val_loss', float('nan')):.4f}; "
+                  f"metrics in {args.out_dir}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -51,6 +51,10 @@ def test_diverged_runs_rank_behind_every_finished_one():
     assert chosen == 2e-3
     rates, chosen = sweep_rates(GRID, {1e-3: None, 2e-3: math.nan, 4e-3: None})
     assert chosen is None and rates[0] == 5e-4  # nothing finished: look lower
+    with pytest.raises(ValueError, match="every rate of the sweep diverged"):
+        settle(GRID, lambda lr: None)  # ... but not for ever, and never choosing a diverged rate
+    with pytest.raises(ValueError, match="adamw diverged at every warm-up"):
+        choose_warmup((0.1, 0.2), {"adamw": {0.1: None, 0.2: math.inf}, "muon": {0.1: 4.0, 0.2: 4.1}})
 
 
 def test_a_difference_counts_only_beyond_the_seed_spread():

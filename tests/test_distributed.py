@@ -35,12 +35,12 @@ def as_rank(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
-def muon_steps(fused: bool, out: Path | None = None, rank: int = 0):
+def muon_steps(fused: bool, distributed: bool = False):
     """Three Muon steps on fixed matrices and gradients; returns the weights and momenta."""
     torch.manual_seed(0)
     params = [nn.Parameter(torch.randn(s)) for s in SHAPES]
     grads = [[torch.randn(s) for s in SHAPES] for _ in range(3)]
-    opt = Muon(params, lr=0.02, weight_decay=0.1, fused=fused)
+    opt = Muon(params, lr=0.02, weight_decay=0.1, fused=fused, distributed=distributed)
     for step_grads in grads:
         for p, g in zip(params, step_grads):
             p.grad = g.clone()
@@ -59,7 +59,7 @@ def distributed_muon(rank: int, port: int, fused: bool, out: str) -> None:
     else:
         real = optim_module.newton_schulz
         optim_module.newton_schulz = lambda x, *a, **k: iterated.append(x.size(0)) or real(x, *a, **k)
-    weights, momenta = muon_steps(fused)
+    weights, momenta = muon_steps(fused, distributed=True)
     torch.save({"weights": weights, "momenta": momenta, "iterated": iterated}, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -127,6 +127,11 @@ def test_two_processes_train_the_one_process_run_and_resume(tmp_path, sample, mo
     assert [r[0] for r in losses(tmp_path / "resumed")] == [1, 2, 3, 4, 5]
     mp.spawn(data_parallel_run, args=(WORLD, free_port(), str(sample), str(tmp_path / "resumed"), config, None), nprocs=WORLD)
     assert losses(tmp_path / "resumed") == two
+
+
+def test_sharing_needs_a_process_group():
+    with pytest.raises(ValueError, match="torchrun"):
+        muon_steps(fused=False, distributed=True)
 
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused_by_every_rank(tmp_path, sample):

@@ -170,6 +170,23 @@ def test_an_interrupted_queue_stops_its_runs_cleanly(toy, monkeypatch):
     assert not report.failed and not report.waiting and len(list(toy.glob("*.jsonl.gz"))) == 4
 
 
+def test_an_error_in_the_queue_leaves_no_worker_running(toy, monkeypatch):
+    real_plan, calls, workers = Comparison.plan, {"n": 0}, []
+    real_popen = runner.subprocess.Popen
+
+    def failing_plan(self, hardware, finals):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("the plan broke")
+        return real_plan(self, hardware, finals)
+
+    monkeypatch.setattr(Comparison, "plan", failing_plan)
+    monkeypatch.setattr(runner.subprocess, "Popen", lambda *a, **k: workers.append(real_popen(*a, **k)) or workers[-1])
+    with pytest.raises(RuntimeError, match="the plan broke"):
+        run("toy", "cpu", workers=2, progress=False)
+    assert workers and all(w.poll() is not None for w in workers)
+
+
 def test_presets_for_a_gpu_are_refused_without_one(toy):
     import torch
     if torch.cuda.is_available():
@@ -220,8 +237,10 @@ def test_pack_and_unpack_round_trip_and_leave_differing_results_alone(tmp_path):
 @pytest.mark.parametrize("name,final", [("../escape.jsonl.gz", True), ("toy/notes.txt", True), ("toy/run.jsonl.gz", False)])
 def test_unpack_refuses_what_pack_does_not_make(tmp_path, name, final):
     archive = tmp_path / "bad.tar"
+    good = fake_result(tmp_path / "good.jsonl.gz")
     path = fake_result(tmp_path / "f.jsonl.gz", final=final)
     with tarfile.open(archive, "w") as tar:
+        tar.add(good, arcname="toy/good.jsonl.gz")  # a good member first: nothing of the archive may land
         tar.add(path, arcname=name)
     with pytest.raises(ValueError, match="not an experiment's result|not a finished result"):
         unpack(archive, tmp_path / "results")

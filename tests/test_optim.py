@@ -236,6 +236,11 @@ def test_a_group_added_to_the_hybrid_optimizer_is_updated_by_the_child_it_names(
     extra.grad = torch.randn(8, 8)
     opt.step()
     assert extra.abs().sum() > 0
+    with pytest.raises(ValueError, match="already updated"):
+        opt.add_param_group({"params": [model.norm.weight], "optimizer": "muon"})
+    with pytest.raises(ValueError, match="AdamW"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(8))], "optimizer": "muon"})
+    assert len(opt.optimizers["muon"].param_groups) == 2  # a refused group never joined
 
 
 @pytest.mark.parametrize("shape", [(12, 12), (8, 20), (20, 8)])

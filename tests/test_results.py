@@ -80,3 +80,41 @@ def test_m17_no_instability_to_compare_and_raw_spikes_are_hard_batches(xs):
     per_run = spikes.groupby("optimizer")["paired spikes"].mean()
     assert (per_run < 1).all()
     assert spikes["raw spikes"].sum() > 20 * spikes["paired spikes"].sum()
+
+
+def test_diverged_runs_are_counted_never_averaged():
+    """A synthetic comparison where an AdamW seed and a sweep's top rate diverged."""
+    import numpy as np
+    import pandas as pd
+
+    from muonlib.experiments import Decisions
+
+    rng = np.random.default_rng(0)
+    rows = []
+
+    def add(optimizer, lr, seed, diverge_at=None, level=4.0):
+        for step in range(1, 41):
+            if diverge_at and step > diverge_at:
+                break
+            loss = level + 3 * np.exp(-step / 10) + rng.normal(0, 0.01)
+            evaluated = step % 10 == 0
+            rows.append(dict(run=f"{optimizer}-{lr}-{seed}", step=step, loss=loss, grad_norm=1.0, tokens=100 * step,
+                             val_loss=loss if evaluated else np.nan, test_loss=loss + 0.01 if evaluated else np.nan,
+                             optimizer=optimizer, lr=lr, seed=seed, steps=40, warmup=0.1,
+                             adamw_lr=1e-3 if optimizer == "muon" else None, diverged=diverge_at is not None, hardware="h100"))
+
+    for seed in range(3):
+        add("adamw", 1e-3, seed, diverge_at=25 if seed == 2 else None)
+        add("muon", 2e-3, seed, level=3.8)
+    add("adamw", 4e-3, 0, diverge_at=5)
+    decisions = Decisions(warmup=0.1, rates={(40, "adamw"): 1e-3, (40, "muon"): 2e-3},
+                          swept={(40, "adamw"): [1e-3, 4e-3], (40, "muon"): [2e-3]})
+    xs = ComparisonResults("synthetic", pd.DataFrame(rows), decisions, {})
+    sweep = xs.sweep_table().set_index(["optimizer", "lr"])
+    assert sweep.val_loss["adamw", 4e-3] == np.inf and sweep.diverged["adamw", 4e-3]
+    final = xs.final_table().set_index(["optimizer", "seed"])
+    assert final.diverged["adamw", 2] and np.isnan(final.test_loss["adamw", 2]) and final.min_val_step["adamw", 2] == 20
+    gaps = xs.gap_table()
+    assert gaps.diverged[40] == 1 and len(gaps.AdamW[40].values) == 2 and len(gaps["gain %"][40].values) == 2
+    assert set(xs.ratio_table().seed) == {0, 1}
+    assert len(xs.spike_table()) == 6 and xs.sweep_spike_table().diverged.sum() == 1

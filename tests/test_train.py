@@ -80,7 +80,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
         return logits, loss * (math.nan if calls["n"] > 6 else 1.0)
 
     monkeypatch.setattr(train_module.GPT, "forward", nan_after_six_steps)
-    with pytest.raises(TrainingDiverged, match=r"training loss became nan at step 6.*checkpoint.pt \(step 4\)"):
+    with pytest.raises(TrainingDiverged, match=r"training loss became nan at step 7.*checkpoint.pt \(step 4\)"):
         train(tiny(), tmp_path, progress=False)
     assert Checkpoint(tmp_path / "checkpoint.pt").read()["step"] == 4
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()[1:]]
@@ -162,7 +162,7 @@ def test_non_finite_gradients_never_reach_the_weights_or_a_checkpoint(tmp_path, 
         return logits, loss
 
     monkeypatch.setattr(train_module.GPT, "forward", nan_gradients_after_six_steps)
-    with pytest.raises(TrainingDiverged, match="gradient norm became nan at step 6"):
+    with pytest.raises(TrainingDiverged, match="gradient norm became nan at step 7"):
         train(tiny(), tmp_path, progress=False)
     state = Checkpoint(tmp_path / "checkpoint.pt").read()
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
@@ -223,3 +223,18 @@ def test_a_t4_gets_fp16_with_loss_scaling_not_emulated_bf16(monkeypatch):
         resolve_device(tiny(device="auto", precision="bf16"))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
     assert resolve_device(tiny(device="auto"))[1] == "bf16"
+
+
+def test_a_run_with_tuple_settings_resumes_and_a_changed_precision_is_refused(tmp_path, data_env, monkeypatch):
+    config = tiny(optimizer="adamw", optimizer_options={"betas": (0.9, 0.95)}, steps=6, checkpoint_every=3)
+    real_lr_factor = train_module.lr_factor
+    monkeypatch.setattr(train_module, "lr_factor", lambda step, *a: (_ for _ in ()).throw(KeyboardInterrupt) if step == 4 else real_lr_factor(step, *a))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path, progress=False)
+    monkeypatch.setattr(train_module, "lr_factor", real_lr_factor)
+    real_resolve = train_module.resolve_device
+    monkeypatch.setattr(train_module, "resolve_device", lambda c, run=None: (real_resolve(c)[0], "bf16"))  # another machine
+    with pytest.raises(ValueError, match="trained in fp32 and would resume in bf16"):
+        train(config, tmp_path, progress=False)
+    monkeypatch.setattr(train_module, "resolve_device", real_resolve)
+    assert len(train(config, tmp_path, progress=False)) == 6  # the saved (0.9, 0.95) came back as a list: the same run
