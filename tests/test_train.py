@@ -31,6 +31,21 @@ def tiny(variant="mha", optimizer="muon", **changes):
     return TrainConfig(**(settings | changes))
 
 
+def killed_at(step: int, config: TrainConfig, out_dir, monkeypatch) -> None:
+    """Run ``config`` until a KeyboardInterrupt kills it at (0-based) ``step``."""
+    real = train_module.lr_factor
+
+    def interrupted(s, *args):
+        if s == step:
+            raise KeyboardInterrupt
+        return real(s, *args)
+
+    monkeypatch.setattr(train_module, "lr_factor", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, out_dir, progress=False)
+    monkeypatch.setattr(train_module, "lr_factor", real)
+
+
 def test_schedule_warms_up_linearly_then_decays_by_cosine_to_the_final_ratio():
     steps, warmup = 200, 0.05
     factors = [lr_factor(s, steps, warmup, 0.1) for s in range(steps)]
@@ -45,19 +60,9 @@ def test_a_killed_run_resumes_bit_for_bit(tmp_path, data_env, monkeypatch, varia
     config = tiny(variant, optimizer)
     straight = train(config, tmp_path / "straight", progress=False)
 
-    real_lr_factor = train_module.lr_factor
-
-    def killed_at_step_7(step, *args):
-        if step == 6:
-            raise KeyboardInterrupt
-        return real_lr_factor(step, *args)
-
-    monkeypatch.setattr(train_module, "lr_factor", killed_at_step_7)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "resumed", progress=False)
+    killed_at(6, config, tmp_path / "resumed", monkeypatch)
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 + 6  # header + steps 1..6 (the checkpoint is at step 4)
-    monkeypatch.setattr(train_module, "lr_factor", real_lr_factor)
     resumed = train(config, tmp_path / "resumed", progress=False)
 
     keys = ("step", "loss", "grad_norm", "lr", "val_loss", "test_loss", "moe_cv")
@@ -121,21 +126,9 @@ def test_no_clipping_is_zero_or_none_and_keeps_the_gradients(tmp_path, data_env)
     assert [r["grad_norm"] for r in runs[0.0]] == [r["grad_norm"] for r in runs[1e9]]
 
 
-def test_a_damaged_checkpoint_is_refused_before_it_trains_on_garbage(tmp_path, data_env):
+def test_a_damaged_checkpoint_is_refused_before_it_trains_on_garbage(tmp_path, data_env, monkeypatch):
     config = tiny(steps=8, checkpoint_every=4)
-    real_lr_factor = train_module.lr_factor
-
-    def killed_at_step_6(step, *args):
-        if step == 5:
-            raise KeyboardInterrupt
-        return real_lr_factor(step, *args)
-
-    train_module.lr_factor = killed_at_step_6
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(config, tmp_path, progress=False)
-    finally:
-        train_module.lr_factor = real_lr_factor
+    killed_at(5, config, tmp_path, monkeypatch)
     path = tmp_path / "checkpoint.pt"
     raw = bytearray(path.read_bytes())
     middle = len(raw) // 2
@@ -191,13 +184,9 @@ def test_a_second_trainer_on_the_same_folder_is_refused(tmp_path, data_env):
 def test_a_torn_last_metrics_line_is_dropped_and_the_run_resumes(tmp_path, data_env, monkeypatch):
     config = tiny()
     straight = train(config, tmp_path / "straight", progress=False)
-    real_lr_factor = train_module.lr_factor
-    monkeypatch.setattr(train_module, "lr_factor", lambda step, *a: (_ for _ in ()).throw(KeyboardInterrupt) if step == 6 else real_lr_factor(step, *a))
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "torn", progress=False)
+    killed_at(6, config, tmp_path / "torn", monkeypatch)
     with open(tmp_path / "torn" / "metrics.jsonl", "a") as f:
         f.write('{"step": 7, "loss": 4.2')  # killed mid-write
-    monkeypatch.setattr(train_module, "lr_factor", real_lr_factor)
     resumed = train(config, tmp_path / "torn", progress=False)
     assert [(r["step"], r["loss"]) for r in resumed] == [(r["step"], r["loss"]) for r in straight]
     (tmp_path / "bad.jsonl").write_text('{"provenance": {}}\n{"step": 1, "lo\n{"step": 2}\n')
@@ -227,11 +216,7 @@ def test_a_t4_gets_fp16_with_loss_scaling_not_emulated_bf16(monkeypatch):
 
 def test_a_run_with_tuple_settings_resumes_and_a_changed_precision_is_refused(tmp_path, data_env, monkeypatch):
     config = tiny(optimizer="adamw", optimizer_options={"betas": (0.9, 0.95)}, steps=6, checkpoint_every=3)
-    real_lr_factor = train_module.lr_factor
-    monkeypatch.setattr(train_module, "lr_factor", lambda step, *a: (_ for _ in ()).throw(KeyboardInterrupt) if step == 4 else real_lr_factor(step, *a))
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path, progress=False)
-    monkeypatch.setattr(train_module, "lr_factor", real_lr_factor)
+    killed_at(4, config, tmp_path, monkeypatch)
     real_resolve = train_module.resolve_device
     monkeypatch.setattr(train_module, "resolve_device", lambda c, run=None: (real_resolve(c)[0], "bf16"))  # another machine
     with pytest.raises(ValueError, match="trained in fp32 and would resume in bf16"):
