@@ -44,3 +44,21 @@ def test_repository_url_appears_nowhere_else():
         and p.name != "_config.yml" and p.parent.name != "tests" and re.search(re.escape(REPO_URL), p.read_text(errors="ignore"))
     ]
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_colab_setup_survives_a_restart(path, monkeypatch):
+    """After "Restart session" the clone exists: the setup must still put it first on the
+    path, or the clone's folder in the working directory shadows the installed package."""
+    import subprocess
+    import sys
+    import types
+
+    setup = "".join(json.loads(path.read_text())["cells"][1]["source"])
+    ran = []
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != "/content/muonlib"])
+    monkeypatch.setattr("os.path.exists", lambda p: p == "/content/muonlib")  # the clone is there from before
+    exec(compile(setup, str(path), "exec"), {})
+    assert ran == [] and sys.path[0] == "/content/muonlib"
