@@ -62,3 +62,35 @@ def test_colab_setup_survives_a_restart(path, monkeypatch):
     monkeypatch.setattr("os.path.exists", lambda p: p == "/content/muonlib")  # the clone is there from before
     exec(compile(setup, str(path), "exec"), {})
     assert ran == [] and sys.path[0] == "/content/muonlib"
+
+
+def markdown_sources():
+    for path in NOTEBOOKS:
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            if cell["cell_type"] == "markdown":
+                yield f"{path.name} cell {i}", "".join(cell["source"])
+    for path in sorted((ROOT / "book").glob("*.md")):
+        yield path.name, path.read_text()
+
+
+def test_no_line_inside_inline_maths_starts_like_a_list_item():
+    """Markdown reads a line that starts with '+ ', '- ' or '* ' as a bullet even inside
+    $...$, which tears the formula apart (it did in two theory chapters)."""
+    offenders = []
+    for where, text in markdown_sources():
+        inside = False
+        for number, line in enumerate(text.splitlines(), 1):
+            if inside and re.match(r"\s*[-+*]\s", line):
+                offenders.append(f"{where}, line {number}: {line.strip()[:60]}")
+            if not line.strip() or line.lstrip().startswith("$$"):
+                inside = False  # a blank line or display maths ends any paragraph
+                continue
+            inside ^= len(re.findall(r"(?<![$\\])\$(?!\$)", line)) % 2 == 1
+    assert not offenders, offenders
+
+
+def test_display_maths_sits_on_lines_of_its_own():
+    """``$$...$$`` on one line inside a directive renders as stray dollars around inline maths."""
+    offenders = [f"{where}: {line.strip()[:60]}" for where, text in markdown_sources() for line in text.splitlines()
+                 if re.match(r"\s*\$\$.+\$\$\s*$", line)]
+    assert not offenders, offenders
