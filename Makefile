@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup book test lab clean
+.PHONY: setup book browser test lab clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,10 +14,16 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 setup: $(STAMP)
 
 book: setup
+	$(PY) -m muonlib.book mathjax
 	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
 
-test: setup
+# The book's browser test renders pages in headless Chromium (Debian's package).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+		|| echo "could not install chromium: tests/test_book.py's browser test will fail and say so"
+
+test: setup browser
 	$(PY) -m pytest
 
 lab: setup

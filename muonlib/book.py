@@ -1,13 +1,24 @@
-"""What the book's notebooks share: one figure style, and numbers glued into the prose.
+"""What the book's notebooks share: one figure style, numbers glued into the prose, and the
+MathJax the pages load from the book itself.
 
 Prose never types a number: a notebook computes it and ``glue("name", value)`` hands it to
 the page (``{glue:text}`name:.2f``` in Markdown). On Colab, where the book's builder is not
 installed, ``glue`` only returns the value.
+
+``python -m muonlib.book mathjax`` puts MathJax 3 (npm ``mathjax@3.2.2``, sha256-checked, the
+``es5/tex-mml-chtml.js`` bundle, its fonts and the TeX packages it loads on demand) under
+``_mathjax/mathjax/``, so formulas render without a network; ``_config.yml`` serves that folder
+as static files and points the pages there. (Not ``_static/``: Jupyter Book would load every
+``.js`` file there as a script of its own.)
 """
 
 from __future__ import annotations
 
+import tarfile
+from pathlib import Path
 from typing import Any
+
+from .data import Source, fetch_source, npm_pack
 
 OPTIMIZER_NAMES = {"adamw": "AdamW", "muon": "Muon"}
 OPTIMIZER_COLORS = {"adamw": "#4C72B0", "muon": "#DD8452"}  # seaborn's first two, fixed per optimizer
@@ -39,3 +50,43 @@ def house_style() -> None:
         set_matplotlib_formats("svg")
     except ImportError:
         pass
+
+
+MATHJAX = Source("mathjax", "mathjax@3.2.2", "mathjax-3.2.2.tgz",
+                 "1b9c0a1c44df864e915690558e72adb9cc5203360daefd385084ced3b6c64c09", npm_pack("mathjax@3.2.2"))
+MATHJAX_FILES = ("es5/tex-mml-chtml.js", "es5/output/chtml/fonts/woff-v2/", "es5/input/tex/extensions/")  # the bundle, its fonts, the TeX packages it loads on demand
+BOOK_ROOT = Path(__file__).resolve().parents[1]
+
+
+def install_mathjax(static: Path = BOOK_ROOT / "_mathjax", root: Path | None = None) -> Path:
+    """MathJax's bundle and what it loads under ``static/mathjax/`` (kept where the same
+    version is there already); returns the bundle's path."""
+    folder = static / "mathjax"
+    stamp = folder / "VERSION"
+    bundle = folder / "tex-mml-chtml.js"
+    if bundle.exists() and stamp.exists() and stamp.read_text() == MATHJAX.sha256:
+        return bundle
+    archive = fetch_source(MATHJAX, root, None)
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            name = member.name.removeprefix("package/")
+            if member.isfile() and any(name == f or (f.endswith("/") and name.startswith(f)) for f in MATHJAX_FILES):
+                target = folder / name.removeprefix("es5/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tar.extractfile(member).read())
+    stamp.write_text(MATHJAX.sha256)
+    return bundle
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m muonlib.book", description="Assets the book needs to build offline.")
+    parser.add_argument("what", choices=["mathjax"])
+    args = parser.parse_args(argv)
+    if args.what == "mathjax":
+        print(f"MathJax at {install_mathjax()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -227,14 +227,15 @@ def committed_sample(target: Path) -> Path:
 
 @dataclass(frozen=True)
 class Source:
-    """One archive a corpus is read from: a package version pinned by its sha256 (``None``
-    where the source pins none; the digest is then recorded when prepared)."""
+    """One pinned archive: a package version and its sha256 (``None`` where the source pins
+    none; the digest is then recorded when prepared). Corpora read documents from theirs; the
+    book takes MathJax from one (:mod:`muonlib.book`)."""
     name: str  # short, prefixes its documents' names in a corpus of several sources
     version: str
     filename: str  # the file or folder it is saved as, under <data>/cache/downloads/
     sha256: str | None
     fetch: Callable[[Path], Path]  # downloads to the path it is given and returns where it is
-    documents: Callable[[Path], Iterator[Document]]
+    documents: Callable[[Path], Iterator[Document]] | None = None
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from muonlib.book import MATHJAX, install_mathjax
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory):
     out = tmp_path_factory.mktemp("book")
+    install_mathjax()  # what `make book` does first
     jb = Path(sys.executable).with_name("jupyter-book")
     if not jb.exists():
         jb = Path(shutil.which("jupyter-book") or "jupyter-book")
@@ -37,7 +40,7 @@ def test_notebook_pages_hold_executed_outputs_and_figures(built_book):
     for page in pages:
         text = page.read_text()
         assert "cell_output" in text, f"{page.name}: no executed output"
-        assert re.search(r'<img[^>]+src="[^"]+\.png"', text), f"{page.name}: no figure"
+        assert re.search(r'<img[^>]+src="[^"]*_images/[^"]+\.(png|svg)"', text), f"{page.name}: no figure a cell drew"
         assert "Traceback (most recent call last)" not in text, f"{page.name}: a cell raised"
 
 
@@ -48,3 +51,46 @@ def test_proofs_math_and_citations_render(built_book):
     api = (built_book / "book" / "api.html").read_text()
     for name in ("newton_schulz", "msign", "build_optimizer", "Shampoo", "Muon"):
         assert name in api
+
+
+def test_maths_is_rendered_by_the_books_own_mathjax(built_book):
+    """No page asks a CDN for MathJax: formulas render offline, from the pinned package."""
+    for page in [built_book / "notebooks" / "theory" / "newton_schulz.html", built_book / "book" / "claims.html"]:
+        text = page.read_text()
+        assert "cdn.jsdelivr.net" not in text and "mathjax@3" not in text
+        scripts = re.findall(r'<script[^>]+src="([^"]*mathjax[^"]*)"', text)
+        assert scripts and all(s.split("?")[0].endswith("_static/mathjax/tex-mml-chtml.js") for s in scripts)
+    static = built_book / "_static" / "mathjax"
+    assert (static / "tex-mml-chtml.js").stat().st_size > 1e6 and (static / "VERSION").read_text() == MATHJAX.sha256
+    assert list((static / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
+
+
+@pytest.fixture(scope="module")
+def served_book(built_book):
+    """The built book over HTTP on this machine (a browser may not load fonts from file://)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(built_book))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("page", ["notebooks/theory/newton_schulz.html", "notebooks/theory/convergence.html"])
+def test_formulas_render_in_a_browser_with_the_network_off(served_book, page):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "the browser test needs Chromium: `make test` installs Debian's package (apt-get install chromium)"
+    dom = subprocess.run(
+        [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
+         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # every other host is unreachable
+         "--dump-dom", f"{served_book}/{page}"],
+        capture_output=True, text=True, timeout=120).stdout
+    body = dom[dom.index("<body"):]
+    body = re.sub(r"<script.*?</script>|<style.*?</style>", "", body, flags=re.S)
+    assert body.count("<mjx-container") >= 5, "MathJax rendered nothing"
+    assert "\\(" not in body and "\\[" not in body, "raw TeX left on the page"
+    assert "<mjx-merror" not in body, "MathJax could not parse a formula"
