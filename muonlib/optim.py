@@ -78,7 +78,8 @@ def orthogonalize(
     if shard is None:
         results = [solve(batch) for batch in batches]
     else:  # pad every batch to equal slices; the padding is zeros, whose msign is zero
-        batches = [torch.cat([b, b.new_zeros(shard.padded(b.size(0)) - b.size(0), *b.shape[1:])]) for b in batches]
+        batches = [b if shard.padded(b.size(0)) == b.size(0) else torch.cat([b, b.new_zeros(shard.padded(b.size(0)) - b.size(0), *b.shape[1:])])
+                   for b in batches]
         results = [torch.empty_like(b, dtype=(torch.float64 if b.dtype == torch.float64 else torch.float32) if method == "svd" else dtype)
                    for b in batches]
         shard.orthogonalize(batches, lambda source, result: result.copy_(solve(source)), results)

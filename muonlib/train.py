@@ -230,7 +230,7 @@ def evaluate(model, batches, device, autocast) -> float:
     every batch, as in training, and the sums are added up over the ranks."""
     model.eval()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed_now() else (0, 1)
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, tokens
+    loss_sum, tokens = torch.zeros((), dtype=torch.float64, device=device), 0
     for x, y in batches:
         share = -(-len(x) // world)
         x, y = x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]
@@ -238,9 +238,10 @@ def evaluate(model, batches, device, autocast) -> float:
             continue
         with autocast:
             _, loss = model(x.to(device), y.to(device))
-        totals += torch.stack([loss.double() * y.numel(), torch.tensor(y.numel(), dtype=torch.float64, device=device)])
+        loss_sum += loss.double() * y.numel()  # summed on the device: no sync per batch
+        tokens += y.numel()
     model.train()
-    total, count = all_reduce_sum(totals).tolist()  # one sync at the end
+    total, count = all_reduce_sum(torch.stack([loss_sum, loss_sum.new_tensor(tokens)])).tolist()  # one sync at the end
     return total / count
 
 
