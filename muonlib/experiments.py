@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .analysis import choose_warmup, loss_or_inf, sweep_rates
+from .analysis import SWEEP_FACTOR, choose_warmup, loss_or_inf, sweep_rates
 from .data import data_root
 from .hardware import PRESETS, detect_hardware
 from .runner import Job, Report, run_queue, slots, terminate_as_interrupt, worker_signals
@@ -159,8 +159,7 @@ class Comparison:
     evaluations: int = 25  # per run, evenly spaced
 
     def config(self, optimizer: str, steps: int, warmup: float, lr: float, seed: int = 0, adamw_lr: float | None = None) -> TrainConfig:
-        return dataclasses.replace(self.base, optimizer=optimizer, steps=steps, warmup=warmup, lr=lr, seed=seed, adamw_lr=adamw_lr,
-                                   eval_every=max(1, steps // self.evaluations), checkpoint_every=max(1, steps // 4))
+        return run_config(self.base, optimizer, steps, warmup, lr, seed, adamw_lr, self.evaluations)
 
     def plan(self, hardware: str, finals: Finals) -> tuple[list[TrainConfig], Decisions]:
         """Every run wanted given the finished ones, and what they decide."""
@@ -218,6 +217,89 @@ class Comparison:
             rates = set(needed)
 
 
+@dataclass(frozen=True)
+class ScalingDecisions:
+    """What a scaling experiment has settled so far, by ``(size, optimizer)``."""
+
+    rates: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)  # the chosen peak rate
+    swept: dict[tuple[str, str], list[float]] = dataclasses.field(default_factory=dict)  # the rates run
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Muon against AdamW at several model sizes on the same data, tokens and schedule.
+
+    1. *The first size* sweeps each optimizer's peak rate on the whole of ``grids`` (as
+       :class:`Comparison` does, Muon's AdamW part at AdamW's chosen rate).
+    2. *Every larger size* starts from a narrow grid, the first size's optimum and its two
+       factor-2 neighbours, extended while the optimum sits at an edge: the paper's
+       telescoping search (section 5.4) narrowed around the rate it would transfer. The sizes
+       do not wait for each other, so they run side by side.
+    3. *The wide size* also sweeps the whole of ``grids``: if rates transfer, its optimum stays.
+    4. *Seeds* at every chosen rate, and at the ``decay_sizes`` the chosen rate again at each
+       of ``decays`` (weight decay beside ``base``'s), every seed.
+
+    The warm-up fraction is fixed (the one a :class:`Comparison` chose at the first size), so
+    the first size's runs are those of that comparison, read from its results.
+    """
+
+    base: TrainConfig  # at the first size
+    sizes: dict[str, dict]  # size -> the changes to ``base`` that make it (the first: none)
+    steps: int
+    warmup: float
+    grids: dict[str, tuple[float, ...]]  # optimizer -> the first size's grid
+    wide: str
+    decays: tuple[float, ...]
+    decay_sizes: tuple[str, ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    evaluations: int = 25
+
+    def config(self, size: str, optimizer: str, lr: float, seed: int = 0, adamw_lr: float | None = None,
+               weight_decay: float | None = None) -> TrainConfig:
+        base = dataclasses.replace(self.base, **self.sizes[size])
+        if weight_decay is not None:
+            base = dataclasses.replace(base, weight_decay=weight_decay)
+        return run_config(base, optimizer, self.steps, self.warmup, lr, seed, adamw_lr, self.evaluations)
+
+    def plan(self, hardware: str, finals: Finals) -> tuple[list[TrainConfig], ScalingDecisions]:
+        """Every run wanted given the finished ones, and what they decide."""
+        def result(config):
+            final = finals.get(run_id(config, hardware))
+            return ("missing",) if final is None else (final.get("val_loss"),)
+
+        wanted, decisions = [], ScalingDecisions()
+        first = next(iter(self.sizes))
+        for size in self.sizes:
+            adamw_lr = None
+            for opt in ("adamw", "muon"):
+                if size == first or size == self.wide:
+                    grid = self.grids[opt]
+                elif (first, opt) in decisions.rates:
+                    center = decisions.rates[first, opt]
+                    grid = (center / SWEEP_FACTOR, center, center * SWEEP_FACTOR)
+                else:
+                    break  # waits for the first size's optimum
+                make = lambda lr, size=size, opt=opt, adamw_lr=adamw_lr: self.config(size, opt, lr, adamw_lr=adamw_lr)
+                rates, chosen = Comparison.sweep(make, grid, result)
+                decisions.swept[size, opt] = rates
+                wanted += [make(lr) for lr in rates]
+                if chosen is None:
+                    break
+                decisions.rates[size, opt] = chosen
+                wanted += [dataclasses.replace(make(chosen), seed=s) for s in self.seeds]
+                if size in self.decay_sizes:
+                    wanted += [self.config(size, opt, chosen, s, adamw_lr, weight_decay=wd) for wd in self.decays for s in self.seeds]
+                adamw_lr = chosen
+        return Comparison.unique(wanted, hardware), decisions
+
+
+def run_config(base: TrainConfig, optimizer: str, steps: int, warmup: float, lr: float, seed: int, adamw_lr: float | None,
+               evaluations: int) -> TrainConfig:
+    """One run of a plan: ``evaluations`` evenly spaced evaluations, four checkpoints."""
+    return dataclasses.replace(base, optimizer=optimizer, steps=steps, warmup=warmup, lr=lr, seed=seed, adamw_lr=adamw_lr,
+                               eval_every=max(1, steps // evaluations), checkpoint_every=max(1, steps // 4))
+
+
 def xs_comparison(hardware: str) -> Comparison:
     """XS with MHA on the offline mixture (Gutenberg, State of the Union, Brown) at 400, 1200
     and 2400 steps of 16 x 512 tokens; the warm-up is checked at Table 1's rate for XS
@@ -237,11 +319,34 @@ def xs_comparison(hardware: str) -> Comparison:
                              "muon": (1.25e-3, 2.5e-3, 5e-3, 1e-2, 2e-2, 4e-2)})
 
 
+#: the warm-up fraction the XS comparison chose on each preset it has run on (its results
+#: decide it; a test checks that these agree), which the scaling experiment keeps at every size
+XS_WARMUP = {"h100": 0.45}
+
+
+def scaling(hardware: str) -> Scaling:
+    """XS to XL with MHA, each at the XS comparison's middle budget (1200 steps of 16 x 512
+    tokens on the offline mixture, 1.7 epochs), so that XS is that comparison's runs; L is
+    the wide size (Table 1's width grows 256, 512, 512, 768, 1024; L is three times XS's),
+    weight decay 0.05 beside 0.1 at XS and L. A T4 or an A100 reruns XS and S; a CPU the
+    tiny model at two widths in a few minutes."""
+    xs = xs_comparison(hardware)
+    if hardware == "cpu":
+        wider = {"model_changes": {"vocab_size": 50257, "d_model": 128, "n_head": 4, "d_ff": 512}}
+        return Scaling(xs.base, sizes={"tiny": {}, "tiny-wide": wider}, steps=xs.budgets[0], warmup=0.2, grids=xs.grids,
+                       wide="tiny-wide", decays=(0.05,), decay_sizes=("tiny",), evaluations=xs.evaluations)
+    sizes = ("XS", "S", "M", "L", "XL") if hardware == "h100" else ("XS", "S")
+    return Scaling(xs.base, sizes={size: {} if size == "XS" else {"model": size} for size in sizes}, steps=1200,
+                   warmup=XS_WARMUP.get(hardware, XS_WARMUP["h100"]), grids=xs.grids, wide="L" if "L" in sizes else "S",
+                   decays=(0.05,), decay_sizes=("XS", "L" if "L" in sizes else "S"), evaluations=xs.evaluations)
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
     description: str
-    design: Callable[[str], Comparison]  # hardware preset -> the comparison it runs
+    design: Callable[[str], Comparison | Scaling]  # hardware preset -> the plan it runs
+    reads: tuple[str, ...] = ()  # experiments whose results count as this one's runs (the same configurations)
 
 
 EXPERIMENTS = {
@@ -249,6 +354,9 @@ EXPERIMENTS = {
         Experiment("xs_muon_vs_adamw",
                    "XS MHA: Muon vs AdamW at three budgets, warm-up checked, each optimizer's rate swept per budget, three seeds",
                    xs_comparison),
+        Experiment("scaling",
+                   "XS to XL MHA: Muon vs AdamW on the same tokens, rates swept at XS and transferred (checked by a wide sweep at L), three seeds",
+                   scaling, reads=("xs_muon_vs_adamw",)),
     )
 }
 
@@ -269,17 +377,37 @@ def check_preset(hardware: str) -> None:
                            f"use --preset cpu, or run where the GPU is")
 
 
+def run_work(config: TrainConfig) -> float:
+    """A run's cost for ordering the queue: tokens times the hidden matrices' size."""
+    model = config.model_config()
+    return config.steps * config.tokens_per_step() * model.n_layer * model.d_model**2
+
+
+def result_folders(name: str, results: Path | None = None) -> list[Path]:
+    """Where an experiment's finished runs are: its own folder (``results``, by default
+    ``data/results/NAME``), then those of the experiments it reads, beside it."""
+    own = Path(results) if results is not None else data_root() / "results" / name
+    return [own, *(own.parent / other for other in experiment(name).reads)]
+
+
+def finished_runs(folders: list[Path]) -> dict[str, dict]:
+    """The final record of every finished run in any of ``folders``, by run id."""
+    return {run: final for folder in reversed(folders) if folder.exists() for run, final in read_finals(folder).items()}
+
+
 def run(name: str, hardware: str | None = None, results: Path | None = None, gpus: int | None = None, per_gpu: int = 1,
         workers: int = 1, progress: bool = True, deadline: float | None = None) -> Report:
     """Run (or finish) an experiment over every visible GPU (``gpus`` of them, ``per_gpu``
-    runs sharing each) or ``workers`` CPU processes; returns what happened."""
+    runs sharing each) or ``workers`` CPU processes; returns what happened. New results go
+    to the experiment's own folder; runs another experiment it reads has finished are used."""
     design = experiment(name).design
     hardware = hardware or detect_hardware().preset
     check_preset(hardware)
     comparison = design(hardware)
-    results = Path(results) if results is not None else data_root() / "results" / name
+    folders = result_folders(name, results)
+    results = folders[0]
     checkpoints = data_root() / "cache" / "runs" / name
-    finals: dict[str, dict] = read_finals(results) if results.exists() else {}
+    finals = finished_runs(folders)
 
     def is_finished(run: str) -> bool:
         if run not in finals and (path := result_path(results, run)).exists() and (final := read_run(path)[2]) is not None:
@@ -291,17 +419,17 @@ def run(name: str, hardware: str | None = None, results: Path | None = None, gpu
         return [Job(run_id(c, hardware), c.steps,
                     ("muonlib.experiments", "worker", "--hardware", hardware, "--results", str(results),
                      "--checkpoints", str(checkpoints), "--config", json.dumps(c.to_dict())),
-                    checkpoints / run_id(c, hardware) / "log.txt", checkpoints / run_id(c, hardware) / "metrics.jsonl")
+                    checkpoints / run_id(c, hardware) / "log.txt", checkpoints / run_id(c, hardware) / "metrics.jsonl",
+                    work=run_work(c))
                 for c in configs]
 
     environments = slots(gpus, per_gpu, workers)
     return run_queue(plan, is_finished, environments, progress=progress, deadline=deadline, description=name)
 
 
-def decisions(name: str, hardware: str, results: Path | None = None) -> Decisions:
+def decisions(name: str, hardware: str, results: Path | None = None) -> Decisions | ScalingDecisions:
     """What an experiment's saved results have decided (warm-up, chosen rates)."""
-    results = Path(results) if results is not None else data_root() / "results" / name
-    return experiment(name).design(hardware).plan(hardware, read_finals(results))[1]
+    return experiment(name).design(hardware).plan(hardware, finished_runs(result_folders(name, results)))[1]
 
 
 # ---------------------------------------------------------------- moving results between machines
@@ -449,7 +577,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: {exp.description}")
 
 
-__all__ = ["EXPERIMENTS", "Comparison", "Decisions", "Experiment", "decisions", "load_results", "pack", "read_run", "run",
+__all__ = ["EXPERIMENTS", "Comparison", "Decisions", "Experiment", "Scaling", "ScalingDecisions", "decisions", "load_results", "pack", "read_run", "run",
            "run_id", "unpack"]
 
 

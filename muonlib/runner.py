@@ -38,6 +38,7 @@ class Job:
     argv: tuple[str, ...]  # after `python -m`
     log: Path  # where its output goes; progress is read from `progress` (one line per step)
     progress: Path
+    work: float = 0.0  # how long it takes, in any unit common to the queue (default: its steps)
 
 
 @dataclass
@@ -105,7 +106,7 @@ def run_queue(plan: Callable[[], list[Job]], is_finished: Callable[[str], bool],
         while True:
             wanted = plan()
             pending = [j for j in wanted if not is_finished(j.run) and j.run not in running and j.run not in report.failed]
-            pending.sort(key=lambda j: -j.steps)  # longest first: the last wave ends soonest
+            pending.sort(key=lambda j: -(j.work or j.steps))  # longest first: the last wave ends soonest
             may_launch = stop_launching is None or time.monotonic() < stop_launching
             while free and pending and may_launch:
                 job, slot = pending.pop(0), free.pop(0)

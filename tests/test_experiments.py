@@ -14,7 +14,7 @@ import pytest
 
 from muonlib import experiments, runner
 from muonlib.data import prepare
-from muonlib.experiments import Comparison, Experiment, compact, load_results, pack, read_run, run, run_id, unpack
+from muonlib.experiments import Comparison, Experiment, Scaling, compact, load_results, pack, read_run, run, run_id, unpack
 from muonlib.train import Checkpoint, TrainConfig
 
 # ---------------------------------------------------------------- the plan, simulated
@@ -80,6 +80,54 @@ def test_budgets_differ_only_in_length():
     assert differing == {"steps", "eval_every", "checkpoint_every"}
     assert run_id(a, "cpu") != run_id(b, "cpu") and run_id(a, "cpu") != run_id(dataclasses.replace(a, weight_decay=0), "cpu")
     assert run_id(a, "cpu").split("-")[-2] == run_id(dataclasses.replace(a, seed=5), "cpu").split("-")[-2]
+
+
+def scaling_loss(config: TrainConfig) -> float:
+    """Optima that move with width: AdamW's halves from tiny to tiny-wide, Muon's stays."""
+    wide = bool(config.model_changes)
+    best = {"adamw": 2e-3 / (2 if wide else 1), "muon": 8e-3}[config.optimizer]
+    return 3 - 0.3 * wide + math.log2(config.lr / best) ** 2 + 0.01 * abs(config.weight_decay - 0.1) + 0.001 * config.seed
+
+
+SCALING = Scaling(TrainConfig(model="tiny", corpus="sample"), sizes={"tiny": {}, "wide": {"model_changes": {"d_model": 128}},
+                                                                     "wider": {"model_changes": {"d_model": 256}}},
+                  steps=100, warmup=0.1, grids={"adamw": (5e-4, 1e-3, 2e-3, 4e-3), "muon": (2e-3, 4e-3, 8e-3, 1.6e-2)},
+                  wide="wider", decays=(0.05,), decay_sizes=("wide",))
+
+
+def test_scaling_narrows_the_grid_around_the_first_optimum_and_extends_it_where_the_optimum_moved():
+    finals, history = {}, []
+    for _ in range(20):
+        wanted, decisions = SCALING.plan("cpu", finals)
+        new = [c for c in wanted if run_id(c, "cpu") not in finals]
+        history.append(new)
+        if not new:
+            break
+        finals |= {run_id(c, "cpu"): {"final": True, "val_loss": scaling_loss(c)} for c in new}
+    # first the first size and the wide one (whole grids); the narrow grid waits for the first optimum
+    assert {(c.model_changes.get("d_model"), c.optimizer) for c in history[0]} == {(None, "adamw"), (256, "adamw")}
+    assert decisions.rates == {(s, "adamw"): 2e-3 if s == "tiny" else 1e-3 for s in SCALING.sizes} | {(s, "muon"): 8e-3 for s in SCALING.sizes}
+    assert decisions.swept["wide", "muon"] == [4e-3, 8e-3, 1.6e-2]  # narrow: the first optimum and its neighbours
+    assert decisions.swept["wide", "adamw"] == [5e-4, 1e-3, 2e-3, 4e-3]  # extended down: the optimum sat at the edge
+    assert decisions.swept["wider", "adamw"] == [5e-4, 1e-3, 2e-3, 4e-3]  # the wide size: the first size's grid
+    runs = [c for batch in history for c in batch]
+    assert all(c.adamw_lr == decisions.rates[s, "adamw"] for s, changes in SCALING.sizes.items() for c in runs
+               if c.optimizer == "muon" and c.model_changes == changes.get("model_changes", {}))
+    decayed = [c for c in runs if c.weight_decay == 0.05]
+    assert sorted((c.optimizer, c.seed) for c in decayed) == [(o, s) for o in ("adamw", "muon") for s in (0, 1, 2)]
+    assert all(c.model_changes == {"d_model": 128} and c.lr == decisions.rates["wide", c.optimizer] for c in decayed)
+    assert len({(c.steps, c.warmup, c.eval_every) for c in runs}) == 1  # the same schedule at every size
+
+
+def test_scaling_reads_the_xs_comparison_runs():
+    xs, scaling = experiments.xs_comparison("h100"), experiments.scaling("h100")
+    decided = experiments.decisions("xs_muon_vs_adamw", "h100")
+    assert scaling.warmup == decided.warmup and scaling.steps in xs.budgets
+    for opt in ("adamw", "muon"):
+        adamw_lr = None if opt == "adamw" else decided.rates[scaling.steps, "adamw"]
+        same = xs.config(opt, scaling.steps, decided.warmup, 1e-3, 1, adamw_lr)
+        assert run_id(scaling.config("XS", opt, 1e-3, 1, adamw_lr), "h100") == run_id(same, "h100")
+    assert experiments.decisions("scaling", "h100").rates["XS", "muon"] == decided.rates[scaling.steps, "muon"]
 
 
 # ---------------------------------------------------------------- the runner, for real
