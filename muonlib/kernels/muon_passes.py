@@ -36,7 +36,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..linalg import NORM_FLOOR
-from .symmetric import interpreting, round_bfloat16
+from .symmetric import interpreting, on_device, round_bfloat16
 
 # Columns of the matrix table (int64): addresses, then shape.
 GRAD, BUFFER, PARAM, SOURCE, RESULT, ROWS, COLS = (tl.constexpr(i) for i in range(7))
@@ -235,30 +235,33 @@ def _address_of(t: Tensor, expert: int) -> int:
 
 def momentum_pass(tables: PassTables, scalars: Tensor, grad_dtype: torch.dtype, nesterov: bool) -> None:
     """Pass 1: momenta updated in place, tile sums of the squared directions into ``tables.tile_sums``."""
-    _momentum_kernel[(tables.n_tiles,)](
-        tables.tiles, tables.matrices, scalars, tables.tile_sums,
-        GRAD_DTYPE=_TRITON_DTYPES[grad_dtype], NESTEROV=nesterov, **tables.config,
-    )
+    with on_device(tables.tiles):
+        _momentum_kernel[(tables.n_tiles,)](
+            tables.tiles, tables.matrices, scalars, tables.tile_sums,
+            GRAD_DTYPE=_TRITON_DTYPES[grad_dtype], NESTEROV=nesterov, **tables.config,
+        )
 
 
 def normalize_pass(tables: PassTables, scalars: Tensor, grad_dtype: torch.dtype, nesterov: bool,
                    safety: float, out_dtype: torch.dtype = torch.float16, eps: float = NORM_FLOOR) -> None:
     """Pass 2: each direction divided by ``safety * ||D||_F`` (at least ``eps``), cast to
     ``out_dtype``, into its slot."""
-    _normalize_kernel[(tables.n_tiles,)](
-        tables.tiles, tables.matrices, scalars, tables.tile_sums, tables.first_tiles, safety, eps,
-        GRAD_DTYPE=_TRITON_DTYPES[grad_dtype], NESTEROV=nesterov, OUT_DTYPE=_TRITON_DTYPES[out_dtype],
-        SUM_BLOCK=min(512, triton.next_power_of_2(tables.largest_matrix_tiles)), **tables.config,
-    )
+    with on_device(tables.tiles):
+        _normalize_kernel[(tables.n_tiles,)](
+            tables.tiles, tables.matrices, scalars, tables.tile_sums, tables.first_tiles, safety, eps,
+            GRAD_DTYPE=_TRITON_DTYPES[grad_dtype], NESTEROV=nesterov, OUT_DTYPE=_TRITON_DTYPES[out_dtype],
+            SUM_BLOCK=min(512, triton.next_power_of_2(tables.largest_matrix_tiles)), **tables.config,
+        )
 
 
 def update_pass(tables: PassTables, scalars: Tensor, param_dtype: torch.dtype, in_dtype: torch.dtype = torch.float16) -> None:
     """Pass 3: ``W <- (1 - lr wd) W - lr factor O`` for each weight, from its result slot."""
-    _update_kernel[(tables.n_tiles,)](
-        tables.tiles, tables.matrices, scalars, tables.factors,
-        PARAM_DTYPE=_TRITON_DTYPES[param_dtype], IN_DTYPE=_TRITON_DTYPES[in_dtype],
-        ROUND_BF16=interpreting() and param_dtype == torch.bfloat16, **tables.config,
-    )
+    with on_device(tables.tiles):
+        _update_kernel[(tables.n_tiles,)](
+            tables.tiles, tables.matrices, scalars, tables.factors,
+            PARAM_DTYPE=_TRITON_DTYPES[param_dtype], IN_DTYPE=_TRITON_DTYPES[in_dtype],
+            ROUND_BF16=interpreting() and param_dtype == torch.bfloat16, **tables.config,
+        )
 
 
 def muon_passes_reference(

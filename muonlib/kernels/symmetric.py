@@ -15,6 +15,8 @@ runs on the CPU (slowly): that is how the tests check it without a GPU.
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 
 import torch
@@ -29,6 +31,12 @@ def interpreting() -> bool:
 
 
 @triton.jit
+def on_device(t: Tensor):
+    """The context a kernel launch on ``t`` needs: Triton launches on the current CUDA device,
+    and a tensor on another GPU is not addressable from there."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def round_bfloat16(x):
     """``x`` (float32) rounded to the nearest bfloat16, ties to even, still as float32: by hand,
     because Triton's interpreter truncates float32 -> bfloat16 where a GPU rounds."""
@@ -117,11 +125,12 @@ def gram(X: Tensor, alpha: float = 1.0, config: dict | None = None) -> Tensor:
     low_precision = X.dtype in (torch.bfloat16, torch.float16)
     tiles = triton.cdiv(m, config["BLOCK"])
     grid = (tiles * (tiles + 1) // 2, batch)
-    _gram_kernel[grid](
-        X, out, m, k, *X.stride(), *out.stride(), alpha,
-        UPCAST=interpreting() and low_precision,
-        ROUND_BF16=interpreting() and X.dtype == torch.bfloat16, IEEE=X.dtype == torch.float32, **config,
-    )
+    with on_device(X):
+        _gram_kernel[grid](
+            X, out, m, k, *X.stride(), *out.stride(), alpha,
+            UPCAST=interpreting() and low_precision,
+            ROUND_BF16=interpreting() and X.dtype == torch.bfloat16, IEEE=X.dtype == torch.float32, **config,
+        )
     return out
 
 
