@@ -261,6 +261,14 @@ class Scaling:
             base = dataclasses.replace(base, weight_decay=weight_decay)
         return run_config(base, optimizer, self.steps, self.warmup, lr, seed, adamw_lr, self.evaluations)
 
+    def size_of(self, config: TrainConfig) -> str:
+        """Which of ``sizes`` a run's model is."""
+        for size, changes in self.sizes.items():
+            made = dataclasses.replace(self.base, **changes)
+            if (made.model, made.variant, made.model_changes) == (config.model, config.variant, config.model_changes):
+                return size
+        raise KeyError(f"{config.model} {config.model_changes} is none of the sizes {list(self.sizes)}")
+
     def plan(self, hardware: str, finals: Finals) -> tuple[list[TrainConfig], ScalingDecisions]:
         """Every run wanted given the finished ones, and what they decide."""
         def result(config):

@@ -8,6 +8,7 @@ on the validation split; the losses reported here are on the test split.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -17,7 +18,7 @@ import pandas as pd
 
 from .analysis import Budget, SeedSpread, compare, grad_norm_excursions, loss_jumps, paired_spikes, raw_spikes, tokens_to_target
 from .data import data_root
-from .experiments import Decisions, experiment, load_results, read_finals
+from .experiments import Decisions, ScalingDecisions, experiment, load_results, read_finals
 
 OPTIMIZERS = ("adamw", "muon")
 TARGET_OFFSETS = (0.02, 0.05, 0.1, 0.2, 0.5)  # nats above AdamW's worst final test loss: the targets of R_L
@@ -29,6 +30,90 @@ def common_steps(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
     """Two runs' step records over the steps both reached (a diverged run ends early)."""
     n = min(len(a), len(b))
     return a.sort_values("step").iloc[:n], b.sort_values("step").iloc[:n]
+
+
+def final_rows(chosen: dict[str, pd.DataFrame]) -> list[dict]:
+    """Per optimizer and seed of one setting's chosen runs: final validation and test loss (NaN
+    for a run that diverged), and the lowest validation loss with its step (below the final
+    one where a curve turns up)."""
+    rows = []
+    for opt in OPTIMIZERS:
+        for seed, run in chosen[opt].groupby("seed"):
+            evals = run.dropna(subset=["val_loss"])
+            diverged = bool(run.diverged.iloc[0])
+            lowest = evals.loc[evals.val_loss.idxmin()] if len(evals) else None
+            last = evals.loc[evals.step.idxmax()] if len(evals) and not diverged else None
+            rows.append({"optimizer": opt, "seed": seed, "lr": run.lr.iloc[0], "diverged": diverged,
+                         "val_loss": np.nan if last is None else last.val_loss,
+                         "test_loss": np.nan if last is None else last.test_loss,
+                         "min_val_loss": np.nan if lowest is None else lowest.val_loss,
+                         "min_val_step": -1 if lowest is None else int(lowest.step)})
+    return rows
+
+
+def gap_row(final: pd.DataFrame) -> dict:
+    """Final test loss of one setting and Muon's gain ``1 - L_Muon / L_AdamW`` (%) per seed
+    pair; ``separated`` is -1 where every Muon seed beats every AdamW seed; seeds that
+    diverged are counted, not averaged."""
+    loss = {opt: final[final.optimizer == opt].set_index("seed").test_loss.dropna() for opt in OPTIMIZERS}
+    gain = SeedSpread(tuple(100 * (1 - loss["muon"] / loss["adamw"]).dropna()))
+    return {"AdamW": SeedSpread(tuple(loss["adamw"])), "Muon": SeedSpread(tuple(loss["muon"])), "gain %": gain,
+            "separated": compare(loss["muon"], loss["adamw"]), "diverged": int(final.diverged.sum())}
+
+
+def ratio_rows(chosen: dict[str, pd.DataFrame], offsets) -> list[dict]:
+    """Tokens each optimizer needs to reach a test-loss target, per seed pair (same seed, same
+    batches), and ``R_L = T_AdamW / T_Muon``; targets are the highest final test loss of
+    AdamW's seeds plus ``offsets``, so that every run reaches every target."""
+    curves = {opt: {seed: run.dropna(subset=["test_loss"]).sort_values("step")
+                    for seed, run in chosen[opt].groupby("seed") if not run.diverged.iloc[0]}
+              for opt in OPTIMIZERS}
+    final = max(c.test_loss.iloc[-1] for c in curves["adamw"].values())
+    rows = []
+    for offset in offsets:
+        target = final + offset
+        for seed in sorted(set(curves["adamw"]) & set(curves["muon"])):
+            t = {opt: tokens_to_target(curves[opt][seed].tokens, curves[opt][seed].test_loss, target) for opt in OPTIMIZERS}
+            rows.append({"offset": offset, "target": target, "seed": seed,
+                         "AdamW tokens": t["adamw"], "Muon tokens": t["muon"], "R": t["adamw"] / t["muon"]})
+    return rows
+
+
+def spike_rows(chosen: dict[str, pd.DataFrame]) -> list[dict]:
+    """Per seed of one setting's chosen runs: raw spikes (a loss 10% above its recent median),
+    paired spikes (10% above the other optimizer's loss on the same batch, relative to their
+    recent ratio), gradient-norm excursions, and how closely the two runs' loss jumps follow
+    each other (the raw detector's share of batch difficulty)."""
+    runs = {opt: dict(iter(chosen[opt].sort_values("step").groupby("seed"))) for opt in OPTIMIZERS}
+    rows = []
+    for seed in sorted(set(runs["adamw"]) & set(runs["muon"])):
+        a, m = common_steps(runs["adamw"][seed], runs["muon"][seed])
+        ja, jm = loss_jumps(a.loss.values), loss_jumps(m.loss.values)
+        known = ~np.isnan(ja)
+        for opt, run, other in (("adamw", a, m), ("muon", m, a)):
+            rows.append({"seed": seed, "optimizer": opt,
+                         "raw spikes": int(raw_spikes(run.loss.values).sum()),
+                         "paired spikes": int(paired_spikes(run.loss.values, other.loss.values).sum()),
+                         "grad-norm excursions": int(grad_norm_excursions(run.grad_norm.values).sum()),
+                         "jump correlation": float(np.corrcoef(ja[known], jm[known])[0, 1])})
+    return rows
+
+
+def newton_schulz_share(header: dict) -> float:
+    """Newton-Schulz FLOPs of a Muon step over the model's training FLOPs per step (the
+    quintic iteration's dense matmuls, 5 steps, on every hidden matrix), from a result header."""
+    import torch
+
+    from .linalg import newton_schulz_flops
+    from .models import GPT, preset
+    from .optim import classify_parameters
+
+    config = header["provenance"]["config"]
+    with torch.device("meta"):
+        model = GPT(preset(config["model"], config["variant"], **config["model_changes"]))
+    ns = sum(newton_schulz_flops(*p.shape[-2:]) * (p.numel() // (p.shape[-2] * p.shape[-1]))
+             for _, p in classify_parameters(model)["hidden"])
+    return ns / header["flops_per_step"]
 
 
 @dataclass
@@ -113,77 +198,26 @@ class ComparisonResults:
         return pd.DataFrame(rows)
 
     def final_table(self) -> pd.DataFrame:
-        """Per budget, optimizer and seed at the chosen rate: final validation and test loss (NaN
-        for a run that diverged), and the lowest validation loss with its step (below the final
-        one where a curve turns up)."""
-        rows = []
-        for steps in self.budgets:
-            for opt in OPTIMIZERS:
-                for seed, run in self.chosen(steps, opt).groupby("seed"):
-                    evals = run.dropna(subset=["val_loss"])
-                    diverged = bool(run.diverged.iloc[0])
-                    lowest = evals.loc[evals.val_loss.idxmin()] if len(evals) else None
-                    last = evals.loc[evals.step.idxmax()] if len(evals) and not diverged else None
-                    rows.append({"steps": steps, "optimizer": opt, "seed": seed, "lr": run.lr.iloc[0], "diverged": diverged,
-                                 "val_loss": np.nan if last is None else last.val_loss,
-                                 "test_loss": np.nan if last is None else last.test_loss,
-                                 "min_val_loss": np.nan if lowest is None else lowest.val_loss,
-                                 "min_val_step": -1 if lowest is None else int(lowest.step)})
-        return pd.DataFrame(rows)
+        """Per budget, optimizer and seed at the chosen rate (see :func:`final_rows`)."""
+        return pd.DataFrame([{"steps": steps, **row} for steps in self.budgets
+                             for row in final_rows({opt: self.chosen(steps, opt) for opt in OPTIMIZERS})])
 
     def gap_table(self) -> pd.DataFrame:
-        """Final test loss per budget, and Muon's gain ``1 - L_Muon / L_AdamW`` (%) per seed
-        pair; ``separated`` is -1 where every Muon seed beats every AdamW seed; seeds that
-        diverged are counted, not averaged."""
+        """Final test loss per budget and Muon's gain (see :func:`gap_row`)."""
         final = self.final_table()
-        rows = []
-        for steps, group in final.groupby("steps"):
-            loss = {opt: group[group.optimizer == opt].set_index("seed").test_loss.dropna() for opt in OPTIMIZERS}
-            gain = SeedSpread(tuple(100 * (1 - loss["muon"] / loss["adamw"]).dropna()))
-            rows.append({"steps": steps, "AdamW": SeedSpread(tuple(loss["adamw"])), "Muon": SeedSpread(tuple(loss["muon"])),
-                         "gain %": gain, "separated": compare(loss["muon"], loss["adamw"]),
-                         "diverged": int(group.diverged.sum())})
-        return pd.DataFrame(rows).set_index("steps")
+        return pd.DataFrame([{"steps": steps, **gap_row(group)} for steps, group in final.groupby("steps")]).set_index("steps")
 
     def ratio_table(self, offsets=TARGET_OFFSETS) -> pd.DataFrame:
-        """Tokens each optimizer needs to reach a test-loss target, per seed pair (same seed,
-        same batches), and ``R_L = T_AdamW / T_Muon``; targets are the highest final test loss
-        of AdamW's seeds plus ``offsets``, so that every run reaches every target."""
-        rows = []
-        for steps in self.budgets:
-            curves = {opt: {seed: run.dropna(subset=["test_loss"]).sort_values("step")
-                            for seed, run in self.chosen(steps, opt).groupby("seed") if not run.diverged.iloc[0]}
-                      for opt in OPTIMIZERS}
-            final = max(c.test_loss.iloc[-1] for c in curves["adamw"].values())
-            for offset in offsets:
-                target = final + offset
-                for seed in sorted(set(curves["adamw"]) & set(curves["muon"])):
-                    t = {opt: tokens_to_target(curves[opt][seed].tokens, curves[opt][seed].test_loss, target) for opt in OPTIMIZERS}
-                    rows.append({"steps": steps, "offset": offset, "target": target, "seed": seed,
-                                 "AdamW tokens": t["adamw"], "Muon tokens": t["muon"], "R": t["adamw"] / t["muon"]})
-        table = pd.DataFrame(rows)
+        """Tokens to test-loss targets and ``R_L`` per budget and seed pair (see :func:`ratio_rows`)."""
+        table = pd.DataFrame([{"steps": steps, **row} for steps in self.budgets
+                              for row in ratio_rows({opt: self.chosen(steps, opt) for opt in OPTIMIZERS}, offsets)])
         table["Muon's share %"] = 100 / table.R
         return table
 
     def spike_table(self) -> pd.DataFrame:
-        """Per budget and seed at the chosen rates: raw spikes (a loss 10% above its recent
-        median), paired spikes (10% above the other optimizer's loss on the same batch, relative
-        to their recent ratio), gradient-norm excursions, and how closely the two runs' loss
-        jumps follow each other (the raw detector's share of batch difficulty)."""
-        rows = []
-        for steps in self.budgets:
-            runs = {opt: dict(iter(self.chosen(steps, opt).sort_values("step").groupby("seed"))) for opt in OPTIMIZERS}
-            for seed in sorted(set(runs["adamw"]) & set(runs["muon"])):
-                a, m = common_steps(runs["adamw"][seed], runs["muon"][seed])
-                ja, jm = loss_jumps(a.loss.values), loss_jumps(m.loss.values)
-                known = ~np.isnan(ja)
-                for opt, run, other in (("adamw", a, m), ("muon", m, a)):
-                    rows.append({"steps": steps, "seed": seed, "optimizer": opt,
-                                 "raw spikes": int(raw_spikes(run.loss.values).sum()),
-                                 "paired spikes": int(paired_spikes(run.loss.values, other.loss.values).sum()),
-                                 "grad-norm excursions": int(grad_norm_excursions(run.grad_norm.values).sum()),
-                                 "jump correlation": float(np.corrcoef(ja[known], jm[known])[0, 1])})
-        return pd.DataFrame(rows)
+        """Spikes of the chosen runs per budget and seed (see :func:`spike_rows`)."""
+        return pd.DataFrame([{"steps": steps, **row} for steps in self.budgets
+                             for row in spike_rows({opt: self.chosen(steps, opt) for opt in OPTIMIZERS})])
 
     def sweep_spike_table(self) -> pd.DataFrame:
         """Paired spikes and gradient-norm excursions of every seed-0 run of the sweeps, paired
@@ -203,21 +237,8 @@ class ComparisonResults:
         return pd.DataFrame(rows)
 
     def newton_schulz_share(self) -> float:
-        """Newton-Schulz FLOPs of a Muon step over the model's training FLOPs per step (the
-        quintic iteration's dense matmuls, 5 steps, on every hidden matrix)."""
-        import torch
-
-        from .linalg import newton_schulz_flops
-        from .models import GPT, preset
-        from .optim import classify_parameters
-
-        header = next(h for h in self.headers.values() if h["provenance"]["config"]["optimizer"] == "muon")
-        config = header["provenance"]["config"]
-        with torch.device("meta"):
-            model = GPT(preset(config["model"], config["variant"], **config["model_changes"]))
-        ns = sum(newton_schulz_flops(*p.shape[-2:]) * (p.numel() // (p.shape[-2] * p.shape[-1]))
-                 for _, p in classify_parameters(model)["hidden"])
-        return ns / header["flops_per_step"]
+        """Newton-Schulz FLOPs over model FLOPs per step (see :func:`newton_schulz_share`)."""
+        return newton_schulz_share(next(h for h in self.headers.values() if h["provenance"]["config"]["optimizer"] == "muon"))
 
     # ------------------------------------------------------------ verdicts
 
@@ -270,3 +291,296 @@ class ComparisonResults:
              "ours": "; ".join(f"{s} steps: {spread_text(g)}" for s, g in gaps["gain %"].items()),
              "verdict": m18},
         ]).set_index("claim")
+
+
+# ---------------------------------------------------------------- several model sizes
+
+#: the paper's Table 1 LR_max per size, one rate for both optimizers
+TABLE1_RATES = {"XS": 2.5e-3, "S": 2.0e-3, "M": 1.8e-3, "L": 1.6e-3, "XL": 1.2e-3}
+#: how many seed standard deviations a difference must exceed to count as a change
+NOISE_SIGMAS = 2.0
+
+
+@dataclass
+class ScalingResults:
+    """What the scaling experiment's runs show, size by size (``size`` is a column of ``runs``)."""
+
+    name: str
+    runs: pd.DataFrame
+    decisions: "ScalingDecisions"
+    headers: dict  # run -> its result file's header
+    sizes: list[str]  # smallest first
+
+    @classmethod
+    def load(cls, name: str = "scaling", hardware: str = "h100", results: Path | None = None) -> "ScalingResults":
+        from .experiments import RESULT, finished_runs, read_run, result_folders, run_id
+
+        folders = [f for f in result_folders(name, results) if f.exists()]
+        design = experiment(name).design(hardware)
+        wanted, decisions = design.plan(hardware, finished_runs(folders))
+        size_of = {run_id(c, hardware): design.size_of(c) for c in wanted}
+        runs = pd.concat([load_results(f) for f in folders], ignore_index=True)
+        runs = runs[runs.run.isin(size_of)].drop_duplicates(["run", "step"]).copy()
+        runs["size"] = runs.run.map(size_of)
+        headers = {run: read_run(f / f"{run}{RESULT}")[0] for f in reversed(folders) for run in size_of
+                   if (f / f"{run}{RESULT}").exists()}
+        sizes = [s for s in design.sizes if all((s, opt) in decisions.rates for opt in OPTIMIZERS)]
+        return cls(name, runs, decisions, headers, sizes)
+
+    # ------------------------------------------------------------ which runs
+
+    def header(self, size: str, optimizer: str = "muon") -> dict:
+        run = self.runs[(self.runs["size"] == size) & (self.runs.optimizer == optimizer)].run.iloc[0]
+        return self.headers[run]
+
+    @cached_property
+    def base_decay(self) -> float:
+        return float(self.runs.weight_decay.mode().iloc[0])
+
+    def at(self, size: str, optimizer: str, weight_decay: float | None = None) -> pd.DataFrame:
+        """The sweep and seeds of one size and optimizer (Muon's with its AdamW part at AdamW's
+        chosen rate), at the base weight decay unless another is asked for."""
+        r = self.runs
+        q = (r["size"] == size) & (r.optimizer == optimizer) & (r.weight_decay == (weight_decay or self.base_decay))
+        if optimizer == "muon":
+            q &= r.adamw_lr == self.decisions.rates[size, "adamw"]
+        return r[q]
+
+    def chosen(self, size: str, optimizer: str, weight_decay: float | None = None) -> pd.DataFrame:
+        runs = self.at(size, optimizer, weight_decay)
+        return runs[runs.lr == self.decisions.rates[size, optimizer]]
+
+    def _both(self, size: str, weight_decay: float | None = None) -> dict[str, pd.DataFrame]:
+        return {opt: self.chosen(size, opt, weight_decay) for opt in OPTIMIZERS}
+
+    # ------------------------------------------------------------ tables
+
+    def size_table(self) -> pd.DataFrame:
+        """Every size: shape, parameters (ours and the paper's), the budget three ways, and
+        the Newton-Schulz FLOPs a Muon step adds (% of the model's training FLOPs)."""
+        from .models import PAPER_PARAMS, preset
+
+        rows = []
+        for size in self.sizes:
+            header = self.header(size)
+            config = header["provenance"]["config"]
+            model = preset(config["model"], config["variant"], **config["model_changes"])
+            b = Budget.of(config["steps"], header["tokens_per_step"], header["data"]["train_tokens"], header["parameters"])
+            rows.append({"size": size, "layers": model.n_layer, "width": model.d_model, "parameters": header["parameters"],
+                         "paper's parameters": PAPER_PARAMS.get(size, np.nan), "tokens": b.tokens, "epochs": b.epochs,
+                         "tokens per parameter": b.tokens_per_parameter, "Newton-Schulz FLOPs %": 100 * newton_schulz_share(header)})
+        return pd.DataFrame(rows).set_index("size")
+
+    def sweep_table(self) -> pd.DataFrame:
+        """Seed-0 final validation loss against the peak rate, per size and optimizer (``inf``
+        where a run diverged), with the rate relative to the first size's optimum."""
+        first = self.sizes[0]
+        rows = []
+        for size in self.sizes:
+            for opt in OPTIMIZERS:
+                runs = self.at(size, opt)
+                for lr, run in runs[runs.seed == 0].groupby("lr"):
+                    last = run.loc[run.step.idxmax()]
+                    rows.append({"size": size, "optimizer": opt, "lr": lr, "lr / first optimum": lr / self.decisions.rates[first, opt],
+                                 "diverged": bool(last.diverged), "val_loss": np.inf if last.diverged else last.val_loss})
+        return pd.DataFrame(rows)
+
+    def final_table(self, weight_decay: float | None = None) -> pd.DataFrame:
+        """Per size, optimizer and seed at the chosen rate (see :func:`final_rows`)."""
+        return pd.DataFrame([{"size": size, **row} for size in self.sizes for row in final_rows(self._both(size, weight_decay))])
+
+    def transfer_table(self) -> pd.DataFrame:
+        """Per size and optimizer: the chosen rate against the first size's, and what taking
+        the first size's rate unchanged (zero-shot transfer) costs in validation loss, beside
+        the seed spread of the chosen rate's loss."""
+        first = self.sizes[0]
+        sweep = self.sweep_table().set_index(["size", "optimizer", "lr"]).val_loss
+        spread = self.final_table().groupby(["size", "optimizer"]).val_loss.std()
+        rows = []
+        for size in self.sizes:
+            for opt in OPTIMIZERS:
+                lr, transferred = self.decisions.rates[size, opt], self.decisions.rates[first, opt]
+                rows.append({"size": size, "optimizer": opt, "chosen lr": lr, "first size's lr": transferred,
+                             "shift": lr / transferred, "Table 1 lr": TABLE1_RATES.get(size, np.nan),
+                             "transfer penalty": sweep.get((size, opt, transferred), np.nan) - sweep[size, opt, lr],
+                             "seed std": spread[size, opt]})
+        return pd.DataFrame(rows)
+
+    def decay_table(self) -> pd.DataFrame:
+        """At the sizes with a weight-decay check: final test loss per decay and optimizer
+        (seed spreads), and which decay is lower (``separated`` -1: the first listed)."""
+        rows = []
+        decays = sorted(set(self.runs.weight_decay))
+        for size in self.sizes:
+            for opt in OPTIMIZERS:
+                finals = {wd: self.final_table(wd) for wd in decays}
+                losses = {wd: f[(f["size"] == size) & (f.optimizer == opt)].test_loss.dropna() for wd, f in finals.items()}
+                if any(len(v) == 0 for v in losses.values()):
+                    continue
+                low, high = decays[0], decays[-1]
+                rows.append({"size": size, "optimizer": opt, **{f"wd {wd:g}": SeedSpread(tuple(v)) for wd, v in losses.items()},
+                             "better": low if losses[low].mean() < losses[high].mean() else high,
+                             "separated": compare(losses[low], losses[high])})
+        return pd.DataFrame(rows)
+
+    def gap_table(self) -> pd.DataFrame:
+        """Final test loss per size and Muon's gain (see :func:`gap_row`)."""
+        final = self.final_table()
+        rows = [{"size": size, "parameters": self.header(size)["parameters"], **gap_row(final[final["size"] == size])}
+                for size in self.sizes]
+        return pd.DataFrame(rows).set_index("size")
+
+    def ratio_table(self, offsets=TARGET_OFFSETS) -> pd.DataFrame:
+        """Per size, tokens (and so model FLOPs) to test-loss targets and ``R`` (see
+        :func:`ratio_rows`); Muon's share of AdamW's FLOPs with and without Newton-Schulz."""
+        rows = []
+        for size in self.sizes:
+            ns = newton_schulz_share(self.header(size))
+            for row in ratio_rows(self._both(size), offsets):
+                rows.append({"size": size, **row, "R with Newton-Schulz": row["R"] / (1 + ns)})
+        table = pd.DataFrame(rows)
+        table["Muon's share %"] = 100 / table["R with Newton-Schulz"]
+        return table
+
+    def spike_table(self) -> pd.DataFrame:
+        """Spikes of the chosen runs per size and seed (see :func:`spike_rows`)."""
+        return pd.DataFrame([{"size": size, **row} for size in self.sizes for row in spike_rows(self._both(size))])
+
+    def curves(self, size: str, optimizer: str) -> pd.DataFrame:
+        """Validation loss against training FLOPs (Newton-Schulz included for Muon) at the chosen
+        rate: the mean over seeds, with its lowest and highest."""
+        runs = self.chosen(size, optimizer).dropna(subset=["val_loss"])
+        ns = newton_schulz_share(self.header(size)) if optimizer == "muon" else 0.0
+        table = runs.groupby("flops").val_loss.agg(["mean", "min", "max"]).reset_index()
+        table["flops"] *= 1 + ns
+        return table
+
+    # ------------------------------------------------------------ verdicts
+
+    def verdicts(self) -> pd.DataFrame:
+        """M15, M16, M18 and M21 over the sizes, each with its evidence and a verdict label."""
+        ratios = self.ratio_table()
+        share = ratios.groupby(["size", "offset"])["Muon's share %"].mean()
+        low, high = PAPER["M15"]
+        m15 = ("verified" if share.between(low, high).all() else
+               "refuted" if not share.between(low, high).any() else "holds only under conditions")
+
+        gaps = self.gap_table()
+        consistent = (gaps.separated == -1).all()
+        first, last = gaps["gain %"].iloc[0], gaps["gain %"].iloc[-1]
+        means = np.array([g.mean for g in gaps["gain %"]])
+        rising = compare(first.values, last.values) == -1 and pd.Series(means).corr(pd.Series(np.log(gaps.parameters.values)), method="spearman") > 0
+        m16 = ("refuted" if (gaps.separated == 1).any() or not consistent and not rising else
+               "verified" if consistent and rising else "holds only under conditions")
+
+        low, high = PAPER["M18"]
+        inside = [low <= g.mean <= high for g in gaps["gain %"]]
+        m18 = ("verified" if all(inside) and consistent else
+               "refuted" if not any(inside) or (gaps.separated == 1).any() else "holds only under conditions")
+
+        transfer = self.transfer_table().set_index(["size", "optimizer"])
+        muon = transfer.xs("muon", level="optimizer").iloc[1:]
+        kept = muon["transfer penalty"] <= NOISE_SIGMAS * muon["seed std"]
+        decay = self.decay_table()
+        decay_flips = decay.groupby("optimizer").separated.agg(lambda s: {-1, 1} <= set(s)).any()  # better at one size, worse at another
+        m21 = ("verified" if kept.all() and not decay_flips else
+               "refuted" if not kept.iloc[-1] or decay_flips else "holds only under conditions")
+
+        def spread_text(g):
+            return f"{g.mean:.1f}% (seeds {g.low:.1f}-{g.high:.1f})"
+
+        def fraction(x):
+            return f"1/{1 / x:g}" if x < 1 else f"{x:g}x"
+
+        adamw = transfer.xs("adamw", level="optimizer")
+        return pd.DataFrame([
+            {"claim": "M15", "paper": f"Muon needs {PAPER['M15'][0]}-{PAPER['M15'][1]}% of AdamW's FLOPs to any loss",
+             "ours": f"{share.min():.0f}-{share.max():.0f}% of AdamW's FLOPs (Newton-Schulz included) over "
+                     f"{len(self.sizes)} sizes and {ratios.offset.nunique()} targets each",
+             "verdict": m15},
+            {"claim": "M16", "paper": "the gain is consistent across scales and slightly improves with size",
+             "ours": "final-loss gain " + "; ".join(f"{s} {spread_text(g)}" for s, g in gaps["gain %"].items()),
+             "verdict": m16},
+            {"claim": "M18", "paper": f"final loss {PAPER['M18'][0]}-{PAPER['M18'][1]}% lower with Muon",
+             "ours": f"{min(means):.1f}-{max(means):.1f}% lower at every size, beyond the seed spread" if consistent
+                     else f"{min(means):.1f}-{max(means):.1f}%, not beyond the seed spread at every size",
+             "verdict": m18},
+            {"claim": "M21", "paper": "learning rate and weight decay transfer across widths with s = 0.2 sqrt(n)",
+             "ours": f"Muon's best rate beyond {self.sizes[0]} is {fraction(muon['shift'].min())} to {fraction(muon['shift'].max())} "
+                     f"of {self.sizes[0]}'s, whose rate costs {muon['transfer penalty'].min():.3f}-{muon['transfer penalty'].max():.3f} "
+                     f"nats (seed std at most {muon['seed std'].max():.3f}); AdamW's is {fraction(adamw['shift'].iloc[1:].min())} to "
+                     f"{fraction(adamw['shift'].iloc[1:].max())}; weight decay 0.05 against 0.1: "
+                     + ("no difference beyond the seed spread" if (decay.separated == 0).all() else "a difference at some size"),
+             "verdict": m21},
+        ]).set_index("claim")
+
+
+# ---------------------------------------------------------------- every run the book holds
+
+
+def every_run_table(root: Path | None = None) -> pd.DataFrame:
+    """One row per finished run of every experiment in ``data/results/``: its optimizer, its
+    peak rate relative to the best rate of its optimizer at its model and budget (``log2 lr /
+    optimum``, 0 at the optimum), whether it diverged, and its instability: paired spikes
+    against the other optimizer's best run on the identical batches (same model, budget and
+    seed), raw spikes and gradient-norm excursions."""
+    root = Path(root) if root is not None else data_root() / "results"
+    rows = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        runs = load_results(folder).sort_values(["run", "step"])
+        finals = runs.groupby("run").agg(optimizer=("optimizer", "first"), model=("model", "first"), steps=("steps", "first"),
+                                         seed=("seed", "first"), lr=("lr", "first"), diverged=("diverged", "first"),
+                                         val_loss=("val_loss", "last"))
+        finals["selection"] = finals.val_loss.where(~finals.diverged, np.inf)
+        best_rate = finals.loc[finals.groupby(["optimizer", "model", "steps"]).selection.idxmin()].set_index(
+            ["optimizer", "model", "steps"]).lr
+        reference = finals.loc[finals.groupby(["optimizer", "model", "steps", "seed"]).selection.idxmin()].reset_index().set_index(
+            ["optimizer", "model", "steps", "seed"]).run
+        by_run = dict(iter(runs.groupby("run")))
+        for run, f in finals.iterrows():
+            other = "muon" if f.optimizer == "adamw" else "adamw"
+            mine = by_run[run]
+            paired = np.nan
+            if (other, f.model, f.steps, f.seed) in reference.index:
+                a, b = common_steps(mine, by_run[reference[other, f.model, f.steps, f.seed]])
+                paired = int(paired_spikes(a.loss.values, b.loss.values).sum())
+            rows.append({"experiment": folder.name, "run": run, "optimizer": f.optimizer, "model": f.model, "steps": f.steps,
+                         "seed": f.seed, "lr": f.lr, "log2 lr / optimum": round(math.log2(f.lr / best_rate[f.optimizer, f.model, f.steps])),
+                         "diverged": bool(f.diverged), "paired spikes": paired, "raw spikes": int(raw_spikes(mine.loss.values).sum()),
+                         "grad-norm excursions": int(grad_norm_excursions(mine.grad_norm.values).sum())})
+    return pd.DataFrame(rows)
+
+
+def stability_table(every_run: pd.DataFrame) -> pd.DataFrame:
+    """Per optimizer and rate relative to its optimum: runs, divergences, and spikes per run."""
+    return every_run.groupby(["optimizer", "log2 lr / optimum"]).agg(
+        runs=("run", "size"), diverged=("diverged", "sum"), paired_spikes_per_run=("paired spikes", "mean"),
+        runs_with_a_paired_spike=("paired spikes", lambda s: int((s > 0).sum())),
+        excursions_per_run=("grad-norm excursions", "mean"), raw_spikes_per_run=("raw spikes", "mean"))
+
+
+def stability_verdict(every_run: pd.DataFrame) -> dict:
+    """M17 over every run: Muon has fewer loss spikes if fewer of its runs have a paired
+    spike (one-sided Fisher exact test, p < 0.05) at the tuned rates ("verified"), or only
+    over all rates ("holds only under conditions": away from the optimum); "refuted" if AdamW
+    has fewer; "not testable here" if neither shows instability to compare."""
+    from scipy.stats import fisher_exact
+
+    def test(runs, alternative):
+        table = [[int((g["paired spikes"] > 0).sum()), int((g["paired spikes"] == 0).sum())]
+                 for g in (runs[runs.optimizer == "muon"], runs[runs.optimizer == "adamw"])]
+        return fisher_exact(table, alternative=alternative).pvalue, table
+
+    tuned = every_run[every_run["log2 lr / optimum"] == 0]
+    p_tuned, at_optimum = test(tuned, "less")
+    p_all, overall = test(every_run, "less")
+    p_worse, _ = test(every_run, "greater")
+    verdict = ("verified" if p_tuned < 0.05 else "holds only under conditions" if p_all < 0.05 else
+               "refuted" if p_worse < 0.05 else "not testable here")
+    (m_spiky, m_calm), (a_spiky, a_calm) = overall
+    (mt_spiky, mt_calm), (at_spiky, at_calm) = at_optimum
+    return {"claim": "M17", "paper": "Muon's curves are smoother, with fewer loss spikes",
+            "ours": f"runs with a paired spike: Muon {m_spiky} of {m_spiky + m_calm}, AdamW {a_spiky} of {a_spiky + a_calm} "
+                    f"(p = {p_all:.2g}); at the tuned rates Muon {mt_spiky} of {mt_spiky + mt_calm}, AdamW {at_spiky} of "
+                    f"{at_spiky + at_calm}; divergences: {int(every_run.diverged.sum())} in {len(every_run)} runs",
+            "verdict": verdict, "p overall": p_all, "p tuned": p_tuned}
