@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .analysis import Budget, SeedSpread, compare, grad_norm_excursions, loss_jumps, paired_spikes, raw_spikes, tokens_to_target
+from .analysis import (SWEEP_FACTOR, Budget, SeedSpread, compare, grad_norm_excursions, loss_jumps, paired_spikes, rate_key, raw_spikes,
+                       sweep_rates, tokens_to_target)
 from .data import data_root
 from .experiments import Decisions, ScalingDecisions, experiment, load_results, read_finals
 
@@ -406,6 +407,25 @@ class ScalingResults:
                              "seed std": spread[size, opt]})
         return pd.DataFrame(rows)
 
+    def narrowed_choice(self, size: str, optimizer: str) -> float | None:
+        """The rate the narrowed search (the first size's optimum and its two neighbours,
+        extended at an edge) would have chosen from this size's sweep, or ``None`` if it would
+        have needed a rate the sweep did not run: at the wide size, whether narrowing the grid
+        changed the answer."""
+        center = self.decisions.rates[self.sizes[0], optimizer]
+        grid = [rate_key(center / SWEEP_FACTOR), rate_key(center), rate_key(center * SWEEP_FACTOR)]
+        sweep = self.sweep_table()
+        losses = {rate_key(r.lr): r.val_loss for r in sweep[(sweep["size"] == size) & (sweep.optimizer == optimizer)].itertuples()}
+        known: dict[float, float] = {}
+        while True:
+            for rate in grid:
+                if rate not in losses:
+                    return None
+                known[rate] = losses[rate]
+            grid, chosen = sweep_rates(grid, known)
+            if chosen is not None:
+                return chosen
+
     def decay_table(self) -> pd.DataFrame:
         """At the sizes with a weight-decay check: final test loss per decay and optimizer
         (seed spreads), and which decay is lower (``separated`` -1: the first listed)."""
@@ -523,7 +543,8 @@ def every_run_table(root: Path | None = None) -> pd.DataFrame:
     peak rate relative to the best rate of its optimizer at its model and budget (``log2 lr /
     optimum``, 0 at the optimum), whether it diverged, and its instability: paired spikes
     against the other optimizer's best run on the identical batches (same model, budget and
-    seed), raw spikes and gradient-norm excursions."""
+    seed) with the first one's place in the run (a fraction of its steps), raw spikes and
+    gradient-norm excursions."""
     root = Path(root) if root is not None else data_root() / "results"
     rows = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -540,13 +561,15 @@ def every_run_table(root: Path | None = None) -> pd.DataFrame:
         for run, f in finals.iterrows():
             other = "muon" if f.optimizer == "adamw" else "adamw"
             mine = by_run[run]
-            paired = np.nan
+            paired, first = np.nan, np.nan
             if (other, f.model, f.steps, f.seed) in reference.index:
                 a, b = common_steps(mine, by_run[reference[other, f.model, f.steps, f.seed]])
-                paired = int(paired_spikes(a.loss.values, b.loss.values).sum())
+                flags = paired_spikes(a.loss.values, b.loss.values)
+                paired = int(flags.sum())
+                first = a.step.values[flags][0] / f.steps if paired else np.nan
             rows.append({"experiment": folder.name, "run": run, "optimizer": f.optimizer, "model": f.model, "steps": f.steps,
                          "seed": f.seed, "lr": f.lr, "log2 lr / optimum": round(math.log2(f.lr / best_rate[f.optimizer, f.model, f.steps])),
-                         "diverged": bool(f.diverged), "paired spikes": paired, "raw spikes": int(raw_spikes(mine.loss.values).sum()),
+                         "diverged": bool(f.diverged), "paired spikes": paired, "first paired spike": first, "raw spikes": int(raw_spikes(mine.loss.values).sum()),
                          "grad-norm excursions": int(grad_norm_excursions(mine.grad_norm.values).sum())})
     return pd.DataFrame(rows)
 
