@@ -110,7 +110,8 @@ class FusedMuonStep:
         self._run()
         if self.cuda_graph:  # recording executes nothing: this step was the eager run above
             self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph):
+            # A stream of this GPU: torch's default capture stream belongs to whichever GPU first captured.
+            with torch.cuda.graph(self._graph, stream=torch.cuda.Stream(self.device)):
                 self._run()
 
     def _run(self) -> None:

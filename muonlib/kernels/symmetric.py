@@ -30,13 +30,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@triton.jit
 def on_device(t: Tensor):
     """The context a kernel launch on ``t`` needs: Triton launches on the current CUDA device,
     and a tensor on another GPU is not addressable from there."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+@triton.jit
 def round_bfloat16(x):
     """``x`` (float32) rounded to the nearest bfloat16, ties to even, still as float32: by hand,
     because Triton's interpreter truncates float32 -> bfloat16 where a GPU rounds."""
