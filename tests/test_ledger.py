@@ -1,0 +1,45 @@
+"""The claims ledger: one row per claim, the five labels only, every judged claim linked to
+the chapter that judges it, and the committed pages exactly what the saved results give."""
+
+from pathlib import Path
+
+import pytest
+
+from muonlib import ledger
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def claims():
+    return ledger.ledger()
+
+
+def test_every_claim_has_exactly_one_row_with_a_defined_label(claims):
+    ids = [c.id for c in claims]
+    assert len(ids) == len(set(ids))
+    listed = [c["id"] for part in ledger.read_claims() for c in part["claims"]]
+    assert sorted(ids) == sorted(listed)
+    assert {c.verdict for c in claims} <= set(ledger.LABELS)
+    assert {"E9", "A4"} <= {c.id for c in claims if c.verdict == "not testable here"}
+
+
+def test_every_judged_claim_links_to_a_chapter_that_exists(claims):
+    for c in claims:
+        if c.verdict not in ("open", "not testable here"):  # an untestable claim may have nothing to compute
+            assert c.chapters, f"{c.id} has a verdict but no chapter"
+        for chapter in c.chapters:
+            assert any((ROOT / f"{chapter.lstrip('/')}{ext}").exists() for ext in (".ipynb", ".md")), f"{c.id}: no page {chapter}"
+
+
+def test_the_committed_ledger_and_dashboard_are_what_the_data_gives(claims):
+    assert ledger.stale(claims) == [], "run `python -m muonlib.ledger write`"
+
+
+def test_a_computed_claim_cannot_also_be_typed(monkeypatch):
+    parts = ledger.read_claims()
+    typed = next(c for part in parts for c in part["claims"] if c.get("computed"))
+    typed["verdict"] = "verified"
+    monkeypatch.setattr(ledger, "read_claims", lambda: parts)
+    with pytest.raises(ValueError, match="must not also be typed"):
+        ledger.ledger()
