@@ -115,6 +115,107 @@ def bench_kv_cache(size: str, variant: str, batch: int, prompt: int, new_tokens:
     return result
 
 
+#: the decode benchmark's models: label -> (variant, model changes); "mla-full" is MLA with r = d (A3's baseline)
+DECODE_MODELS = {"mha": ("mha", {}), "mla": ("mla", {}), "mla-full": ("mla", {"full_rank": True}),
+                 "mla-norope": ("mla-norope", {}), "moe-mla": ("moe-mla", {})}
+
+
+def copy_bandwidth(gigabytes: float = 1.0) -> float:
+    """Measured HBM bandwidth in bytes/s: a device-to-device copy of ``gigabytes``, read plus written."""
+    x = torch.empty(int(gigabytes * 2**30), dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = median_ms(lambda: y.copy_(x), warmup=3, iters=10)
+    return 2 * x.numel() / (ms / 1e3)
+
+
+def matmul_rate(n: int = 8192) -> float:
+    """Measured dense bf16 matmul FLOP/s on an ``n x n x n`` product."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    ms = median_ms(lambda: a @ a, warmup=3, iters=10)
+    return 2 * n**3 / (ms / 1e3)
+
+
+def decode_model(size: str, label: str, context: int | None = None) -> GPT:
+    variant, changes = DECODE_MODELS[label]
+    changes = dict(changes)
+    if changes.pop("full_rank", False):
+        changes["latent_rank"] = preset(size).d_model
+    if context is not None:
+        changes["context"] = context
+    with torch.device(_device()):
+        model = GPT(preset(size, variant, **changes)).eval()
+    return model.to(torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+
+
+def decode_roofline(model: GPT, batch: int, filled: float, bandwidth: float, flop_rate: float) -> dict:
+    """The ceiling of one decode step: it must read the weights it uses once (the routed experts
+    some token of the batch picks, under uniform routing) and every filled cache entry, and do
+    the matmuls; the slower of the two bounds the tokens/s."""
+    config, itemsize = model.config, model.tok_emb.weight.element_size()
+    positions = model.pos_emb.weight.numel() if model.pos_emb is not None else 0
+    params = model.num_parameters() - positions
+    routed = sum(m.routed_up.numel() + m.routed_down.numel() for m in model.moe_layers())
+    if routed:
+        touched = 1 - (1 - config.top_k / config.n_routed_experts) ** batch
+        params -= routed * (1 - touched)
+    cache = kv_cache_bytes(config, batch, 1, model.tok_emb.weight.dtype) * filled
+    weight_bytes = params * itemsize
+    if config.attention == "mha":
+        attention_flops = 4 * config.d_model * filled * config.n_layer
+    else:
+        h, r, p, d = config.n_head, config.kv_rank, config.rope_head_dim, config.head_dim
+        attention_flops = config.n_layer * h * (2 * (r + p) * filled + 2 * r * filled + 4 * d * r)
+    flops = batch * (2 * model.num_parameters(active=True) + attention_flops)
+    seconds = max((weight_bytes + cache) / bandwidth, flops / flop_rate)
+    return dict(weight_bytes=weight_bytes, kv_bytes=cache, flops=flops, ceiling_tokens_per_s=batch / seconds,
+                memory_bound=(weight_bytes + cache) / bandwidth >= flops / flop_rate)
+
+
+@torch.no_grad()
+def bench_decode(size: str, label: str, batch: int, prompt: int, new_tokens: int, context: int | None,
+                 bandwidth: float, flop_rate: float) -> dict:
+    """Greedy decoding through :class:`muonlib.models.Decoder` (static cache, CUDA graphs):
+    tokens/s over ``new_tokens`` steps after a ``prompt``-token prefill, the second of two
+    generations (the first captures the graphs), against its roofline; time to the first
+    token for a prompt filling the context; the cache's bytes measured and analytic."""
+    from .models import Decoder
+
+    model = decode_model(size, label, context)
+    config, dtype = model.config, model.tok_emb.weight.dtype
+    idx = torch.randint(0, config.vocab_size, (batch, prompt), device=_device())
+    _peak_reset()
+    before = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+    decoder = Decoder(model, batch, prompt + new_tokens)
+    cache_bytes = (torch.cuda.memory_allocated() - before) if torch.cuda.is_available() else decoder.cache.nbytes()
+
+    def generate():
+        logits = decoder.prefill(idx)
+        for _ in range(new_tokens):
+            logits = decoder.step(logits.argmax(-1, keepdim=True))
+
+    generate()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    generate()
+    sync()
+    seconds = time.perf_counter() - start
+    full = Decoder(model, batch, config.context)
+    long_prompt = torch.randint(0, config.vocab_size, (batch, config.context), device=_device())
+    ttft = median_ms(lambda: full.prefill(long_prompt).argmax(-1), warmup=1, iters=3)
+    roofline = decode_roofline(model, batch, prompt + new_tokens / 2, bandwidth, flop_rate)
+    tokens_per_s = batch * new_tokens / seconds
+    result = dict(size=size, model=label, variant=DECODE_MODELS[label][0], batch=batch, prompt=prompt, new_tokens=new_tokens,
+                  context=config.context, kv_rank=config.kv_rank if config.attention == "mla" else None,
+                  cuda_graphs=decoder.cuda_graphs, tokens_per_s=tokens_per_s, step_ms=seconds / new_tokens * 1e3,
+                  ttft_ms=ttft, ttft_prompt=config.context, peak_memory_gb=_peak_gb(),
+                  kv_bytes_measured=cache_bytes, kv_bytes_analytic=kv_cache_bytes(config, batch, prompt + new_tokens, dtype),
+                  kv_bytes_per_token_layer=kv_cache_bytes(config, 1, 1, dtype) // config.n_layer,
+                  **roofline, roofline_share=tokens_per_s / roofline["ceiling_tokens_per_s"])
+    del model, decoder, full
+    return result
+
+
 def bench_moe_layer(size: str, tokens: int, compile: bool) -> dict:
     """The MoE FFN against a dense GELU MLP of the same active width ((shared + top_k) * h)."""
     config = preset(size, "moe-mla")
@@ -415,7 +516,7 @@ NS_SHAPES = ("24x256x256,12x256x1024,48x512x512,24x512x2048,48x768x768,24x768x30
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m muonlib.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["models", "optim", "ns", "profile", "ddp", "ddp-worker"])
+    parser.add_argument("what", choices=["models", "optim", "ns", "profile", "ddp", "ddp-worker", "decode"])
     parser.add_argument("--out", default="data/bench")
     parser.add_argument("--name", default=None, help="output file stem (default: the benchmark's name)")
     parser.add_argument("--parts", default="fwd_bwd,kv,moe,train", help="which model benchmarks to run")
@@ -428,6 +529,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ns-shapes", default=NS_SHAPES, help="BATCHxROWSxCOLUMNS list for `ns`")
     parser.add_argument("--force", action="store_true", help="replace results measured on another device")
     parser.add_argument("--gpu-counts", default="1,2,4", help="`ddp`: the numbers of GPUs to launch")
+    parser.add_argument("--batches", default="1,16,64,256", help="`decode`: batch sizes")
+    parser.add_argument("--long-context", type=int, default=2048, help="`decode`: the longer context MHA and MLA also run at")
     args = parser.parse_args(argv)
     if args.what == "ddp-worker":  # one torchrun process of `ddp`: rank 0 writes its row to --out
         row = bench_data_parallel_step(args.sizes, args.optimizers, args.batch, args.iters)
@@ -438,7 +541,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     config = vars(args)
     stems = {"optim": "optimizer_step", "profile": "optimizer_profile", "ns": "newton_schulz", "models": "models",
-             "ddp": "data_parallel"}
+             "ddp": "data_parallel", "decode": "decode"}
     target = out / f"{args.name or stems[args.what]}.json"
     if args.force:
         target.unlink(missing_ok=True)
@@ -450,6 +553,30 @@ def main(argv: list[str] | None = None) -> None:
         "profile": (profile_optimizer_step, "optimizer_profile",
                     lambda r: f"{r['size']:>4} {r['variant']:<8} {r['part']:<30} {r['ms']:8.2f} ms"),
     }
+    if args.what == "decode":
+        rows: list[dict] = []
+        on_gpu = torch.cuda.is_available()
+        bandwidth, flop_rate = (copy_bandwidth(), matmul_rate()) if on_gpu else (50e9, 1e12)
+        config |= {"copy_bandwidth": bandwidth, "bf16_matmul_rate": flop_rate}
+        batches = [int(b) for b in args.batches.split(",")]
+        runs = [(size, label, b, None) for size in sizes for label in args.variants.split(",") for b in batches]
+        runs += [(sizes[0], label, b, args.long_context) for label in ("mha", "mla") for b in batches if b >= 16]
+        for size, label, batch, context in runs:
+            length = context or preset(size).context
+            new_tokens = min(192, length // 2)  # the anchors' 64-token prompt and 192 new tokens where they fit
+            prompt = min(64, length - new_tokens) if context is None else length - new_tokens
+            try:
+                row = bench_decode(size, label, batch, prompt, new_tokens, context, bandwidth, flop_rate)
+                print(f"decode {size} {label:<10} batch {batch:>3} context {row['context']:>5}: {row['tokens_per_s']:>10,.0f} tok/s "
+                      f"({100 * row['roofline_share']:.0f}% of roofline), TTFT {row['ttft_ms']:.1f} ms", flush=True)
+            except Exception as error:  # noqa: BLE001 - the error text is the result
+                row = dict(size=size, model=label, batch=batch, context=context, error=f"{type(error).__name__}: {error}"[:500])
+                print(row["error"], flush=True)
+            rows.append(row)
+            write_json(target, rows, config)
+            if on_gpu:
+                torch.cuda.empty_cache()
+        return
     if args.what == "ddp":
         rows = data_parallel_scaling(sizes[0], args.optimizers.split(","), [int(n) for n in args.gpu_counts.split(",")],
                                      args.batch, args.iters)

@@ -2,11 +2,12 @@
 
 from .config import PAPER_PARAMS, PRESETS, VARIANTS, ModelConfig, kv_cache_bytes, kv_cache_elements_per_token, preset
 from .gpt import GPT, Block, KVCache
+from .decode import Decoder
 from .attention import MultiHeadAttention, MultiHeadLatentAttention, Rotary
 from .moe import MLP, MoE, Router, grouped_mm
 
 __all__ = [
-    "GPT", "Block", "KVCache", "MLP", "MoE", "ModelConfig", "MultiHeadAttention", "MultiHeadLatentAttention",
+    "GPT", "Block", "Decoder", "KVCache", "MLP", "MoE", "ModelConfig", "MultiHeadAttention", "MultiHeadLatentAttention",
     "PAPER_PARAMS", "PRESETS", "Router", "Rotary", "VARIANTS", "grouped_mm", "kv_cache_bytes",
     "kv_cache_elements_per_token", "preset",
 ]

@@ -1,4 +1,4 @@
-"""The decoder-only transformer: blocks, the model, KV-cache generation, parameter counts."""
+"""The decoder-only transformer: blocks, the model, generation, parameter counts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .attention import MultiHeadAttention, MultiHeadLatentAttention
 from .config import ModelConfig
+from .decode import Decoder
 from .moe import MLP, MoE
 
 
@@ -28,6 +29,18 @@ class Block(nn.Module):
     def forward(self, x: Tensor, cache: dict | None = None, pos: int = 0) -> Tensor:
         x = x + self.attn(self.attn_norm(x), cache, pos)
         return x + self.ffn(self.ffn_norm(x))
+
+
+def sample(logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None = None) -> Tensor:
+    """Next tokens ``(B, 1)`` from logits ``(B, vocab)``: the likeliest when ``temperature == 0``,
+    else drawn from the softmax at ``temperature`` over the ``top_k`` likeliest (all if ``None``)."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits, -1), 1, generator=generator)
 
 
 class KVCache:
@@ -63,6 +76,14 @@ class GPT(nn.Module):
     def forward(self, idx: Tensor, targets: Tensor | None = None, cache: KVCache | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """Logits ``(B, T, vocab)``; with ``targets`` also the mean cross-entropy. With a
         ``cache``, ``idx`` continues the cached sequences and the cache advances."""
+        logits = self.lm_head(self.hidden(idx, cache))
+        if targets is None:
+            return logits
+        return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+    def hidden(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
+        """The final normalised hidden states ``(B, T, d)``, before the output head (a prefill
+        needs the head at the last position only)."""
         if idx.ndim != 2 or idx.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"idx must be a (batch, time) integer tensor, got shape {tuple(idx.shape)} and {idx.dtype}")
         B, T = idx.shape
@@ -76,10 +97,7 @@ class GPT(nn.Module):
             x = block(x, cache.layers[i] if cache is not None else None, pos)
         if cache is not None:
             cache.pos += T
-        logits = self.lm_head(self.norm(x))
-        if targets is None:
-            return logits
-        return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return self.norm(x)
 
     def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         p = self.tok_emb.weight
@@ -88,9 +106,11 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
-        """Sample ``max_new_tokens`` continuations with a KV cache (greedy when ``temperature == 0``,
-        else from the softmax at ``temperature``, restricted to the ``top_k`` likeliest tokens).
-        Runs in evaluation mode: decoding never counts towards MoE load balancing."""
+        """Sample ``max_new_tokens`` continuations (greedy when ``temperature == 0``, else from
+        the softmax at ``temperature``, restricted to the ``top_k`` likeliest tokens) through a
+        :class:`~muonlib.models.decode.Decoder`: a static KV cache, and on a GPU each step one
+        CUDA graph replay. Runs in evaluation mode: decoding never counts towards MoE load
+        balancing."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
         if not (temperature >= 0 and math.isfinite(temperature)):
@@ -106,21 +126,13 @@ class GPT(nn.Module):
 
     def _decode(self, idx: Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
                 generator: torch.Generator | None) -> Tensor:
-        cache = self.new_cache(idx.size(0), idx.size(1) + max_new_tokens)
-        logits = self(idx, cache=cache)[:, -1]
+        decoder = Decoder(self, idx.size(0), idx.size(1) + max_new_tokens)
+        logits = decoder.prefill(idx)
         out = [idx]
         for step in range(max_new_tokens):
-            if temperature == 0:
-                nxt = logits.argmax(-1, keepdim=True)
-            else:
-                logits = logits.float() / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(F.softmax(logits, -1), 1, generator=generator)
-            out.append(nxt)
+            out.append(sample(logits, temperature, top_k, generator))
             if step + 1 < max_new_tokens:
-                logits = self(nxt, cache=cache)[:, -1]
+                logits = decoder.step(out[-1])
         return torch.cat(out, dim=1)
 
     # ---------------------------------------------------------------- MoE upkeep

@@ -1,0 +1,153 @@
+"""Decoding on a static KV cache: one fixed-shape step per token, replayed as CUDA graphs.
+
+A step takes one token per sequence at a position held on the device, writes its keys and
+values (MHA) or its latent and rotary key (MLA) into the preallocated cache, and attends
+over the first ``length`` cached positions, masking those past the position. ``length`` is
+the position rounded up to a multiple of :data:`LENGTH_BUCKET`, so a step reads about the
+filled part of the cache, not all of it; on a GPU each length is one CUDA graph, captured
+on first use. MLA attends in latent space (its up-projections absorbed into the query and
+the output), sharing each sequence's latent cache across heads; MoE routing needs no host
+synchronisation where ``grouped_mm`` runs as one kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .attention import MultiHeadAttention, MultiHeadLatentAttention, Rotary
+
+#: cache positions a step's attention reads are rounded up to a multiple of this; one CUDA graph per multiple
+LENGTH_BUCKET = 64
+
+
+def rotate(rotary: Rotary, x: Tensor, pos: Tensor) -> Tensor:
+    """:class:`Rotary` for one position given as a ``(1,)`` device tensor; ``x`` is ``(B, 1, ..., dim)``."""
+    shape = (1, 1) + (1,) * (x.ndim - 3) + (-1,)
+    cos, sin = rotary.cos.index_select(0, pos).view(shape), rotary.sin.index_select(0, pos).view(shape)
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+def visible(pos: Tensor, length: int) -> Tensor:
+    """``(1, length)`` booleans: the cached positions a token at ``pos`` attends to."""
+    return (torch.arange(length, device=pos.device) <= pos).view(1, length)
+
+
+def mha_step(attn: MultiHeadAttention, x: Tensor, cache: dict[str, Tensor], pos: Tensor, length: int) -> Tensor:
+    B, _, d = x.shape
+    q, k, v = F.linear(x, attn.qkv.view(3 * d, d)).view(B, 1, 3, attn.n_head, attn.head_dim).unbind(2)
+    if attn.rotary is not None:
+        q, k = rotate(attn.rotary, q, pos), rotate(attn.rotary, k, pos)
+    cache["k"].index_copy_(2, pos, k.transpose(1, 2))
+    cache["v"].index_copy_(2, pos, v.transpose(1, 2))
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), cache["k"][:, :, :length], cache["v"][:, :, :length],
+                                       attn_mask=visible(pos, length))
+    return attn.out(y.transpose(1, 2).reshape(B, 1, d))
+
+
+def mla_step(attn: MultiHeadLatentAttention, x: Tensor, cache: dict[str, Tensor], pos: Tensor, length: int) -> Tensor:
+    """Absorbed MLA: scores ``(W_uk^h^T q_h) . c_s + q_R^h . k_R,s``, output ``W_uv^h sum_s p_s c_s``."""
+    B = x.size(0)
+    H, D, R, P = attn.n_head, attn.head_dim, attn.rank, attn.rope_dim
+    cache["latent"].index_copy_(1, pos, attn.kv_norm(attn.kv_down(x)))
+    latent = cache["latent"][:, :length]  # (B, L, R), shared by every head
+    q_latent = torch.einsum("bhd,hdr->bhr", attn.q(x).view(B, H, D), attn.k_up.weight.view(H, D, R))
+    scores = q_latent @ latent.transpose(1, 2)  # (B, H, L)
+    if P:
+        cache["k_rope"].index_copy_(1, pos, rotate(attn.rotary, attn.k_rope(x), pos))
+        q_rope = rotate(attn.rotary, attn.q_rope(x).view(B, 1, H, P), pos).view(B, H, P)
+        scores = scores + q_rope @ cache["k_rope"][:, :length].transpose(1, 2)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * attn.scale  # softmax in fp32 at least
+    scores = scores.masked_fill(~visible(pos, length), float("-inf"))
+    y_latent = torch.softmax(scores, dim=-1).to(latent.dtype) @ latent  # (B, H, R)
+    y = torch.einsum("bhr,hdr->bhd", y_latent, attn.v_up.weight.view(H, D, R))
+    return attn.out(y.reshape(B, 1, H * D))
+
+
+def decode_step(model, tokens: Tensor, layers: list[dict[str, Tensor]], pos: Tensor, length: int) -> Tensor:
+    """Logits ``(B, vocab)`` of the next token after ``tokens`` ``(B, 1)`` at position ``pos``,
+    writing their cache entries; attention reads the first ``length`` positions."""
+    x = model.tok_emb(tokens)
+    if model.pos_emb is not None:
+        x = x + model.pos_emb(pos)
+    for block, cache in zip(model.blocks, layers):
+        step = mla_step if isinstance(block.attn, MultiHeadLatentAttention) else mha_step
+        x = x + step(block.attn, block.attn_norm(x), cache, pos, length)
+        x = x + block.ffn(block.ffn_norm(x))
+    return model.lm_head(model.norm(x))[:, -1]
+
+
+def graph_safe(model) -> bool:
+    """Whether a decode step runs without host synchronisation, so that it can be captured:
+    MoE routing needs ``torch._grouped_mm`` (bf16 on Hopper or newer)."""
+    p = model.tok_emb.weight
+    if not p.is_cuda:
+        return False
+    return not model.moe_layers() or (p.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
+                                      and torch.cuda.get_device_capability(p.device)[0] >= 9)
+
+
+class Decoder:
+    """A prompt's prefill, then one token per sequence per :meth:`step`, on a static cache of
+    ``batch`` sequences of up to ``max_len`` tokens. Use under ``torch.no_grad()`` with the
+    model in evaluation mode (:meth:`GPT.generate` does both)."""
+
+    def __init__(self, model, batch: int, max_len: int | None = None, cuda_graphs: bool | None = None):
+        self.model = model
+        self.cache = model.new_cache(batch, max_len)
+        device = model.tok_emb.weight.device
+        self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.cuda_graphs = graph_safe(model) if cuda_graphs is None else cuda_graphs
+        if self.cuda_graphs and not graph_safe(model):
+            raise ValueError("this model's decode step synchronises with the host (MoE routing outside bf16 on Hopper): "
+                             "it cannot be captured; use cuda_graphs=False")
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor]] = {}
+
+    @property
+    def position(self) -> int:
+        """Tokens cached so far."""
+        return self.cache.pos
+
+    def prefill(self, idx: Tensor) -> Tensor:
+        """Cache a ``(batch, T)`` prompt from position 0; returns the next token's logits ``(batch, vocab)``."""
+        if idx.size(0) != self.tokens.size(0):
+            raise ValueError(f"the decoder holds {self.tokens.size(0)} sequences, the prompt has {idx.size(0)}")
+        self.cache.pos = 0
+        return self.model.lm_head(self.model.hidden(idx, self.cache)[:, -1])
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """Cache one token per sequence (``(batch, 1)``); returns the next token's logits."""
+        position = self.cache.pos
+        if position >= self.cache.max_len:
+            raise ValueError(f"the cache is full ({self.cache.max_len} tokens): make the decoder with a larger max_len")
+        length = min(self.cache.max_len, -(-(position + 1) // LENGTH_BUCKET) * LENGTH_BUCKET)
+        self.tokens.copy_(tokens)
+        self.pos.fill_(position)
+        if self.cuda_graphs:
+            graph, logits = self._graphs.get(length) or self._capture(length)
+            graph.replay()
+            logits = logits.clone()  # the graph's output buffer is overwritten by the next replay
+        else:
+            logits = decode_step(self.model, self.tokens, self.cache.layers, self.pos, length)
+        self.cache.pos += 1
+        return logits
+
+    def _capture(self, length: int) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+        # One eager run on a side stream first (lazy initialisation must not happen during
+        # capture); it writes the same cache entries the replay will.
+        stream = torch.cuda.Stream(self.pos.device)
+        stream.wait_stream(torch.cuda.current_stream(self.pos.device))
+        with torch.cuda.stream(stream):
+            decode_step(self.model, self.tokens, self.cache.layers, self.pos, length)
+        torch.cuda.current_stream(self.pos.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            logits = decode_step(self.model, self.tokens, self.cache.layers, self.pos, length)
+        self._graphs[length] = (graph, logits)
+        return graph, logits
+
+
+__all__ = ["Decoder", "LENGTH_BUCKET", "decode_step", "graph_safe", "mha_step", "mla_step"]
