@@ -22,10 +22,15 @@ from .attention import MultiHeadAttention, MultiHeadLatentAttention, Rotary
 LENGTH_BUCKET = 64
 
 
-def rotate(rotary: Rotary, x: Tensor, pos: Tensor) -> Tensor:
-    """:class:`Rotary` for one position given as a ``(1,)`` device tensor; ``x`` is ``(B, 1, ..., dim)``."""
+def angles(rotary: Rotary, pos: Tensor) -> tuple[Tensor, Tensor]:
+    """The cosines and sines of one position (a ``(1,)`` device tensor), looked up once per step for every layer."""
+    return rotary.cos.index_select(0, pos), rotary.sin.index_select(0, pos)
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """:class:`Rotary` for ``x`` of shape ``(B, 1, ..., dim)`` at the position of ``cos`` and ``sin``."""
     shape = (1, 1) + (1,) * (x.ndim - 3) + (-1,)
-    cos, sin = rotary.cos.index_select(0, pos).view(shape), rotary.sin.index_select(0, pos).view(shape)
+    cos, sin = cos.view(shape), sin.view(shape)
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
@@ -35,11 +40,15 @@ def visible(pos: Tensor, length: int) -> Tensor:
     return (torch.arange(length, device=pos.device) <= pos).view(1, length)
 
 
-def mha_step(attn: MultiHeadAttention, x: Tensor, cache: dict[str, Tensor], pos: Tensor, length: int) -> Tensor:
+def mha_step(attn: MultiHeadAttention, x: Tensor, cache: dict[str, Tensor], pos: Tensor, length: int,
+             rotation: tuple[Tensor, Tensor] | None) -> Tensor:
     B, _, d = x.shape
-    q, k, v = F.linear(x, attn.qkv.view(3 * d, d)).view(B, 1, 3, attn.n_head, attn.head_dim).unbind(2)
-    if attn.rotary is not None:
-        q, k = rotate(attn.rotary, q, pos), rotate(attn.rotary, k, pos)
+    qkv = F.linear(x, attn.qkv.view(3 * d, d)).view(B, 1, 3, attn.n_head, attn.head_dim)
+    if rotation is not None:  # queries and keys in one rotation: a decode step is a chain of small kernels
+        q, k = rotate(qkv[:, :, :2], *rotation).unbind(2)
+        v = qkv[:, :, 2]
+    else:
+        q, k, v = qkv.unbind(2)
     cache["k"].index_copy_(2, pos, k.transpose(1, 2))
     cache["v"].index_copy_(2, pos, v.transpose(1, 2))
     y = F.scaled_dot_product_attention(q.transpose(1, 2), cache["k"][:, :, :length], cache["v"][:, :, :length],
@@ -47,7 +56,8 @@ def mha_step(attn: MultiHeadAttention, x: Tensor, cache: dict[str, Tensor], pos:
     return attn.out(y.transpose(1, 2).reshape(B, 1, d))
 
 
-def mla_step(attn: MultiHeadLatentAttention, x: Tensor, cache: dict[str, Tensor], pos: Tensor, length: int) -> Tensor:
+def mla_step(attn: MultiHeadLatentAttention, x: Tensor, cache: dict[str, Tensor], pos: Tensor, length: int,
+             rotation: tuple[Tensor, Tensor] | None) -> Tensor:
     """Absorbed MLA: scores ``(W_uk^h^T q_h) . c_s + q_R^h . k_R,s``, output ``W_uv^h sum_s p_s c_s``."""
     B = x.size(0)
     H, D, R, P = attn.n_head, attn.head_dim, attn.rank, attn.rope_dim
@@ -56,8 +66,8 @@ def mla_step(attn: MultiHeadLatentAttention, x: Tensor, cache: dict[str, Tensor]
     q_latent = torch.einsum("bhd,hdr->bhr", attn.q(x).view(B, H, D), attn.k_up.weight.view(H, D, R))
     scores = q_latent @ latent.transpose(1, 2)  # (B, H, L)
     if P:
-        cache["k_rope"].index_copy_(1, pos, rotate(attn.rotary, attn.k_rope(x), pos))
-        q_rope = rotate(attn.rotary, attn.q_rope(x).view(B, 1, H, P), pos).view(B, H, P)
+        cache["k_rope"].index_copy_(1, pos, rotate(attn.k_rope(x), *rotation))
+        q_rope = rotate(attn.q_rope(x).view(B, 1, H, P), *rotation).view(B, H, P)
         scores = scores + q_rope @ cache["k_rope"][:, :length].transpose(1, 2)
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * attn.scale  # softmax in fp32 at least
     scores = scores.masked_fill(~visible(pos, length), float("-inf"))
@@ -72,9 +82,11 @@ def decode_step(model, tokens: Tensor, layers: list[dict[str, Tensor]], pos: Ten
     x = model.tok_emb(tokens)
     if model.pos_emb is not None:
         x = x + model.pos_emb(pos)
+    rotary = getattr(model.blocks[0].attn, "rotary", None)  # every layer's table is the same
+    rotation = angles(rotary, pos) if rotary is not None else None
     for block, cache in zip(model.blocks, layers):
         step = mla_step if isinstance(block.attn, MultiHeadLatentAttention) else mha_step
-        x = x + step(block.attn, block.attn_norm(x), cache, pos, length)
+        x = x + step(block.attn, block.attn_norm(x), cache, pos, length, rotation)
         x = x + block.ffn(block.ffn_norm(x))
     return model.lm_head(model.norm(x))[:, -1]
 
