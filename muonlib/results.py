@@ -607,3 +607,71 @@ def stability_verdict(every_run: pd.DataFrame) -> dict:
                     f"(p = {p_all:.2g}); at the tuned rates Muon {mt_spiky} of {mt_spiky + mt_calm}, AdamW {at_spiky} of "
                     f"{at_spiky + at_calm}; divergences: {int(every_run.diverged.sum())} in {len(every_run)} runs",
             "verdict": verdict, "p overall": p_all, "p tuned": p_tuned}
+
+
+# ---------------------------------------------------------------- decoding
+
+#: the companion papers' inference claims: MoE-MLA-RoPE's KV reduction (%) and speed-up over
+#: dense, and the MLA paper's r = d/2 against full rank
+PAPER_INFERENCE = {"E1": 68.0, "E2": 3.2, "A3": 1.4}
+
+
+@dataclass
+class DecodeResults:
+    """The decode benchmark's rows (``python -m muonlib.bench decode``) and its provenance."""
+
+    rows: pd.DataFrame
+    provenance: dict
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> "DecodeResults":
+        import json
+
+        data = json.loads((Path(path) if path is not None else data_root() / "bench" / "decode.json").read_text())
+        rows = pd.DataFrame([r for r in data["results"] if "error" not in r])
+        return cls(rows, data["provenance"])
+
+    @property
+    def base_context(self) -> int:
+        return int(self.rows.context.min())
+
+    def speed_table(self, context: int | None = None) -> pd.DataFrame:
+        """Tokens/s per model (rows) and batch (columns) at one context (default: the models' own)."""
+        rows = self.rows[self.rows.context == (context or self.base_context)]
+        return rows.pivot(index="model", columns="batch", values="tokens_per_s")
+
+    def roofline_table(self, context: int | None = None) -> pd.DataFrame:
+        rows = self.rows[self.rows.context == (context or self.base_context)]
+        return rows.pivot(index="model", columns="batch", values="roofline_share")
+
+    def cache_table(self) -> pd.DataFrame:
+        """Per model: cache bytes per token and layer, measured over analytic, and the saving against MHA (%)."""
+        rows = self.rows[self.rows.context == self.base_context].groupby("model").agg(
+            bytes_per_token_layer=("kv_bytes_per_token_layer", "first"),
+            measured_over_analytic=("kv_bytes_measured", "sum"), analytic=("kv_bytes_analytic", "sum"))
+        rows["measured_over_analytic"] /= rows.pop("analytic")
+        rows["saving vs MHA %"] = 100 * (1 - rows.bytes_per_token_layer / rows.bytes_per_token_layer["mha"])
+        return rows
+
+    def verdicts(self) -> pd.DataFrame:
+        """E1 (KV saving), E2 (MoE-MLA's speed-up over dense MHA) and A3 (r = d/2 over full rank)."""
+        cache = self.cache_table()
+        saving, deviation = cache["saving vs MHA %"]["moe-mla"], (cache.measured_over_analytic - 1).abs().max()
+        paper = PAPER_INFERENCE["E1"]
+        e1 = ("verified" if abs(saving - paper) <= 2 else "holds only under conditions" if saving > paper else "refuted")
+        speed = self.speed_table()
+        moe, low_rank = speed.loc["moe-mla"] / speed.loc["mha"], speed.loc["mla"] / speed.loc["mla-full"]
+        e2 = "verified" if (moe >= 0.9 * PAPER_INFERENCE["E2"]).all() else "refuted" if (moe < 1).all() else "holds only under conditions"
+        a3 = ("verified" if (low_rank >= 0.9 * PAPER_INFERENCE["A3"]).all() else
+              "refuted" if (low_rank < 0.9 * PAPER_INFERENCE["A3"]).all() else "holds only under conditions")
+        batches = ", ".join(str(b) for b in speed.columns)
+        return pd.DataFrame([
+            {"claim": "E1", "paper": f"{paper:g}% KV-cache reduction against dense",
+             "ours": f"{saving:.1f}% fewer cache bytes per token than MHA (latent r = d/2 plus a rotary key of half a head), "
+                     f"measured within {100 * deviation:.1f}% of the analytic count", "verdict": e1},
+            {"claim": "E2", "paper": f"{PAPER_INFERENCE['E2']:g}x inference speed-up",
+             "ours": f"MoE-MLA decodes at {moe.min():.2f}-{moe.max():.2f}x MHA's tokens/s (batch {batches}, context "
+                     f"{self.base_context})", "verdict": e2},
+            {"claim": "A3", "paper": f"r = d/2 decodes {PAPER_INFERENCE['A3']:g}x faster than full-rank MLA",
+             "ours": f"{low_rank.min():.2f}-{low_rank.max():.2f}x (batch {batches}, context {self.base_context})", "verdict": a3},
+        ]).set_index("claim")
