@@ -88,3 +88,17 @@ def test_data_parallel_scaling_launches_torchrun_per_gpu_count(tmp_path):
     assert [(r["optimizer"], r["gpus"]) for r in rows] == [("adamw", 1), ("muon", 1), ("adamw", 2), ("muon", 2)]
     assert all(r["tokens_per_s"] > 0 and r["share_of_adamw"] > 0 for r in rows)
     assert [r["speedup_vs_1_gpu"] for r in rows[:2]] == [1.0, 1.0]
+
+
+def test_decode_benchmark_measures_cache_bytes_and_a_roofline(tmp_path):
+    bench.main(["decode", "--out", str(tmp_path), "--sizes", "tiny", "--variants", "mha,mla,mla-full", "--batches", "1,16",
+                "--long-context", "128"])
+    rows = json.loads((tmp_path / "decode.json").read_text())["results"]
+    assert not [r for r in rows if "error" in r]
+    assert {(r["model"], r["batch"], r["context"]) for r in rows} == (
+        {(m, b, 64) for m in ("mha", "mla", "mla-full") for b in (1, 16)} | {(m, 16, 128) for m in ("mha", "mla")})
+    for r in rows:
+        assert r["kv_bytes_measured"] == r["kv_bytes_analytic"]  # on a CPU the cache's tensors are counted exactly
+        assert 0 < r["roofline_share"] and r["ceiling_tokens_per_s"] > 0 and r["weight_bytes"] > 0
+    per_token = {r["model"]: r["kv_bytes_per_token_layer"] for r in rows}
+    assert per_token["mla"] < per_token["mla-full"] < per_token["mha"]

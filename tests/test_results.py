@@ -192,3 +192,22 @@ def test_m17_muon_spikes_less_over_every_run_but_not_at_the_tuned_rates(every_ru
     assert m17["verdict"] == "holds only under conditions" and m17["p overall"] < 0.01 and m17["p tuned"] > 0.2
     table = stability_table(every_run)
     assert table.loc[("adamw", 4), "excursions_per_run"] > 10 * table.loc[("muon", 4), "excursions_per_run"]
+
+
+# ---------------------------------------------------------------- the inference chapter
+
+from muonlib.results import PAPER_INFERENCE, DecodeResults  # noqa: E402
+
+
+def test_decoding_refutes_the_speed_claims_and_qualifies_the_cache_saving():
+    decode = DecodeResults.load(Path(__file__).resolve().parents[1] / "data" / "bench" / "decode.json")
+    assert "H100" in decode.provenance["gpu"] and decode.rows.cuda_graphs.all()
+    v = decode.verdicts().verdict
+    assert v["E1"] == "holds only under conditions" and v["E2"] == "refuted" and v["A3"] == "refuted"
+    cache = decode.cache_table()
+    assert (cache.measured_over_analytic - 1).abs().max() < 0.01
+    assert PAPER_INFERENCE["E1"] + 2 < cache["saving vs MHA %"]["moe-mla"] < 80
+    speed = decode.speed_table()
+    assert (speed.loc["moe-mla"] / speed.loc["mha"] < 0.5).all()
+    assert (speed.loc["mla"] / speed.loc["mla-full"] < 0.9 * PAPER_INFERENCE["A3"]).all()
+    assert list(speed.loc["mha"]) == sorted(speed.loc["mha"])  # throughput grows with the batch
