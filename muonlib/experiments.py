@@ -219,7 +219,7 @@ class Comparison:
 
 @dataclass(frozen=True)
 class ScalingDecisions:
-    """What a scaling experiment has settled so far, by ``(size, optimizer)``."""
+    """What a scaling experiment has settled so far, by ``(setting, optimizer)``."""
 
     rates: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)  # the chosen peak rate
     swept: dict[tuple[str, str], list[float]] = dataclasses.field(default_factory=dict)  # the rates run
@@ -227,47 +227,48 @@ class ScalingDecisions:
 
 @dataclass(frozen=True)
 class Scaling:
-    """Muon against AdamW at several model sizes on the same data, tokens and schedule.
+    """Muon against AdamW over a ladder of settings (model sizes, batch sizes) on the same data
+    and schedule, each optimizer at its own rate in every setting.
 
-    1. *The first size* sweeps each optimizer's peak rate on the whole of ``grids`` (as
+    1. *The first setting* sweeps each optimizer's peak rate on the whole of ``grids`` (as
        :class:`Comparison` does, Muon's AdamW part at AdamW's chosen rate).
-    2. *Every larger size* starts from a narrow grid, the first size's optimum and its two
+    2. *Every other setting* starts from a narrow grid, the first setting's optimum and its two
        factor-2 neighbours, extended while the optimum sits at an edge: the paper's
-       telescoping search (section 5.4) narrowed around the rate it would transfer. The sizes
-       do not wait for each other, so they run side by side.
-    3. *The wide size* also sweeps the whole of ``grids``: if rates transfer, its optimum stays.
-    4. *Seeds* at every chosen rate, and at the ``decay_sizes`` the chosen rate again at each
-       of ``decays`` (weight decay beside ``base``'s), every seed.
+       telescoping search (section 5.4) narrowed around the rate it would transfer. The
+       settings do not wait for each other, so they run side by side.
+    3. *The wide setting* also sweeps the whole of ``grids``: if rates transfer, its optimum stays.
+    4. *Seeds* at every chosen rate, and in the ``decay_settings`` the chosen rate again at
+       each of ``decays`` (weight decay beside ``base``'s), every seed.
 
-    The warm-up fraction is fixed (the one a :class:`Comparison` chose at the first size), so
-    the first size's runs are those of that comparison, read from its results.
+    The warm-up is a fixed fraction of each run's steps (for model sizes, the one a
+    :class:`Comparison` chose at the first size, whose runs are then that comparison's).
     """
 
-    base: TrainConfig  # at the first size
-    sizes: dict[str, dict]  # size -> the changes to ``base`` that make it (the first: none)
-    steps: int
+    base: TrainConfig  # the first setting
+    settings: dict[str, dict]  # setting -> the changes to ``base`` that make it (the first: none)
     warmup: float
-    grids: dict[str, tuple[float, ...]]  # optimizer -> the first size's grid
+    grids: dict[str, tuple[float, ...]]  # optimizer -> the first setting's grid
     wide: str
-    decays: tuple[float, ...]
-    decay_sizes: tuple[str, ...]
+    decays: tuple[float, ...] = ()
+    decay_settings: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0, 1, 2)
     evaluations: int = 25
 
-    def config(self, size: str, optimizer: str, lr: float, seed: int = 0, adamw_lr: float | None = None,
+    def config(self, setting: str, optimizer: str, lr: float, seed: int = 0, adamw_lr: float | None = None,
                weight_decay: float | None = None) -> TrainConfig:
-        base = dataclasses.replace(self.base, **self.sizes[size])
+        base = dataclasses.replace(self.base, **self.settings[setting])
         if weight_decay is not None:
             base = dataclasses.replace(base, weight_decay=weight_decay)
-        return run_config(base, optimizer, self.steps, self.warmup, lr, seed, adamw_lr, self.evaluations)
+        return run_config(base, optimizer, base.steps, self.warmup, lr, seed, adamw_lr, self.evaluations)
 
-    def size_of(self, config: TrainConfig) -> str:
-        """Which of ``sizes`` a run's model is."""
-        for size, changes in self.sizes.items():
-            made = dataclasses.replace(self.base, **changes)
-            if (made.model, made.variant, made.model_changes) == (config.model, config.variant, config.model_changes):
-                return size
-        raise KeyError(f"{config.model} {config.model_changes} is none of the sizes {list(self.sizes)}")
+    def setting_of(self, config: TrainConfig) -> str:
+        """Which of ``settings`` a run belongs to."""
+        def key(c):
+            return c.model, c.variant, c.model_changes, c.batch_size, c.grad_accum, c.steps
+        for setting, changes in self.settings.items():
+            if key(dataclasses.replace(self.base, **changes)) == key(config):
+                return setting
+        raise KeyError(f"{key(config)} is none of the settings {list(self.settings)}")
 
     def plan(self, hardware: str, finals: Finals) -> tuple[list[TrainConfig], ScalingDecisions]:
         """Every run wanted given the finished ones, and what they decide."""
@@ -276,27 +277,27 @@ class Scaling:
             return ("missing",) if final is None else (final.get("val_loss"),)
 
         wanted, decisions = [], ScalingDecisions()
-        first = next(iter(self.sizes))
-        for size in self.sizes:
+        first = next(iter(self.settings))
+        for setting in self.settings:
             adamw_lr = None
             for opt in ("adamw", "muon"):
-                if size == first or size == self.wide:
+                if setting == first or setting == self.wide:
                     grid = self.grids[opt]
                 elif (first, opt) in decisions.rates:
                     center = decisions.rates[first, opt]
                     grid = (center / SWEEP_FACTOR, center, center * SWEEP_FACTOR)
                 else:
-                    break  # waits for the first size's optimum
-                make = lambda lr, size=size, opt=opt, adamw_lr=adamw_lr: self.config(size, opt, lr, adamw_lr=adamw_lr)
+                    break  # waits for the first setting's optimum
+                make = lambda lr, setting=setting, opt=opt, adamw_lr=adamw_lr: self.config(setting, opt, lr, adamw_lr=adamw_lr)
                 rates, chosen = Comparison.sweep(make, grid, result)
-                decisions.swept[size, opt] = rates
+                decisions.swept[setting, opt] = rates
                 wanted += [make(lr) for lr in rates]
                 if chosen is None:
                     break
-                decisions.rates[size, opt] = chosen
+                decisions.rates[setting, opt] = chosen
                 wanted += [dataclasses.replace(make(chosen), seed=s) for s in self.seeds]
-                if size in self.decay_sizes:
-                    wanted += [self.config(size, opt, chosen, s, adamw_lr, weight_decay=wd) for wd in self.decays for s in self.seeds]
+                if setting in self.decay_settings:
+                    wanted += [self.config(setting, opt, chosen, s, adamw_lr, weight_decay=wd) for wd in self.decays for s in self.seeds]
                 adamw_lr = chosen
         return Comparison.unique(wanted, hardware), decisions
 
@@ -341,12 +342,45 @@ def scaling(hardware: str) -> Scaling:
     xs = xs_comparison(hardware)
     if hardware == "cpu":
         wider = {"model_changes": {"vocab_size": 50257, "d_model": 128, "n_head": 4, "d_ff": 512}}
-        return Scaling(xs.base, sizes={"tiny": {}, "tiny-wide": wider}, steps=xs.budgets[0], warmup=0.2, grids=xs.grids,
-                       wide="tiny-wide", decays=(0.05,), decay_sizes=("tiny",), evaluations=xs.evaluations)
+        return Scaling(dataclasses.replace(xs.base, steps=xs.budgets[0]), settings={"tiny": {}, "tiny-wide": wider}, warmup=0.2,
+                       grids=xs.grids, wide="tiny-wide", decays=(0.05,), decay_settings=("tiny",), evaluations=xs.evaluations)
     sizes = ("XS", "S", "M", "L", "XL") if hardware == "h100" else ("XS", "S")
-    return Scaling(xs.base, sizes={size: {} if size == "XS" else {"model": size} for size in sizes}, steps=1200,
-                   warmup=XS_WARMUP.get(hardware, XS_WARMUP["h100"]), grids=xs.grids, wide="L" if "L" in sizes else "S",
-                   decays=(0.05,), decay_sizes=("XS", "L" if "L" in sizes else "S"), evaluations=xs.evaluations)
+    wide = "L" if "L" in sizes else "S"
+    return Scaling(dataclasses.replace(xs.base, steps=1200), settings={size: {} if size == "XS" else {"model": size} for size in sizes},
+                   warmup=XS_WARMUP.get(hardware, XS_WARMUP["h100"]), grids=xs.grids, wide=wide, decays=(0.05,),
+                   decay_settings=("XS", wide), evaluations=xs.evaluations)
+
+
+#: the batch-size experiment's ladder: sequences per step, from 16 (8K tokens) doubling to 512 (256K)
+BATCH_SEQUENCES = (16, 32, 64, 128, 256, 512)
+#: the most sequences one micro-batch holds on an 80 GB GPU at XS (the logits dominate)
+MAX_MICRO_BATCH = 64
+
+
+def batch_sizes(hardware: str) -> Scaling:
+    """XS with MHA at batches of 8K to 256K tokens (16 to 512 sequences of 512), every batch
+    on the same 2^24 tokens (2.85 epochs of the offline mixture: 2048 steps at the smallest
+    batch, 64 at the largest), each optimizer's rate swept at every batch (narrowed around the
+    smallest batch's optimum, the whole grid again at the largest). The warm-up is the XS
+    comparison's fraction of the steps. A T4 or an A100 runs the three smallest batches; a CPU
+    the tiny model at two."""
+    xs = xs_comparison(hardware)
+    if hardware == "cpu":
+        base = dataclasses.replace(xs.base, steps=40)
+        return Scaling(base, settings={"8": {}, "16": {"batch_size": 16, "steps": 20}}, warmup=0.2, grids=xs.grids, wide="16",
+                       evaluations=xs.evaluations)
+    tokens = 2**24
+    ladder = BATCH_SEQUENCES if hardware == "h100" else BATCH_SEQUENCES[:3]
+    context = xs.base.model_config().context
+    settings = {}
+    for sequences in ladder:
+        micro = min(sequences, MAX_MICRO_BATCH)
+        settings[f"{sequences * context // 1024}K"] = {"batch_size": micro, "grad_accum": sequences // micro,
+                                                        "steps": tokens // (sequences * context)}
+    base = dataclasses.replace(xs.base, **next(iter(settings.values())))
+    return Scaling(base, settings={label: {} if i == 0 else changes for i, (label, changes) in enumerate(settings.items())},
+                   warmup=XS_WARMUP.get(hardware, XS_WARMUP["h100"]), grids=xs.grids, wide=list(settings)[-1],
+                   evaluations=xs.evaluations)
 
 
 @dataclass(frozen=True)
@@ -362,6 +396,9 @@ EXPERIMENTS = {
         Experiment("xs_muon_vs_adamw",
                    "XS MHA: Muon vs AdamW at three budgets, warm-up checked, each optimizer's rate swept per budget, three seeds",
                    xs_comparison),
+        Experiment("batch_sizes",
+                   "XS MHA at 8K to 256K tokens per step on the same 2^24 tokens: Muon vs AdamW, each rate swept per batch, three seeds",
+                   batch_sizes),
         Experiment("scaling",
                    "XS to XL MHA: Muon vs AdamW on the same tokens, rates swept at XS and transferred (checked by a wide sweep at L), three seeds",
                    scaling, reads=("xs_muon_vs_adamw",)),

@@ -319,13 +319,13 @@ class ScalingResults:
         folders = [f for f in result_folders(name, results) if f.exists()]
         design = experiment(name).design(hardware)
         wanted, decisions = design.plan(hardware, finished_runs(folders))
-        size_of = {run_id(c, hardware): design.size_of(c) for c in wanted}
+        size_of = {run_id(c, hardware): design.setting_of(c) for c in wanted}
         runs = pd.concat([load_results(f) for f in folders], ignore_index=True)
         runs = runs[runs.run.isin(size_of)].drop_duplicates(["run", "step"]).copy()
         runs["size"] = runs.run.map(size_of)
         headers = {run: read_run(f / f"{run}{RESULT}")[0] for f in reversed(folders) for run in size_of
                    if (f / f"{run}{RESULT}").exists()}
-        sizes = [s for s in design.sizes if all((s, opt) in decisions.rates for opt in OPTIMIZERS)]
+        sizes = [s for s in design.settings if all((s, opt) in decisions.rates for opt in OPTIMIZERS)]
         return cls(name, runs, decisions, headers, sizes)
 
     # ------------------------------------------------------------ which runs

@@ -89,10 +89,10 @@ def scaling_loss(config: TrainConfig) -> float:
     return 3 - 0.3 * wide + math.log2(config.lr / best) ** 2 + 0.01 * abs(config.weight_decay - 0.1) + 0.001 * config.seed
 
 
-SCALING = Scaling(TrainConfig(model="tiny", corpus="sample"), sizes={"tiny": {}, "wide": {"model_changes": {"d_model": 128}},
-                                                                     "wider": {"model_changes": {"d_model": 256}}},
-                  steps=100, warmup=0.1, grids={"adamw": (5e-4, 1e-3, 2e-3, 4e-3), "muon": (2e-3, 4e-3, 8e-3, 1.6e-2)},
-                  wide="wider", decays=(0.05,), decay_sizes=("wide",))
+SCALING = Scaling(TrainConfig(model="tiny", corpus="sample", steps=100),
+                  settings={"tiny": {}, "wide": {"model_changes": {"d_model": 128}}, "wider": {"model_changes": {"d_model": 256}}},
+                  warmup=0.1, grids={"adamw": (5e-4, 1e-3, 2e-3, 4e-3), "muon": (2e-3, 4e-3, 8e-3, 1.6e-2)},
+                  wide="wider", decays=(0.05,), decay_settings=("wide",))
 
 
 def test_scaling_narrows_the_grid_around_the_first_optimum_and_extends_it_where_the_optimum_moved():
@@ -106,12 +106,12 @@ def test_scaling_narrows_the_grid_around_the_first_optimum_and_extends_it_where_
         finals |= {run_id(c, "cpu"): {"final": True, "val_loss": scaling_loss(c)} for c in new}
     # first the first size and the wide one (whole grids); the narrow grid waits for the first optimum
     assert {(c.model_changes.get("d_model"), c.optimizer) for c in history[0]} == {(None, "adamw"), (256, "adamw")}
-    assert decisions.rates == {(s, "adamw"): 2e-3 if s == "tiny" else 1e-3 for s in SCALING.sizes} | {(s, "muon"): 8e-3 for s in SCALING.sizes}
+    assert decisions.rates == {(s, "adamw"): 2e-3 if s == "tiny" else 1e-3 for s in SCALING.settings} | {(s, "muon"): 8e-3 for s in SCALING.settings}
     assert decisions.swept["wide", "muon"] == [4e-3, 8e-3, 1.6e-2]  # narrow: the first optimum and its neighbours
     assert decisions.swept["wide", "adamw"] == [5e-4, 1e-3, 2e-3, 4e-3]  # extended down: the optimum sat at the edge
     assert decisions.swept["wider", "adamw"] == [5e-4, 1e-3, 2e-3, 4e-3]  # the wide size: the first size's grid
     runs = [c for batch in history for c in batch]
-    assert all(c.adamw_lr == decisions.rates[s, "adamw"] for s, changes in SCALING.sizes.items() for c in runs
+    assert all(c.adamw_lr == decisions.rates[s, "adamw"] for s, changes in SCALING.settings.items() for c in runs
                if c.optimizer == "muon" and c.model_changes == changes.get("model_changes", {}))
     decayed = [c for c in runs if c.weight_decay == 0.05]
     assert sorted((c.optimizer, c.seed) for c in decayed) == [(o, s) for o in ("adamw", "muon") for s in (0, 1, 2)]
@@ -122,12 +122,25 @@ def test_scaling_narrows_the_grid_around_the_first_optimum_and_extends_it_where_
 def test_scaling_reads_the_xs_comparison_runs():
     xs, scaling = experiments.xs_comparison("h100"), experiments.scaling("h100")
     decided = experiments.decisions("xs_muon_vs_adamw", "h100")
-    assert scaling.warmup == decided.warmup and scaling.steps in xs.budgets
+    assert scaling.warmup == decided.warmup and scaling.base.steps in xs.budgets
     for opt in ("adamw", "muon"):
-        adamw_lr = None if opt == "adamw" else decided.rates[scaling.steps, "adamw"]
-        same = xs.config(opt, scaling.steps, decided.warmup, 1e-3, 1, adamw_lr)
+        adamw_lr = None if opt == "adamw" else decided.rates[scaling.base.steps, "adamw"]
+        same = xs.config(opt, scaling.base.steps, decided.warmup, 1e-3, 1, adamw_lr)
         assert run_id(scaling.config("XS", opt, 1e-3, 1, adamw_lr), "h100") == run_id(same, "h100")
-    assert experiments.decisions("scaling", "h100").rates["XS", "muon"] == decided.rates[scaling.steps, "muon"]
+    assert experiments.decisions("scaling", "h100").rates["XS", "muon"] == decided.rates[scaling.base.steps, "muon"]
+
+
+def test_the_batch_ladder_holds_the_tokens_and_the_schedule_shape_fixed():
+    design = experiments.batch_sizes("h100")
+    configs = {label: design.config(label, "adamw", 1e-3) for label in design.settings}
+    assert list(configs) == ["8K", "16K", "32K", "64K", "128K", "256K"]
+    tokens = {label: c.steps * c.tokens_per_step() for label, c in configs.items()}
+    assert set(tokens.values()) == {2**24}
+    assert [c.batch_size * c.grad_accum for c in configs.values()] == list(experiments.BATCH_SEQUENCES)
+    assert all(c.batch_size <= experiments.MAX_MICRO_BATCH and c.warmup == design.warmup for c in configs.values())
+    assert all(design.setting_of(c) == label for label, c in configs.items())
+    first = design.config("8K", "adamw", 1e-3)
+    assert first.model == "XS" and first.corpus == "mix" and len({run_id(c, "h100") for c in configs.values()}) == 6
 
 
 # ---------------------------------------------------------------- the runner, for real
