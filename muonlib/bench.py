@@ -174,7 +174,7 @@ def decode_roofline(model: GPT, batch: int, filled: float, bandwidth: float, flo
 @torch.no_grad()
 def bench_decode(size: str, label: str, batch: int, prompt: int, new_tokens: int, context: int | None,
                  bandwidth: float, flop_rate: float) -> dict:
-    """Greedy decoding through :class:`muonlib.models.Decoder` (static cache, CUDA graphs):
+    """Greedy decoding through :class:`muonlib.models.decode.Decoder` (static cache, CUDA graphs):
     tokens/s over ``new_tokens`` steps after a ``prompt``-token prefill, the second of two
     generations (the first captures the graphs), against its roofline; time to the first
     token for a prompt filling the context; the cache's bytes measured and analytic."""

@@ -611,7 +611,7 @@ def stability_verdict(every_run: pd.DataFrame) -> dict:
 
 # ---------------------------------------------------------------- decoding
 
-#: the companion papers' inference claims: MoE-MLA-RoPE's KV reduction (%) and speed-up over
+#: the companion papers' inference claims, MoE-MLA-RoPE's KV reduction (%) and speed-up over
 #: dense, and the MLA paper's r = d/2 against full rank
 PAPER_INFERENCE = {"E1": 68.0, "E2": 3.2, "A3": 1.4}
 

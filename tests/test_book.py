@@ -44,6 +44,22 @@ def test_notebook_pages_hold_executed_outputs_and_figures(built_book):
         assert "Traceback (most recent call last)" not in text, f"{page.name}: a cell raised"
 
 
+def test_pages_hold_no_log_lines(built_book):
+    """What a reader sees is prose, tables and figures: printed lines (presets, provenance
+    dumps, progress bars) belong in glued sentences or tables."""
+    for page in sorted((built_book / "notebooks").rglob("*.html")):
+        text = page.read_text()
+        assert not re.search(r'class="output (stream|stderr)', text), f"{page.name}: a cell printed to the page"
+
+
+def test_the_dashboard_and_the_ledger_show_verdict_badges(built_book):
+    intro = (built_book / "book" / "intro.html").read_text()
+    ledger = (built_book / "book" / "claims.html").read_text()
+    for label in ("verified", "refuted", "holds only under conditions", "open"):
+        assert re.search(rf'sd-badge[^>]*>{label}<', ledger), f"the ledger shows no {label!r} badge"
+    assert intro.count("sd-badge") >= 5 and "claims.html" in intro
+
+
 def test_proofs_math_and_citations_render(built_book):
     page = (built_book / "notebooks" / "theory" / "newton_schulz.html").read_text()
     assert 'class="proof definition' in page or "proof definition" in page

@@ -104,7 +104,7 @@ def graph_safe(model) -> bool:
 class Decoder:
     """A prompt's prefill, then one token per sequence per :meth:`step`, on a static cache of
     ``batch`` sequences of up to ``max_len`` tokens. Use under ``torch.no_grad()`` with the
-    model in evaluation mode (:meth:`GPT.generate` does both)."""
+    model in evaluation mode (``GPT.generate`` does both)."""
 
     def __init__(self, model, batch: int, max_len: int | None = None, cuda_graphs: bool | None = None):
         self.model = model
