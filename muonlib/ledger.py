@@ -21,7 +21,7 @@ import yaml
 BOOK = Path(__file__).resolve().parents[1] / "book"
 #: the five verdict labels and the badge colour of each (sphinx-design's names)
 LABELS = {"verified": "success", "refuted": "danger", "holds only under conditions": "warning",
-          "not testable here": "secondary", "open": "light"}
+          "not testable here": "info", "open": "light"}
 XS_CHAPTER = "/notebooks/training/muon_vs_adamw"
 SCALING_CHAPTER = "/notebooks/training/scaling"
 DECODE_CHAPTER = "/notebooks/inference/decode"
@@ -130,13 +130,15 @@ def render_ledger(claims: list[Claim]) -> str:
 
 
 def render_dashboard(claims: list[Claim]) -> str:
-    counts = Counter(c.verdict for c in claims)
-    by_part = {part: Counter(c.verdict for c in claims if c.part == part) for part in dict.fromkeys(c.part for c in claims)}
-    lines = [DASHBOARD_START, "",
-             f"**{len(claims)} claims**: " + ", ".join(f"{badge(v)} {counts[v]}" for v in LABELS) + ".", "",
-             "| Part of the papers | " + " | ".join(badge(v) for v in LABELS) + " |", "|---|" + "---|" * len(LABELS)]
-    for part, count in by_part.items():
-        lines.append(f"| {part} | " + " | ".join(str(count[v]) for v in LABELS) + " |")
+    """Counts by verdict (rows) and part of the papers (columns): narrow enough for a phone."""
+    short = {part["part"]: part.get("short", part["part"]) for part in read_claims()}
+    parts = list(dict.fromkeys(c.part for c in claims))
+    counts = {part: Counter(c.verdict for c in claims if c.part == part) for part in parts}
+    lines = [DASHBOARD_START, "", f"**{len(claims)} claims** of the three papers, by verdict:", "",
+             "| Verdict | " + " | ".join(short[p] for p in parts) + " | All |", "|---|" + "---|" * (len(parts) + 1)]
+    for verdict in LABELS:
+        row = [counts[p][verdict] for p in parts]
+        lines.append(f"| {badge(verdict)} | " + " | ".join(map(str, row)) + f" | {sum(row)} |")
     lines += ["", "Each claim, its evidence and its chapter: {doc}`claims`.", "", DASHBOARD_END]
     return "\n".join(lines)
 
