@@ -383,6 +383,22 @@ def batch_sizes(hardware: str) -> Scaling:
                    evaluations=xs.evaluations)
 
 
+def architectures(hardware: str) -> Scaling:
+    """Table 3's four architectures at S (the largest size whose sweeps this machine's budget
+    allows for every architecture; the paper uses XL) on the scaling experiment's tokens and
+    schedule: MHA (those runs, read from that experiment), MLA and MLA-noRoPE with r = d/2,
+    and MoE-MLA-RoPE as specified; each optimizer's rate swept per architecture around MHA's
+    optimum, over the whole grid for MoE-MLA, whose expert matrices are unlike any dense one.
+    A T4 or an A100 runs MHA and MLA; a CPU the tiny model."""
+    sizes = scaling(hardware)
+    if hardware == "cpu":
+        return dataclasses.replace(sizes, settings={"mha": {}, "mla": {"variant": "mla"}}, wide="mla", decays=(), decay_settings=())
+    base = dataclasses.replace(sizes.base, **sizes.settings["S"])
+    variants = ("mha", "mla", "mla-norope", "moe-mla") if hardware == "h100" else ("mha", "mla")
+    return dataclasses.replace(sizes, base=base, settings={v: {} if v == "mha" else {"variant": v} for v in variants},
+                               wide=variants[-1], decays=(), decay_settings=())
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
@@ -399,6 +415,9 @@ EXPERIMENTS = {
         Experiment("batch_sizes",
                    "XS MHA at 8K to 256K tokens per step on the same 2^24 tokens: Muon vs AdamW, each rate swept per batch, three seeds",
                    batch_sizes),
+        Experiment("architectures",
+                   "Table 3's MHA, MLA, MLA-noRoPE and MoE-MLA at S: Muon vs AdamW on the scaling experiment's tokens, rates swept per architecture, three seeds",
+                   architectures, reads=("scaling",)),
         Experiment("scaling",
                    "XS to XL MHA: Muon vs AdamW on the same tokens, rates swept at XS and transferred (checked by a wide sweep at L), three seeds",
                    scaling, reads=("xs_muon_vs_adamw",)),

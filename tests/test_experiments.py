@@ -306,3 +306,13 @@ def test_unpack_refuses_what_pack_does_not_make(tmp_path, name, final):
     with pytest.raises(ValueError, match="not an experiment's result|not a finished result"):
         unpack(archive, tmp_path / "results")
     assert not (tmp_path / "results").exists() and not (tmp_path / "escape.jsonl.gz").exists()
+
+
+def test_the_architectures_experiment_reads_the_scaling_experiments_s_runs():
+    arch, sizes = experiments.architectures("h100"), experiments.scaling("h100")
+    for opt, adamw_lr in (("adamw", None), ("muon", 2.5e-3)):
+        assert run_id(arch.config("mha", opt, 2.5e-3, 1, adamw_lr), "h100") == run_id(sizes.config("S", opt, 2.5e-3, 1, adamw_lr), "h100")
+    configs = {v: arch.config(v, "muon", 1e-3) for v in arch.settings}
+    assert {c.variant for c in configs.values()} == {"mha", "mla", "mla-norope", "moe-mla"}
+    assert {(c.model, c.steps, c.tokens_per_step(), c.warmup) for c in configs.values()} == {("S", 1200, 8192, sizes.warmup)}
+    assert all(arch.setting_of(c) == v for v, c in configs.items())
