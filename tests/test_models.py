@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from muonlib.models import GPT, PAPER_PARAMS, VARIANTS, ModelConfig, grouped_mm, kv_cache_bytes, preset
+from muonlib.models import GPT, PAPER_PARAMS, VARIANTS, ModelConfig, expert_combinations, grouped_mm, kv_cache_bytes, preset
 from muonlib.optim import build_optimizer, classify_parameters
 
 
@@ -238,3 +238,9 @@ def test_bad_inputs_fail_clearly():
         model(torch.zeros(1, 65, dtype=torch.long))
     with pytest.raises(ValueError, match="exceeds the model's context"):
         model.new_cache(1, 100)
+
+
+def test_the_stated_expert_spec_gives_c_62_6_combinations_not_3_6e7():
+    spec = preset("XL", "moe-mla")
+    assert (spec.n_shared_experts, spec.n_routed_experts, spec.top_k) == (2, 62, 6)
+    assert expert_combinations(spec) == 61_474_519 and abs(expert_combinations(spec) / 3.6e7 - 1) > 0.5

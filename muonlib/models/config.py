@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -117,6 +118,11 @@ def preset(name: str, variant: str = "mha", **changes) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
     return PRESETS[name].variant(variant).replace(**changes)
+
+
+def expert_combinations(config: ModelConfig) -> int:
+    """How many sets of routed experts a token can be sent to: ``top_k`` of ``n_routed_experts``."""
+    return math.comb(config.n_routed_experts, config.top_k)
 
 
 def kv_cache_elements_per_token(config: ModelConfig) -> int:
