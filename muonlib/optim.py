@@ -255,6 +255,16 @@ class Muon(Optimizer):
     reads gradients wherever they are. ``fused=False`` runs :func:`muon_step`, the plain torch
     reference; ``fused=True`` raises where the fused step cannot run (on a CPU it then needs
     ``TRITON_INTERPRET=1``, which is how the tests run it).
+
+    A drop-in for ``torch.optim`` code::
+
+        >>> import torch
+        >>> W = torch.nn.Parameter(torch.randn(64, 32))
+        >>> opt = Muon([W], lr=1e-3, weight_decay=0.1)
+        >>> W.grad = torch.randn(64, 32)
+        >>> opt.step()
+        >>> sorted(opt.state[W])
+        ['momentum_buffer']
     """
 
     def __init__(
@@ -602,6 +612,18 @@ def build_optimizer(
     patterns to ``"muon"`` or ``"adamw"``; sending an embedding or head to Muon raises.
     ``matrix_hparams`` go to :class:`Muon` or :class:`Shampoo` (e.g. ``momentum``,
     ``ns_steps``, ``ns_coefficients``, ``adjust_lr``, ``orthogonalize``, ``beta``, ``eps``).
+
+    A training step of a model::
+
+        >>> import torch
+        >>> from muonlib.models import GPT, preset
+        >>> model = GPT(preset("tiny"))
+        >>> opt = build_optimizer(model, "muon", lr=2e-3, weight_decay=0.1)
+        >>> idx = torch.randint(0, model.config.vocab_size, (2, 16))
+        >>> logits, loss = model(idx, targets=idx)
+        >>> loss.backward()
+        >>> opt.step()
+        >>> opt.zero_grad()
     """
     if name not in ("muon", "adamw", "shampoo"):
         raise ValueError(f"optimizer name must be 'muon', 'adamw' or 'shampoo', got {name!r}")

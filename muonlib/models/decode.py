@@ -104,7 +104,18 @@ def graph_safe(model) -> bool:
 class Decoder:
     """A prompt's prefill, then one token per sequence per :meth:`step`, on a static cache of
     ``batch`` sequences of up to ``max_len`` tokens. Use under ``torch.no_grad()`` with the
-    model in evaluation mode (``GPT.generate`` does both)."""
+    model in evaluation mode (``GPT.generate`` does both)::
+
+        >>> import torch
+        >>> from muonlib.models import GPT, preset
+        >>> model = GPT(preset("tiny", "mla")).eval()
+        >>> with torch.no_grad():
+        ...     decoder = Decoder(model, batch=2, max_len=16)
+        ...     logits = decoder.prefill(torch.zeros(2, 4, dtype=torch.long))
+        ...     logits = decoder.step(logits.argmax(-1, keepdim=True))
+        >>> logits.shape, decoder.position
+        (torch.Size([2, 512]), 5)
+    """
 
     def __init__(self, model, batch: int, max_len: int | None = None, cuda_graphs: bool | None = None):
         self.model = model

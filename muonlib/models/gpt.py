@@ -60,6 +60,20 @@ class KVCache:
 
 
 class GPT(nn.Module):
+    """The decoder-only transformer of Table 1, in any of the ``VARIANTS`` (MHA, MLA,
+    MLA-noRoPE, MoE-MLA-RoPE), with tied input and output embeddings::
+
+        >>> import torch
+        >>> from muonlib.models import preset
+        >>> model = GPT(preset("tiny", "mla"))
+        >>> idx = torch.randint(0, model.config.vocab_size, (2, 8))
+        >>> logits, loss = model(idx, targets=idx)
+        >>> logits.shape
+        torch.Size([2, 8, 512])
+        >>> model.generate(idx[:, :4], 3, temperature=0).shape
+        torch.Size([2, 7])
+    """
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
