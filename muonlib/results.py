@@ -304,7 +304,7 @@ NOISE_SIGMAS = 2.0
 
 @dataclass
 class ScalingResults:
-    """What the scaling experiment's runs show, size by size (``size`` is a column of ``runs``)::
+    """What the scaling experiment's runs show, size by size (``size`` is a column of ``runs``).
 
         >>> results = ScalingResults.load("scaling")
         >>> results.sizes
@@ -625,7 +625,7 @@ PAPER_INFERENCE = {"E1": 68.0, "E2": 3.2, "A3": 1.4}
 
 @dataclass
 class DecodeResults:
-    """The decode benchmark's rows (``python -m muonlib.bench decode``) and its provenance::
+    """The decode benchmark's rows (``python -m muonlib.bench decode``) and its provenance.
 
         >>> decode = DecodeResults.load()
         >>> decode.speed_table().loc["mha"].index.tolist()
