@@ -117,6 +117,27 @@ def newton_schulz_share(header: dict) -> float:
     return ns / header["flops_per_step"]
 
 
+def band_verdict(inside) -> str:
+    """"verified" if every value lies in the paper's band, "refuted" if none does."""
+    inside = list(inside)
+    return "verified" if all(inside) else "refuted" if not any(inside) else "holds only under conditions"
+
+
+def gain_verdict(gaps: pd.DataFrame) -> str:
+    """M18 from a gap table: the paper's 2-4% band (:func:`band_verdict` on the mean gains),
+    "refuted" wherever Muon is worse beyond the seed spread, and not "verified" unless Muon
+    is better beyond it everywhere."""
+    low, high = PAPER["M18"]
+    verdict = band_verdict(low <= g.mean <= high for g in gaps["gain %"])
+    if (gaps.separated == 1).any():
+        return "refuted"
+    return "holds only under conditions" if verdict == "verified" and not (gaps.separated == -1).all() else verdict
+
+
+def spread_text(g: SeedSpread) -> str:
+    return f"{g.mean:.1f}% (seeds {g.low:.1f}-{g.high:.1f})"
+
+
 @dataclass
 class ComparisonResults:
     name: str
@@ -257,8 +278,7 @@ class ComparisonResults:
         ratios = self.ratio_table()
         share = ratios.groupby(["steps", "offset"])["Muon's share %"].mean()
         low, high = PAPER["M15"]
-        m15 = ("verified" if share.between(low, high).all() else
-               "refuted" if not share.between(low, high).any() else "holds only under conditions")
+        m15 = band_verdict(share.between(low, high))
 
         spikes = self.spike_table()
         paired = {opt: spikes[spikes.optimizer == opt]["paired spikes"] for opt in OPTIMIZERS}
@@ -268,13 +288,7 @@ class ComparisonResults:
             m17 = {-1: "verified", 1: "refuted", 0: "not testable here"}[compare(paired["muon"], paired["adamw"])]
 
         gaps = self.gap_table()
-        low, high = PAPER["M18"]
-        inside = [low <= g.mean <= high for g in gaps["gain %"]]
-        m18 = ("verified" if all(inside) and (gaps.separated == -1).all() else
-               "refuted" if not any(inside) or (gaps.separated == 1).any() else "holds only under conditions")
-
-        def spread_text(g):
-            return f"{g.mean:.1f}% (seeds {g.low:.1f}-{g.high:.1f})"
+        m18 = gain_verdict(gaps)
 
         return pd.DataFrame([
             {"claim": "M14", "paper": f"XS LR_max {TABLE1_XS_RATE:g} for both optimizers",
@@ -438,9 +452,9 @@ class ScalingResults:
         (seed spreads), and which decay is lower (``separated`` -1: the first listed)."""
         rows = []
         decays = sorted(set(self.runs.weight_decay))
+        finals = {wd: self.final_table(wd) for wd in decays}
         for size in self.sizes:
             for opt in OPTIMIZERS:
-                finals = {wd: self.final_table(wd) for wd in decays}
                 losses = {wd: f[(f["size"] == size) & (f.optimizer == opt)].test_loss.dropna() for wd, f in finals.items()}
                 if any(len(v) == 0 for v in losses.values()):
                     continue
@@ -489,8 +503,7 @@ class ScalingResults:
         ratios = self.ratio_table()
         share = ratios.groupby(["size", "offset"])["Muon's share %"].mean()
         low, high = PAPER["M15"]
-        m15 = ("verified" if share.between(low, high).all() else
-               "refuted" if not share.between(low, high).any() else "holds only under conditions")
+        m15 = band_verdict(share.between(low, high))
 
         gaps = self.gap_table()
         consistent = (gaps.separated == -1).all()
@@ -500,10 +513,7 @@ class ScalingResults:
         m16 = ("refuted" if (gaps.separated == 1).any() or not consistent and not rising else
                "verified" if consistent and rising else "holds only under conditions")
 
-        low, high = PAPER["M18"]
-        inside = [low <= g.mean <= high for g in gaps["gain %"]]
-        m18 = ("verified" if all(inside) and consistent else
-               "refuted" if not any(inside) or (gaps.separated == 1).any() else "holds only under conditions")
+        m18 = gain_verdict(gaps)
 
         transfer = self.transfer_table().set_index(["size", "optimizer"])
         muon = transfer.xs("muon", level="optimizer").iloc[1:]
@@ -512,9 +522,6 @@ class ScalingResults:
         decay_flips = decay.groupby("optimizer").separated.agg(lambda s: {-1, 1} <= set(s)).any()  # better at one size, worse at another
         m21 = ("verified" if kept.all() and not decay_flips else
                "refuted" if not kept.iloc[-1] or decay_flips else "holds only under conditions")
-
-        def spread_text(g):
-            return f"{g.mean:.1f}% (seeds {g.low:.1f}-{g.high:.1f})"
 
         def fraction(x):
             return f"1/{1 / x:g}" if x < 1 else f"{x:g}x"

@@ -32,11 +32,16 @@ class Rotary(nn.Module):
 
     def forward(self, x: Tensor, pos: int) -> Tensor:
         """Rotate ``x`` of shape ``(B, T, ..., dim)`` for positions ``pos .. pos + T - 1``."""
-        T = x.size(1)
-        shape = (1, T) + (1,) * (x.ndim - 3) + (-1,)
-        cos, sin = self.cos[pos : pos + T].view(shape), self.sin[pos : pos + T].view(shape)
-        x1, x2 = x.float().chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+        return rotate(x, self.cos[pos : pos + x.size(1)], self.sin[pos : pos + x.size(1)])
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the two halves of each vector of ``x`` ``(B, T, ..., dim)`` by the angles whose
+    cosines and sines (``(T, dim / 2)``, one row per position) are given."""
+    shape = (1, x.size(1)) + (1,) * (x.ndim - 3) + (-1,)
+    cos, sin = cos.view(shape), sin.view(shape)
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
 def causal_mask(T: int, pos: int, device: torch.device) -> Tensor | None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attention import MultiHeadAttention, MultiHeadLatentAttention, Rotary
+from .attention import MultiHeadAttention, MultiHeadLatentAttention, Rotary, rotate
 
 #: cache positions a step's attention reads are rounded up to a multiple of this; one CUDA graph per multiple
 LENGTH_BUCKET = 64
@@ -25,14 +25,6 @@ LENGTH_BUCKET = 64
 def angles(rotary: Rotary, pos: Tensor) -> tuple[Tensor, Tensor]:
     """The cosines and sines of one position (a ``(1,)`` device tensor), looked up once per step for every layer."""
     return rotary.cos.index_select(0, pos), rotary.sin.index_select(0, pos)
-
-
-def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """:class:`Rotary` for ``x`` of shape ``(B, 1, ..., dim)`` at the position of ``cos`` and ``sin``."""
-    shape = (1, 1) + (1,) * (x.ndim - 3) + (-1,)
-    cos, sin = cos.view(shape), sin.view(shape)
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
 def visible(pos: Tensor, length: int) -> Tensor:
