@@ -302,6 +302,48 @@ class Scaling:
         return Comparison.unique(wanted, hardware), decisions
 
 
+@dataclass(frozen=True)
+class Ablations:
+    """Table 2: Muon at one budget of a :class:`Comparison`, at the rates it chose, against
+    arms that each change one thing (an optimizer option, the weight decay), every seed.
+
+    The comparison's own runs are the baseline (and AdamW's row); an arm keeps Muon's
+    chosen rate, so an arm that changes what the rate means (the RMS rules) is judged at a
+    rate tuned for another rule, as the paper's one-column table implies.
+    """
+
+    comparison: Comparison
+    steps: int  # the comparison's budget the ablation runs at
+    arms: dict[str, dict]  # arm -> changes to Muon's run: optimizer_options (added to the run's), weight_decay
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+    def plan(self, hardware: str, finals: Finals) -> tuple[list[TrainConfig], Decisions]:
+        """The comparison's wanted runs until it has chosen Muon's rate at ``steps``, then every arm."""
+        wanted, decisions = self.comparison.plan(hardware, finals)
+        if (self.steps, "muon") not in decisions.rates:
+            return wanted, decisions
+        baseline = self.baseline(decisions)
+        wanted += [dataclasses.replace(self.arm_config(baseline, arm), seed=s) for arm in self.arms for s in self.seeds]
+        return Comparison.unique(wanted, hardware), decisions
+
+    def baseline(self, decisions: Decisions) -> TrainConfig:
+        """Muon's run at the chosen rates, seed 0."""
+        return self.comparison.config("muon", self.steps, decisions.warmup, decisions.rates[self.steps, "muon"],
+                                      adamw_lr=decisions.rates[self.steps, "adamw"])
+
+    def arm_config(self, baseline: TrainConfig, arm: str) -> TrainConfig:
+        changes = dict(self.arms[arm])
+        options = {**baseline.optimizer_options, **changes.pop("optimizer_options", {})}
+        return dataclasses.replace(baseline, optimizer_options=options, **changes)
+
+    def arm_of(self, config: TrainConfig, baseline: TrainConfig) -> str | None:
+        """Which arm a run is (``None``: the baseline itself, or no arm)."""
+        for arm in self.arms:
+            if dataclasses.replace(self.arm_config(baseline, arm), seed=config.seed) == config:
+                return arm
+        return None
+
+
 def run_config(base: TrainConfig, optimizer: str, steps: int, warmup: float, lr: float, seed: int, adamw_lr: float | None,
                evaluations: int) -> TrainConfig:
     """One run of a plan: ``evaluations`` evenly spaced evaluations, four checkpoints."""
@@ -383,6 +425,32 @@ def batch_sizes(hardware: str) -> Scaling:
                    evaluations=xs.evaluations)
 
 
+#: Table 2's rows that change Muon itself, and the variants the issue adds beside them
+ABLATION_ARMS = {
+    "no orthogonalisation": {"optimizer_options": {"orthogonalize": "frobenius"}},
+    "K = 3": {"optimizer_options": {"ns_steps": 3}},
+    "K = 10": {"optimizer_options": {"ns_steps": 10}},
+    "Taylor coefficients": {"optimizer_options": {"ns_coefficients": "taylor"}},
+    "cubic coefficients": {"optimizer_options": {"ns_coefficients": "cubic"}},
+    "Polar Express": {"optimizer_options": {"ns_coefficients": "polar_express"}},
+    "exact msign (SVD)": {"optimizer_options": {"orthogonalize": "svd"}},
+    "no weight decay": {"weight_decay": 0.0},
+    "no RMS matching (lr unscaled)": {"optimizer_options": {"adjust_lr": None}},
+    "no RMS matching (Keller Jordan's scale)": {"optimizer_options": {"adjust_lr": "original"}},
+    "dynamic RMS (per layer)": {"optimizer_options": {"adjust_lr": "dynamic_rms"}},
+}
+
+
+def ablations(hardware: str) -> Ablations:
+    """Table 2's rows at XS (the paper uses M; XS is where three seeds of every row fit this
+    machine's budget, and where the XS comparison measured the seed spread the rows are
+    judged against) at that comparison's 1200-step budget and chosen rates, whose runs are
+    the baseline and AdamW's row. The batch-size rows are the batch-size experiment's. A CPU
+    runs the tiny model's arms at 40 steps."""
+    xs = xs_comparison(hardware)
+    return Ablations(xs, steps=xs.budgets[0] if hardware == "cpu" else 1200, arms=ABLATION_ARMS)
+
+
 def architectures(hardware: str) -> Scaling:
     """Table 3's four architectures at S (the largest size whose sweeps this machine's budget
     allows for every architecture; the paper uses XL) on the scaling experiment's tokens and
@@ -403,7 +471,7 @@ def architectures(hardware: str) -> Scaling:
 class Experiment:
     name: str
     description: str
-    design: Callable[[str], Comparison | Scaling]  # hardware preset -> the plan it runs
+    design: Callable[[str], Comparison | Scaling | Ablations]  # hardware preset -> the plan it runs
     reads: tuple[str, ...] = ()  # experiments whose results count as this one's runs (the same configurations)
 
 
@@ -415,6 +483,9 @@ EXPERIMENTS = {
         Experiment("batch_sizes",
                    "XS MHA at 8K to 256K tokens per step on the same 2^24 tokens: Muon vs AdamW, each rate swept per batch, three seeds",
                    batch_sizes),
+        Experiment("ablations",
+                   "Table 2 at XS: Muon's Newton-Schulz steps, coefficients, orthogonalisation, weight decay and RMS rules, one at a time, three seeds",
+                   ablations, reads=("xs_muon_vs_adamw",)),
         Experiment("architectures",
                    "Table 3's MHA, MLA, MLA-noRoPE and MoE-MLA at S: Muon vs AdamW on the scaling experiment's tokens, rates swept per architecture, three seeds",
                    architectures, reads=("scaling",)),

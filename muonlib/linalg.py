@@ -97,6 +97,26 @@ def msign(G: Tensor, rtol: float | None = None) -> Tensor:
     return (U * keep.unsqueeze(-2).to(G.dtype)) @ Vh
 
 
+def frobenius_scaled(G: Tensor, eps: float = NORM_FLOOR) -> Tensor:
+    """``G`` scaled to ``sqrt(min(m, n))``, the Frobenius norm of a full-rank ``msign(G)``
+    (never divided by less than ``eps``): an update of an orthogonalised update's size in
+    ``G``'s own direction, for the ablation that keeps Muon's step size and drops the
+    orthogonalisation. Batched over leading dimensions, in float32 or wider."""
+    _check_matrix(G, "frobenius_scaled")
+    X = G.to(torch.promote_types(G.dtype, torch.float32))
+    norm = torch.linalg.matrix_norm(X, keepdim=True).clamp_min(eps)
+    return X * (min(G.shape[-2:]) ** 0.5 / norm)
+
+
+def rms_scaled(G: Tensor, rms: float, eps: float = NORM_FLOOR) -> Tensor:
+    """Each matrix of ``G`` scaled to root-mean-square ``rms`` (its own RMS never taken below
+    ``eps``), batched over leading dimensions, in float32 or wider: the per-layer dynamic RMS
+    rule, which measures the update's RMS instead of assuming a full-rank ``msign``'s."""
+    _check_matrix(G, "rms_scaled")
+    X = G.to(torch.promote_types(G.dtype, torch.float32))
+    return X * (rms / X.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt().clamp_min(eps))
+
+
 def coefficient_schedule(coefficients: CoefficientSpec, steps: int) -> list[Coefficients]:
     """The ``(a, b, c)`` tuple used at each of ``steps`` iterations.
 
@@ -370,6 +390,7 @@ __all__ = [
     "POLAR_EXPRESS_SAFETY",
     "SYMMETRIC_MIN_WIDTH",
     "coefficient_schedule",
+    "frobenius_scaled",
     "gram_dtype",
     "gram_newton_schulz",
     "gram_newton_schulz_flops",
@@ -381,6 +402,7 @@ __all__ = [
     "newton_schulz_step",
     "normalization_safety",
     "prefers_gram",
+    "rms_scaled",
     "scalar_map",
     "step_polynomial",
     "symmetric_product",

@@ -19,9 +19,15 @@ from torch.optim import Optimizer
 
 from .distributed import Shard
 from .fused import ITERATION_DTYPE, FusedMuonStep, fusable
-from .linalg import NORM_FLOOR, CoefficientSpec, msign, newton_schulz
+from .linalg import NORM_FLOOR, CoefficientSpec, frobenius_scaled, msign, newton_schulz, rms_scaled
 
-AdjustLR = Literal["match_rms_adamw", "original"] | None
+AdjustLR = Literal["match_rms_adamw", "original", "dynamic_rms"] | None
+#: the RMS of an AdamW update, which "match_rms_adamw" gives Muon's updates (Moonlight)
+ADAMW_RMS = 0.2
+#: how a Muon update is orthogonalised: Newton-Schulz, exact SVD, or not at all ("frobenius":
+#: the momentum at the orthogonalised update's Frobenius norm, an ablation)
+Method = Literal["newton_schulz", "svd", "frobenius"]
+METHODS = ("newton_schulz", "svd", "frobenius")
 ADAMW_BETAS = (0.9, 0.95)  # the paper's AdamW settings, also used for Muon's auxiliary AdamW
 
 
@@ -40,7 +46,7 @@ def momentum_directions(grads: list[Tensor], buffers: list[Tensor], beta: float,
 
 def orthogonalize(
     updates: list[Tensor],
-    method: Literal["newton_schulz", "svd"] = "newton_schulz",
+    method: Method = "newton_schulz",
     steps: int = 5,
     coefficients: CoefficientSpec = "muon",
     dtype: torch.dtype = ITERATION_DTYPE,
@@ -48,23 +54,26 @@ def orthogonalize(
     shard: Shard | None = None,
 ) -> list[Tensor]:
     """``msign`` of each update (eq. 4), by Newton-Schulz (each matrix divided by its norm, or
-    by ``eps`` if that is larger) or exact SVD.
+    by ``eps`` if that is larger) or exact SVD; or, for the ablation that drops it, each
+    update scaled to ``msign``'s Frobenius norm (``"frobenius"``).
 
     Each update (a matrix, or a 3D stack of experts, orthogonalised per expert) is turned
     wide (``msign(G^T) = msign(G)^T``), and all those of the same wide shape are
     concatenated into one batch: on a GPU a 768-wide Newton-Schulz is launch-bound, so one
     call per shape instead of one per matrix is the largest single saving, and a
     ``3072 x 768`` matrix joins the batch of the ``768 x 3072`` ones. Newton-Schulz results
-    come back in ``dtype``, SVD results in float32 (float64 for float64 input). With a
+    come back in ``dtype``, the others in float32 (float64 for float64 input). With a
     :class:`muonlib.distributed.Shard` each rank orthogonalises its slice of every batch and
     the slices are all-gathered: every rank gets every result.
     """
-    if method not in ("newton_schulz", "svd"):
-        raise ValueError(f"orthogonalize must be 'newton_schulz' or 'svd', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"orthogonalize must be one of {METHODS}, got {method!r}")
 
     def solve(batch: Tensor) -> Tensor:
         if method == "svd":
             return msign(batch.double() if batch.dtype == torch.float64 else batch.float())
+        if method == "frobenius":
+            return frobenius_scaled(batch, eps)
         return newton_schulz(batch, steps=steps, coefficients=coefficients, dtype=dtype, eps=eps)
 
     groups: dict[tuple, list[int]] = defaultdict(list)
@@ -80,7 +89,7 @@ def orthogonalize(
     else:  # pad every batch to equal slices; the padding is zeros, whose msign is zero
         batches = [b if shard.padded(b.size(0)) == b.size(0) else torch.cat([b, b.new_zeros(shard.padded(b.size(0)) - b.size(0), *b.shape[1:])])
                    for b in batches]
-        results = [torch.empty_like(b, dtype=(torch.float64 if b.dtype == torch.float64 else torch.float32) if method == "svd" else dtype)
+        results = [torch.empty_like(b, dtype=(torch.float64 if b.dtype == torch.float64 else torch.float32) if method != "newton_schulz" else dtype)
                    for b in batches]
         shard.orthogonalize(batches, lambda source, result: result.copy_(solve(source)), results)
     out: list[Tensor | None] = [None] * len(updates)
@@ -101,7 +110,7 @@ def muon_directions(
     buffers: list[Tensor],
     beta: float,
     nesterov: bool,
-    method: Literal["newton_schulz", "svd"] = "newton_schulz",
+    method: Method = "newton_schulz",
     steps: int = 5,
     coefficients: CoefficientSpec = "muon",
     eps: float = NORM_FLOOR,
@@ -134,16 +143,20 @@ def muon_step(
     nesterov: bool,
     weight_decay: float,
     lr_factors: Sequence[float],
-    method: Literal["newton_schulz", "svd"] = "newton_schulz",
+    method: Method = "newton_schulz",
     steps: int = 5,
     coefficients: CoefficientSpec = "muon",
     eps: float = NORM_FLOOR,
     shard: Shard | None = None,
+    update_rms: float | None = None,
 ) -> None:
-    """One Muon step on one parameter group, in place: :func:`muon_directions`, then
-    :func:`apply_updates`. The reference for :class:`muonlib.fused.FusedMuonStep`, which
-    :class:`Muon` runs instead on a GPU."""
+    """One Muon step on one parameter group, in place: :func:`muon_directions` (each then
+    scaled to ``update_rms`` if given: ``adjust_lr="dynamic_rms"``), then :func:`apply_updates`.
+    The reference for :class:`muonlib.fused.FusedMuonStep`, which :class:`Muon` runs instead
+    on a GPU."""
     directions = muon_directions(grads, buffers, beta, nesterov, method, steps, coefficients, eps, shard)
+    if update_rms is not None:
+        directions = [rms_scaled(d, update_rms, eps) for d in directions]
     apply_updates(params, directions, lr, weight_decay, lr_factors)
 
 
@@ -163,15 +176,20 @@ def adjusted_lr(lr: float, shape: torch.Size | tuple[int, ...], adjust_lr: Adjus
     * ``"original"``: ``lr * sqrt(max(1, m / n))`` (Keller Jordan): ``lr`` is then roughly
       the spectral norm of the update, and typical values are ~0.02, not AdamW's ~1e-3.
     * ``None``: ``lr`` unchanged.
+    * ``"dynamic_rms"`` (Muon only): ``lr`` unchanged, and :class:`Muon` scales each update to
+      RMS 0.2 itself at every step: what ``"match_rms_adamw"`` assumes, measured per layer
+      (an update short of full rank, or Newton-Schulz's singular values away from 1, change
+      its RMS). The paper's Table 2 lists a "per-layer dynamic RMS" without defining it;
+      this is our reading.
     """
     m, n = shape[-2], shape[-1]
     if adjust_lr == "match_rms_adamw":
-        return lr * 0.2 * math.sqrt(max(m, n))
+        return lr * ADAMW_RMS * math.sqrt(max(m, n))
     if adjust_lr == "original":
         return lr * math.sqrt(max(1.0, m / n))
-    if adjust_lr is None:
+    if adjust_lr is None or adjust_lr == "dynamic_rms":
         return lr
-    raise ValueError(f"adjust_lr must be 'match_rms_adamw', 'original' or None, got {adjust_lr!r}")
+    raise ValueError(f"adjust_lr must be 'match_rms_adamw', 'original', 'dynamic_rms' or None, got {adjust_lr!r}")
 
 
 def inverse_root(M: Tensor, p: int, eps: float) -> Tensor:
@@ -218,7 +236,8 @@ class Muon(Optimizer):
         W <- W - adjusted_lr(lr, W.shape) * msign~(D)
 
     where ``msign~`` is ``ns_steps`` Newton-Schulz iterations with ``ns_coefficients`` (or the
-    exact SVD with ``orthogonalize="svd"``, for ablations). A convolution filter
+    exact SVD with ``orthogonalize="svd"``, or none with ``orthogonalize="frobenius"``: the
+    momentum scaled to ``msign``'s Frobenius norm, for ablations). A convolution filter
     ``(out, in, kh, kw)`` is orthogonalised as the matrix ``(out, in * kh * kw)``, as Keller
     Jordan's Muon does; it must be contiguous, since the update goes through a view.
 
@@ -277,7 +296,7 @@ class Muon(Optimizer):
         ns_steps: int = 5,
         ns_coefficients: CoefficientSpec = "muon",
         adjust_lr: AdjustLR | object = _UNSET,
-        orthogonalize: Literal["newton_schulz", "svd"] = "newton_schulz",
+        orthogonalize: Method = "newton_schulz",
         fused: bool | None = None,
         *,
         adjust_lr_fn: str | None | object = _UNSET,
@@ -292,8 +311,8 @@ class Muon(Optimizer):
             raise ValueError(f"ns_steps must be an integer >= 1 (0 would skip the orthogonalisation), got {ns_steps!r}")
         if not (eps > 0 and math.isfinite(eps)):
             raise ValueError(f"eps must be a small positive number, got {eps}")
-        if orthogonalize not in ("newton_schulz", "svd"):
-            raise ValueError(f"orthogonalize must be 'newton_schulz' or 'svd', got {orthogonalize!r}")
+        if orthogonalize not in METHODS:
+            raise ValueError(f"orthogonalize must be one of {METHODS}, got {orthogonalize!r}")
         adjust_lr = resolve_adjust_lr(adjust_lr, adjust_lr_fn)
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, ns_steps=ns_steps,
@@ -351,6 +370,7 @@ class Muon(Optimizer):
                 params, grads, buffers, group["lr"], group["momentum"], group["nesterov"], group["weight_decay"],
                 [adjusted_lr(1.0, p.shape, group["adjust_lr"]) for p in params],
                 group["orthogonalize"], group["ns_steps"], group["ns_coefficients"], group["eps"], shard,
+                ADAMW_RMS if group["adjust_lr"] == "dynamic_rms" else None,
             )
         return loss
 
@@ -371,6 +391,8 @@ class Muon(Optimizer):
         reason = fusable(params, grads)
         if reason is None and group["orthogonalize"] != "newton_schulz":
             reason = f"orthogonalize={group['orthogonalize']!r} (it fuses Newton-Schulz only)"
+        if reason is None and group["adjust_lr"] == "dynamic_rms":
+            reason = "adjust_lr='dynamic_rms' (it fuses static scales only)"
         if reason is None and not params[0].is_cuda and group["fused"] is None:
             reason = "the parameters are on a CPU"
         if reason is not None and group["fused"]:
@@ -425,6 +447,9 @@ class Shampoo(Optimizer):
             raise ValueError(f"beta must be in [0, 1), got {beta}")
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
+        if adjust_lr == "dynamic_rms":
+            raise ValueError("adjust_lr='dynamic_rms' is Muon's (it scales the orthogonalised update); Shampoo takes "
+                             "'match_rms_adamw', 'original' or None")
         adjusted_lr(1.0, (1, 1), adjust_lr)
         defaults = dict(lr=lr, beta=beta, eps=eps, weight_decay=weight_decay, adjust_lr=adjust_lr, precision=precision)
         super().__init__(params, defaults)

@@ -316,3 +316,27 @@ def test_the_architectures_experiment_reads_the_scaling_experiments_s_runs():
     assert {c.variant for c in configs.values()} == {"mha", "mla", "mla-norope", "moe-mla"}
     assert {(c.model, c.steps, c.tokens_per_step(), c.warmup) for c in configs.values()} == {("S", 1200, 8192, sizes.warmup)}
     assert all(arch.setting_of(c) == v for v, c in configs.items())
+
+
+def test_ablations_wait_for_muons_rate_then_change_one_thing_each_at_that_rate():
+    ablation = experiments.Ablations(COMPARISON, steps=300, arms={
+        "K = 3": {"optimizer_options": {"ns_steps": 3}}, "no weight decay": {"weight_decay": 0.0}})
+    wanted, _ = ablation.plan("cpu", {})
+    assert wanted == COMPARISON.plan("cpu", {})[0]  # nothing of its own before the comparison decides
+    finals, decisions, _ = simulate(COMPARISON)
+    wanted, decided = ablation.plan("cpu", finals)
+    arms = [c for c in wanted if run_id(c, "cpu") not in finals]
+    baseline = ablation.baseline(decided)
+    assert (baseline.lr, baseline.adamw_lr, baseline.steps, baseline.warmup) == (8e-3, 2e-3, 300, 0.1)
+    assert sorted((ablation.arm_of(c, baseline), c.seed) for c in arms) == [(a, s) for a in ("K = 3", "no weight decay") for s in (0, 1, 2)]
+    for c in arms:  # exactly one thing differs from the baseline at the same seed
+        differing = {k for k, v in c.to_dict().items() if dataclasses.replace(baseline, seed=c.seed).to_dict()[k] != v}
+        assert differing == ({"optimizer_options"} if ablation.arm_of(c, baseline) == "K = 3" else {"weight_decay"})
+    assert ablation.arm_of(baseline, baseline) is None
+
+
+def test_the_ablations_read_the_xs_comparisons_baseline():
+    design, decided = experiments.ablations("h100"), experiments.decisions("xs_muon_vs_adamw", "h100")
+    baseline = design.baseline(decided)
+    assert baseline.lr == decided.rates[1200, "muon"] and baseline.steps == 1200
+    assert set(design.arms) >= {"no orthogonalisation", "K = 3", "K = 10", "Taylor coefficients", "no weight decay", "exact msign (SVD)"}

@@ -11,6 +11,7 @@ from muonlib.linalg import (
     NAMED_COEFFICIENTS,
     POLAR_EXPRESS_COEFFICIENTS,
     coefficient_schedule,
+    frobenius_scaled,
     msign,
     newton_schulz,
     newton_schulz_flops,
@@ -82,6 +83,16 @@ def test_polar_express_has_smallest_worst_case_error():
     assert worst["polar_express"] < 1e-2 < worst["taylor"] < worst["cubic"]
     G = random_matrix(32, 64, 6)
     assert rel(newton_schulz(G, 5, "cubic", dtype=F64), msign(G)) > 0.1
+
+
+def test_frobenius_scaled_has_msigns_norm_and_keeps_the_direction():
+    """The momentum-only ablation's update: the same Frobenius norm as a full-rank msign, G's direction."""
+    torch.manual_seed(0)
+    G = torch.randn(3, 12, 20, dtype=torch.float64) * torch.tensor([1e-3, 1.0, 1e3], dtype=torch.float64).view(3, 1, 1)
+    D = frobenius_scaled(G)
+    assert torch.allclose(torch.linalg.matrix_norm(D), torch.linalg.matrix_norm(msign(G)))
+    assert torch.allclose(D / D.norm(dim=(-2, -1), keepdim=True), G / G.norm(dim=(-2, -1), keepdim=True))
+    assert torch.equal(frobenius_scaled(torch.zeros(4, 6)), torch.zeros(4, 6))
 
 
 def test_muon_coefficients_stay_in_documented_band_without_converging():

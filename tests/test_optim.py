@@ -48,6 +48,33 @@ def test_muon_matches_torch_optim_muon(adjust, shape):
     assert rel(ours - W0, ref - W0) > 0  # a genuinely independent computation
 
 
+def test_muon_without_orthogonalisation_steps_along_the_momentum_at_msigns_size():
+    """orthogonalize="frobenius" (the ablation): W1 = W0 - lr 0.2 sqrt(max(m,n)) sqrt(min(m,n)) D / ||D||_F."""
+    torch.manual_seed(2)
+    W0, G = torch.randn(20, 30, dtype=F64), torch.randn(20, 30, dtype=F64)
+    W = run_steps(lambda p: Muon(p, lr=0.01, weight_decay=0.0, orthogonalize="frobenius"), W0, [G])
+    D = 0.05 * G + 0.95 * 0.05 * G  # Nesterov look-ahead from a zero buffer, beta 0.95
+    expected = W0 - 0.01 * 0.2 * 30**0.5 * 20**0.5 * D / D.norm()
+    assert torch.allclose(W, expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="frobenius"):
+        Muon([torch.zeros(2, 2, requires_grad=True)], orthogonalize="none")
+
+
+def test_dynamic_rms_gives_every_update_rms_0p2_where_the_static_rule_assumes_full_rank():
+    """adjust_lr="dynamic_rms": the update's RMS is lr * 0.2 exactly, for a full-rank direction
+    (where it equals "match_rms_adamw" with exact msign) and a rank-1 one (where it does not)."""
+    torch.manual_seed(3)
+    W0 = torch.randn(20, 30, dtype=F64)
+    full, rank_one = torch.randn(20, 30, dtype=F64), torch.randn(20, 1, dtype=F64) @ torch.randn(1, 30, dtype=F64)
+    for G in (full, rank_one):
+        dynamic = run_steps(lambda p: Muon(p, lr=0.01, adjust_lr="dynamic_rms", orthogonalize="svd"), W0, [G])
+        static = run_steps(lambda p: Muon(p, lr=0.01, orthogonalize="svd"), W0, [G])
+        assert abs((dynamic - W0).pow(2).mean().sqrt().item() - 0.01 * 0.2) < 1e-12
+        assert torch.allclose(dynamic - W0, static - W0, rtol=1e-10, atol=0) == (G is full)
+    with pytest.raises(ValueError, match="dynamic_rms"):
+        Shampoo([torch.zeros(2, 2, requires_grad=True)], adjust_lr="dynamic_rms")
+
+
 def test_muon_update_formula_exactly():
     """One step in float64 with exact msign: W1 = (1 - lr wd) W0 - lr 0.2 sqrt(max(m,n)) msign(D)."""
     torch.manual_seed(1)
