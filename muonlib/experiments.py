@@ -624,8 +624,8 @@ def unpack(archive: Path, root: Path | None = None, overwrite: bool = False) -> 
 def load_results(folder: str | Path):
     """Every finished run in ``folder`` as one tidy ``pandas.DataFrame``: a row per step record
     (the step's learning rate as ``scheduled_lr``), with the run's ``run``, ``hardware``,
-    ``gpu``, ``diverged`` and its configuration's scalar settings (``optimizer``, ``lr``,
-    ``seed``, ``steps``, ``warmup``, ...)."""
+    ``gpu``, ``diverged`` and its configuration's settings (``optimizer``, ``lr``, ``seed``,
+    ``steps``, ``warmup``, ...; ``optimizer_options`` and ``model_changes`` as JSON text)."""
     import pandas as pd
 
     frames = []
@@ -639,8 +639,8 @@ def load_results(folder: str | Path):
         frame["flops"] = frame.step * header["flops_per_step"]
         frame.insert(0, "run", path.name.removesuffix(RESULT))
         for key, value in config.items():
-            if not isinstance(value, (dict, list)) and key not in frame:
-                frame[key] = value
+            if key not in frame:
+                frame[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
         frame["hardware"] = frame.run.str.split("-").str[0]
         frame["gpu"] = header["provenance"]["gpu"] or "CPU"
         frame["diverged"] = bool(final.get("diverged"))

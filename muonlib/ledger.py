@@ -82,7 +82,7 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
         rows[claim] = (decode.verdict[claim], decode.ours[claim], (DECODE_CHAPTER,))
 
     rates = scaling.decisions.rates
-    ratio = {size: rates[size, "muon"] / rates[size, "adamw"] for size in scaling.sizes}
+    ratio = {size: rates[size, "muon"] / rates[size, "adamw"] for size in scaling.settings}
     same = [s for s, r in ratio.items() if r == 1]
     rows["M30"] = ("verified" if len(same) == len(ratio) else "refuted" if not same else "holds only under conditions",
                    "Muon's best peak rate, swept per size on equal tokens, against AdamW's: "

@@ -317,126 +317,105 @@ NOISE_SIGMAS = 2.0
 
 
 @dataclass
-class ScalingResults:
-    """What the scaling experiment's runs show, size by size (``size`` is a column of ``runs``).
-
-        >>> results = ScalingResults.load("scaling")
-        >>> results.sizes
-        ['XS', 'S', 'M', 'L', 'XL']
-        >>> results.verdicts().verdict["M21"]
-        'refuted'
-    """
+class LadderResults:
+    """What the runs of a ladder of settings (a :class:`muonlib.experiments.Scaling`: model
+    sizes, batch sizes, architectures) show, setting by setting (``setting`` is a column of
+    ``runs``). The classes below add each experiment's own tables and verdicts."""
 
     name: str
     runs: pd.DataFrame
     decisions: "ScalingDecisions"
     headers: dict  # run -> its result file's header
-    sizes: list[str]  # smallest first
+    settings: list[str]  # in the experiment's order; those where both optimizers have a chosen rate
 
     @classmethod
-    def load(cls, name: str = "scaling", hardware: str = "h100", results: Path | None = None) -> "ScalingResults":
+    def load(cls, name: str, hardware: str = "h100", results: Path | None = None):
         from .experiments import RESULT, finished_runs, read_run, result_folders, run_id
 
         folders = [f for f in result_folders(name, results) if f.exists()]
         design = experiment(name).design(hardware)
         wanted, decisions = design.plan(hardware, finished_runs(folders))
-        size_of = {run_id(c, hardware): design.setting_of(c) for c in wanted}
+        setting_of = {run_id(c, hardware): design.setting_of(c) for c in wanted}
         runs = pd.concat([load_results(f) for f in folders], ignore_index=True)
-        runs = runs[runs.run.isin(size_of)].drop_duplicates(["run", "step"]).copy()
-        runs["size"] = runs.run.map(size_of)
-        headers = {run: read_run(f / f"{run}{RESULT}")[0] for f in reversed(folders) for run in size_of
+        runs = runs[runs.run.isin(setting_of)].drop_duplicates(["run", "step"]).copy()
+        runs["setting"] = runs.run.map(setting_of)
+        headers = {run: read_run(f / f"{run}{RESULT}")[0] for f in reversed(folders) for run in setting_of
                    if (f / f"{run}{RESULT}").exists()}
-        sizes = [s for s in design.settings if all((s, opt) in decisions.rates for opt in OPTIMIZERS)]
-        return cls(name, runs, decisions, headers, sizes)
+        settings = [s for s in design.settings if all((s, opt) in decisions.rates for opt in OPTIMIZERS)]
+        return cls(name, runs, decisions, headers, settings)
 
     # ------------------------------------------------------------ which runs
 
-    def header(self, size: str, optimizer: str = "muon") -> dict:
-        run = self.runs[(self.runs["size"] == size) & (self.runs.optimizer == optimizer)].run.iloc[0]
+    def header(self, setting: str, optimizer: str = "muon") -> dict:
+        run = self.runs[(self.runs["setting"] == setting) & (self.runs.optimizer == optimizer)].run.iloc[0]
         return self.headers[run]
 
     @cached_property
     def base_decay(self) -> float:
         return float(self.runs.weight_decay.mode().iloc[0])
 
-    def at(self, size: str, optimizer: str, weight_decay: float | None = None) -> pd.DataFrame:
-        """The sweep and seeds of one size and optimizer (Muon's with its AdamW part at AdamW's
+    def at(self, setting: str, optimizer: str, weight_decay: float | None = None) -> pd.DataFrame:
+        """The sweep and seeds of one setting and optimizer (Muon's with its AdamW part at AdamW's
         chosen rate), at the base weight decay unless another is asked for."""
         r = self.runs
-        q = (r["size"] == size) & (r.optimizer == optimizer) & (r.weight_decay == (weight_decay or self.base_decay))
+        q = (r["setting"] == setting) & (r.optimizer == optimizer) & (r.weight_decay == (weight_decay or self.base_decay))
         if optimizer == "muon":
-            q &= r.adamw_lr == self.decisions.rates[size, "adamw"]
+            q &= r.adamw_lr == self.decisions.rates[setting, "adamw"]
         return r[q]
 
-    def chosen(self, size: str, optimizer: str, weight_decay: float | None = None) -> pd.DataFrame:
-        runs = self.at(size, optimizer, weight_decay)
-        return runs[runs.lr == self.decisions.rates[size, optimizer]]
+    def chosen(self, setting: str, optimizer: str, weight_decay: float | None = None) -> pd.DataFrame:
+        runs = self.at(setting, optimizer, weight_decay)
+        return runs[runs.lr == self.decisions.rates[setting, optimizer]]
 
-    def _both(self, size: str, weight_decay: float | None = None) -> dict[str, pd.DataFrame]:
-        return {opt: self.chosen(size, opt, weight_decay) for opt in OPTIMIZERS}
+    def _both(self, setting: str, weight_decay: float | None = None) -> dict[str, pd.DataFrame]:
+        return {opt: self.chosen(setting, opt, weight_decay) for opt in OPTIMIZERS}
 
     # ------------------------------------------------------------ tables
 
-    def size_table(self) -> pd.DataFrame:
-        """Every size: shape, parameters (ours and the paper's), the budget three ways, and
-        the Newton-Schulz FLOPs a Muon step adds (% of the model's training FLOPs)."""
-        from .models import PAPER_PARAMS, preset
-
-        rows = []
-        for size in self.sizes:
-            header = self.header(size)
-            config = header["provenance"]["config"]
-            model = preset(config["model"], config["variant"], **config["model_changes"])
-            b = Budget.of(config["steps"], header["tokens_per_step"], header["data"]["train_tokens"], header["parameters"])
-            rows.append({"size": size, "layers": model.n_layer, "width": model.d_model, "parameters": header["parameters"],
-                         "paper's parameters": PAPER_PARAMS.get(size, np.nan), "tokens": b.tokens, "epochs": b.epochs,
-                         "tokens per parameter": b.tokens_per_parameter, "Newton-Schulz FLOPs %": 100 * newton_schulz_share(header)})
-        return pd.DataFrame(rows).set_index("size")
-
     def sweep_table(self) -> pd.DataFrame:
-        """Seed-0 final validation loss against the peak rate, per size and optimizer (``inf``
-        where a run diverged), with the rate relative to the first size's optimum."""
-        first = self.sizes[0]
+        """Seed-0 final validation loss against the peak rate, per setting and optimizer (``inf``
+        where a run diverged), with the rate relative to the first setting's optimum."""
+        first = self.settings[0]
         rows = []
-        for size in self.sizes:
+        for setting in self.settings:
             for opt in OPTIMIZERS:
-                runs = self.at(size, opt)
+                runs = self.at(setting, opt)
                 for lr, run in runs[runs.seed == 0].groupby("lr"):
                     last = run.loc[run.step.idxmax()]
-                    rows.append({"size": size, "optimizer": opt, "lr": lr, "lr / first optimum": lr / self.decisions.rates[first, opt],
+                    rows.append({"setting": setting, "optimizer": opt, "lr": lr, "lr / first optimum": lr / self.decisions.rates[first, opt],
                                  "diverged": bool(last.diverged), "val_loss": np.inf if last.diverged else last.val_loss})
         return pd.DataFrame(rows)
 
     def final_table(self, weight_decay: float | None = None) -> pd.DataFrame:
-        """Per size, optimizer and seed at the chosen rate (see :func:`final_rows`)."""
-        return pd.DataFrame([{"size": size, **row} for size in self.sizes for row in final_rows(self._both(size, weight_decay))])
+        """Per setting, optimizer and seed at the chosen rate (see :func:`final_rows`)."""
+        return pd.DataFrame([{"setting": setting, **row} for setting in self.settings for row in final_rows(self._both(setting, weight_decay))])
 
     def transfer_table(self) -> pd.DataFrame:
-        """Per size and optimizer: the chosen rate against the first size's, and what taking
-        the first size's rate unchanged (zero-shot transfer) costs in validation loss, beside
+        """Per setting and optimizer: the chosen rate against the first setting's, and what taking
+        the first setting's rate unchanged (zero-shot transfer) costs in validation loss, beside
         the seed spread of the chosen rate's loss."""
-        first = self.sizes[0]
-        sweep = self.sweep_table().set_index(["size", "optimizer", "lr"]).val_loss
-        spread = self.final_table().groupby(["size", "optimizer"]).val_loss.std()
+        first = self.settings[0]
+        sweep = self.sweep_table().set_index(["setting", "optimizer", "lr"]).val_loss
+        spread = self.final_table().groupby(["setting", "optimizer"]).val_loss.std()
         rows = []
-        for size in self.sizes:
+        for setting in self.settings:
             for opt in OPTIMIZERS:
-                lr, transferred = self.decisions.rates[size, opt], self.decisions.rates[first, opt]
-                rows.append({"size": size, "optimizer": opt, "chosen lr": lr, "first size's lr": transferred,
-                             "shift": lr / transferred, "Table 1 lr": TABLE1_RATES.get(size, np.nan),
-                             "transfer penalty": sweep.get((size, opt, transferred), np.nan) - sweep[size, opt, lr],
-                             "seed std": spread[size, opt]})
+                lr, transferred = self.decisions.rates[setting, opt], self.decisions.rates[first, opt]
+                rows.append({"setting": setting, "optimizer": opt, "chosen lr": lr, "first setting's lr": transferred,
+                             "shift": lr / transferred, "Table 1 lr": TABLE1_RATES.get(setting, np.nan),
+                             "transfer penalty": sweep.get((setting, opt, transferred), np.nan) - sweep[setting, opt, lr],
+                             "seed std": spread[setting, opt]})
         return pd.DataFrame(rows)
 
-    def narrowed_choice(self, size: str, optimizer: str) -> float | None:
-        """The rate the narrowed search (the first size's optimum and its two neighbours,
-        extended at an edge) would have chosen from this size's sweep, or ``None`` if it would
-        have needed a rate the sweep did not run: at the wide size, whether narrowing the grid
+    def narrowed_choice(self, setting: str, optimizer: str) -> float | None:
+        """The rate the narrowed search (the first setting's optimum and its two neighbours,
+        extended at an edge) would have chosen from this setting's sweep, or ``None`` if it would
+        have needed a rate the sweep did not run: at the wide setting, whether narrowing the grid
         changed the answer."""
-        center = self.decisions.rates[self.sizes[0], optimizer]
+        center = self.decisions.rates[self.settings[0], optimizer]
         grid = [rate_key(center / SWEEP_FACTOR), rate_key(center), rate_key(center * SWEEP_FACTOR)]
         sweep = self.sweep_table()
-        losses = {rate_key(r.lr): r.val_loss for r in sweep[(sweep["size"] == size) & (sweep.optimizer == optimizer)].itertuples()}
+        losses = {rate_key(r.lr): r.val_loss for r in sweep[(sweep["setting"] == setting) & (sweep.optimizer == optimizer)].itertuples()}
         known: dict[float, float] = {}
         while True:
             for rate in grid:
@@ -448,60 +427,88 @@ class ScalingResults:
                 return chosen
 
     def decay_table(self) -> pd.DataFrame:
-        """At the sizes with a weight-decay check: final test loss per decay and optimizer
+        """At the settings with a weight-decay check: final test loss per decay and optimizer
         (seed spreads), and which decay is lower (``separated`` -1: the first listed)."""
         rows = []
         decays = sorted(set(self.runs.weight_decay))
         finals = {wd: self.final_table(wd) for wd in decays}
-        for size in self.sizes:
+        for setting in self.settings:
             for opt in OPTIMIZERS:
-                losses = {wd: f[(f["size"] == size) & (f.optimizer == opt)].test_loss.dropna() for wd, f in finals.items()}
+                losses = {wd: f[(f["setting"] == setting) & (f.optimizer == opt)].test_loss.dropna() for wd, f in finals.items()}
                 if any(len(v) == 0 for v in losses.values()):
                     continue
                 low, high = decays[0], decays[-1]
-                rows.append({"size": size, "optimizer": opt, **{f"wd {wd:g}": SeedSpread(tuple(v)) for wd, v in losses.items()},
+                rows.append({"setting": setting, "optimizer": opt, **{f"wd {wd:g}": SeedSpread(tuple(v)) for wd, v in losses.items()},
                              "better": low if losses[low].mean() < losses[high].mean() else high,
                              "separated": compare(losses[low], losses[high])})
         return pd.DataFrame(rows)
 
     def gap_table(self) -> pd.DataFrame:
-        """Final test loss per size and Muon's gain (see :func:`gap_row`)."""
+        """Final test loss per setting and Muon's gain (see :func:`gap_row`)."""
         final = self.final_table()
-        rows = [{"size": size, "parameters": self.header(size)["parameters"], **gap_row(final[final["size"] == size])}
-                for size in self.sizes]
-        return pd.DataFrame(rows).set_index("size")
+        rows = [{"setting": setting, "parameters": self.header(setting)["parameters"], **gap_row(final[final["setting"] == setting])}
+                for setting in self.settings]
+        return pd.DataFrame(rows).set_index("setting")
 
     def ratio_table(self, offsets=TARGET_OFFSETS) -> pd.DataFrame:
-        """Per size, tokens (and so model FLOPs) to test-loss targets and ``R`` (see
+        """Per setting, tokens (and so model FLOPs) to test-loss targets and ``R`` (see
         :func:`ratio_rows`); Muon's share of AdamW's FLOPs with and without Newton-Schulz."""
         rows = []
-        for size in self.sizes:
-            ns = newton_schulz_share(self.header(size))
-            for row in ratio_rows(self._both(size), offsets):
-                rows.append({"size": size, **row, "R with Newton-Schulz": row["R"] / (1 + ns)})
+        for setting in self.settings:
+            ns = newton_schulz_share(self.header(setting))
+            for row in ratio_rows(self._both(setting), offsets):
+                rows.append({"setting": setting, **row, "R with Newton-Schulz": row["R"] / (1 + ns)})
         table = pd.DataFrame(rows)
         table["Muon's share %"] = 100 / table["R with Newton-Schulz"]
         return table
 
     def spike_table(self) -> pd.DataFrame:
-        """Spikes of the chosen runs per size and seed (see :func:`spike_rows`)."""
-        return pd.DataFrame([{"size": size, **row} for size in self.sizes for row in spike_rows(self._both(size))])
+        """Spikes of the chosen runs per setting and seed (see :func:`spike_rows`)."""
+        return pd.DataFrame([{"setting": setting, **row} for setting in self.settings for row in spike_rows(self._both(setting))])
 
-    def curves(self, size: str, optimizer: str) -> pd.DataFrame:
+    def curves(self, setting: str, optimizer: str) -> pd.DataFrame:
         """Validation loss against training FLOPs (Newton-Schulz included for Muon) at the chosen
         rate: the mean over seeds, with its lowest and highest."""
-        runs = self.chosen(size, optimizer).dropna(subset=["val_loss"])
-        ns = newton_schulz_share(self.header(size)) if optimizer == "muon" else 0.0
+        runs = self.chosen(setting, optimizer).dropna(subset=["val_loss"])
+        ns = newton_schulz_share(self.header(setting)) if optimizer == "muon" else 0.0
         table = runs.groupby("flops").val_loss.agg(["mean", "min", "max"]).reset_index()
         table["flops"] *= 1 + ns
         return table
+
+
+@dataclass
+class ScalingResults(LadderResults):
+    """What the scaling experiment's runs show, size by size (the settings are model sizes).
+
+        >>> results = ScalingResults.load("scaling")
+        >>> results.settings
+        ['XS', 'S', 'M', 'L', 'XL']
+        >>> results.verdicts().verdict["M21"]
+        'refuted'
+    """
+
+    def size_table(self) -> pd.DataFrame:
+        """Every size: shape, parameters (ours and the paper's), the budget three ways, and
+        the Newton-Schulz FLOPs a Muon step adds (% of the model's training FLOPs)."""
+        from .models import PAPER_PARAMS, preset
+
+        rows = []
+        for setting in self.settings:
+            header = self.header(setting)
+            config = header["provenance"]["config"]
+            model = preset(config["model"], config["variant"], **config["model_changes"])
+            b = Budget.of(config["steps"], header["tokens_per_step"], header["data"]["train_tokens"], header["parameters"])
+            rows.append({"setting": setting, "layers": model.n_layer, "width": model.d_model, "parameters": header["parameters"],
+                         "paper's parameters": PAPER_PARAMS.get(setting, np.nan), "tokens": b.tokens, "epochs": b.epochs,
+                         "tokens per parameter": b.tokens_per_parameter, "Newton-Schulz FLOPs %": 100 * newton_schulz_share(header)})
+        return pd.DataFrame(rows).set_index("setting")
 
     # ------------------------------------------------------------ verdicts
 
     def verdicts(self) -> pd.DataFrame:
         """M15, M16, M18 and M21 over the sizes, each with its evidence and a verdict label."""
         ratios = self.ratio_table()
-        share = ratios.groupby(["size", "offset"])["Muon's share %"].mean()
+        share = ratios.groupby(["setting", "offset"])["Muon's share %"].mean()
         low, high = PAPER["M15"]
         m15 = band_verdict(share.between(low, high))
 
@@ -515,7 +522,7 @@ class ScalingResults:
 
         m18 = gain_verdict(gaps)
 
-        transfer = self.transfer_table().set_index(["size", "optimizer"])
+        transfer = self.transfer_table().set_index(["setting", "optimizer"])
         muon = transfer.xs("muon", level="optimizer").iloc[1:]
         kept = muon["transfer penalty"] <= NOISE_SIGMAS * muon["seed std"]
         decay = self.decay_table()
@@ -530,7 +537,7 @@ class ScalingResults:
         return pd.DataFrame([
             {"claim": "M15", "paper": f"Muon needs {PAPER['M15'][0]}-{PAPER['M15'][1]}% of AdamW's FLOPs to any loss",
              "ours": f"{share.min():.0f}-{share.max():.0f}% of AdamW's FLOPs (Newton-Schulz included) over "
-                     f"{len(self.sizes)} sizes and {ratios.offset.nunique()} targets each",
+                     f"{len(self.settings)} sizes and {ratios.offset.nunique()} targets each",
              "verdict": m15},
             {"claim": "M16", "paper": "the gain is consistent across scales and slightly improves with size",
              "ours": "final-loss gain " + "; ".join(f"{s} {spread_text(g)}" for s, g in gaps["gain %"].items()),
@@ -540,8 +547,8 @@ class ScalingResults:
                      else f"{min(means):.1f}-{max(means):.1f}%, not beyond the seed spread at every size",
              "verdict": m18},
             {"claim": "M21", "paper": "learning rate and weight decay transfer across widths with s = 0.2 sqrt(n)",
-             "ours": f"Muon's best rate beyond {self.sizes[0]} is {fraction(muon['shift'].min())} to {fraction(muon['shift'].max())} "
-                     f"of {self.sizes[0]}'s, whose rate costs {muon['transfer penalty'].min():.3f}-{muon['transfer penalty'].max():.3f} "
+             "ours": f"Muon's best rate beyond {self.settings[0]} is {fraction(muon['shift'].min())} to {fraction(muon['shift'].max())} "
+                     f"of {self.settings[0]}'s, whose rate costs {muon['transfer penalty'].min():.3f}-{muon['transfer penalty'].max():.3f} "
                      f"nats (seed std at most {muon['seed std'].max():.3f}); AdamW's is {fraction(adamw['shift'].iloc[1:].min())} to "
                      f"{fraction(adamw['shift'].iloc[1:].max())}; weight decay 0.05 against 0.1: "
                      + ("no difference beyond the seed spread" if (decay.separated == 0).all() else "a difference at some size"),
@@ -552,45 +559,53 @@ class ScalingResults:
 # ---------------------------------------------------------------- every run the book holds
 
 
+#: what makes two runs train on identical batches with the same model and schedule
+SAME_TRAINING = ["model", "variant", "model_changes", "steps", "batch_size", "grad_accum"]
+
+
 def every_run_table(root: Path | None = None) -> pd.DataFrame:
     """One row per finished run of every experiment in ``data/results/``: its optimizer, its
-    peak rate relative to the best rate of its optimizer at its model and budget (``log2 lr /
-    optimum``, 0 at the optimum), whether it diverged, and its instability: paired spikes
-    against the other optimizer's best run on the identical batches (same model, budget and
-    seed) with the first one's place in the run (a fraction of its steps), raw spikes and
-    gradient-norm excursions."""
+    peak rate relative to the best rate of its optimizer in its training setting (model,
+    budget, batch: ``log2 lr / optimum``, 0 at the optimum), whether it diverged, whether it is
+    an ablation (Muon with changed options), and its instability: paired spikes against the
+    other optimizer's best plain run on the identical batches (same setting and seed) with
+    the first one's place in the run (a fraction of its steps), raw spikes and gradient-norm
+    excursions."""
     root = Path(root) if root is not None else data_root() / "results"
     rows = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         runs = load_results(folder).sort_values(["run", "step"])
-        finals = runs.groupby("run").agg(optimizer=("optimizer", "first"), model=("model", "first"), steps=("steps", "first"),
-                                         seed=("seed", "first"), lr=("lr", "first"), diverged=("diverged", "first"),
+        finals = runs.groupby("run").agg(**{k: (k, "first") for k in ["optimizer", *SAME_TRAINING, "optimizer_options", "seed", "lr", "diverged"]},
                                          val_loss=("val_loss", "last"))
+        finals["ablation"] = finals.optimizer_options != "{}"
         finals["selection"] = finals.val_loss.where(~finals.diverged, np.inf)
-        best_rate = finals.loc[finals.groupby(["optimizer", "model", "steps"]).selection.idxmin()].set_index(
-            ["optimizer", "model", "steps"]).lr
-        reference = finals.loc[finals.groupby(["optimizer", "model", "steps", "seed"]).selection.idxmin()].reset_index().set_index(
-            ["optimizer", "model", "steps", "seed"]).run
+        plain = finals[~finals.ablation]
+        best_rate = plain.loc[plain.groupby(["optimizer", *SAME_TRAINING]).selection.idxmin()].set_index(["optimizer", *SAME_TRAINING]).lr
+        reference = plain.loc[plain.groupby(["optimizer", *SAME_TRAINING, "seed"]).selection.idxmin()].reset_index().set_index(
+            ["optimizer", *SAME_TRAINING, "seed"]).run
         by_run = dict(iter(runs.groupby("run")))
         for run, f in finals.iterrows():
             other = "muon" if f.optimizer == "adamw" else "adamw"
             mine = by_run[run]
+            setting = tuple(f[k] for k in SAME_TRAINING)
+            optimum = best_rate.get((f.optimizer, *setting), np.nan)
             paired, first = np.nan, np.nan
-            if (other, f.model, f.steps, f.seed) in reference.index:
-                a, b = common_steps(mine, by_run[reference[other, f.model, f.steps, f.seed]])
+            if (other, *setting, f.seed) in reference.index:
+                a, b = common_steps(mine, by_run[reference[(other, *setting, f.seed)]])
                 flags = paired_spikes(a.loss.values, b.loss.values)
                 paired = int(flags.sum())
                 first = a.step.values[flags][0] / f.steps if paired else np.nan
-            rows.append({"experiment": folder.name, "run": run, "optimizer": f.optimizer, "model": f.model, "steps": f.steps,
-                         "seed": f.seed, "lr": f.lr, "log2 lr / optimum": round(math.log2(f.lr / best_rate[f.optimizer, f.model, f.steps])),
-                         "diverged": bool(f.diverged), "paired spikes": paired, "first paired spike": first, "raw spikes": int(raw_spikes(mine.loss.values).sum()),
+            rows.append({"experiment": folder.name, "run": run, "optimizer": f.optimizer, "model": f.model, "variant": f.variant,
+                         "steps": f.steps, "seed": f.seed, "lr": f.lr, "log2 lr / optimum": round(math.log2(f.lr / optimum)) if optimum > 0 else np.nan,
+                         "diverged": bool(f.diverged), "ablation": bool(f.ablation), "paired spikes": paired, "first paired spike": first, "raw spikes": int(raw_spikes(mine.loss.values).sum()),
                          "grad-norm excursions": int(grad_norm_excursions(mine.grad_norm.values).sum())})
     return pd.DataFrame(rows)
 
 
 def stability_table(every_run: pd.DataFrame) -> pd.DataFrame:
-    """Per optimizer and rate relative to its optimum: runs, divergences, and spikes per run."""
-    return every_run.groupby(["optimizer", "log2 lr / optimum"]).agg(
+    """Per optimizer and rate relative to its optimum: runs, divergences, and spikes per run
+    (ablations left out: with their options changed they are not the optimizers compared)."""
+    return every_run[~every_run.ablation].groupby(["optimizer", "log2 lr / optimum"]).agg(
         runs=("run", "size"), diverged=("diverged", "sum"), paired_spikes_per_run=("paired spikes", "mean"),
         runs_with_a_paired_spike=("paired spikes", lambda s: int((s > 0).sum())),
         excursions_per_run=("grad-norm excursions", "mean"), raw_spikes_per_run=("raw spikes", "mean"))
@@ -600,8 +615,11 @@ def stability_verdict(every_run: pd.DataFrame) -> dict:
     """M17 over every run: Muon has fewer loss spikes if fewer of its runs have a paired
     spike (one-sided Fisher exact test, p < 0.05) at the tuned rates ("verified"), or only
     over all rates ("holds only under conditions": away from the optimum); "refuted" if AdamW
-    has fewer; "not testable here" if neither shows instability to compare."""
+    has fewer; "not testable here" if neither shows instability to compare. Ablations are
+    left out."""
     from scipy.stats import fisher_exact
+
+    every_run = every_run[~every_run.ablation]
 
     def test(runs, alternative):
         table = [[int((g["paired spikes"] > 0).sum()), int((g["paired spikes"] == 0).sum())]

@@ -142,7 +142,7 @@ def test_the_scaling_experiment_is_complete_with_provenance(scaling):
 
     wanted, decisions = experiment("scaling").design("h100").plan("h100", finished_runs(result_folders("scaling", SCALING)))
     assert {run_id(c, "h100") for c in wanted} == set(scaling.headers)
-    assert scaling.sizes == ["XS", "S", "M", "L", "XL"] and len(decisions.rates) == 10
+    assert scaling.settings == ["XS", "S", "M", "L", "XL"] and len(decisions.rates) == 10
     for header in scaling.headers.values():
         prov = header["provenance"]
         assert "H100" in prov["gpu"] and "+dirty" not in prov["git_commit"] and header["data"]["corpus"] == "mix"
@@ -154,8 +154,8 @@ def test_the_scaling_experiment_is_complete_with_provenance(scaling):
 
 def test_m21_rates_do_not_transfer_but_muons_move_far_less(scaling):
     assert scaling.verdicts().verdict["M21"] == "refuted"
-    t = scaling.transfer_table().set_index(["size", "optimizer"])
-    for size in scaling.sizes[1:]:
+    t = scaling.transfer_table().set_index(["setting", "optimizer"])
+    for size in scaling.settings[1:]:
         muon, adamw = t.loc[size, "muon"], t.loc[size, "adamw"]
         assert 1 / 4 <= muon["shift"] < 1 and adamw["shift"] <= muon["shift"]  # both fall with width, AdamW's at least as far
         assert muon["transfer penalty"] > 2 * muon["seed std"]  # XS's rate is measurably worse for Muon...
@@ -180,7 +180,7 @@ def test_m15_muons_share_of_adamws_flops_is_far_above_half_and_all_of_it_at_xl(s
     assert scaling.verdicts().verdict["M15"] == "refuted"
     ratios = scaling.ratio_table()
     assert (ratios.R > 1).all()  # Muon reaches every target in fewer tokens at every size and seed
-    share = ratios.groupby(["size", "offset"])["Muon's share %"].mean()
+    share = ratios.groupby(["setting", "offset"])["Muon's share %"].mean()
     assert (share > 65).all() and share["XL"].mean() > 95  # Newton-Schulz eats the advantage at XL
     ns = scaling.size_table()["Newton-Schulz FLOPs %"]
     assert list(ns) == sorted(ns) and ns["XL"] > 30
