@@ -484,6 +484,18 @@ class Shampoo(Optimizer):
         return loss
 
 
+class ChildStates(ChainMap):
+    """The children's per-parameter states seen as one mapping. A plain ``ChainMap`` would ask
+    each child's state (a ``defaultdict``) in turn, and the first would invent an empty state
+    for every parameter it does not own."""
+
+    def __getitem__(self, key):
+        for mapping in self.maps:
+            if key in mapping:
+                return mapping[key]
+        return self.__missing__(key)
+
+
 class HybridOptimizer(Optimizer):
     """Several optimizers over disjoint parameters, presented as one.
 
@@ -523,7 +535,7 @@ class HybridOptimizer(Optimizer):
     def _link_children(self) -> None:
         # Children's load_state_dict replaces their group and state dicts: point at the new ones.
         self.param_groups = [g for opt in self.optimizers.values() for g in opt.param_groups]
-        self.state = ChainMap(*(opt.state for opt in self.optimizers.values()))  # type: ignore[assignment]
+        self.state = ChildStates(*(opt.state for opt in self.optimizers.values()))  # type: ignore[assignment]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:

@@ -486,3 +486,18 @@ def test_low_precision_parameters_keep_their_dtype_and_fp32_momentum():
     assert opt.state[W]["momentum_buffer"].dtype == torch.float32
 
 
+
+
+def test_the_hybrid_state_is_each_childs_state_and_reading_it_invents_none():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
+    optimizer = build_optimizer(model, "muon", lr=1e-3)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    assert len(optimizer.state) == len(list(model.parameters()))
+    for p in model.parameters():
+        owner = next(o for o in optimizer.optimizers.values() if any(p is q for g in o.param_groups for q in g["params"]))
+        assert optimizer.state[p] is owner.state[p] and optimizer.state[p]
+    assert sum(len(o.state) for o in optimizer.optimizers.values()) == len(list(model.parameters()))
+    with pytest.raises(KeyError):
+        optimizer.state[torch.zeros(1)]
