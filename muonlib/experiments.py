@@ -463,8 +463,9 @@ def ablations(hardware: str) -> Ablations:
 
 
 #: MoE-MLA experts that give S 42% fewer active non-embedding parameters than dense MHA-S
-#: (one shared and two of 62 routed experts, each 11.5% of d_ff wide): the companion paper's E4
-SMALL_MOE = {"n_shared_experts": 1, "top_k": 2, "expert_ratio": 0.115}
+#: (one shared and two of 62 routed experts, each 232 = 2048 * 0.11328125 wide, a multiple of 8
+#: as the grouped GEMM needs): the companion paper's E4
+SMALL_MOE = {"n_shared_experts": 1, "top_k": 2, "expert_ratio": 0.11328125}
 
 
 def architectures(hardware: str) -> Scaling:

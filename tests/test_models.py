@@ -130,6 +130,17 @@ def test_grouped_mm_fallback():
     assert torch.allclose(grouped_mm(x, w, offsets), expected)
 
 
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the grouped kernel runs on a GPU")
+@pytest.mark.parametrize("width", [232, 235])  # 235: rows not 16-byte aligned, which torch._grouped_mm refuses
+def test_grouped_mm_on_a_gpu_takes_any_width(width):
+    x = torch.randn(10, width, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(3, width, 24, device="cuda", dtype=torch.bfloat16)
+    offsets = torch.tensor([3, 3, 10], dtype=torch.int32, device="cuda")
+    expected = torch.cat([x[:3] @ w[0], x[3:] @ w[2]])
+    assert torch.allclose(grouped_mm(x, w, offsets).float(), expected.float(), rtol=2e-2, atol=2e-1)
+
+
 def test_moe_layer_matches_dense_reference():
     model = tiny("moe-mla")
     moe = model.blocks[0].ffn

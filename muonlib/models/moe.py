@@ -78,9 +78,12 @@ def grouped_mm(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
     """``x[rows of group e] @ w[e]`` for consecutive row groups ending at ``offsets`` (int32).
 
     Uses ``torch._grouped_mm`` (one kernel, no host synchronisation) for bf16 on Hopper and
-    newer; elsewhere a loop over groups, which reads the offsets on the host.
+    newer when both operands' rows are 16-byte aligned (widths a multiple of 8), as it
+    requires; elsewhere a loop over groups, which reads the offsets on the host.
     """
-    if x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm") and torch.cuda.get_device_capability(x.device)[0] >= 9:
+    aligned = x.size(-1) % 8 == 0 and w.size(-1) % 8 == 0
+    if (x.is_cuda and x.dtype == torch.bfloat16 and aligned and hasattr(torch, "_grouped_mm")
+            and torch.cuda.get_device_capability(x.device)[0] >= 9):
         return torch._grouped_mm(x, w, offs=offsets)
     ends = offsets.tolist()
     starts = [0] + ends[:-1]
