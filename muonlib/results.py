@@ -8,6 +8,7 @@ on the validation split; the losses reported here are on the test split.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -115,6 +116,11 @@ def newton_schulz_share(header: dict) -> float:
     ns = sum(newton_schulz_flops(*p.shape[-2:]) * (p.numel() // (p.shape[-2] * p.shape[-1]))
              for _, p in classify_parameters(model)["hidden"])
     return ns / header["flops_per_step"]
+
+
+def band_distance(value: float, band: tuple[float, float]) -> float:
+    """How far ``value`` lies outside ``band`` (0 inside)."""
+    return max(band[0] - value, 0.0, value - band[1])
 
 
 def band_verdict(inside) -> str:
@@ -554,6 +560,289 @@ class ScalingResults(LadderResults):
                      + ("no difference beyond the seed spread" if (decay.separated == 0).all() else "a difference at some size"),
              "verdict": m21},
         ]).set_index("claim")
+
+
+# ---------------------------------------------------------------- several batch sizes
+
+#: the paper's two statements of Muon's token advantage as R = T_AdamW / T_Muon: section 3.1's
+#: "10-15% fewer tokens" and section 5.1's "48-52% of the FLOPs"
+PAPER_R = {"section 3.1": (1 / 0.90, 1 / 0.85), "section 5.1": (1 / 0.52, 1 / 0.48)}
+
+
+@dataclass
+class BatchSizeResults(LadderResults):
+    """What the batch-size experiment's runs show (the settings are batch sizes): the tokens
+    and steps each optimizer needs to common loss targets at every batch, ``R_L(B)``
+    (Figure 2) and the steps-against-batch frontier (section 3.2).
+
+        >>> results = BatchSizeResults.load("batch_sizes")
+        >>> results.settings[0], results.settings[-1]
+        ('8K', '256K')
+    """
+
+    def batch_table(self) -> pd.DataFrame:
+        """Every batch: tokens and sequences per step, micro-batches, steps, each optimizer's
+        chosen rate, and the budget (the same at every batch) three ways."""
+        rows = []
+        for setting in self.settings:
+            header = self.header(setting)
+            config = header["provenance"]["config"]
+            b = Budget.of(config["steps"], header["tokens_per_step"], header["data"]["train_tokens"], header["parameters"])
+            rows.append({"batch": setting, "tokens per step": header["tokens_per_step"],
+                         "sequences": config["batch_size"] * config["grad_accum"], "accumulation": config["grad_accum"],
+                         "steps": config["steps"], "AdamW lr": self.decisions.rates[setting, "adamw"],
+                         "Muon lr": self.decisions.rates[setting, "muon"], "tokens": b.tokens, "epochs": b.epochs,
+                         "tokens per parameter": b.tokens_per_parameter})
+        return pd.DataFrame(rows).set_index("batch")
+
+    def targets(self, count: int = 4) -> list[float]:
+        """Test-loss targets shared by every batch, evenly spaced from the highest loss any
+        chosen run ends at (so every run reaches it) down to the lowest that AdamW's worst seed
+        reaches at some batch (so the lower targets are reached at some batches only)."""
+        worst = self.final_table().groupby(["setting", "optimizer"]).test_loss.max()
+        spaced = np.round(np.linspace(worst.max(), worst.xs("adamw", level="optimizer").min(), count), 3)
+        return sorted({float(t) for t in spaced}, reverse=True)
+
+    def reach_table(self, targets: list[float] | None = None) -> pd.DataFrame:
+        """Per target, batch and seed: the tokens and steps each optimizer needs to reach it
+        (NaN where a run does not within the budget), ``R = T_AdamW / T_Muon`` and the
+        difference ``T_AdamW - T_Muon`` in tokens."""
+        rows = []
+        for target in targets or self.targets():
+            for setting in self.settings:
+                per_step = self.header(setting)["tokens_per_step"]
+                curves = {opt: {seed: run.dropna(subset=["test_loss"]).sort_values("step")
+                                for seed, run in self.chosen(setting, opt).groupby("seed") if not run.diverged.iloc[0]}
+                          for opt in OPTIMIZERS}
+                for seed in sorted(set(curves["adamw"]) & set(curves["muon"])):
+                    t = {opt: tokens_to_target(curves[opt][seed].tokens, curves[opt][seed].test_loss, target) for opt in OPTIMIZERS}
+                    rows.append({"target": target, "batch": setting, "tokens per step": per_step, "seed": seed,
+                                 "AdamW tokens": t["adamw"], "Muon tokens": t["muon"],
+                                 "AdamW steps": t["adamw"] / per_step, "Muon steps": t["muon"] / per_step,
+                                 "R": t["adamw"] / t["muon"], "difference": t["adamw"] - t["muon"]})
+        return pd.DataFrame(rows)
+
+    def ratio_summary(self, targets: list[float] | None = None) -> pd.DataFrame:
+        """Per target and batch where both optimizers reach it at every seed: ``R`` over the
+        seeds (:class:`SeedSpread`), the mean token difference and each optimizer's mean steps."""
+        reach = self.reach_table(targets).dropna(subset=["R"])
+        rows = []
+        for (target, batch), g in reach.groupby(["target", "batch"], sort=False):
+            if len(g) < len(self.chosen(batch, "muon").seed.unique()):
+                continue
+            rows.append({"target": target, "batch": batch, "tokens per step": g["tokens per step"].iloc[0],
+                         "R": SeedSpread(tuple(g.R)), "difference": g.difference.mean(),
+                         "AdamW steps": g["AdamW steps"].mean(), "Muon steps": g["Muon steps"].mean()})
+        return pd.DataFrame(rows)
+
+    @staticmethod
+    def ratio_changes(summary: pd.DataFrame) -> tuple[int, int]:
+        """How often ``R`` falls and rises beyond the seed spread from one batch to the next
+        (at the same target), in a :meth:`ratio_summary`."""
+        steps = [compare(later.values, earlier.values) for _, g in summary.groupby("target")
+                 for earlier, later in zip(g.R.iloc[:-1], g.R.iloc[1:])]
+        return steps.count(-1), steps.count(1)
+
+    def verdicts(self) -> pd.DataFrame:
+        """M19 (R > 1 and non-decreasing in B), M20 (Muon's steps-against-batch frontier
+        dominates), M26 (which of the paper's two statements of R ours resembles) and M27
+        (the token difference grows superlinearly in B)."""
+        summary = self.ratio_summary()
+        above = all(r.low > 1 for r in summary.R)
+        below = any(r.high < 1 for r in summary.R)
+        drops, rises = self.ratio_changes(summary)
+        m19 = "verified" if above and not drops else "refuted" if below or drops > rises else "holds only under conditions"
+        means = np.array([r.mean for r in summary.R])
+
+        m20 = "verified" if above else "refuted" if all(r.high < 1 for r in summary.R) else "holds only under conditions"
+        best = {opt: summary.groupby("target")[f"{name} steps"].min() for opt, name in (("adamw", "AdamW"), ("muon", "Muon"))}
+
+        per_batch = summary.groupby("batch", sort=False).R.agg(lambda rs: np.mean([r.mean for r in rs]))
+        low, high = PAPER_R["section 3.1"]
+        m26 = band_verdict(low <= r <= high for r in per_batch)
+        nearer = [min(PAPER_R, key=lambda name: band_distance(r, PAPER_R[name])) for r in per_batch]
+
+        slopes = {}
+        for target, g in summary.groupby("target"):
+            g = g[g.difference > 0]
+            if len(g) >= 3:
+                slopes[target] = float(np.polyfit(np.log(g["tokens per step"]), np.log(g.difference), 1)[0])
+        m27 = ("not testable here" if not slopes else "verified" if all(s > 1 for s in slopes.values()) else
+               "refuted" if all(s <= 1 for s in slopes.values()) else "holds only under conditions")
+        return pd.DataFrame([
+            {"claim": "M19", "paper": "R_L(B) > 1 and non-decreasing in the batch size",
+             "ours": f"R from {means.min():.2f} to {means.max():.2f} over {summary.batch.nunique()} batches ({self.settings[0]}-"
+                     f"{self.settings[-1]} tokens) and {summary.target.nunique()} targets; "
+                     + ("above 1 at every seed" if above else "not above 1 at every seed")
+                     + f"; {drops} drop(s) and {rises} rise(s) beyond the seed spread from one batch to the next",
+             "verdict": m19},
+            {"claim": "M20", "paper": "Muon's devices-against-time frontier strictly dominates AdamW's",
+             "ours": ("Muon needs fewer steps at every batch and target, every seed" if above else
+                      "Muon does not need fewer steps at every batch and target")
+                     + "; fewest steps to each target over the batches, AdamW against Muon: "
+                     + ", ".join(f"{t:.2f}: {best['adamw'][t]:.0f} vs {best['muon'][t]:.0f}" for t in best["adamw"].index),
+             "verdict": m20},
+            {"claim": "M26", "paper": "10-15% fewer tokens (section 3.1) against 48-52% of the FLOPs (section 5.1)",
+             "ours": "mean R per batch " + ", ".join(f"{b} {r:.2f}" for b, r in per_batch.items())
+                     + f" (section 3.1's band is {low:.2f}-{high:.2f}, section 5.1's about 2); nearer section 3.1's at "
+                     + f"{nearer.count('section 3.1')} of {len(per_batch)} batches",
+             "verdict": m26},
+            {"claim": "M27", "paper": "T_AdamW - T_Muon grows superlinearly with the batch size",
+             "ours": "log-log slope of the token difference against the batch: "
+                     + (", ".join(f"{s:.2f} at target {t:.2f}" for t, s in slopes.items()) or "too few batches reach a target"),
+             "verdict": m27},
+        ]).set_index("claim")
+
+
+# ---------------------------------------------------------------- ablations
+
+BASELINE, ADAMW_ARM = "Muon (as specified)", "AdamW"
+#: the paper's Table 2 (M, 54.1M parameters): validation perplexity, steps to target (thousands),
+#: loss spikes, memory (GB); its rows by our arm names (both of our "no RMS matching" arms
+#: stand for its one row)
+PAPER_TABLE2 = {
+    BASELINE: (8.462, 17, 0, 2.1),
+    "no orthogonalisation": (8.521, 22, 3, 2.1),
+    "K = 3": (8.471, 18, 0, 2.1),
+    "K = 10": (8.465, 17, 0, 2.2),
+    "Taylor coefficients": (8.478, 18, 1, 2.1),
+    "no weight decay": (8.612, 25, 5, 2.1),
+    "no RMS matching (lr unscaled)": (8.543, 23, 7, 2.1),
+    "no RMS matching (Keller Jordan's scale)": (8.543, 23, 7, 2.1),
+    "dynamic RMS (per layer)": (8.468, 17, 0, 2.1),
+    ADAMW_ARM: (8.579, 33, 2, 3.2),
+}
+
+
+def optimizer_state_bytes(config: dict) -> int:
+    """Bytes of optimizer state a run's configuration keeps (what its optimizer allocates on
+    its first step, counted on a CPU): AdamW's two moments per parameter, or Muon's momentum
+    per hidden matrix beside AdamW's moments for the rest."""
+    import torch
+
+    from .models import GPT, preset
+    from .optim import build_optimizer
+
+    model = GPT(preset(config["model"], config["variant"], **config["model_changes"]))
+    optimizer = build_optimizer(model, config["optimizer"], lr=config["lr"], weight_decay=config["weight_decay"],
+                                adamw_lr=config["adamw_lr"], **{**config["optimizer_options"], "fused": False}
+                                if config["optimizer"] == "muon" else {})
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    return sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t))
+
+
+@dataclass
+class AblationResults:
+    """Table 2 measured: Muon as specified against one change at a time, and AdamW, each
+    over three seeds at the budget and rates the XS comparison chose (``arm`` is a column of
+    ``runs``).
+
+        >>> results = AblationResults.load()
+        >>> results.arms[0], results.arms[-1]
+        ('Muon (as specified)', 'AdamW')
+    """
+
+    runs: pd.DataFrame
+    headers: dict  # run -> its result file's header
+    arms: list[str]  # the baseline, the ablations, AdamW
+
+    @classmethod
+    def load(cls, name: str = "ablations", hardware: str = "h100", results: Path | None = None) -> "AblationResults":
+        from .experiments import RESULT, finished_runs, read_run, result_folders, run_id
+
+        folders = [f for f in result_folders(name, results) if f.exists()]
+        design = experiment(name).design(hardware)
+        wanted, decisions = design.plan(hardware, finished_runs(folders))
+        baseline = design.baseline(decisions)
+        adamw = design.comparison.config("adamw", design.steps, decisions.warmup, decisions.rates[design.steps, "adamw"])
+        arm_of = {run_id(dataclasses.replace(c, seed=s), hardware): arm
+                  for c, arm in ((baseline, BASELINE), (adamw, ADAMW_ARM)) for s in design.seeds}
+        arm_of |= {run_id(c, hardware): design.arm_of(c, baseline) for c in wanted if design.arm_of(c, baseline)}
+        runs = pd.concat([load_results(f) for f in folders], ignore_index=True)
+        runs = runs[runs.run.isin(arm_of)].drop_duplicates(["run", "step"]).copy()
+        runs["arm"] = runs.run.map(arm_of)
+        headers = {run: read_run(f / f"{run}{RESULT}")[0] for f in reversed(folders) for run in arm_of if (f / f"{run}{RESULT}").exists()}
+        finished = set(runs.arm)
+        arms = [a for a in (BASELINE, *design.arms, ADAMW_ARM) if a in finished]
+        return cls(runs, headers, arms)
+
+    def arm(self, arm: str) -> pd.DataFrame:
+        return self.runs[self.runs.arm == arm]
+
+    def final_table(self) -> pd.DataFrame:
+        """Per arm and seed: final validation and test loss (NaN if diverged), peak memory."""
+        rows = []
+        for arm in self.arms:
+            for seed, run in self.arm(arm).groupby("seed"):
+                evals = run.dropna(subset=["val_loss"]).sort_values("step")
+                diverged = bool(run.diverged.iloc[0])
+                rows.append({"arm": arm, "seed": seed, "diverged": diverged,
+                             "val_loss": np.nan if diverged else evals.val_loss.iloc[-1],
+                             "test_loss": np.nan if diverged else evals.test_loss.iloc[-1],
+                             "peak memory GB": run.peak_memory_gb.max()})
+        return pd.DataFrame(rows)
+
+    def target(self) -> float:
+        """The validation loss "steps to target" counts to: the highest final one of AdamW's seeds."""
+        return float(self.final_table().query("arm == @ADAMW_ARM").val_loss.max())
+
+    def arm_table(self) -> pd.DataFrame:
+        """Table 2's columns per arm: validation perplexity, the change in validation loss
+        against Muon as specified and whether it exceeds the seed spread (``separated``: -1
+        lower, +1 higher), steps to :meth:`target`, paired loss spikes against AdamW's run on
+        the same batches, peak memory and optimizer-state bytes; every column over seeds."""
+        final = self.final_table()
+        base = final[final.arm == BASELINE].set_index("seed").val_loss
+        target = self.target()
+        adamw = dict(iter(self.arm(ADAMW_ARM).sort_values("step").groupby("seed")))
+        rows = []
+        for arm in self.arms:
+            f = final[final.arm == arm].set_index("seed")
+            loss = f.val_loss.dropna()
+            steps, spikes = [], []
+            for seed, run in self.arm(arm).sort_values("step").groupby("seed"):
+                evals = run.dropna(subset=["val_loss"])
+                steps.append(tokens_to_target(evals.step, evals.val_loss, target))
+                if arm != ADAMW_ARM and seed in adamw:
+                    a, b = common_steps(run, adamw[seed])
+                    spikes.append(int(paired_spikes(a.loss.values, b.loss.values).sum()))
+            header = self.headers[self.arm(arm).run.iloc[0]]
+            rows.append({"arm": arm, "val loss": SeedSpread(tuple(loss)), "val perplexity": float(np.exp(loss.mean())) if len(loss) else np.nan,
+                         "change": loss.mean() - base.mean(), "separated": compare(loss, base) if len(loss) else 1,
+                         "diverged": int(f.diverged.sum()), "steps to target": SeedSpread(tuple(steps)),
+                         "paired spikes": SeedSpread(tuple(spikes)) if spikes else None,
+                         "peak memory GB": f["peak memory GB"].mean(), "optimizer state MB": optimizer_state_bytes(header["provenance"]["config"]) / 1e6})
+        return pd.DataFrame(rows).set_index("arm")
+
+    def resolvable(self) -> pd.DataFrame:
+        """Per paper row: its change in validation loss against full Muon (from perplexities)
+        and whether a change that size would exceed our seed spread (``NOISE_SIGMAS`` standard
+        deviations of the baseline's validation loss)."""
+        std = self.final_table().query("arm == @BASELINE").val_loss.std()
+        full = PAPER_TABLE2[BASELINE][0]
+        return pd.DataFrame([{"arm": arm, "paper's change": math.log(row[0] / full), "our seed std": std,
+                              "resolvable": abs(math.log(row[0] / full)) > NOISE_SIGMAS * std}
+                             for arm, row in PAPER_TABLE2.items() if arm != BASELINE]).set_index("arm")
+
+    def verdicts(self) -> pd.DataFrame:
+        """M22: every change the paper's Table 2 lists makes Muon worse (as the paper's rows
+        all do): "verified" if each of our arms is worse beyond the seed spread, "refuted" if
+        one is better beyond it, otherwise "holds only under conditions"."""
+        table = self.arm_table()
+        arms = [a for a in self.arms if a not in (BASELINE, ADAMW_ARM)]
+        worse = [a for a in arms if table.separated[a] == 1]
+        better = [a for a in arms if table.separated[a] == -1]
+        level = [a for a in arms if table.separated[a] == 0]
+        resolvable = self.resolvable()
+        verdict = "refuted" if better else "verified" if len(worse) == len(arms) else "holds only under conditions"
+        return pd.DataFrame([{
+            "claim": "M22", "paper": "every ablated component costs validation perplexity; AdamW is worse than Muon",
+            "ours": f"worse beyond the seed spread: {', '.join(worse) or 'none'}; within it: {', '.join(level) or 'none'}; "
+                    f"better: {', '.join(better) or 'none'}; the paper's changes our seed spread can resolve: "
+                    f"{int(resolvable.resolvable.sum())} of {len(resolvable)}",
+            "verdict": verdict}]).set_index("claim")
 
 
 # ---------------------------------------------------------------- every run the book holds
