@@ -332,7 +332,7 @@ class LadderResults:
     runs: pd.DataFrame
     decisions: "ScalingDecisions"
     headers: dict  # run -> its result file's header
-    settings: list[str]  # in the experiment's order; those where both optimizers have a chosen rate
+    settings: list[str]  # in the experiment's order; those where both optimizers have run at a chosen rate
 
     @classmethod
     def load(cls, name: str, hardware: str = "h100", results: Path | None = None):
@@ -347,7 +347,10 @@ class LadderResults:
         runs["setting"] = runs.run.map(setting_of)
         headers = {run: read_run(f / f"{run}{RESULT}")[0] for f in reversed(folders) for run in setting_of
                    if (f / f"{run}{RESULT}").exists()}
-        settings = [s for s in design.settings if all((s, opt) in decisions.rates for opt in OPTIMIZERS)]
+        def chosen_ran(s, opt):
+            return (s, opt) in decisions.rates and ((runs.setting == s) & (runs.optimizer == opt) & (runs.lr == decisions.rates[s, opt])).any()
+
+        settings = [s for s in design.settings if all(chosen_ran(s, opt) for opt in OPTIMIZERS)]
         return cls(name, runs, decisions, headers, settings)
 
     # ------------------------------------------------------------ which runs
@@ -843,6 +846,227 @@ class AblationResults:
                     f"better: {', '.join(better) or 'none'}; the paper's changes our seed spread can resolve: "
                     f"{int(resolvable.resolvable.sum())} of {len(resolvable)}",
             "verdict": verdict}]).set_index("claim")
+
+
+# ---------------------------------------------------------------- architectures
+
+TABLE3_ARCHITECTURES = ("mha", "mla", "moe-mla")
+#: the paper's Table 3 (XL, batch 32): train time to target (h), inference tokens/s, peak memory
+#: (GB), final perplexity, FLOPs to target (relative to MHA + AdamW)
+PAPER_TABLE3 = {
+    ("mha", "adamw"): (24.3, 1000, 4.72, 8.54, 1.00), ("mha", "muon"): (14.1, 1050, 4.09, 8.43, 0.52),
+    ("mla", "adamw"): (23.8, 1200, 4.31, 8.58, 0.98), ("mla", "muon"): (13.7, 1250, 3.68, 8.46, 0.51),
+    ("moe-mla", "adamw"): (21.5, 3200, 7.82, 7.39, 0.90), ("moe-mla", "muon"): (12.3, 3350, 5.41, 7.25, 0.48),
+}
+#: the companion papers' quality claims, in % (a positive change is a higher loss or perplexity)
+PAPER_QUALITY = {"M24": (8, 12), "E3": 0.8, "E4": -6.9, "E5": -11.1, "E8": 40.0, "A2 no RoPE": (3, 5), "A2 RoPE": -2.0,
+                 "A1": 0.3, "E7 CV": 0.1}
+
+
+def training_throughput(size: str) -> pd.DataFrame:
+    """Compiled training tokens/s (forward and backward, one GPU) per architecture at ``size``,
+    from the newest saved model benchmark (``python -m muonlib.bench models``) that ran it,
+    with the GPU, commit and date it ran on."""
+    import json
+
+    rows = []
+    for path in sorted((data_root() / "bench").glob("models_compiled*.json")):
+        saved = json.loads(path.read_text())
+        for r in saved["results"]["forward_backward"]:
+            if r["size"] == size and r["compiled"]:
+                rows.append({**r, "gpu": saved["provenance"]["gpu"], "commit": saved["provenance"]["git_commit"][:7],
+                             "date": saved["provenance"]["date"][:10], "file": path.name})
+    if not rows:
+        raise FileNotFoundError(f"no compiled model benchmark at {size} in data/bench/: run `python -m muonlib.bench models --sizes {size}`")
+    return pd.DataFrame(rows).sort_values("date").drop_duplicates("variant", keep="last").set_index("variant")
+
+
+@dataclass
+class ArchitectureResults(LadderResults):
+    """What the architectures experiment's runs show (the settings are MHA, MLA, MLA-noRoPE,
+    MoE-MLA and two MoE-MLA variants): Table 3 measured and the companion papers' quality claims.
+
+        >>> results = ArchitectureResults.load("architectures")
+        >>> results.settings[:4]
+        ['mha', 'mla', 'mla-norope', 'moe-mla']
+    """
+
+    def size(self) -> str:
+        return self.header(self.settings[0])["provenance"]["config"]["model"]
+
+    def test_losses(self, setting: str, optimizer: str) -> pd.Series:
+        final = pd.DataFrame(final_rows(self._both(setting)))
+        return final[final.optimizer == optimizer].set_index("seed").test_loss.dropna()
+
+    def change(self, setting: str, reference: str, optimizer: str, reference_optimizer: str | None = None) -> SeedSpread:
+        """Final test perplexity of ``setting`` against ``reference``, in % per seed pair (same
+        batches): ``100 (PPL / PPL_ref - 1)``, positive where ``setting`` is worse."""
+        a = self.test_losses(setting, optimizer)
+        b = self.test_losses(reference, reference_optimizer or optimizer)
+        return SeedSpread(tuple(100 * (np.exp(a - b) - 1).dropna()))
+
+    def table3(self) -> pd.DataFrame:
+        """Table 3's columns per architecture and optimizer: final test perplexity, tokens and
+        FLOPs (Newton-Schulz counted for Muon) to the target (MHA + AdamW's worst final test
+        loss), training tokens/s from the compiled benchmark and the time to target they
+        give, and peak training memory; ``NaN`` where a run does not reach the target."""
+        target = self.test_losses("mha", "adamw").max()
+        throughput = training_throughput(self.size())
+        rows = []
+        for setting in self.settings:
+            for opt in OPTIMIZERS:
+                header = self.header(setting, opt)
+                runs = self.chosen(setting, opt)
+                tokens = [tokens_to_target(r.dropna(subset=["test_loss"]).tokens, r.dropna(subset=["test_loss"]).test_loss, target)
+                          for _, r in runs.sort_values("step").groupby("seed")]
+                ns = newton_schulz_share(header) if opt == "muon" else 0.0
+                flops = np.mean(tokens) * header["flops_per_step"] / header["tokens_per_step"] * (1 + ns)
+                variant = header["provenance"]["config"]["variant"] if not header["provenance"]["config"]["model_changes"] else None
+                rate = throughput.tokens_per_s.get(variant, np.nan)
+                rows.append({"architecture": setting, "optimizer": opt, "parameters": header["parameters"],
+                             "active parameters": header["active_parameters"],
+                             "perplexity": float(np.exp(self.test_losses(setting, opt)).mean()),
+                             "tokens to target": float(np.mean(tokens)), "FLOPs to target": flops,
+                             "training tokens/s": rate, "time to target (s)": float(np.mean(tokens)) / rate,
+                             "peak memory GB": runs.peak_memory_gb.max()})
+        table = pd.DataFrame(rows).set_index(["architecture", "optimizer"])
+        table["FLOPs to target (rel.)"] = table["FLOPs to target"] / table.loc[("mha", "adamw"), "FLOPs to target"]
+        return table
+
+    def balance_table(self) -> pd.DataFrame:
+        """Per MoE setting and optimizer: the expert-load coefficient of variation and the
+        largest violation (``max_i f_i N - 1``) at the end of training, and their means over
+        its last tenth, each over seeds."""
+        rows = []
+        for setting in self.settings:
+            for opt in OPTIMIZERS:
+                runs = self.chosen(setting, opt)
+                if "moe_cv" not in runs or runs.moe_cv.isna().all():
+                    continue
+                last = runs[runs.step > 0.9 * runs.step.max()]
+                rows.append({"setting": setting, "optimizer": opt,
+                             "final CV": SeedSpread(tuple(runs.sort_values("step").groupby("seed").moe_cv.last())),
+                             "CV, last tenth": SeedSpread(tuple(last.groupby("seed").moe_cv.mean())),
+                             "max violation, last tenth": SeedSpread(tuple(last.groupby("seed").moe_max_violation.mean()))})
+        return pd.DataFrame(rows).set_index(["setting", "optimizer"])
+
+    def balance_curves(self, setting: str, optimizer: str) -> pd.DataFrame:
+        """The expert-load CV against the step (mean over seeds, smoothed over 25 steps)."""
+        runs = self.chosen(setting, optimizer)
+        return runs.groupby("step").moe_cv.mean().rolling(25, min_periods=1).mean().reset_index()
+
+    def flop_matched_change(self, setting: str, dense: str, optimizer: str) -> SeedSpread:
+        """``setting``'s test loss when it has spent the dense model's whole training FLOPs,
+        against the dense model's final test loss, in % per seed (negative: better); ``NaN``
+        where ``setting`` never spends that much."""
+        dense_header, header = self.header(dense, optimizer), self.header(setting, optimizer)
+        budget = dense_header["flops_per_step"] * dense_header["provenance"]["config"]["steps"]
+        dense_final = self.test_losses(dense, optimizer)
+        changes = []
+        for seed, run in self.chosen(setting, optimizer).sort_values("step").groupby("seed"):
+            evals = run.dropna(subset=["test_loss"])
+            loss = np.interp(budget, evals.flops, evals.test_loss, right=np.nan)
+            changes.append(100 * (loss / dense_final[seed] - 1))
+        return SeedSpread(tuple(changes))
+
+    def active_parameter_change(self, setting: str, dense: str = "mha") -> float:
+        """Active non-embedding parameters of ``setting`` against ``dense``, in %."""
+        import torch
+
+        from .models import GPT, preset
+
+        def active(s):
+            config = self.header(s)["provenance"]["config"]
+            model_config = preset(config["model"], config["variant"], **config["model_changes"])
+            with torch.device("meta"):
+                model = GPT(model_config)
+            return model.num_parameters(active=True) - model_config.vocab_size * model_config.d_model
+
+        return 100 * (active(setting) / active(dense) - 1)
+
+    def verdicts(self) -> pd.DataFrame:
+        """M23 (MoE-MLA + Muon best in every measured column of Table 3), M24's perplexity half,
+        E3, E4, E5, E7, E8, A2 and A1's loss half, each from the runs (E8 from the benchmark)."""
+        table = self.table3()
+        rows = []
+
+        three = table.loc[[(a, o) for a in TABLE3_ARCHITECTURES for o in OPTIMIZERS if a in self.settings]]
+        lower_better = ["perplexity", "FLOPs to target (rel.)", "time to target (s)", "peak memory GB"]
+        best = {col: three[col].idxmin() for col in lower_better}
+        wins = [col for col, who in best.items() if who == ("moe-mla", "muon")]
+        improves = {a: compare(self.test_losses(a, "muon"), self.test_losses(a, "adamw")) for a in TABLE3_ARCHITECTURES if a in self.settings}
+        m23 = ("verified" if len(wins) == len(best) and all(v == -1 for v in improves.values()) else
+               "refuted" if not wins else "holds only under conditions")
+        rows.append({"claim": "M23", "paper": "MoE-MLA + Muon gives the best result in every column of Table 3; Muon improves every architecture",
+                     "ours": f"at {self.size()}, best per column: " + "; ".join(f"{col} {a} + {OPTIMIZER_LABELS[o]}" for col, (a, o) in best.items())
+                             + "; Muon's perplexity lower beyond the seed spread for "
+                             + ", ".join(a for a, v in improves.items() if v == -1),
+                     "verdict": m23})
+
+        m24 = self.change("moe-mla", "mha", "muon", "adamw")
+        low, high = PAPER_QUALITY["M24"]
+        rows.append({"claim": "M24", "paper": f"MoE-MLA + Muon improves perplexity by {low}-{high}% (over MHA + AdamW)",
+                     "ours": f"{-m24.mean:.1f}% lower perplexity (seeds {-m24.high:.1f} to {-m24.low:.1f})",
+                     "verdict": band_verdict([low <= -m24.mean <= high])})
+
+        e3 = {o: self.change("moe-mla", "mha", o) for o in OPTIMIZERS}
+        e3_verdict = ["verified" if 0 <= c.mean <= 2 * PAPER_QUALITY["E3"] else "refuted" if c.low > 2 * PAPER_QUALITY["E3"]
+                      else "holds only under conditions" for c in e3.values()]
+        rows.append({"claim": "E3", "paper": f"MoE-MLA-RoPE's perplexity {PAPER_QUALITY['E3']}% above dense",
+                     "ours": "; ".join(f"{OPTIMIZER_LABELS[o]}: {c.mean:+.1f}% (seeds {c.low:+.1f} to {c.high:+.1f})" for o, c in e3.items()),
+                     "verdict": combine_labels(e3_verdict)})
+
+        spec_active = self.active_parameter_change("moe-mla")
+        small = "moe-mla small" in self.settings
+        e4_loss = {o: self.change("moe-mla small", "mha", o) for o in OPTIMIZERS} if small else {}
+        rows.append({"claim": "E4", "paper": "6.9% lower validation loss than dense with 42% fewer active parameters",
+                     "ours": f"the stated experts give {spec_active:+.0f}% active non-embedding parameters against dense MHA, not -42%"
+                             + ("; sized to -42%: " + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.1f}% perplexity" for o, c in e4_loss.items())
+                                if small else "; the MoE sized to -42% is not trained yet"),
+                     "verdict": "refuted" if spec_active > 0 else "holds only under conditions"})
+
+        e5 = {o: self.flop_matched_change("moe-mla", "mha", o) for o in OPTIMIZERS}
+        rows.append({"claim": "E5", "paper": f"FLOP-matched: {-PAPER_QUALITY['E5']}% better than dense",
+                     "ours": "test loss at dense MHA's training FLOPs against MHA's final: "
+                             + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.1f}%" for o, c in e5.items()),
+                     "verdict": "refuted" if all(c.mean >= 0 for c in e5.values()) else
+                                "verified" if all(c.high <= PAPER_QUALITY["E5"] / 2 for c in e5.values()) else "holds only under conditions"})
+
+        balance = self.balance_table()
+        if "moe-mla unbalanced" in self.settings:
+            pairs = [(balance.loc[("moe-mla", o), "CV, last tenth"], balance.loc[("moe-mla unbalanced", o), "CV, last tenth"]) for o in OPTIMIZERS]
+            lower = all(compare(b.values, u.values) == -1 for b, u in pairs)
+            under = all(b.high < PAPER_QUALITY["E7 CV"] for b, _ in pairs)
+            rows.append({"claim": "E7", "paper": "bias balancing keeps the experts balanced (the summary expects CV < 0.1)",
+                         "ours": "expert-load CV over the last tenth, balanced against unbalanced: "
+                                 + "; ".join(f"{OPTIMIZER_LABELS[o]} {b.mean:.2f} vs {u.mean:.2f}" for o, (b, u) in zip(OPTIMIZERS, pairs)),
+                         "verdict": "verified" if lower and under else "refuted" if not lower else "holds only under conditions"})
+
+        throughput = training_throughput(self.size())
+        overhead = 100 * (throughput.tokens_per_s["mha"] / throughput.tokens_per_s["moe-mla"] - 1)
+        rows.append({"claim": "E8", "paper": f"MoE-MLA-RoPE trains with {PAPER_QUALITY['E8']:.0f}% time overhead",
+                     "ours": f"{overhead:.0f}% more time per token than dense MHA at {self.size()} (compiled, one "
+                             f"{throughput.gpu['mha']}, this library's kernels)",
+                     "verdict": "verified" if abs(overhead - PAPER_QUALITY["E8"]) <= 10 else "refuted"})
+
+        nope, rope = ({o: self.change(v, "mha", o) for o in OPTIMIZERS} for v in ("mla-norope", "mla"))
+        low, high = PAPER_QUALITY["A2 no RoPE"]
+        a2_nope = all(low <= c.mean <= high for c in nope.values())
+        a2_rope = all(c.mean < 0 and compare(self.test_losses("mla", o), self.test_losses("mha", o)) == -1 for o, c in rope.items())
+        rows.append({"claim": "A2", "paper": f"without RoPE MLA is {low}-{high}% worse than MHA; with RoPE {-PAPER_QUALITY['A2 RoPE']:.0f}% better",
+                     "ours": "perplexity against MHA, no RoPE: " + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.1f}%" for o, c in nope.items())
+                             + "; with RoPE: " + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.1f}%" for o, c in rope.items()),
+                     "verdict": "verified" if a2_nope and a2_rope else "refuted" if not (a2_nope or a2_rope) and
+                                all(c.mean > 0 for c in rope.values()) else "holds only under conditions"})
+        return pd.DataFrame(rows).set_index("claim")
+
+
+OPTIMIZER_LABELS = {"adamw": "AdamW", "muon": "Muon"}
+
+
+def combine_labels(labels: list[str]) -> str:
+    """One verdict from several: theirs if they agree, else "holds only under conditions"."""
+    return labels[0] if len(set(labels)) == 1 else "holds only under conditions"
 
 
 # ---------------------------------------------------------------- every run the book holds
