@@ -140,6 +140,11 @@ def gain_verdict(gaps: pd.DataFrame) -> str:
     return "holds only under conditions" if verdict == "verified" and not (gaps.separated == -1).all() else verdict
 
 
+def combine_verdicts(labels: list[str]) -> str:
+    """One verdict from several: theirs if they agree, else "holds only under conditions"."""
+    return labels[0] if len(set(labels)) == 1 else "holds only under conditions"
+
+
 def spread_text(g: SeedSpread) -> str:
     return f"{g.mean:.1f}% (seeds {g.low:.1f}-{g.high:.1f})"
 
@@ -1014,7 +1019,7 @@ class ArchitectureResults(LadderResults):
                       else "holds only under conditions" for c in e3.values()]
         rows.append({"claim": "E3", "paper": f"MoE-MLA-RoPE's perplexity {PAPER_QUALITY['E3']}% above dense",
                      "ours": "; ".join(f"{OPTIMIZER_LABELS[o]}: {c.mean:+.1f}% (seeds {c.low:+.1f} to {c.high:+.1f})" for o, c in e3.items()),
-                     "verdict": combine_labels(e3_verdict)})
+                     "verdict": combine_verdicts(e3_verdict)})
 
         spec_active = self.active_parameter_change("moe-mla")
         small = "moe-mla small" in self.settings
@@ -1062,11 +1067,6 @@ class ArchitectureResults(LadderResults):
 
 
 OPTIMIZER_LABELS = {"adamw": "AdamW", "muon": "Muon"}
-
-
-def combine_labels(labels: list[str]) -> str:
-    """One verdict from several: theirs if they agree, else "holds only under conditions"."""
-    return labels[0] if len(set(labels)) == 1 else "holds only under conditions"
 
 
 # ---------------------------------------------------------------- every run the book holds

@@ -340,3 +340,21 @@ def test_the_ablations_read_the_xs_comparisons_baseline():
     baseline = design.baseline(decided)
     assert baseline.lr == decided.rates[1200, "muon"] and baseline.steps == 1200
     assert set(design.arms) >= {"no orthogonalisation", "K = 3", "K = 10", "Taylor coefficients", "no weight decay", "exact msign (SVD)"}
+
+
+def test_a_borrowed_setting_runs_only_seeds_at_its_lenders_rates_once_they_are_chosen():
+    plan = dataclasses.replace(SCALING, settings={**SCALING.settings, "tiny-unbalanced": {"model_changes": {"bias_update_rate": 0.0}}},
+                               borrowed={"tiny-unbalanced": "tiny"})
+    finals, history = {}, []
+    for _ in range(20):
+        wanted, decisions = plan.plan("cpu", finals)
+        new = [c for c in wanted if run_id(c, "cpu") not in finals]
+        history.append(new)
+        if not new:
+            break
+        finals |= {run_id(c, "cpu"): {"final": True, "val_loss": scaling_loss(c)} for c in new}
+    borrowed = [c for batch in history for c in batch if c.model_changes == {"bias_update_rate": 0.0}]
+    assert not any(c.model_changes == {"bias_update_rate": 0.0} for c in history[0])  # waits for the lender's optimum
+    assert sorted((c.optimizer, c.lr, c.seed) for c in borrowed) == [("adamw", 2e-3, s) for s in (0, 1, 2)] + [("muon", 8e-3, s) for s in (0, 1, 2)]
+    assert all(c.adamw_lr == 2e-3 for c in borrowed if c.optimizer == "muon")
+    assert decisions.rates["tiny-unbalanced", "muon"] == decisions.rates["tiny", "muon"]
