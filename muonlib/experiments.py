@@ -99,9 +99,10 @@ def read_finals(results: Path) -> dict[str, dict]:
 
 
 def run_one(config: TrainConfig, hardware: str, results: Path, checkpoints: Path, progress: bool = False,
-            should_stop: Callable[[], bool] | None = None) -> dict:
+            should_stop: Callable[[], bool] | None = None, probes: bool = False) -> dict:
     """One run, skipped when its result exists; returns its final record. A diverged run is a
-    result too (its final record says ``diverged``): a sweep's highest rates may diverge."""
+    result too (its final record says ``diverged``): a sweep's highest rates may diverge.
+    With ``probes`` the trained model's :func:`muonlib.probes.probe` joins the final record."""
     target = result_path(results, run_id(config, hardware))
     if target.exists() and (final := read_run(target)[2]) is not None:
         return final
@@ -110,12 +111,31 @@ def run_one(config: TrainConfig, hardware: str, results: Path, checkpoints: Path
         train(config, run_dir, progress=progress, should_stop=should_stop)
     except TrainingDiverged as err:
         print(err, file=sys.stderr)
+    lines = read_lines(run_dir / "metrics.jsonl")
+    if probes and not lines[-1].get("diverged"):
+        lines[-1] = {**lines[-1], **probe_checkpoint(config, run_dir / "checkpoint.pt")}
     results.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(compact(read_lines(run_dir / "metrics.jsonl")))
+    tmp.write_bytes(compact(lines))
     tmp.replace(target)
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)  # the result is kept; the weights are not needed
     return read_run(target)[2]
+
+
+def probe_checkpoint(config: TrainConfig, checkpoint: Path) -> dict:
+    """:func:`muonlib.probes.probe` of the model a run saved last, on its corpus's validation split."""
+    import torch
+
+    from .data import load_tokens
+    from .models import GPT
+    from .probes import probe
+    from .train import Checkpoint
+
+    model = GPT(config.model_config())
+    model.load_state_dict(Checkpoint(checkpoint).read()["model"])
+    if torch.cuda.is_available():
+        model = model.cuda()
+    return probe(model, load_tokens(config.corpus, "val"))
 
 
 # ---------------------------------------------------------------- the protocol
@@ -355,6 +375,27 @@ class Ablations:
         return None
 
 
+@dataclass(frozen=True)
+class Retrain:
+    """Seeds of another experiment's chosen runs trained again, for what its results do not
+    keep (an :class:`Experiment` with ``probes`` measures each from its last checkpoint): at
+    each of ``settings`` that experiment has decided, AdamW and Muon at their chosen rates."""
+
+    source: str
+    settings: tuple[str, ...]
+    seeds: tuple[int, ...] = (0,)
+
+    def plan(self, hardware: str, finals: Finals) -> tuple[list[TrainConfig], ScalingDecisions]:
+        design = experiment(self.source).design(hardware)
+        _, decided = design.plan(hardware, finished_runs(result_folders(self.source)))
+        wanted = []
+        for setting in (s for s in self.settings if s in design.settings):
+            adamw, muon = decided.rates.get((setting, "adamw")), decided.rates.get((setting, "muon"))
+            wanted += [design.config(setting, "adamw", adamw, s) for s in self.seeds] if adamw else []
+            wanted += [design.config(setting, "muon", muon, s, adamw) for s in self.seeds] if adamw and muon else []
+        return wanted, decided
+
+
 def run_config(base: TrainConfig, optimizer: str, steps: int, warmup: float, lr: float, seed: int, adamw_lr: float | None,
                evaluations: int) -> TrainConfig:
     """One run of a plan: ``evaluations`` evenly spaced evaluations, four checkpoints."""
@@ -492,12 +533,20 @@ def architectures(hardware: str) -> Scaling:
     return dataclasses.replace(sizes, base=base, settings=settings, wide=variants[-1], decays=(), decay_settings=(), borrowed=borrowed)
 
 
+def attention_probes(hardware: str) -> Retrain:
+    """The architectures experiment's MHA, MLA, MLA-noRoPE and MoE-MLA at their chosen rates,
+    seed 0, trained again so that each run measures its model (attention entropy per head,
+    continuations of fixed prompts) before its checkpoint is deleted."""
+    return Retrain("architectures", ("mha", "mla", "mla-norope", "moe-mla"))
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
     description: str
-    design: Callable[[str], Comparison | Scaling | Ablations]  # hardware preset -> the plan it runs
+    design: Callable[[str], Comparison | Scaling | Ablations | Retrain]  # hardware preset -> the plan it runs
     reads: tuple[str, ...] = ()  # experiments whose results count as this one's runs (the same configurations)
+    probes: bool = False  # each run measures its trained model (muonlib.probes) into its final record
 
 
 EXPERIMENTS = {
@@ -514,6 +563,9 @@ EXPERIMENTS = {
         Experiment("architectures",
                    "Table 3's MHA, MLA, MLA-noRoPE and MoE-MLA at S: Muon vs AdamW on the scaling experiment's tokens, rates swept per architecture, three seeds",
                    architectures, reads=("scaling",)),
+        Experiment("attention_probes",
+                   "Table 3's architectures at S trained again at their chosen rates (seed 0), each measured: attention entropy per head, continuations of fixed prompts",
+                   attention_probes, probes=True),
         Experiment("scaling",
                    "XS to XL MHA: Muon vs AdamW on the same tokens, rates swept at XS and transferred (checked by a wide sweep at L), three seeds",
                    scaling, reads=("xs_muon_vs_adamw",)),
@@ -568,6 +620,7 @@ def run(name: str, hardware: str | None = None, results: Path | None = None, gpu
     results = folders[0]
     checkpoints = data_root() / "cache" / "runs" / name
     finals = finished_runs(folders)
+    probes = ("--probes",) if experiment(name).probes else ()
 
     def is_finished(run: str) -> bool:
         if run not in finals and (path := result_path(results, run)).exists() and (final := read_run(path)[2]) is not None:
@@ -578,7 +631,7 @@ def run(name: str, hardware: str | None = None, results: Path | None = None, gpu
         configs, _ = comparison.plan(hardware, finals)
         return [Job(run_id(c, hardware), c.steps,
                     ("muonlib.experiments", "worker", "--hardware", hardware, "--results", str(results),
-                     "--checkpoints", str(checkpoints), "--config", json.dumps(c.to_dict())),
+                     "--checkpoints", str(checkpoints), "--config", json.dumps(c.to_dict()), *probes),
                     checkpoints / run_id(c, hardware) / "log.txt", checkpoints / run_id(c, hardware) / "metrics.jsonl",
                     work=run_work(c))
                 for c in configs]
@@ -699,6 +752,7 @@ def main(argv: list[str] | None = None) -> None:
     worker = sub.add_parser("worker", help=argparse.SUPPRESS)  # one run, started by `run`
     for flag in ("--hardware", "--results", "--checkpoints", "--config"):
         worker.add_argument(flag, required=True)
+    worker.add_argument("--probes", action="store_true")
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -728,7 +782,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.set_num_threads(int(threads))
         config = TrainConfig(**json.loads(args.config))
         try:
-            run_one(config, args.hardware, Path(args.results), Path(args.checkpoints), should_stop=worker_signals())
+            run_one(config, args.hardware, Path(args.results), Path(args.checkpoints), should_stop=worker_signals(), probes=args.probes)
         except TrainingStopped as stop:
             print(stop, file=sys.stderr)
             sys.exit(3)
@@ -737,7 +791,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: {exp.description}")
 
 
-__all__ = ["EXPERIMENTS", "Comparison", "Decisions", "Experiment", "Scaling", "ScalingDecisions", "decisions", "load_results", "pack", "read_run", "run",
+__all__ = ["EXPERIMENTS", "Ablations", "Comparison", "Decisions", "Experiment", "Retrain", "Scaling", "ScalingDecisions", "decisions", "load_results", "pack", "read_run", "run",
            "run_id", "unpack"]
 
 

@@ -10,6 +10,7 @@ import sys
 import tarfile
 import time
 
+import numpy as np
 import pytest
 
 from muonlib import experiments, runner
@@ -358,3 +359,31 @@ def test_a_borrowed_setting_runs_only_seeds_at_its_lenders_rates_once_they_are_c
     assert sorted((c.optimizer, c.lr, c.seed) for c in borrowed) == [("adamw", 2e-3, s) for s in (0, 1, 2)] + [("muon", 8e-3, s) for s in (0, 1, 2)]
     assert all(c.adamw_lr == 2e-3 for c in borrowed if c.optimizer == "muon")
     assert decisions.rates["tiny-unbalanced", "muon"] == decisions.rates["tiny", "muon"]
+
+
+def test_a_probing_run_records_attention_entropy_and_continuations_then_drops_its_weights(tmp_path, monkeypatch):
+    from muonlib.experiments import run_one
+    from muonlib.probes import PROMPTS
+
+    monkeypatch.setenv("MUONLIB_DATA", str(tmp_path))
+    prepare("sample", tmp_path)
+    config = TrainConfig(model="tiny", model_changes={"vocab_size": 50257, "context": 32}, corpus="sample", batch_size=2,
+                         eval_tokens=128, steps=2, eval_every=1, checkpoint_every=2, optimizer="adamw", lr=1e-3)
+    final = run_one(config, "cpu", tmp_path / "results", tmp_path / "runs", probes=True)
+    entropy = np.array(final["attention_entropy"])  # [layer][head], nats over at most 32 visible positions
+    assert entropy.shape == (2, 4) and (entropy > 0).all() and (entropy < np.log(32)).all()
+    assert [c["prompt"] for c in final["continuations"]] == list(PROMPTS)
+    assert all(c["greedy"] and c["sampled"] for c in final["continuations"])
+    assert read_run(tmp_path / "results" / f"{run_id(config, 'cpu')}.jsonl.gz")[2] == final  # kept in the result file
+    assert not (tmp_path / "runs" / run_id(config, "cpu") / "checkpoint.pt").exists()
+
+
+def test_the_attention_probes_retrain_the_architectures_chosen_seed_0_runs():
+    from muonlib.experiments import finished_runs, result_folders
+
+    source = experiments.experiment("architectures").design("h100")
+    wanted, decided = source.plan("h100", finished_runs(result_folders("architectures")))
+    chosen = {run_id(c, "h100") for c in wanted if c.seed == 0 and c.lr == decided.rates[source.setting_of(c), c.optimizer]}
+    retrain, _ = experiments.experiment("attention_probes").design("h100").plan("h100", {})
+    assert len(retrain) == 8 and {run_id(c, "h100") for c in retrain} <= chosen
+    assert experiments.experiment("attention_probes").probes and not experiments.experiment("architectures").probes

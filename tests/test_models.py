@@ -1,5 +1,6 @@
 """Models: Table 1 sizes, causality, cached decoding, absorbed MLA, MoE routing and balancing."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -255,3 +256,43 @@ def test_the_stated_expert_spec_gives_c_62_6_combinations_not_3_6e7():
     spec = preset("XL", "moe-mla")
     assert (spec.n_shared_experts, spec.n_routed_experts, spec.top_k) == (2, 62, 6)
     assert expert_combinations(spec) == 61_474_519 and abs(expert_combinations(spec) / 3.6e7 - 1) > 0.5
+
+
+# ---------------------------------------------------------------- attention entropy
+
+from muonlib.models.attention import attention_entropy, recording_attention_entropy  # noqa: E402
+
+
+def test_attention_entropy_is_ln_n_for_uniform_attention_and_zero_for_a_single_key():
+    T, H = 6, 2
+    uniform = attention_entropy(torch.zeros(1, H, T, 4), torch.zeros(1, H, T, 4), pos=0)
+    assert torch.allclose(uniform, torch.full((H,), float(np.mean(np.log(np.arange(1, T + 1)))), dtype=torch.float32), atol=1e-6)
+    k = torch.zeros(1, 1, T, 1)
+    k[..., 0, 0] = 100.0  # the first key dominates every visible row
+    assert attention_entropy(torch.ones(1, 1, T, 1), k, pos=0, scale=1.0).item() < 1e-6
+    # a query at absolute position 3 of a longer cache sees 4 keys, not the later ones
+    assert torch.allclose(attention_entropy(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, T, 4), pos=3), torch.tensor([np.log(4.0)], dtype=torch.float32), atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["mha", "mla", "mla-norope"])
+def test_recording_attention_entropy_leaves_the_output_alone_and_the_absorbed_path_agrees(variant):
+    model = tiny(variant).eval()
+    idx = torch.randint(0, model.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        plain = model(idx)
+        with recording_attention_entropy() as recorded:
+            again = model(idx)
+    assert torch.equal(plain, again) and len(recorded) == model.config.n_layer
+    assert all(e.shape == (model.config.n_head,) and (e >= 0).all() and (e <= np.log(16) + 1e-5).all() for e in recorded)
+    with recording_attention_entropy() as outside:
+        pass
+    model(idx)
+    assert outside == []  # nothing is recorded once the block is left
+    if variant != "mha":  # decompressed and absorbed attention are the same distribution
+        attention, x = model.blocks[0].attn, torch.randn(2, 16, model.config.d_model)
+        entropies = []
+        for absorbed in (False, True):
+            with torch.no_grad(), recording_attention_entropy() as recorded:
+                attention(x, absorbed=absorbed)
+            entropies += recorded
+        assert torch.allclose(*entropies, atol=1e-4)

@@ -10,6 +10,8 @@ caller passes ``pos``, the position of the first new token.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +55,37 @@ def causal_mask(T: int, pos: int, device: torch.device) -> Tensor | None:
     return torch.arange(pos + T, device=device).unsqueeze(0) <= q
 
 
+def attention_entropy(q: Tensor, k: Tensor, pos: int, scale: float | None = None) -> Tensor:
+    """Mean entropy (nats) of each head's causal attention distribution, ``(H,)``, for
+    ``(B, H, T, .)`` queries at absolute positions ``pos ...`` over ``(B, H, S, .)`` keys: the
+    weights :func:`attend` uses, computed explicitly in float32."""
+    T, S = q.size(2), k.size(2)
+    scores = (q.float() @ k.float().mT) * (scale if scale is not None else q.size(-1) ** -0.5)
+    visible = torch.arange(S, device=q.device) <= torch.arange(pos, pos + T, device=q.device).unsqueeze(1)
+    logp = torch.log_softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+    return -(logp.exp() * logp.masked_fill(~visible, 0.0)).sum(-1).mean(dim=(0, 2))
+
+
+_recorded: list[Tensor] | None = None  # a plain global, which torch.compile guards on without a graph break
+
+
+@contextmanager
+def recording_attention_entropy() -> Iterator[list[Tensor]]:
+    """While active, every attention call (one per layer and forward pass, in order) appends
+    its heads' :func:`attention_entropy`; for analysis, not training (it materialises every
+    attention matrix)."""
+    global _recorded
+    outer, _recorded = _recorded, []
+    try:
+        yield _recorded
+    finally:
+        _recorded = outer
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, pos: int, scale: float | None = None) -> Tensor:
     """SDPA over ``(B, H, T, .)`` queries and ``(B, H, S, .)`` keys/values, causal in absolute positions."""
+    if _recorded is not None:
+        _recorded.append(attention_entropy(q, k, pos, scale))
     T = q.size(2)
     if pos == 0 and k.size(2) == T:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
