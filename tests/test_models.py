@@ -296,3 +296,9 @@ def test_recording_attention_entropy_leaves_the_output_alone_and_the_absorbed_pa
                 attention(x, absorbed=absorbed)
             entropies += recorded
         assert torch.allclose(*entropies, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["mha", "mla"])
+def test_the_entropy_recorder_costs_training_no_graph_break(variant):
+    explained = torch._dynamo.explain(tiny(variant))(torch.randint(0, 512, (2, 16)))
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
