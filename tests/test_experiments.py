@@ -96,15 +96,21 @@ SCALING = Scaling(TrainConfig(model="tiny", corpus="sample", steps=100),
                   wide="wider", decays=(0.05,), decay_settings=("wide",))
 
 
-def test_scaling_narrows_the_grid_around_the_first_optimum_and_extends_it_where_the_optimum_moved():
+def settle(plan, rounds=20):
+    """Run a scaling plan on :func:`scaling_loss` round by round until it wants nothing new."""
     finals, history = {}, []
-    for _ in range(20):
-        wanted, decisions = SCALING.plan("cpu", finals)
+    for _ in range(rounds):
+        wanted, decisions = plan.plan("cpu", finals)
         new = [c for c in wanted if run_id(c, "cpu") not in finals]
         history.append(new)
         if not new:
-            break
+            return decisions, history
         finals |= {run_id(c, "cpu"): {"final": True, "val_loss": scaling_loss(c)} for c in new}
+    raise AssertionError("the plan never settled")
+
+
+def test_scaling_narrows_the_grid_around_the_first_optimum_and_extends_it_where_the_optimum_moved():
+    decisions, history = settle(SCALING)
     # first the first size and the wide one (whole grids); the narrow grid waits for the first optimum
     assert {(c.model_changes.get("d_model"), c.optimizer) for c in history[0]} == {(None, "adamw"), (256, "adamw")}
     assert decisions.rates == {(s, "adamw"): 2e-3 if s == "tiny" else 1e-3 for s in SCALING.settings} | {(s, "muon"): 8e-3 for s in SCALING.settings}
@@ -346,14 +352,7 @@ def test_the_ablations_read_the_xs_comparisons_baseline():
 def test_a_borrowed_setting_runs_only_seeds_at_its_lenders_rates_once_they_are_chosen():
     plan = dataclasses.replace(SCALING, settings={**SCALING.settings, "tiny-unbalanced": {"model_changes": {"bias_update_rate": 0.0}}},
                                borrowed={"tiny-unbalanced": "tiny"})
-    finals, history = {}, []
-    for _ in range(20):
-        wanted, decisions = plan.plan("cpu", finals)
-        new = [c for c in wanted if run_id(c, "cpu") not in finals]
-        history.append(new)
-        if not new:
-            break
-        finals |= {run_id(c, "cpu"): {"final": True, "val_loss": scaling_loss(c)} for c in new}
+    decisions, history = settle(plan)
     borrowed = [c for batch in history for c in batch if c.model_changes == {"bias_update_rate": 0.0}]
     assert not any(c.model_changes == {"bias_update_rate": 0.0} for c in history[0])  # waits for the lender's optimum
     assert sorted((c.optimizer, c.lr, c.seed) for c in borrowed) == [("adamw", 2e-3, s) for s in (0, 1, 2)] + [("muon", 8e-3, s) for s in (0, 1, 2)]
