@@ -503,10 +503,22 @@ def ablations(hardware: str) -> Ablations:
     return Ablations(xs, steps=xs.budgets[0] if hardware == "cpu" else 1200, arms=ABLATION_ARMS)
 
 
-#: MoE-MLA experts that give S 42% fewer active non-embedding parameters than dense MHA-S
-#: (one shared and two of 62 routed experts, each 232 = 2048 * 0.11328125 wide, a multiple of 8
-#: as the grouped GEMM needs): the companion paper's E4
+#: MoE-MLA experts that give S 42% fewer active non-embedding parameters than dense MHA-S, the
+#: companion paper's E4, with one shared and two of 62 routed experts, each 232 = 2048 * 0.11328125
+#: wide (a multiple of 8, as the grouped GEMM needs)
 SMALL_MOE = {"n_shared_experts": 1, "top_k": 2, "expert_ratio": 0.11328125}
+
+
+def flop_matched_steps(dense: TrainConfig, variant: str) -> int:
+    """Steps at which ``variant`` of the dense run's model spends the dense run's training FLOPs."""
+    import torch
+
+    from .models import GPT
+    from .train import flops_per_token
+
+    with torch.device("meta"):
+        flops = {v: flops_per_token(GPT(dataclasses.replace(dense, variant=v).model_config())) for v in (dense.variant, variant)}
+    return round(dense.steps * flops[dense.variant] / flops[variant])
 
 
 def architectures(hardware: str) -> Scaling:
@@ -515,9 +527,10 @@ def architectures(hardware: str) -> Scaling:
     schedule: MHA (those runs, read from that experiment), MLA and MLA-noRoPE with r = d/2,
     and MoE-MLA-RoPE as specified; each optimizer's rate swept per architecture around MHA's
     optimum, over the whole grid for MoE-MLA, whose expert matrices are unlike any dense one.
-    Two MoE-MLA variants run at its rates: without bias balancing (the companion paper's E7),
-    and sized to 42% fewer active non-embedding parameters than dense MHA (E4; the specified
-    experts give MoE-MLA more active parameters than the dense model, not fewer).
+    Three MoE-MLA variants run at its rates: without bias balancing (the companion paper's E7),
+    sized to 42% fewer active non-embedding parameters than dense MHA (E4; the specified
+    experts give MoE-MLA more active parameters than the dense model, not fewer), and trained
+    on dense MHA's FLOPs, with fewer steps of its own schedule (E5).
     A T4 or an A100 runs MHA and MLA; a CPU the tiny model."""
     sizes = scaling(hardware)
     if hardware == "cpu":
@@ -528,8 +541,9 @@ def architectures(hardware: str) -> Scaling:
     borrowed = {}
     if "moe-mla" in settings:
         settings |= {"moe-mla unbalanced": {"variant": "moe-mla", "model_changes": {"bias_update_rate": 0.0}},
-                     "moe-mla small": {"variant": "moe-mla", "model_changes": SMALL_MOE}}
-        borrowed = {"moe-mla unbalanced": "moe-mla", "moe-mla small": "moe-mla"}
+                     "moe-mla small": {"variant": "moe-mla", "model_changes": SMALL_MOE},
+                     "moe-mla flop-matched": {"variant": "moe-mla", "steps": flop_matched_steps(base, "moe-mla")}}
+        borrowed = {v: "moe-mla" for v in ("moe-mla unbalanced", "moe-mla small", "moe-mla flop-matched")}
     return dataclasses.replace(sizes, base=base, settings=settings, wide=variants[-1], decays=(), decay_settings=(), borrowed=borrowed)
 
 

@@ -15,7 +15,7 @@ from .data import evaluation_batches, gpt2_tokenizer
 from .models import GPT
 from .models.attention import recording_attention_entropy
 
-#: prompts in the registers of the offline mixture: fiction (Gutenberg, Brown) and speeches
+#: prompts in the registers of the offline mixture, fiction (Gutenberg, Brown) and speeches
 #: (the State of the Union)
 PROMPTS = ("It was a dark and stormy night, and", "Mr. Speaker, the state of our Union is", "She opened the letter and")
 ENTROPY_TOKENS = 2**15  # held-out tokens the entropies average over

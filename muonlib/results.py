@@ -9,9 +9,10 @@ on the validation split; the losses reported here are on the test split.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import pandas as pd
 from .analysis import (SWEEP_FACTOR, Budget, SeedSpread, compare, grad_norm_excursions, loss_jumps, paired_spikes, rate_key, raw_spikes,
                        sweep_rates, tokens_to_target)
 from .data import data_root
-from .experiments import Decisions, ScalingDecisions, experiment, load_results, read_finals
+from .experiments import EXPERIMENTS, Ablations, Decisions, ScalingDecisions, experiment, load_results, read_finals
 
 OPTIMIZERS = ("adamw", "muon")
 TARGET_OFFSETS = (0.02, 0.05, 0.1, 0.2, 0.5)  # nats above AdamW's worst final test loss: the targets of R_L
@@ -572,8 +573,8 @@ class ScalingResults(LadderResults):
 
 # ---------------------------------------------------------------- several batch sizes
 
-#: the paper's two statements of Muon's token advantage as R = T_AdamW / T_Muon: section 3.1's
-#: "10-15% fewer tokens" and section 5.1's "48-52% of the FLOPs"
+#: the paper's two statements of Muon's token advantage as bands of R = T_AdamW / T_Muon, section
+#: 3.1's "10-15% fewer tokens" and section 5.1's "48-52% of the FLOPs"
 PAPER_R = {"section 3.1": (1 / 0.90, 1 / 0.85), "section 5.1": (1 / 0.52, 1 / 0.48)}
 
 
@@ -609,6 +610,7 @@ class BatchSizeResults(LadderResults):
         reaches at some batch (so the lower targets are reached at some batches only)."""
         worst = self.final_table().groupby(["setting", "optimizer"]).test_loss.max()
         spaced = np.round(np.linspace(worst.max(), worst.xs("adamw", level="optimizer").min(), count), 3)
+        spaced[0] = math.ceil(worst.max() * 1000) / 1000  # rounded up, so that every run still reaches it
         return sorted({float(t) for t in spaced}, reverse=True)
 
     def reach_table(self, targets: list[float] | None = None) -> pd.DataFrame:
@@ -632,7 +634,7 @@ class BatchSizeResults(LadderResults):
 
     def ratio_summary(self, targets: list[float] | None = None) -> pd.DataFrame:
         """Per target and batch where both optimizers reach it at every seed: ``R`` over the
-        seeds (:class:`SeedSpread`), the mean token difference and each optimizer's mean steps."""
+        seeds (:class:`~muonlib.analysis.SeedSpread`), the mean token difference and each optimizer's mean steps."""
         reach = self.reach_table(targets).dropna(subset=["R"])
         rows = []
         for (target, batch), g in reach.groupby(["target", "batch"], sort=False):
@@ -642,6 +644,16 @@ class BatchSizeResults(LadderResults):
                          "R": SeedSpread(tuple(g.R)), "difference": g.difference.mean(),
                          "AdamW steps": g["AdamW steps"].mean(), "Muon steps": g["Muon steps"].mean()})
         return pd.DataFrame(rows)
+
+    def one_sided_cells(self) -> dict[str, int]:
+        """Target-and-batch cells that every seed of one optimizer reaches and no seed of the
+        other does (``R`` infinite or zero, so not in :meth:`ratio_summary`), by who reaches them."""
+        reach = self.reach_table()
+        cells = reach.groupby(["target", "batch"]).agg(adamw=("AdamW tokens", lambda t: t.notna().all()),
+                                                       muon=("Muon tokens", lambda t: t.notna().all()),
+                                                       adamw_none=("AdamW tokens", lambda t: t.isna().all()),
+                                                       muon_none=("Muon tokens", lambda t: t.isna().all()))
+        return {"Muon only": int((cells.muon & cells.adamw_none).sum()), "AdamW only": int((cells.adamw & cells.muon_none).sum())}
 
     @staticmethod
     def ratio_changes(summary: pd.DataFrame) -> tuple[int, int]:
@@ -656,8 +668,9 @@ class BatchSizeResults(LadderResults):
         dominates), M26 (which of the paper's two statements of R ours resembles) and M27
         (the token difference grows superlinearly in B)."""
         summary = self.ratio_summary()
-        above = all(r.low > 1 for r in summary.R)
-        below = any(r.high < 1 for r in summary.R)
+        only = self.one_sided_cells()
+        above = all(r.low > 1 for r in summary.R) and only["AdamW only"] == 0
+        below = any(r.high < 1 for r in summary.R) or only["AdamW only"] > 0
         drops, rises = self.ratio_changes(summary)
         m19 = "verified" if above and not drops else "refuted" if below or drops > rises else "holds only under conditions"
         means = np.array([r.mean for r in summary.R])
@@ -682,10 +695,11 @@ class BatchSizeResults(LadderResults):
              "ours": f"R from {means.min():.2f} to {means.max():.2f} over {summary.batch.nunique()} batches ({self.settings[0]}-"
                      f"{self.settings[-1]} tokens) and {summary.target.nunique()} targets; "
                      + ("above 1 at every seed" if above else "not above 1 at every seed")
+                     + f"; {only['Muon only']} target-batch cells reached by Muon alone, {only['AdamW only']} by AdamW alone"
                      + f"; {drops} drop(s) and {rises} rise(s) beyond the seed spread from one batch to the next",
              "verdict": m19},
             {"claim": "M20", "paper": "Muon's devices-against-time frontier strictly dominates AdamW's",
-             "ours": ("Muon needs fewer steps at every batch and target, every seed" if above else
+             "ours": ("Muon needs fewer steps at every batch and target, every seed, and reaches every target AdamW reaches" if above else
                       "Muon does not need fewer steps at every batch and target")
                      + "; fewest steps to each target over the batches, AdamW against Muon: "
                      + ", ".join(f"{t:.2f}: {best['adamw'][t]:.0f} vs {best['muon'][t]:.0f}" for t in best["adamw"].index),
@@ -705,9 +719,8 @@ class BatchSizeResults(LadderResults):
 # ---------------------------------------------------------------- ablations
 
 BASELINE, ADAMW_ARM = "Muon (as specified)", "AdamW"
-#: the paper's Table 2 (M, 54.1M parameters): validation perplexity, steps to target (thousands),
-#: loss spikes, memory (GB); its rows by our arm names (both of our "no RMS matching" arms
-#: stand for its one row)
+#: the paper's Table 2 on M by our arm names, each row validation perplexity, steps to target in
+#: thousands, loss spikes and memory in GB (both of our "no RMS matching" arms stand for its one row)
 PAPER_TABLE2 = {
     BASELINE: (8.462, 17, 0, 2.1),
     "no orthogonalisation": (8.521, 22, 3, 2.1),
@@ -725,16 +738,20 @@ PAPER_TABLE2 = {
 def optimizer_state_bytes(config: dict) -> int:
     """Bytes of optimizer state a run's configuration keeps (what its optimizer allocates on
     its first step, counted on a CPU): AdamW's two moments per parameter, or Muon's momentum
-    per hidden matrix beside AdamW's moments for the rest."""
+    per hidden matrix beside AdamW's moments for the rest. Muon's options change none of it."""
+    return _state_bytes(config["model"], config["variant"], json.dumps(config["model_changes"], sort_keys=True), config["optimizer"])
+
+
+@lru_cache(maxsize=None)
+def _state_bytes(model_name: str, variant: str, changes: str, optimizer_name: str) -> int:
     import torch
 
     from .models import GPT, preset
     from .optim import build_optimizer
 
-    model = GPT(preset(config["model"], config["variant"], **config["model_changes"]))
-    optimizer = build_optimizer(model, config["optimizer"], lr=config["lr"], weight_decay=config["weight_decay"],
-                                adamw_lr=config["adamw_lr"], **{**config["optimizer_options"], "fused": False}
-                                if config["optimizer"] == "muon" else {})
+    model = GPT(preset(model_name, variant, **json.loads(changes)))
+    cheap = {"fused": False, "orthogonalize": "frobenius"} if optimizer_name == "muon" else {}  # the same state, no Newton-Schulz on a CPU
+    optimizer = build_optimizer(model, optimizer_name, lr=1e-3, weight_decay=0.1, **cheap)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
@@ -793,31 +810,31 @@ class AblationResults:
         return pd.DataFrame(rows)
 
     def target(self) -> float:
-        """The validation loss "steps to target" counts to: the highest final one of AdamW's seeds."""
-        return float(self.final_table().query("arm == @ADAMW_ARM").val_loss.max())
+        """The test loss "steps to target" counts to: the highest final one of AdamW's seeds."""
+        return float(self.final_table().query("arm == @ADAMW_ARM").test_loss.max())
 
     def arm_table(self) -> pd.DataFrame:
-        """Table 2's columns per arm: validation perplexity, the change in validation loss
-        against Muon as specified and whether it exceeds the seed spread (``separated``: -1
-        lower, +1 higher), steps to :meth:`target`, paired loss spikes against AdamW's run on
+        """Table 2's columns per arm, on the test split (the rates were chosen on validation):
+        perplexity, the change in loss against Muon as specified and whether it exceeds the
+        seed spread (``separated``: -1 lower, +1 higher), steps to :meth:`target`, paired loss spikes against AdamW's run on
         the same batches, peak memory and optimizer-state bytes; every column over seeds."""
         final = self.final_table()
-        base = final[final.arm == BASELINE].set_index("seed").val_loss
+        base = final[final.arm == BASELINE].set_index("seed").test_loss
         target = self.target()
         adamw = dict(iter(self.arm(ADAMW_ARM).sort_values("step").groupby("seed")))
         rows = []
         for arm in self.arms:
             f = final[final.arm == arm].set_index("seed")
-            loss = f.val_loss.dropna()
+            loss = f.test_loss.dropna()
             steps, spikes = [], []
             for seed, run in self.arm(arm).sort_values("step").groupby("seed"):
-                evals = run.dropna(subset=["val_loss"])
-                steps.append(tokens_to_target(evals.step, evals.val_loss, target))
+                evals = run.dropna(subset=["test_loss"])
+                steps.append(tokens_to_target(evals.step, evals.test_loss, target))
                 if arm != ADAMW_ARM and seed in adamw:
                     a, b = common_steps(run, adamw[seed])
                     spikes.append(int(paired_spikes(a.loss.values, b.loss.values).sum()))
             header = self.headers[self.arm(arm).run.iloc[0]]
-            rows.append({"arm": arm, "val loss": SeedSpread(tuple(loss)), "val perplexity": float(np.exp(loss.mean())) if len(loss) else np.nan,
+            rows.append({"arm": arm, "test loss": SeedSpread(tuple(loss)), "test perplexity": float(np.exp(loss.mean())) if len(loss) else np.nan,
                          "change": loss.mean() - base.mean(), "separated": compare(loss, base) if len(loss) else 1,
                          "diverged": int(f.diverged.sum()), "steps to target": SeedSpread(tuple(steps)),
                          "paired spikes": SeedSpread(tuple(spikes)) if spikes else None,
@@ -827,27 +844,30 @@ class AblationResults:
     def resolvable(self) -> pd.DataFrame:
         """Per paper row: its change in validation loss against full Muon (from perplexities)
         and whether a change that size would exceed our seed spread (``NOISE_SIGMAS`` standard
-        deviations of the baseline's validation loss)."""
-        std = self.final_table().query("arm == @BASELINE").val_loss.std()
+        deviations of the baseline's final test loss)."""
+        std = self.final_table().query("arm == @BASELINE").test_loss.std()
         full = PAPER_TABLE2[BASELINE][0]
         return pd.DataFrame([{"arm": arm, "paper's change": math.log(row[0] / full), "our seed std": std,
                               "resolvable": abs(math.log(row[0] / full)) > NOISE_SIGMAS * std}
                              for arm, row in PAPER_TABLE2.items() if arm != BASELINE]).set_index("arm")
 
     def verdicts(self) -> pd.DataFrame:
-        """M22: every change the paper's Table 2 lists makes Muon worse (as the paper's rows
-        all do): "verified" if each of our arms is worse beyond the seed spread, "refuted" if
-        one is better beyond it, otherwise "holds only under conditions"."""
+        """M22: every change the paper's Table 2 lists makes Muon worse, and AdamW is worse still
+        than Muon (as the paper's rows all say): "verified" if each of those arms (ours that
+        stand for its rows; the extra arms are shown, not judged) and AdamW is worse beyond the
+        seed spread, "refuted" if more of them are better beyond it than worse, otherwise "holds
+        only under conditions" (a table of rows, each at three seeds, will show a spurious
+        separation now and then, so one row does not decide it)."""
         table = self.arm_table()
-        arms = [a for a in self.arms if a not in (BASELINE, ADAMW_ARM)]
+        arms = [a for a in self.arms if a in PAPER_TABLE2 and a != BASELINE]
         worse = [a for a in arms if table.separated[a] == 1]
         better = [a for a in arms if table.separated[a] == -1]
         level = [a for a in arms if table.separated[a] == 0]
         resolvable = self.resolvable()
-        verdict = "refuted" if better else "verified" if len(worse) == len(arms) else "holds only under conditions"
+        verdict = "verified" if len(worse) == len(arms) else "refuted" if len(better) > len(worse) else "holds only under conditions"
         return pd.DataFrame([{
             "claim": "M22", "paper": "every ablated component costs validation perplexity; AdamW is worse than Muon",
-            "ours": f"worse beyond the seed spread: {', '.join(worse) or 'none'}; within it: {', '.join(level) or 'none'}; "
+            "ours": f"of the paper's rows at XS, test loss higher beyond the seed spread: {', '.join(worse) or 'none'}; within it: {', '.join(level) or 'none'}; "
                     f"better: {', '.join(better) or 'none'}; the paper's changes our seed spread can resolve: "
                     f"{int(resolvable.resolvable.sum())} of {len(resolvable)}",
             "verdict": verdict}]).set_index("claim")
@@ -856,8 +876,8 @@ class AblationResults:
 # ---------------------------------------------------------------- architectures
 
 TABLE3_ARCHITECTURES = ("mha", "mla", "moe-mla")
-#: the paper's Table 3 (XL, batch 32): train time to target (h), inference tokens/s, peak memory
-#: (GB), final perplexity, FLOPs to target (relative to MHA + AdamW)
+#: the paper's Table 3 on XL at batch 32, each row train time to target in hours, inference
+#: tokens/s, peak memory in GB, final perplexity and FLOPs to target relative to MHA + AdamW
 PAPER_TABLE3 = {
     ("mha", "adamw"): (24.3, 1000, 4.72, 8.54, 1.00), ("mha", "muon"): (14.1, 1050, 4.09, 8.43, 0.52),
     ("mla", "adamw"): (23.8, 1200, 4.31, 8.58, 0.98), ("mla", "muon"): (13.7, 1250, 3.68, 8.46, 0.51),
@@ -872,8 +892,6 @@ def training_throughput(size: str) -> pd.DataFrame:
     """Compiled training tokens/s (forward and backward, one GPU) per architecture at ``size``,
     from the newest saved model benchmark (``python -m muonlib.bench models``) that ran it,
     with the GPU, commit and date it ran on."""
-    import json
-
     rows = []
     for path in sorted((data_root() / "bench").glob("models_compiled*.json")):
         saved = json.loads(path.read_text())
@@ -914,7 +932,9 @@ class ArchitectureResults(LadderResults):
         """Table 3's columns per architecture and optimizer: final test perplexity, tokens and
         FLOPs (Newton-Schulz counted for Muon) to the target (MHA + AdamW's worst final test
         loss), training tokens/s from the compiled benchmark and the time to target they
-        give, and peak training memory; ``NaN`` where a run does not reach the target."""
+        give (for Muon divided by one plus its Newton-Schulz share of the FLOPs: the benchmark
+        times forward and backward only), and peak training memory; ``NaN`` where a run does
+        not reach the target."""
         target = self.test_losses("mha", "adamw").max()
         throughput = training_throughput(self.size())
         rows = []
@@ -926,8 +946,9 @@ class ArchitectureResults(LadderResults):
                           for _, r in runs.sort_values("step").groupby("seed")]
                 ns = newton_schulz_share(header) if opt == "muon" else 0.0
                 flops = np.mean(tokens) * header["flops_per_step"] / header["tokens_per_step"] * (1 + ns)
-                variant = header["provenance"]["config"]["variant"] if not header["provenance"]["config"]["model_changes"] else None
-                rate = throughput.tokens_per_s.get(variant, np.nan)
+                config = header["provenance"]["config"]
+                variant = config["variant"] if not config["model_changes"] and config["steps"] == self.header("mha")["provenance"]["config"]["steps"] else None
+                rate = throughput.tokens_per_s.get(variant, np.nan) / (1 + ns)  # Newton-Schulz slows Muon in proportion
                 rows.append({"architecture": setting, "optimizer": opt, "parameters": header["parameters"],
                              "active parameters": header["active_parameters"],
                              "perplexity": float(np.exp(self.test_losses(setting, opt)).mean()),
@@ -960,19 +981,21 @@ class ArchitectureResults(LadderResults):
         runs = self.chosen(setting, optimizer)
         return runs.groupby("step").moe_cv.mean().rolling(25, min_periods=1).mean().reset_index()
 
-    def flop_matched_change(self, setting: str, dense: str, optimizer: str) -> SeedSpread:
-        """``setting``'s test loss when it has spent the dense model's whole training FLOPs,
-        against the dense model's final test loss, in % per seed (negative: better); ``NaN``
-        where ``setting`` never spends that much."""
-        dense_header, header = self.header(dense, optimizer), self.header(setting, optimizer)
-        budget = dense_header["flops_per_step"] * dense_header["provenance"]["config"]["steps"]
-        dense_final = self.test_losses(dense, optimizer)
-        changes = []
-        for seed, run in self.chosen(setting, optimizer).sort_values("step").groupby("seed"):
-            evals = run.dropna(subset=["test_loss"])
-            loss = np.interp(budget, evals.flops, evals.test_loss, right=np.nan)
-            changes.append(100 * (loss / dense_final[seed] - 1))
-        return SeedSpread(tuple(changes))
+    def loss_change(self, setting: str, reference: str, optimizer: str) -> SeedSpread:
+        """Final test loss of ``setting`` against ``reference``, in % per seed pair (negative:
+        lower), e.g. the FLOP-matched MoE (trained on the dense run's FLOPs over its own
+        complete schedule) against dense MHA."""
+        a, b = self.test_losses(setting, optimizer), self.test_losses(reference, optimizer)
+        return SeedSpread(tuple(100 * (a / b - 1).dropna()))
+
+    @staticmethod
+    def gain_band(changes: dict[str, SeedSpread], paper: float) -> str:
+        """A claimed loss reduction (``paper`` %, negative) against measured changes per
+        optimizer: "verified" if every optimizer gains at least half of it beyond the seed
+        spread, "refuted" if none gains at all, else "holds only under conditions"."""
+        if all(c.high <= paper / 2 for c in changes.values()):
+            return "verified"
+        return "refuted" if all(c.mean >= 0 for c in changes.values()) else "holds only under conditions"
 
     def active_parameter_change(self, setting: str, dense: str = "mha") -> float:
         """Active non-embedding parameters of ``setting`` against ``dense``, in %."""
@@ -991,7 +1014,10 @@ class ArchitectureResults(LadderResults):
 
     def verdicts(self) -> pd.DataFrame:
         """M23 (MoE-MLA + Muon best in every measured column of Table 3), M24's perplexity half,
-        E3, E4, E5, E7, E8, A2 and A1's loss half, each from the runs (E8 from the benchmark)."""
+        E3, E4, E5, E7, E8 and A2, each from the runs (E8 from the benchmark). E3 is "verified"
+        for a degradation within twice the paper's 0.8%, "refuted" beyond it, and "holds only
+        under conditions" where MoE-MLA is better than dense (with more active parameters, which
+        is not the comparison the claim describes)."""
         table = self.table3()
         rows = []
 
@@ -1022,20 +1048,27 @@ class ArchitectureResults(LadderResults):
                      "verdict": combine_verdicts(e3_verdict)})
 
         spec_active = self.active_parameter_change("moe-mla")
-        small = "moe-mla small" in self.settings
-        e4_loss = {o: self.change("moe-mla small", "mha", o) for o in OPTIMIZERS} if small else {}
+        e4_text = f"the stated experts give {spec_active:+.0f}% active non-embedding parameters against dense MHA, not -42%"
+        if "moe-mla small" in self.settings:
+            e4 = {o: self.loss_change("moe-mla small", "mha", o) for o in OPTIMIZERS}
+            e4_text += (f"; sized to {self.active_parameter_change('moe-mla small'):+.0f}%, test loss against dense: "
+                        + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.1f}%" for o, c in e4.items()))
+            e4_verdict = self.gain_band(e4, PAPER_QUALITY["E4"])
+        else:
+            e4_text += "; the MoE sized to -42% is not trained yet"
+            e4_verdict = "refuted" if spec_active > 0 else "open"
         rows.append({"claim": "E4", "paper": "6.9% lower validation loss than dense with 42% fewer active parameters",
-                     "ours": f"the stated experts give {spec_active:+.0f}% active non-embedding parameters against dense MHA, not -42%"
-                             + ("; sized to -42%: " + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.1f}% perplexity" for o, c in e4_loss.items())
-                                if small else "; the MoE sized to -42% is not trained yet"),
-                     "verdict": "refuted" if spec_active > 0 else "holds only under conditions"})
+                     "ours": e4_text, "verdict": e4_verdict})
 
-        e5 = {o: self.flop_matched_change("moe-mla", "mha", o) for o in OPTIMIZERS}
-        rows.append({"claim": "E5", "paper": f"FLOP-matched: {-PAPER_QUALITY['E5']}% better than dense",
-                     "ours": "test loss at dense MHA's training FLOPs against MHA's final: "
-                             + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.1f}%" for o, c in e5.items()),
-                     "verdict": "refuted" if all(c.mean >= 0 for c in e5.values()) else
-                                "verified" if all(c.high <= PAPER_QUALITY["E5"] / 2 for c in e5.values()) else "holds only under conditions"})
+        if "moe-mla flop-matched" in self.settings:
+            e5 = {o: self.loss_change("moe-mla flop-matched", "mha", o) for o in OPTIMIZERS}
+            rows.append({"claim": "E5", "paper": f"FLOP-matched: {-PAPER_QUALITY['E5']}% better than dense",
+                         "ours": "test loss of MoE-MLA trained on dense MHA's FLOPs (its own full schedule) against MHA's: "
+                                 + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.1f}%" for o, c in e5.items()),
+                         "verdict": self.gain_band(e5, PAPER_QUALITY["E5"])})
+        else:
+            rows.append({"claim": "E5", "paper": f"FLOP-matched: {-PAPER_QUALITY['E5']}% better than dense",
+                         "ours": "MoE-MLA trained on dense MHA's FLOPs is not trained yet", "verdict": "open"})
 
         balance = self.balance_table()
         if "moe-mla unbalanced" in self.settings:
@@ -1080,7 +1113,7 @@ def every_run_table(root: Path | None = None) -> pd.DataFrame:
     """One row per finished run of every experiment in ``data/results/``: its optimizer, its
     peak rate relative to the best rate of its optimizer in its training setting (model,
     budget, batch: ``log2 lr / optimum``, 0 at the optimum), whether it diverged, whether it is
-    an ablation (Muon with changed options), and its instability: paired spikes against the
+    an ablation (a run of an ablation experiment, or Muon with changed options), and its instability: paired spikes against the
     other optimizer's best plain run on the identical batches (same setting and seed) with
     the first one's place in the run (a fraction of its steps), raw spikes and gradient-norm
     excursions."""
@@ -1090,7 +1123,8 @@ def every_run_table(root: Path | None = None) -> pd.DataFrame:
         runs = load_results(folder).sort_values(["run", "step"])
         finals = runs.groupby("run").agg(**{k: (k, "first") for k in ["optimizer", *SAME_TRAINING, "optimizer_options", "seed", "lr", "diverged"]},
                                          val_loss=("val_loss", "last"))
-        finals["ablation"] = finals.optimizer_options != "{}"
+        ablations = folder.name in EXPERIMENTS and isinstance(experiment(folder.name).design("h100"), Ablations)
+        finals["ablation"] = (finals.optimizer_options != "{}") | ablations  # every run of an ablation experiment
         finals["selection"] = finals.val_loss.where(~finals.diverged, np.inf)
         plain = finals[~finals.ablation]
         best_rate = plain.loc[plain.groupby(["optimizer", *SAME_TRAINING]).selection.idxmin()].set_index(["optimizer", *SAME_TRAINING]).lr
@@ -1175,8 +1209,6 @@ class DecodeResults:
 
     @classmethod
     def load(cls, path: Path | None = None) -> "DecodeResults":
-        import json
-
         data = json.loads((Path(path) if path is not None else data_root() / "bench" / "decode.json").read_text())
         rows = pd.DataFrame([r for r in data["results"] if "error" not in r])
         return cls(rows, data["provenance"])

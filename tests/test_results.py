@@ -192,7 +192,9 @@ def test_m17_muon_spikes_less_over_every_run_but_not_at_the_tuned_rates(every_ru
     m17 = stability_verdict(every_run)
     assert m17["verdict"] == "holds only under conditions" and m17["p overall"] < 0.01 and m17["p tuned"] > 0.2
     table = stability_table(every_run)
-    assert table.loc[("adamw", 4), "excursions_per_run"] > 10 * table.loc[("muon", 4), "excursions_per_run"]
+    # 10x while the book held the XS and scaling runs only; the batch-size ladder's short, large-batch
+    # runs at 4x Muon's optimum have excursions too, and AdamW's are still several times as many
+    assert table.loc[("adamw", 4), "excursions_per_run"] > 4 * table.loc[("muon", 4), "excursions_per_run"]
 
 
 # ---------------------------------------------------------------- the inference chapter
@@ -263,15 +265,18 @@ def ablations():
 
 def test_m22_orthogonalisation_and_the_scale_rule_matter_steps_and_coefficients_beyond_k5_do_not(ablations):
     table = ablations.arm_table()
-    assert len(ablations.arms) >= 11 and all(len(s.values) == 3 for s in table["val loss"])
+    assert len(ablations.arms) >= 11 and all(len(s.values) == 3 for s in table["test loss"])
     worse = set(table.index[table.separated == 1])
     assert {"no orthogonalisation", "K = 3", "Taylor coefficients", "cubic coefficients", "no RMS matching (lr unscaled)",
-            "no RMS matching (Keller Jordan's scale)", ADAMW_ARM} <= worse
-    assert {"K = 10", "Polar Express", "dynamic RMS (per layer)", "no weight decay"} <= set(table.index[table.separated == 0])
+            "no RMS matching (Keller Jordan's scale)", "no weight decay", ADAMW_ARM} <= worse
+    assert {"K = 10", "Polar Express"} <= set(table.index[table.separated == 0])
+    assert table.change["dynamic RMS (per layer)"] < 0  # the one paper row on the other side, by a hair
+    assert abs(table.change["dynamic RMS (per layer)"]) < 0.01
     assert table.change["no orthogonalisation"] > 10 * table.change["K = 3"]  # by far the largest cost
     assert ablations.verdicts().verdict["M22"] == "holds only under conditions"
     resolvable = ablations.resolvable()
     assert not resolvable.resolvable[["K = 3", "K = 10", "Taylor coefficients", "dynamic RMS (per layer)"]].any()
+    assert resolvable.resolvable[["no weight decay", ADAMW_ARM]].all()
     # the paper's memory column: Muon saves far less optimizer state than its 1.1 GB, at XS and in principle at M
     assert table.loc[ADAMW_ARM, "optimizer state MB"] - table.loc[BASELINE, "optimizer state MB"] < 100
     assert table["peak memory GB"].drop(ADAMW_ARM).max() - table["peak memory GB"].drop(ADAMW_ARM).min() < 0.1
@@ -297,8 +302,6 @@ def test_companion_claims_as_the_chapter_states_them(architectures):
     v = architectures.verdicts()
     e3 = {o: architectures.change("moe-mla", "mha", o) for o in ("adamw", "muon")}
     assert all(c.high < 0 for c in e3.values())  # MoE-MLA better than dense, not 0.8% worse
-    e5 = {o: architectures.flop_matched_change("moe-mla", "mha", o) for o in ("adamw", "muon")}
-    assert all(c.mean > 0 for c in e5.values())  # FLOP-matched it loses its lead
     nope = {o: architectures.change("mla-norope", "mha", o) for o in ("adamw", "muon")}
     assert all(c.low > 5 for c in nope.values())  # far worse than the MLA paper's 3-5%
     rope = {o: architectures.change("mla", "mha", o).mean for o in ("adamw", "muon")}
@@ -309,5 +312,5 @@ def test_companion_claims_as_the_chapter_states_them(architectures):
         assert free.low > 2 * balanced.high and balanced.low > 0.1  # more than twofold lower, not below 0.1
     assert architectures.active_parameter_change("moe-mla") > 0  # the stated experts: more active parameters, not 42% fewer
     assert dict(v.verdict) == {"M23": "holds only under conditions", "M24": "refuted", "E3": "holds only under conditions",
-                               "E4": "refuted", "E5": "refuted", "E7": "holds only under conditions", "E8": "refuted",
+                               "E4": "refuted", "E5": "open", "E7": "holds only under conditions", "E8": "refuted",
                                "A2": "holds only under conditions"}
