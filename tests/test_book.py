@@ -44,6 +44,16 @@ def test_notebook_pages_hold_executed_outputs_and_figures(built_book):
         assert "Traceback (most recent call last)" not in text, f"{page.name}: a cell raised"
 
 
+def test_every_figure_a_cell_draws_has_a_caption_and_alt_text(built_book):
+    for page in sorted((built_book / "notebooks").rglob("*.html")):
+        text = page.read_text()
+        figures = re.findall(r"<figure.*?</figure>", text, flags=re.S)
+        for figure in figures:
+            assert "<figcaption" in figure and re.search(r'<img[^>]+alt="[^"]{10,}"', figure), f"{page.name}: a figure without caption or alt text"
+        outside = re.sub(r"<figure.*?</figure>", "", text, flags=re.S)
+        assert not re.search(r'<img[^>]+src="[^"]*_images/', outside), f"{page.name}: a figure a cell drew has no caption"
+
+
 def test_pages_hold_no_log_lines(built_book):
     """What a reader sees is prose, tables and figures: printed lines (presets, provenance
     dumps, progress bars) belong in glued sentences or tables."""
