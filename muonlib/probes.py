@@ -43,7 +43,7 @@ def attention_entropy_by_head(model: GPT, tokens: np.ndarray, batch: int = 8, ma
 
 
 def continuations(model: GPT, prompts: tuple[str, ...] = PROMPTS, new_tokens: int = 40, seed: int = 0) -> list[dict]:
-    """Each prompt continued greedily and by sampling (:data:`SAMPLING`, a fixed seed), by
+    """Each prompt continued greedily and by sampling (``SAMPLING``, a fixed seed), by
     ``new_tokens`` or as many as the model's context leaves."""
     encoding = gpt2_tokenizer()
     device = next(model.parameters()).device
