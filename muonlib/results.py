@@ -1102,6 +1102,52 @@ class ArchitectureResults(LadderResults):
 OPTIMIZER_LABELS = {"adamw": "AdamW", "muon": "Muon"}
 
 
+# ---------------------------------------------------------------- what the trained models do
+
+
+@dataclass
+class ProbeResults:
+    """What the ``attention_probes`` runs measured of their trained models (:mod:`muonlib.probes`):
+    one row per run with its architecture (a setting of the experiment it retrains), optimizer,
+    attention entropy per layer and head (nats), and continuations of the fixed prompts."""
+
+    rows: pd.DataFrame
+
+    @classmethod
+    def load(cls, name: str = "attention_probes", hardware: str = "h100", results: Path | None = None) -> "ProbeResults":
+        from .experiments import RESULT, read_run
+        from .train import TrainConfig
+
+        folder = Path(results) if results is not None else data_root() / "results" / name
+        source = experiment(experiment(name).design(hardware).source).design(hardware)
+        rows = []
+        for path in sorted(folder.glob(f"*{RESULT}")):
+            header, _, final = read_run(path)
+            if final is None or "attention_entropy" not in final:
+                continue
+            config = TrainConfig(**header["provenance"]["config"])
+            rows.append({"architecture": source.setting_of(config), "optimizer": config.optimizer, "seed": config.seed,
+                         "entropy": np.array(final["attention_entropy"]), "continuations": final["continuations"]})
+        if not rows:
+            raise FileNotFoundError(f"no probed runs in {folder}: run `python -m muonlib.experiments run {name}` on a GPU first")
+        return cls(pd.DataFrame(rows))
+
+    def entropy_table(self) -> pd.DataFrame:
+        """Per architecture and optimizer: the mean entropy over every head, the lowest and
+        highest head's, and the mean of each layer (first to last)."""
+        rows = []
+        for r in self.rows.itertuples():
+            rows.append({"architecture": r.architecture, "optimizer": r.optimizer, "mean": r.entropy.mean(),
+                         "lowest head": r.entropy.min(), "highest head": r.entropy.max(),
+                         **{f"layer {i + 1}": layer.mean() for i, layer in enumerate(r.entropy)}})
+        return pd.DataFrame(rows).groupby(["architecture", "optimizer"], sort=False).mean()
+
+    def continuation_table(self) -> pd.DataFrame:
+        """Every prompt's greedy and sampled continuation, by architecture and optimizer."""
+        return pd.DataFrame([{"architecture": r.architecture, "optimizer": r.optimizer, **c}
+                             for r in self.rows.itertuples() for c in r.continuations]).set_index(["prompt", "architecture", "optimizer"])
+
+
 # ---------------------------------------------------------------- every run the book holds
 
 

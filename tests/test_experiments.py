@@ -387,3 +387,20 @@ def test_the_attention_probes_retrain_the_architectures_chosen_seed_0_runs():
     retrain, _ = experiments.experiment("attention_probes").design("h100").plan("h100", {})
     assert len(retrain) == 8 and {run_id(c, "h100") for c in retrain} <= chosen
     assert experiments.experiment("attention_probes").probes and not experiments.experiment("architectures").probes
+
+
+def test_probe_results_read_what_the_probing_runs_recorded(tmp_path, monkeypatch):
+    from muonlib.experiments import run_one
+    from muonlib.probes import PROMPTS
+    from muonlib.results import ProbeResults
+
+    monkeypatch.setenv("MUONLIB_DATA", str(tmp_path))
+    prepare("sample", tmp_path)
+    source = experiments.architectures("cpu")
+    for variant in ("mha", "mla"):  # the architectures experiment's CPU settings, as attention_probes retrains them
+        run_one(source.config(variant, "adamw", 2e-3), "cpu", tmp_path / "results" / "attention_probes", tmp_path / "runs", probes=True)
+    probes = ProbeResults.load(hardware="cpu", results=tmp_path / "results" / "attention_probes")
+    table = probes.entropy_table()
+    assert list(table.index) == [("mha", "adamw"), ("mla", "adamw")]
+    assert (table["lowest head"] <= table["mean"]).all() and (table["mean"] <= table["highest head"]).all()
+    assert set(probes.continuation_table().index.get_level_values("prompt")) == set(PROMPTS)
