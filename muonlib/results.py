@@ -632,10 +632,16 @@ class BatchSizeResults(LadderResults):
                                  "R": t["adamw"] / t["muon"], "difference": t["adamw"] - t["muon"]})
         return pd.DataFrame(rows)
 
+    @cached_property
+    def reach(self) -> pd.DataFrame:
+        """:meth:`reach_table` at the default :meth:`targets`, computed once for every table
+        and verdict that reads it."""
+        return self.reach_table()
+
     def ratio_summary(self, targets: list[float] | None = None) -> pd.DataFrame:
         """Per target and batch where both optimizers reach it at every seed: ``R`` over the
         seeds (:class:`~muonlib.analysis.SeedSpread`), the mean token difference and each optimizer's mean steps."""
-        reach = self.reach_table(targets).dropna(subset=["R"])
+        reach = (self.reach if targets is None else self.reach_table(targets)).dropna(subset=["R"])
         rows = []
         for (target, batch), g in reach.groupby(["target", "batch"], sort=False):
             if len(g) < len(self.chosen(batch, "muon").seed.unique()):
@@ -648,8 +654,7 @@ class BatchSizeResults(LadderResults):
     def one_sided_cells(self) -> dict[str, int]:
         """Target-and-batch cells that every seed of one optimizer reaches and no seed of the
         other does (``R`` infinite or zero, so not in :meth:`ratio_summary`), by who reaches them."""
-        reach = self.reach_table()
-        cells = reach.groupby(["target", "batch"]).agg(adamw=("AdamW tokens", lambda t: t.notna().all()),
+        cells = self.reach.groupby(["target", "batch"]).agg(adamw=("AdamW tokens", lambda t: t.notna().all()),
                                                        muon=("Muon tokens", lambda t: t.notna().all()),
                                                        adamw_none=("AdamW tokens", lambda t: t.isna().all()),
                                                        muon_none=("Muon tokens", lambda t: t.isna().all()))
