@@ -19,7 +19,7 @@ from torch.optim import Optimizer
 
 from .distributed import Shard
 from .fused import ITERATION_DTYPE, FusedMuonStep, fusable
-from .linalg import NORM_FLOOR, CoefficientSpec, frobenius_scaled, msign, newton_schulz, rms_scaled
+from .linalg import NORM_FLOOR, CoefficientSpec, frobenius_scaled, msign, msign_by_gram, newton_schulz, rms_scaled
 
 AdjustLR = Literal["match_rms_adamw", "original", "dynamic_rms"] | None
 #: the RMS of an AdamW update, which "match_rms_adamw" gives Muon's updates (Moonlight)
@@ -70,8 +70,8 @@ def orthogonalize(
         raise ValueError(f"orthogonalize must be one of {METHODS}, got {method!r}")
 
     def solve(batch: Tensor) -> Tensor:
-        if method == "svd":
-            return msign(batch.double() if batch.dtype == torch.float64 else batch.float())
+        if method == "svd":  # float64 stays the reference SVD; lower precision takes the GPU-fast exact route
+            return msign(batch) if batch.dtype == torch.float64 else msign_by_gram(batch)
         if method == "frobenius":
             return frobenius_scaled(batch, eps)
         return newton_schulz(batch, steps=steps, coefficients=coefficients, dtype=dtype, eps=eps)

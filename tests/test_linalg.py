@@ -13,6 +13,7 @@ from muonlib.linalg import (
     coefficient_schedule,
     frobenius_scaled,
     msign,
+    msign_by_gram,
     newton_schulz,
     newton_schulz_flops,
     newton_schulz_step,
@@ -65,6 +66,30 @@ def test_msign_zero_and_batched():
     for i in range(2):
         for j in range(3):
             assert torch.allclose(U[i, j], msign(G[i, j]), atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(48, 48), (32, 96), (96, 32), (3, 17)])
+def test_msign_by_gram_is_msign_to_float32_accuracy(shape):
+    """The exact route the optimizer takes for float32 updates, against the float64 SVD,
+    on a spread spectrum (condition number 1e3, where the Gram matrix's is 1e6)."""
+    m, n = shape
+    k = min(m, n)
+    P, _ = torch.linalg.qr(random_matrix(m, k, 0))
+    Q, _ = torch.linalg.qr(random_matrix(n, k, 1))
+    G = (P * torch.logspace(0, -3, k, dtype=F64)) @ Q.mT
+    U = msign_by_gram(G.float())
+    assert U.dtype == torch.float32
+    assert rel(U.double(), msign(G)) < 1e-5
+
+
+def test_msign_by_gram_drops_null_directions_and_maps_zero_to_zero():
+    G = (random_matrix(8, 3, 0) @ random_matrix(3, 6, 1)).float()  # rank 3
+    s = torch.linalg.svdvals(msign_by_gram(G).double())
+    assert torch.allclose(s[:3], torch.ones(3, dtype=F64), atol=1e-5)
+    assert s[3:].abs().max() < 1e-5
+    assert torch.equal(msign_by_gram(torch.zeros(2, 4, 5)), torch.zeros(2, 4, 5))
+    with pytest.raises(ValueError, match="use msign"):
+        msign_by_gram(G.double())
 
 
 @pytest.mark.parametrize("coefficients,steps,tol", [("taylor", 12, 1e-9), ("cubic", 30, 1e-9), ("polar_express", 12, 1e-9)])

@@ -119,6 +119,15 @@ def test_update_rms_matches_adamw_scale():
     assert adjusted_lr(0.5, (10, 20), None) == 0.5
 
 
+def test_exact_muon_in_float32_takes_the_float64_step():
+    """orthogonalize="svd" on float32 weights (the route a GPU run takes) against float64."""
+    torch.manual_seed(5)
+    W0, grads = torch.randn(3, 24, 40, dtype=F64), [torch.randn(3, 24, 40, dtype=F64) for _ in range(3)]
+    reference = run_steps(lambda p: Muon(p, lr=0.05, orthogonalize="svd"), W0, grads)
+    single = run_steps(lambda p: Muon(p, lr=0.05, orthogonalize="svd"), W0.float(), [g.float() for g in grads])
+    assert (single.double() - reference).abs().max() < 1e-5
+
+
 def test_muon_3d_stack_is_orthogonalised_per_expert():
     torch.manual_seed(4)
     G = torch.randn(3, 8, 16) * torch.tensor([1e-5, 1.0, 1e4]).view(3, 1, 1)
