@@ -378,14 +378,19 @@ def test_a_probing_run_records_attention_entropy_and_continuations_then_drops_it
     assert not (tmp_path / "runs" / run_id(config, "cpu") / "checkpoint.pt").exists()
 
 
-def test_the_attention_probes_retrain_the_architectures_chosen_seed_0_runs():
+def test_the_attention_probes_retrain_the_architectures_chosen_runs_mha_and_mla_at_three_seeds():
     from muonlib.experiments import finished_runs, result_folders
 
     source = experiments.experiment("architectures").design("h100")
     wanted, decided = source.plan("h100", finished_runs(result_folders("architectures")))
-    chosen = {run_id(c, "h100") for c in wanted if c.seed == 0 and c.lr == decided.rates[source.setting_of(c), c.optimizer]}
+    chosen = {run_id(c, "h100") for c in wanted if c.lr == decided.rates[source.setting_of(c), c.optimizer]}
     retrain, _ = experiments.experiment("attention_probes").design("h100").plan("h100", {})
-    assert len(retrain) == 8 and {run_id(c, "h100") for c in retrain} <= chosen
+    assert {run_id(c, "h100") for c in retrain} <= chosen
+    seeds = {(source.setting_of(c), c.optimizer): [] for c in retrain}
+    for c in retrain:
+        seeds[source.setting_of(c), c.optimizer].append(c.seed)
+    assert seeds == {(s, o): [0, 1, 2] if s in ("mha", "mla") else [0]
+                     for s in ("mha", "mla", "mla-norope", "moe-mla") for o in ("adamw", "muon")}
     assert experiments.experiment("attention_probes").probes and not experiments.experiment("architectures").probes
 
 
