@@ -48,8 +48,8 @@ def read_claims(path: Path = BOOK / "claims.yml") -> list[dict]:
 
 def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple[str, ...]]]:
     """Claim -> (verdict, evidence, chapters), from the saved results, as the chapters compute them."""
-    from .results import (AblationResults, ArchitectureResults, BatchSizeResults, ComparisonResults, DecodeResults, ScalingResults,
-                          combine_verdicts, every_run_table, stability_verdict)
+    from .results import (AblationResults, ArchitectureResults, BatchSizeResults, ComparisonResults, DecodeResults, ProbeResults,
+                          ScalingResults, combine_verdicts, every_run_table, stability_verdict)
 
     xs = ComparisonResults.load("xs_muon_vs_adamw", hardware).verdicts()
     scaling = ScalingResults.load("scaling", hardware)
@@ -88,6 +88,8 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
     architectures = ArchitectureResults.load("architectures", hardware).verdicts()
     for claim in architectures.index.drop("M24"):
         rows[claim] = (architectures.verdict[claim], architectures.ours[claim], (ARCHITECTURES_CHAPTER,))
+    probes = ProbeResults.load("attention_probes", hardware).verdicts()
+    rows["M28"] = (probes.verdict["M28"], probes.ours["M28"], (ARCHITECTURES_CHAPTER,))
     parts = [architectures.verdict["M24"], decode.verdict["E1"], decode.verdict["E2"]]  # a conjunction: one false part refutes it
     rows["M24"] = ("refuted" if "refuted" in parts else combine_verdicts(parts),
                    f"perplexity: {architectures.ours['M24']} (S, over MHA + AdamW); KV memory: {decode.ours['E1']}; speed: {decode.ours['E2']}",
