@@ -270,7 +270,7 @@ def bench_data_parallel_step(size: str, optimizer: str, batch: int, iters: int) 
     total tokens/s, and the optimizer step's median GPU time on a rank."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from .distributed import launch
+    from .distributed import compile_data_parallel, launch
 
     run = launch()
     device = torch.device("cuda", run.local_rank) if torch.cuda.is_available() else torch.device("cpu")
@@ -278,7 +278,7 @@ def bench_data_parallel_step(size: str, optimizer: str, batch: int, iters: int) 
     torch.manual_seed(0)
     model = GPT(config).to(device).train()
     parallel = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if run.distributed else model
-    step_model = torch.compile(parallel) if device.type == "cuda" else parallel
+    step_model = (compile_data_parallel(parallel) if run.distributed else torch.compile(parallel)) if device.type == "cuda" else parallel
     name, options = {"adamw": ("adamw", {}), "muon": ("muon", {"distributed": run.distributed}),
                      "muon-redundant": ("muon", {})}[optimizer]
     opt = build_optimizer(model, name, lr=1e-3, **options)

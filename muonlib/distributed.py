@@ -54,6 +54,19 @@ def launch() -> Launch:
     return Launch(rank, world, local_rank)
 
 
+def compile_data_parallel(module: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` of a DistributedDataParallel module as one graph. By default dynamo
+    splits the graph at every gradient bucket so that each bucket's all-reduce overlaps the
+    rest of the backward; at L on 4 H100s (16 x 512 tokens per GPU, AdamW) the split model
+    stepped in 33.8 ms and the unsplit one, whose all-reduces all follow the backward, in
+    27.7 ms: the fusions the split loses cost more than the overlap saves. Sets dynamo's
+    process-wide ``optimize_ddp``, which only DDP-wrapped modules read."""
+    import torch._dynamo
+
+    torch._dynamo.config.optimize_ddp = False
+    return torch.compile(module)
+
+
 @dataclass(frozen=True)
 class Shard:
     """This rank's share of a batch of matrices: slice ``rank`` of ``world`` equal slices."""

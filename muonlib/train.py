@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .data import VOCAB_SIZE, TokenBatches, evaluation_batches, load_manifest, load_tokens
-from .distributed import Launch, agree, all_reduce_sum, distributed_now, launch
+from .distributed import Launch, agree, all_reduce_sum, compile_data_parallel, distributed_now, launch
 from .models import GPT, preset
 from .models.moe import MoE
 from .optim import build_optimizer
@@ -368,7 +368,7 @@ def _train(config: TrainConfig, out_dir: Path, progress: bool, should_stop: Call
     saved_step = start
     parallel = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                        broadcast_buffers=False) if run.distributed else model  # MoE buffers: summed below
-    step_model = torch.compile(parallel) if config.compile else parallel
+    step_model = (compile_data_parallel(parallel) if run.distributed else torch.compile(parallel)) if config.compile else parallel
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
