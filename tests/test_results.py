@@ -317,8 +317,25 @@ def test_companion_claims_as_the_chapter_states_them(architectures):
         assert small.low < 0 < small.high and abs(small.mean) < 0.5  # as good as dense, not 6.9% better
         assert architectures.loss_change("moe-mla flop-matched", "mha", opt).low > 0  # on dense's FLOPs: worse, every seed
     assert dict(v.verdict) == {"M23": "holds only under conditions", "M24": "refuted", "E3": "holds only under conditions",
-                               "E4": "refuted", "E5": "refuted", "E7": "holds only under conditions", "E8": "refuted",
+                               "E4": "refuted", "E5": "refuted", "E7": "holds only under conditions", "E8": "refuted", "A1": "holds only under conditions",
                                "A2": "holds only under conditions"}
+
+
+def test_a1_mla_saves_more_cache_than_claimed_and_its_loss_cost_depends_on_the_optimizer(architectures):
+    from muonlib.analysis import SeedSpread
+    from muonlib.models import kv_cache_elements_per_token, preset
+    from muonlib.results import PAPER_QUALITY, saving_band
+
+    cost = {o: architectures.loss_change("mla", "mha", o) for o in ("adamw", "muon")}
+    assert cost["adamw"].low > 0 and cost["muon"].high < 0  # the chapter: a cost with AdamW, a gain with Muon, every seed pair
+    assert all(abs(c.mean) < 1 for c in cost.values())  # "costs little"
+    assert "holds only under conditions" == architectures.verdicts().verdict["A1"]
+    mla, mha = (kv_cache_elements_per_token(preset(architectures.size(), a)) for a in ("mla", "mha"))
+    assert 100 * (1 - mla / mha) > PAPER_QUALITY["A1 cache"] + 2  # "saves more cache than the MLA paper says"
+    assert saving_band(46, 45) == "verified" and saving_band(30, 45) == "refuted"
+    assert ArchitectureResults.cost_band(SeedSpread((0.2, 0.4)), 0.3) == "verified"
+    assert ArchitectureResults.cost_band(SeedSpread((0.7, 0.9)), 0.3) == "refuted"
+    assert ArchitectureResults.cost_band(SeedSpread((-0.4, -0.1)), 0.3) == "holds only under conditions"
 
 
 # ---------------------------------------------------------------- what the trained models attend to
