@@ -37,6 +37,22 @@ def glue(name: str, value: Any) -> Any:
     return value
 
 
+def keep_results(name: str) -> Path:
+    """Pack experiment ``name``'s results into ``<name>-results.tar`` beside the notebook and,
+    on Colab, download it: the runtime's disk goes when it ends. ``python -m muonlib.experiments
+    unpack`` puts the archive's runs back into ``data/results/`` on any machine."""
+    from .data import on_colab
+    from .experiments import pack
+
+    archive = Path(f"{name}-results.tar").resolve()
+    pack(name, archive)
+    if on_colab():
+        from google.colab import files
+
+        files.download(str(archive))
+    return archive
+
+
 def house_style() -> None:
     """Seaborn's white grid, vector figures, sizes that fit the book's column."""
     import matplotlib as mpl

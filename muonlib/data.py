@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import urllib.request
@@ -286,6 +287,20 @@ def corpus_dir(name: str, root: Path | None = None) -> Path:
     return (root or data_root()) / "cache" / name
 
 
+def is_prepared(name: str, root: Path | None = None) -> bool:
+    return (corpus_dir(name, root) / "manifest.json").exists()
+
+
+def on_colab() -> bool:
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def default_corpus() -> str:
+    """What experiments train on where they are not pinned to the saved runs' data: TinyStories
+    on Colab, where there is internet, else the offline mixture (whose sources npm fetches)."""
+    return "tinystories" if on_colab() else "mix"
+
+
 def archive_sha256(path: Path) -> str:
     if path.is_dir():
         digest = hashlib.sha256()
@@ -474,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({s: v["tokens"] for s, v in manifest["splits"].items()}))
     else:
         for name, corpus in CORPORA.items():
-            prepared = (corpus_dir(name) / "manifest.json").exists()
+            prepared = is_prepared(name)
             print(f"{name:12s} {'prepared' if prepared else '-':9s} {corpus.description}; sources: {corpus.version}")
 
 

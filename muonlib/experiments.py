@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from .analysis import SWEEP_FACTOR, choose_warmup, loss_or_inf, sweep_rates
-from .data import data_root, gpt2_tokenizer
+from .data import data_root, default_corpus, gpt2_tokenizer, is_prepared, prepare
 from .hardware import PRESETS, detect_hardware
 from .runner import Job, Report, run_queue, slots, terminate_as_interrupt, worker_signals
 from .train import TrainConfig, TrainingDiverged, TrainingStopped, train
@@ -407,9 +407,10 @@ def run_config(base: TrainConfig, optimizer: str, steps: int, warmup: float, lr:
 
 
 def xs_comparison(hardware: str) -> Comparison:
-    """XS with MHA on the offline mixture (Gutenberg, State of the Union, Brown) at 400, 1200
-    and 2400 steps of 16 x 512 tokens; the warm-up is checked at Table 1's rate for XS
-    (2.5e-3) and beside each optimizer's earlier optimum. On a CPU, the tiny model on the
+    """XS with MHA on the offline mixture (Gutenberg, State of the Union, Brown; a T4 or an
+    A100 on :func:`muonlib.data.default_corpus`, TinyStories on Colab) at 400, 1200 and 2400
+    steps of 16 x 512 tokens; the warm-up is checked at Table 1's rate for XS (2.5e-3) and
+    beside each optimizer's earlier optimum. On a CPU, the tiny model on the
     committed sample at 40 and 80 steps shows the protocol end to end in a few minutes."""
     paper = dict(weight_decay=0.1, grad_clip=1.0, optimizer_options={})
     if hardware == "cpu":
@@ -417,7 +418,8 @@ def xs_comparison(hardware: str) -> Comparison:
         return Comparison(base, budgets=(40, 80), warmups=(0.05, 0.2), warmup_rates={"adamw": (2e-3,), "muon": (8e-3,)},
                           warmup_adamw_lr=2e-3, grids={"adamw": (2e-3, 4e-3, 8e-3), "muon": (4e-3, 8e-3, 1.6e-2)}, evaluations=10)
     accum = 2 if hardware == "t4" else 1  # 16 GB: two micro-batches of 8
-    base = TrainConfig(model="XS", corpus="mix", batch_size=16 // accum, grad_accum=accum, eval_tokens=2**17,
+    corpus = "mix" if hardware == "h100" else default_corpus()  # the saved runs' data; Colab's GPUs train on TinyStories
+    base = TrainConfig(model="XS", corpus=corpus, batch_size=16 // accum, grad_accum=accum, eval_tokens=2**17,
                        compile=hardware != "t4", **paper)
     return Comparison(base, budgets=(400, 1200, 2400), warmups=(0.02, 0.05, 0.1, 0.2),
                       warmup_rates={"adamw": (1.25e-3, 2.5e-3), "muon": (5e-3, 1e-2)}, warmup_adamw_lr=2.5e-3,
@@ -626,10 +628,11 @@ def finished_runs(folders: list[Path]) -> dict[str, dict]:
 
 
 def run(name: str, hardware: str | None = None, results: Path | None = None, gpus: int | None = None, per_gpu: int = 1,
-        workers: int = 1, progress: bool = True, deadline: float | None = None) -> Report:
+        workers: int = 1, progress: bool = True, deadline: float | None = None, prepare_data: bool = True) -> Report:
     """Run (or finish) an experiment over every visible GPU (``gpus`` of them, ``per_gpu``
     runs sharing each) or ``workers`` CPU processes; returns what happened. New results go
-    to the experiment's own folder; runs another experiment it reads has finished are used."""
+    to the experiment's own folder; runs another experiment it reads has finished are used.
+    With ``prepare_data`` the corpora its runs need are prepared first where they are not."""
     design = experiment(name).design
     hardware = hardware or detect_hardware().preset
     check_preset(hardware)
@@ -641,6 +644,9 @@ def run(name: str, hardware: str | None = None, results: Path | None = None, gpu
     probes = ("--probes",) if experiment(name).probes else ()
     if probes:
         gpt2_tokenizer()  # the probes decode text after training: fail now, not after every run has trained
+    for corpus in sorted({c.corpus for c in comparison.plan(hardware, finals)[0]} if prepare_data else ()):
+        if not is_prepared(corpus):
+            prepare(corpus)
 
     def is_finished(run: str) -> bool:
         if run not in finals and (path := result_path(results, run)).exists() and (final := read_run(path)[2]) is not None:

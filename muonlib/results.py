@@ -1012,7 +1012,8 @@ class ArchitectureResults(LadderResults):
 
     def a1_row(self) -> dict:
         """A1, MLA with RoPE at r = d/2 against MHA, both halves: the cache saving (analytic; the
-        decode chapter measures it within a fraction of a percent) by :func:`saving_band`, and the test-loss cost by :meth:`cost_band`."""
+        decode chapter measures it within a fraction of a percent) by ``saving_band``, and the
+        test-loss cost by :meth:`cost_band`."""
         from .models import kv_cache_elements_per_token, preset
 
         saving = 100 * (1 - kv_cache_elements_per_token(preset(self.size(), "mla")) / kv_cache_elements_per_token(preset(self.size(), "mha")))
@@ -1176,7 +1177,7 @@ class ProbeResults:
 
     def entropy_table(self) -> pd.DataFrame:
         """Per architecture and optimizer (means over seeds): the mean entropy over every
-        head, the lowest and highest head's, the heads below :data:`SHARP_HEAD` nats, and the
+        head, the lowest and highest head's, the heads below ``SHARP_HEAD`` nats, and the
         mean of each layer (first to last)."""
         rows = []
         for r in self.rows.itertuples():

@@ -191,7 +191,7 @@ def test_a_crashing_run_is_reported_and_the_others_go_on(toy, monkeypatch):
         return [dataclasses.replace(c, corpus="sotu") if c.optimizer == "muon" and c.seed == 1 else c for c in wanted], decisions
 
     monkeypatch.setattr(Comparison, "plan", one_bad_run)
-    report = run("toy", "cpu", workers=2, progress=False)
+    report = run("toy", "cpu", workers=2, progress=False, prepare_data=False)  # the runner's isolation, not the preparation
     assert len(report.finished) == 3 and len(report.failed) == 1
     (bad, tail), = report.failed.items()
     assert "-muon-" in bad and "prepare sotu" in tail  # the end of its log says why
@@ -419,3 +419,53 @@ def test_probe_results_read_what_the_probing_runs_recorded(tmp_path, monkeypatch
     assert list(table.index) == [("mha", "adamw"), ("mla", "adamw")]
     assert (table["lowest head"] <= table["mean"]).all() and (table["mean"] <= table["highest head"]).all()
     assert set(probes.continuation_table().index.get_level_values("prompt")) == set(PROMPTS)
+
+
+# ---------------------------------------------------------------- a notebook's rerun, on Colab and elsewhere
+
+
+@pytest.fixture
+def colab(monkeypatch):
+    """A stand-in for Colab's ``google.colab`` module that records what it was asked to download."""
+    import types
+
+    downloads = []
+    files = types.SimpleNamespace(download=downloads.append)
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", types.SimpleNamespace(files=files))
+    return downloads
+
+
+def test_colabs_gpus_train_on_tinystories_and_the_saved_runs_preset_on_their_own_data(colab):
+    assert experiments.xs_comparison("t4").base.corpus == "tinystories"
+    assert experiments.xs_comparison("a100").base.corpus == "tinystories"
+    assert experiments.xs_comparison("h100").base.corpus == "mix"  # the saved runs' plan is unchanged
+
+
+def test_without_colab_every_gpu_trains_on_the_offline_mixture(monkeypatch):
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+    assert {experiments.xs_comparison(h).base.corpus for h in ("t4", "a100", "h100")} == {"mix"}
+
+
+def test_a_run_prepares_the_corpora_it_needs_first_and_only_those_missing(toy, monkeypatch):
+    prepared = []
+    monkeypatch.setattr(experiments, "prepare", prepared.append)
+    monkeypatch.setattr(experiments, "run_queue", lambda *a, **k: None)
+    run("toy", "cpu", progress=False)
+    assert prepared == []  # the fixture prepared the sample
+    monkeypatch.setattr(experiments, "is_prepared", lambda corpus: False)
+    run("toy", "cpu", progress=False)
+    assert prepared == ["sample"]
+
+
+def test_keep_results_packs_an_experiments_runs_and_colab_downloads_them(tmp_path, monkeypatch, colab):
+    from muonlib.book import keep_results
+
+    monkeypatch.setenv("MUONLIB_DATA", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    for i in range(2):
+        fake_result(tmp_path / "data" / "results" / "toy" / f"run{i}.jsonl.gz")
+    archive = keep_results("toy")
+    assert colab == [str(archive)] and archive == tmp_path / "toy-results.tar"
+    assert sorted(tarfile.open(archive).getnames()) == ["toy/run0.jsonl.gz", "toy/run1.jsonl.gz"]
+    assert unpack(archive, tmp_path / "elsewhere")["added"] == ["toy/run0.jsonl.gz", "toy/run1.jsonl.gz"]
