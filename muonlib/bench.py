@@ -1,9 +1,9 @@
 """Benchmarks that measure side by side in one run and write ``data/bench/*.json`` with provenance.
 
-    python -m muonlib.bench models --out data/bench    # fwd+bwd per size/variant, KV cache, MoE vs dense, train step
-    python -m muonlib.bench optim --out data/bench     # Muon step vs torch.optim.Muon vs AdamW
-    python -m muonlib.bench ns --out data/bench        # Newton-Schulz per shape: torch, compiled, Triton
-    python -m muonlib.bench profile --out data/bench   # GPU time of a Muon step by kind of kernel (GPU only)
+    python -m muonlib.bench models                    # fwd+bwd per size/variant, KV cache, MoE vs dense, train step
+    python -m muonlib.bench optim                     # Muon step vs torch.optim.Muon vs AdamW
+    python -m muonlib.bench ns                        # Newton-Schulz per shape: torch, compiled, Triton
+    python -m muonlib.bench profile                   # GPU time of a Muon step by kind of kernel (GPU only)
     python -m muonlib.bench ddp --sizes L --optimizers adamw,muon,muon-redundant   # data-parallel scaling over 1, 2, 4 GPUs
 
 Runs on a CPU too (with ``--sizes tiny``), which is how the tests keep it working.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 import time
 from collections import defaultdict
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 
 from . import linalg
+from .data import data_root
 from .models import GPT, MLP, MoE, kv_cache_bytes, preset
 from .optim import Muon, build_optimizer, classify_parameters
 from .provenance import check_replaceable, write_json
@@ -317,7 +319,6 @@ def data_parallel_scaling(size: str, optimizers: list[str], gpu_counts: list[int
     """:func:`bench_data_parallel_step` for every optimizer and GPU count, one ``torchrun``
     launch each, side by side; adds each row's speed-up over one GPU and Muon's share of
     AdamW's tokens/s at the same GPU count."""
-    import json
     import subprocess
     import sys
     import tempfile
@@ -514,10 +515,23 @@ NS_SHAPES = ("24x256x256,12x256x1024,48x512x512,24x512x2048,48x768x768,24x768x30
              "8x2048x2048,4x2048x8192,2x4096x4096,1x4096x16384,1x8192x8192")
 
 
-def main(argv: list[str] | None = None) -> None:
+def remeasure(stem: str) -> Path:
+    """Measure ``data/bench/<stem>.json`` again on this machine, with the options its provenance
+    recorded, and replace it: how a chapter reruns the benchmarks it reads."""
+    saved = data_root() / "bench" / f"{stem}.json"
+    config = json.loads(saved.read_text())["provenance"]["config"]
+    argv = [config["what"], "--out", str(saved.parent), "--name", stem, "--force"]
+    for action in command_line()._get_optional_actions():
+        if action.dest in config and action.dest not in ("help", "out", "name", "force") and config[action.dest] is not None:
+            argv += [action.option_strings[0], str(config[action.dest])]
+    main(argv)
+    return saved
+
+
+def command_line() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m muonlib.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["models", "optim", "ns", "profile", "ddp", "ddp-worker", "decode"])
-    parser.add_argument("--out", default="data/bench")
+    parser.add_argument("--out", default=None, help="folder of the results (default: the data folder's bench/, where the book reads them)")
     parser.add_argument("--name", default=None, help="output file stem (default: the benchmark's name)")
     parser.add_argument("--parts", default="fwd_bwd,kv,moe,train", help="which model benchmarks to run")
     parser.add_argument("--sizes", default="XS,S,M,L,XL")
@@ -531,14 +545,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu-counts", default="1,2,4", help="`ddp`: the numbers of GPUs to launch")
     parser.add_argument("--batches", default="1,16,64,256", help="`decode`: batch sizes")
     parser.add_argument("--long-context", type=int, default=2048, help="`decode`: the longer context MHA and MLA also run at")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = command_line().parse_args(argv)
     if args.what == "ddp-worker":  # one torchrun process of `ddp`: rank 0 writes its row to --out
         row = bench_data_parallel_step(args.sizes, args.optimizers, args.batch, args.iters)
         if row is not None:
-            Path(args.out).write_text(__import__("json").dumps(row))
+            Path(args.out).write_text(json.dumps(row))
         return
     sizes, variants = args.sizes.split(","), args.variants.split(",")
-    out = Path(args.out)
+    out = Path(args.out) if args.out is not None else data_root() / "bench"
     config = vars(args)
     stems = {"optim": "optimizer_step", "profile": "optimizer_profile", "ns": "newton_schulz", "models": "models",
              "ddp": "data_parallel", "decode": "decode"}

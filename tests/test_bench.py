@@ -23,6 +23,14 @@ def test_optimizer_benchmark_writes_provenance(tmp_path):
     assert len(moe) == len(expected) and moe[0]["n_matrices"] > experts
 
 
+def test_results_go_where_the_book_reads_them_from_any_working_folder(tmp_path, monkeypatch):
+    # a notebook's rerun runs in its own folder: a path relative to it would miss the data folder
+    monkeypatch.setenv("MUONLIB_DATA", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    bench.main(["ns", "--ns-shapes", "1x8x8", "--iters", "1"])
+    assert (tmp_path / "data" / "bench" / "newton_schulz.json").exists() and not (tmp_path / "bench").exists()
+
+
 def test_newton_schulz_benchmark_compares_the_paths(tmp_path):
     bench.main(["ns", "--out", str(tmp_path), "--ns-shapes", "2x16x40", "--iters", "1"])
     (row,) = json.loads((tmp_path / "newton_schulz.json").read_text())["results"]["newton_schulz"]
@@ -102,3 +110,14 @@ def test_decode_benchmark_measures_cache_bytes_and_a_roofline(tmp_path):
         assert 0 < r["roofline_share"] and r["ceiling_tokens_per_s"] > 0 and r["weight_bytes"] > 0
     per_token = {r["model"]: r["kv_bytes_per_token_layer"] for r in rows}
     assert per_token["mla"] < per_token["mla-full"] < per_token["mha"]
+
+
+def test_a_saved_benchmark_is_remeasured_with_the_options_it_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUONLIB_DATA", str(tmp_path))
+    bench.main(["ns", "--ns-shapes", "1x8x8,2x8x16", "--iters", "1", "--name", "ns_small"])
+    before = json.loads((tmp_path / "bench" / "ns_small.json").read_text())
+    assert bench.remeasure("ns_small") == tmp_path / "bench" / "ns_small.json"
+    after = json.loads((tmp_path / "bench" / "ns_small.json").read_text())
+    assert [(r["batch"], r["p"], r["q"]) for r in after["results"]["newton_schulz"]] == \
+        [(r["batch"], r["p"], r["q"]) for r in before["results"]["newton_schulz"]] == [(1, 8, 8), (2, 8, 16)]
+    assert after["provenance"]["config"]["iters"] == 1 and after["provenance"]["date"] >= before["provenance"]["date"]
