@@ -7,6 +7,10 @@ shape batch of Newton-Schulz into equal slices, one per rank (matrices of one sh
 the same, so equal counts are equal FLOPs); each rank iterates on its slice, and the slices
 are all-gathered, the gather of one shape batch overlapping the iteration of the next.
 The result is the single-process update, bit for bit where the iteration is batch-invariant.
+
+Under FSDP2 (``fully_shard``) each rank holds a piece of every matrix instead:
+:func:`orthogonalize_sharded` gathers each matrix on one rank, its owner, and scatters the
+update back in pieces.
 """
 
 from __future__ import annotations
@@ -102,6 +106,45 @@ class Shard:
             pending.append(dist.all_gather(list(result.split(k)), result[mine].clone(), group=self.group, async_op=True))
         for work in pending:
             work.wait()
+
+
+def is_sharded(t: Tensor) -> bool:
+    """Whether ``t`` is a DTensor: a parameter (or gradient) FSDP2 has split over the ranks."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed support
+        return False
+    return isinstance(t, DTensor)
+
+
+def owners(params: list[Tensor], ranks: list[int]) -> list[int]:
+    """Which rank orthogonalises each matrix (or stack of experts): the largest first, each to
+    the rank with the least Newton-Schulz work so far (``m n min(m, n)`` per matrix), so
+    every rank's share of the FLOPs is about equal; the same on every rank."""
+    load = dict.fromkeys(ranks, 0)
+    work = [p.shape[:-2].numel() * p.shape[-2] * p.shape[-1] * min(p.shape[-2:]) for p in params]
+    owner = [0] * len(params)
+    for i in sorted(range(len(params)), key=lambda i: -work[i]):
+        owner[i] = min(ranks, key=lambda r: (load[r], r))
+        load[owner[i]] += work[i]
+    return owner
+
+
+def orthogonalize_sharded(directions: list[Tensor], params: list[Tensor], orthogonalize: Callable[[Tensor], Tensor]) -> list[Tensor]:
+    """Muon's orthogonalisation for parameters FSDP2 shards (``fully_shard``: DTensors), whose
+    ranks hold different pieces of every matrix. ``directions`` are this rank's local pieces of
+    each parameter's direction; each is gathered whole, ``orthogonalize``-d by its owner
+    (:func:`owners`) alone, and scattered back in the parameter's sharding. Returns this rank's
+    pieces of the updates, in order."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    me = dist.get_rank()
+    out = []
+    for d, p, owner in zip(directions, params, owners(params, params[0].device_mesh.mesh.flatten().tolist())):
+        whole = DTensor.from_local(d, p.device_mesh, p.placements, shape=p.shape, stride=p.stride(), run_check=False).full_tensor()
+        update = orthogonalize(whole).to(whole.dtype) if me == owner else torch.empty_like(whole)  # one dtype on every rank
+        out.append(distribute_tensor(update, p.device_mesh, p.placements, src_data_rank=owner).to_local())
+    return out
 
 
 def distributed_now() -> bool:

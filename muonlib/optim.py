@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from .distributed import Shard
+from .distributed import Shard, is_sharded, orthogonalize_sharded
 from .fused import ITERATION_DTYPE, FusedMuonStep, fusable
 from .linalg import NORM_FLOOR, CoefficientSpec, frobenius_scaled, msign, msign_by_gram, newton_schulz, rms_scaled
 
@@ -262,7 +262,11 @@ class Muon(Optimizer):
     slice of every shape batch and the slices are all-gathered
     (:class:`muonlib.distributed.Shard`); momentum and updates stay replicated, so every rank
     ends the step with the same weights and state as a single process would. It is not the
-    default: ranks whose gradients differ (FSDP, independent models) would mix their updates.
+    default: ranks whose gradients differ (independent models) would mix their updates.
+    Parameters FSDP2 shards (``fully_shard``, DTensors) need no option: momentum stays in
+    pieces like them, and each matrix is gathered whole on one rank, orthogonalised there and
+    scattered back (:func:`muonlib.distributed.orthogonalize_sharded`): the single-process
+    step, with each rank doing a balanced share of the Newton-Schulz work.
 
     Use Muon only for hidden matrices; :func:`build_optimizer` routes embeddings, the
     output head, norms and biases to AdamW. The momentum buffer is kept in float32 even for
@@ -357,6 +361,9 @@ class Muon(Optimizer):
             for key, value in (("eps", NORM_FLOOR), ("distributed", False)):
                 group.setdefault(key, value)  # a state dict saved before these options existed
             with_grads = [p for p in group["params"] if p.grad is not None]
+            if sharded := [p for p in with_grads if is_sharded(p)]:
+                self._sharded_step(group, sharded)
+                with_grads = [p for p in with_grads if not is_sharded(p)]
             if not with_grads:
                 continue
             buffers = [self._momentum_buffer(p) for p in with_grads]
@@ -373,6 +380,26 @@ class Muon(Optimizer):
                 ADAMW_RMS if group["adjust_lr"] == "dynamic_rms" else None,
             )
         return loss
+
+    def _sharded_step(self, group: dict, params: list[Tensor]) -> None:
+        """The step for parameters FSDP2 shards: momentum and the update on this rank's pieces,
+        each matrix orthogonalised whole by one rank (:func:`muonlib.distributed.orthogonalize_sharded`)."""
+        if group["fused"]:
+            raise ValueError("Muon(fused=True) cannot fuse the step of parameters sharded by FSDP2; pass fused=None")
+        if any(p.ndim > 3 for p in params):
+            raise ValueError("Muon cannot view a convolution filter sharded by FSDP2 as a matrix: route it to AdamW, "
+                             "or keep it out of fully_shard")
+        grads = [p.grad.to_local() for p in params]
+        buffers = [self._momentum_buffer(p).to_local() for p in params]
+        directions = momentum_directions(grads, buffers, group["momentum"], group["nesterov"])
+        update_rms = ADAMW_RMS if group["adjust_lr"] == "dynamic_rms" else None
+
+        def solve(whole: Tensor) -> Tensor:
+            (update,) = orthogonalize([whole], group["orthogonalize"], group["ns_steps"], group["ns_coefficients"], eps=group["eps"])
+            return update if update_rms is None else rms_scaled(update, update_rms, group["eps"])
+
+        apply_updates([p.to_local() for p in params], orthogonalize_sharded(directions, params, solve), group["lr"],
+                      group["weight_decay"], [adjusted_lr(1.0, p.shape, group["adjust_lr"]) for p in params])
 
     @staticmethod
     def _shard(group: dict) -> Shard | None:
@@ -411,7 +438,9 @@ class Muon(Optimizer):
     def _momentum_buffer(self, p: Tensor) -> Tensor:
         state = self.state[p]
         dtype = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
-        if "momentum_buffer" not in state:  # shaped like what Muon updates (a filter's matrix)
+        if "momentum_buffer" not in state and is_sharded(p):  # sharded like the parameter
+            state["momentum_buffer"] = torch.zeros_like(p, dtype=dtype)
+        elif "momentum_buffer" not in state:  # shaped like what Muon updates (a filter's matrix)
             state["momentum_buffer"] = torch.zeros(self._matrix(p).shape, dtype=dtype, device=p.device)
         elif state["momentum_buffer"].dtype != dtype:  # load_state_dict casts state to the parameter's dtype
             state["momentum_buffer"] = state["momentum_buffer"].to(dtype)

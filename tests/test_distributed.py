@@ -139,3 +139,80 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused_by_every_rank
     with pytest.raises(Exception):  # every rank raises: spawn reports the first
         mp.spawn(data_parallel_run, args=(WORLD, free_port(), str(sample), str(tmp_path), config, None), nprocs=WORLD)
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+# ---------------------------------------------------------------- FSDP2: parameters sharded over the ranks
+
+
+class Experts(nn.Module):
+    """Two bias-free layers around a stack of two experts, every weight a Muon matrix."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = nn.Linear(16, 24, bias=False), nn.Linear(24, 10, bias=False)
+        self.experts = nn.Parameter(torch.randn(2, 24, 24) / 24**0.5)
+
+    def forward(self, x):
+        h = self.up(x)
+        return self.down(h @ self.experts[0] + torch.tanh(h) @ self.experts[1])
+
+
+def muon_on_experts(model: nn.Module, method: str, steps: int = 3) -> Muon:
+    opt = Muon(model.parameters(), lr=0.02, weight_decay=0.1, orthogonalize=method)
+    for x in torch.randn(steps, 8, 16, generator=torch.Generator().manual_seed(1)):  # the same batches on every rank
+        model(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    return opt
+
+
+def fsdp_muon(rank: int, port: int, method: str, out: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    as_rank(rank, WORLD, port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    orthogonalised = []
+    real = optim_module.orthogonalize
+    optim_module.orthogonalize = lambda updates, *a, **k: orthogonalised.extend(tuple(u.shape) for u in updates) or real(updates, *a, **k)
+    torch.manual_seed(0)
+    model = Experts()
+    mesh = init_device_mesh("cpu", (WORLD,))
+    fully_shard(model.up, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    opt = muon_on_experts(model, method)
+    momenta = [opt.state[p]["momentum_buffer"] for p in model.parameters()]
+    torch.save({"weights": [p.full_tensor() for p in model.parameters()], "momenta": [m.full_tensor() for m in momenta],
+                "in_pieces": [m.to_local().shape[0] < m.shape[0] for m in momenta], "orthogonalised": orthogonalised},
+               Path(out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method", ["newton_schulz", "svd"])
+def test_muon_steps_fsdp2_sharded_parameters_as_one_process_each_matrix_on_one_rank(tmp_path, method):
+    mp.spawn(fsdp_muon, args=(free_port(), method, str(tmp_path)), nprocs=WORLD)
+    torch.manual_seed(0)
+    model = Experts()
+    opt = muon_on_experts(model, method)
+    expected = [p.detach() for p in model.parameters()] + [opt.state[p]["momentum_buffer"] for p in model.parameters()]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    for got in ranks:
+        assert all(got["in_pieces"])  # momentum is sharded like the parameters
+        for a, b in zip(got["weights"] + got["momenta"], expected):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)  # the single-process step
+    # each matrix of each step orthogonalised once, whole, by one rank; both ranks take a share
+    done = [got["orthogonalised"] for got in ranks]
+    assert sorted(done[0] + done[1]) == sorted(tuple(p.shape) for p in model.parameters() for _ in range(3))
+    assert all(done)
+
+
+def test_matrix_owners_balance_newton_schulz_work():
+    from muonlib.distributed import owners
+
+    params = [torch.empty(s) for s in [(2, 24, 24), (24, 16), (10, 24), (24, 24), (24, 24)]]
+    work = [p.shape[:-2].numel() * p.shape[-2] * p.shape[-1] * min(p.shape[-2:]) for p in params]
+    owner = owners(params, [0, 1])
+    load = [sum(w for w, o in zip(work, owner) if o == r) for r in (0, 1)]
+    assert abs(load[0] - load[1]) <= max(work) and set(owner) == {0, 1}
+    assert owner == [0, 0, 1, 1, 1]  # largest first, each to the least loaded rank
+    assert owners(params, [3]) == [3] * len(params)
