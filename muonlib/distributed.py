@@ -9,7 +9,7 @@ are all-gathered, the gather of one shape batch overlapping the iteration of the
 The result is the single-process update, bit for bit where the iteration is batch-invariant.
 
 Under FSDP2 (``fully_shard``) each rank holds a piece of every matrix instead:
-:func:`orthogonalize_sharded` gathers each matrix on one rank, its owner, and scatters the
+``orthogonalize_sharded`` gathers each matrix on one rank, its owner, and scatters the
 update back in pieces.
 """
 

@@ -135,19 +135,21 @@ def badge(verdict: str) -> str:
 
 
 def render_ledger(claims: list[Claim]) -> str:
-    lines = ["# Claims ledger", "",
+    lines = ["---", "html_theme.sidebar_secondary.remove: true  # the table takes the page's width", "---", "", "# Claims ledger", "",
              "Every theorem and quantitative claim of the three papers, with its verdict in this book",
              "(see {ref}`the verdict labels <verdicts>`) and where it is tested. Identifiers: **M** the",
              "main paper {cite:p}`mehta2025muon`, **E** MoE-MLA-RoPE {cite:p}`mehta2025moemla`, **A** the",
              "MLA paper {cite:p}`mehta2025mla`. A claim stays **open** until a chapter has tested it. The",
              "experiment verdicts are computed from the saved runs by the functions their chapters call,",
              "and this page is generated from them (`python -m muonlib.ledger write`).", ""]
-    for part in dict.fromkeys(c.part for c in claims):
-        lines += [f"## {part}", "", "| ID | Verdict | Claim, as the paper states it | Evidence | Tested in |", "|---|---|---|---|---|"]
+    for part in dict.fromkeys(c.part for c in claims):  # the container's class fits the table to the page (_static/muonlib.css)
+        lines += [f"## {part}", "", ":::{container} ledger", "| ID | Verdict | Claim, as the paper states it | Evidence, and where it is tested |",
+                  "|---|---|---|---|"]
         for c in (c for c in claims if c.part == part):
             where = ", ".join(f"{{doc}}`{ch}`" for ch in c.chapters)
-            lines.append(f"| {c.id} | {badge(c.verdict)} | {c.claim} | {c.detail} | {where} |")
-        lines.append("")
+            evidence = f"{c.detail} ({where})" if c.detail and where else c.detail or where
+            lines.append(f"| {c.id} | {badge(c.verdict)} | {c.claim} | {evidence} |")
+        lines += [":::", ""]
     return "\n".join(lines)
 
 

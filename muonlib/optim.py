@@ -265,7 +265,7 @@ class Muon(Optimizer):
     default: ranks whose gradients differ (independent models) would mix their updates.
     Parameters FSDP2 shards (``fully_shard``, DTensors) need no option: momentum stays in
     pieces like them, and each matrix is gathered whole on one rank, orthogonalised there and
-    scattered back (:func:`muonlib.distributed.orthogonalize_sharded`): the single-process
+    scattered back (``muonlib.distributed.orthogonalize_sharded``): the single-process
     step, with each rank doing a balanced share of the Newton-Schulz work.
 
     Use Muon only for hidden matrices; :func:`build_optimizer` routes embeddings, the
@@ -383,7 +383,7 @@ class Muon(Optimizer):
 
     def _sharded_step(self, group: dict, params: list[Tensor]) -> None:
         """The step for parameters FSDP2 shards: momentum and the update on this rank's pieces,
-        each matrix orthogonalised whole by one rank (:func:`muonlib.distributed.orthogonalize_sharded`)."""
+        each matrix orthogonalised whole by one rank (``muonlib.distributed.orthogonalize_sharded``)."""
         if group["fused"]:
             raise ValueError("Muon(fused=True) cannot fuse the step of parameters sharded by FSDP2; pass fused=None")
         if any(p.ndim > 3 for p in params):

@@ -120,3 +120,13 @@ def test_formulas_render_in_a_browser_with_the_network_off(served_book, page):
     assert body.count("<mjx-container") >= 5, "MathJax rendered nothing"
     assert "\\(" not in body and "\\[" not in body, "raw TeX left on the page"
     assert "<mjx-merror" not in body, "MathJax could not parse a formula"
+
+
+def test_the_ledger_fits_the_page_and_the_pages_have_one_search_box(built_book):
+    from muonlib.ledger import read_claims
+
+    ledger = (built_book / "book" / "claims.html").read_text()
+    assert len(re.findall(r'<div class="ledger[^"]*"', ledger)) == len(read_claims())  # every part's table
+    assert "_static/muonlib.css" in ledger and 'id="pst-secondary-sidebar"' not in ledger  # the table takes the width
+    css = (built_book / "_static" / "muonlib.css").read_text()
+    assert "#pst-header" in css and "@media (max-width" in css  # the header's second search box; a phone's layout
