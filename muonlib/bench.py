@@ -517,14 +517,19 @@ NS_SHAPES = ("24x256x256,12x256x1024,48x512x512,24x512x2048,48x768x768,24x768x30
 
 def remeasure(stem: str) -> Path:
     """Measure ``data/bench/<stem>.json`` again on this machine, with the options its provenance
-    recorded, and replace it: how a chapter reruns the benchmarks it reads."""
+    recorded, and replace it once the new measurement is complete (a failure leaves the saved
+    file as it was): how a chapter reruns the benchmarks it reads."""
+    import tempfile
+
     saved = data_root() / "bench" / f"{stem}.json"
     config = json.loads(saved.read_text())["provenance"]["config"]
-    argv = [config["what"], "--out", str(saved.parent), "--name", stem, "--force"]
-    for action in command_line()._get_optional_actions():
-        if action.dest in config and action.dest not in ("help", "out", "name", "force") and config[action.dest] is not None:
-            argv += [action.option_strings[0], str(config[action.dest])]
-    main(argv)
+    with tempfile.TemporaryDirectory(dir=saved.parent) as fresh:
+        argv = [config["what"], "--out", fresh, "--name", stem]
+        for action in command_line()._get_optional_actions():
+            if action.dest in config and action.dest not in ("help", "out", "name", "force") and config[action.dest] is not None:
+                argv += [action.option_strings[0], str(config[action.dest])]
+        main(argv)
+        (Path(fresh) / saved.name).replace(saved)
     return saved
 
 

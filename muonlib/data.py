@@ -295,12 +295,6 @@ def on_colab() -> bool:
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
-def default_corpus() -> str:
-    """What experiments train on where they are not pinned to the saved runs' data: TinyStories
-    on Colab, where there is internet, else the offline mixture (whose sources npm fetches)."""
-    return "tinystories" if on_colab() else "mix"
-
-
 def archive_sha256(path: Path) -> str:
     if path.is_dir():
         digest = hashlib.sha256()

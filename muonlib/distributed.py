@@ -131,20 +131,28 @@ def owners(params: list[Tensor], ranks: list[int]) -> list[int]:
 
 
 def orthogonalize_sharded(directions: list[Tensor], params: list[Tensor], orthogonalize: Callable[[Tensor], Tensor]) -> list[Tensor]:
-    """Muon's orthogonalisation for parameters FSDP2 shards (``fully_shard``: DTensors), whose
-    ranks hold different pieces of every matrix. ``directions`` are this rank's local pieces of
-    each parameter's direction; each is gathered whole, ``orthogonalize``-d by its owner
-    (:func:`owners`) alone, and scattered back in the parameter's sharding. Returns this rank's
+    """Muon's orthogonalisation for parameters FSDP2 shards (``fully_shard``: DTensors on a 1-D
+    device mesh), whose ranks hold different pieces of every matrix. ``directions`` are this
+    rank's pieces of each parameter's direction. Every matrix is gathered whole, then each rank
+    orthogonalises the matrices it owns (:func:`owners`, per mesh), all ranks at once, and each
+    update is scattered back from its owner in the parameter's sharding. Returns this rank's
     pieces of the updates, in order."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
-    me = dist.get_rank()
-    out = []
-    for d, p, owner in zip(directions, params, owners(params, params[0].device_mesh.mesh.flatten().tolist())):
-        whole = DTensor.from_local(d, p.device_mesh, p.placements, shape=p.shape, stride=p.stride(), run_check=False).full_tensor()
-        update = orthogonalize(whole).to(whole.dtype) if me == owner else torch.empty_like(whole)  # one dtype on every rank
-        out.append(distribute_tensor(update, p.device_mesh, p.placements, src_data_rank=owner).to_local())
-    return out
+    meshes = {id(p.device_mesh): p.device_mesh for p in params}
+    if any(mesh.ndim != 1 for mesh in meshes.values()):
+        raise ValueError("Muon takes parameters FSDP2 shards over a 1-D device mesh; a 2-D mesh (HSDP) is not supported: "
+                         "shard over one dimension, or give those parameters to AdamW")
+    owner = [0] * len(params)  # a rank within the parameter's mesh, as distribute_tensor's src_data_rank counts
+    for key, mesh in meshes.items():
+        mine = [i for i, p in enumerate(params) if id(p.device_mesh) == key]
+        for i, o in zip(mine, owners([params[i] for i in mine], list(range(mesh.size())))):
+            owner[i] = o
+    wholes = [DTensor.from_local(d, p.device_mesh, p.placements, shape=p.shape, stride=p.stride(), run_check=False).full_tensor()
+              for d, p in zip(directions, params)]  # every gather first, so that the ranks then iterate side by side
+    updates = [orthogonalize(w).to(w.dtype) if p.device_mesh.get_local_rank() == o else torch.empty_like(w)  # one dtype on every rank
+               for w, p, o in zip(wholes, params, owner)]
+    return [distribute_tensor(u, p.device_mesh, p.placements, src_data_rank=o).to_local() for u, p, o in zip(updates, params, owner)]
 
 
 def distributed_now() -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from .analysis import SWEEP_FACTOR, choose_warmup, loss_or_inf, sweep_rates
-from .data import data_root, default_corpus, gpt2_tokenizer, is_prepared, prepare
+from .data import data_root, gpt2_tokenizer, is_prepared, prepare
 from .hardware import PRESETS, detect_hardware
 from .runner import Job, Report, run_queue, slots, terminate_as_interrupt, worker_signals
 from .train import TrainConfig, TrainingDiverged, TrainingStopped, train
@@ -408,8 +408,8 @@ def run_config(base: TrainConfig, optimizer: str, steps: int, warmup: float, lr:
 
 def xs_comparison(hardware: str) -> Comparison:
     """XS with MHA on the offline mixture (Gutenberg, State of the Union, Brown; a T4 or an
-    A100 on :func:`muonlib.data.default_corpus`, TinyStories on Colab) at 400, 1200 and 2400
-    steps of 16 x 512 tokens; the warm-up is checked at Table 1's rate for XS (2.5e-3) and
+    A100, Colab's GPUs, on TinyStories, downloaded) at 400, 1200 and 2400 steps of 16 x 512
+    tokens; the warm-up is checked at Table 1's rate for XS (2.5e-3) and
     beside each optimizer's earlier optimum. On a CPU, the tiny model on the
     committed sample at 40 and 80 steps shows the protocol end to end in a few minutes."""
     paper = dict(weight_decay=0.1, grad_clip=1.0, optimizer_options={})
@@ -418,7 +418,7 @@ def xs_comparison(hardware: str) -> Comparison:
         return Comparison(base, budgets=(40, 80), warmups=(0.05, 0.2), warmup_rates={"adamw": (2e-3,), "muon": (8e-3,)},
                           warmup_adamw_lr=2e-3, grids={"adamw": (2e-3, 4e-3, 8e-3), "muon": (4e-3, 8e-3, 1.6e-2)}, evaluations=10)
     accum = 2 if hardware == "t4" else 1  # 16 GB: two micro-batches of 8
-    corpus = "mix" if hardware == "h100" else default_corpus()  # the saved runs' data; Colab's GPUs train on TinyStories
+    corpus = "tinystories" if hardware in ("t4", "a100") else "mix"  # Colab's GPUs, where there is internet; the saved runs' data
     base = TrainConfig(model="XS", corpus=corpus, batch_size=16 // accum, grad_accum=accum, eval_tokens=2**17,
                        compile=hardware != "t4", **paper)
     return Comparison(base, budgets=(400, 1200, 2400), warmups=(0.02, 0.05, 0.1, 0.2),

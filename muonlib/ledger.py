@@ -142,7 +142,7 @@ def render_ledger(claims: list[Claim]) -> str:
              "MLA paper {cite:p}`mehta2025mla`. A claim stays **open** until a chapter has tested it. The",
              "experiment verdicts are computed from the saved runs by the functions their chapters call,",
              "and this page is generated from them (`python -m muonlib.ledger write`).", ""]
-    for part in dict.fromkeys(c.part for c in claims):  # the container's class fits the table to the page (_static/muonlib.css)
+    for part in dict.fromkeys(c.part for c in claims):  # the container's class fits the table to the page (_styles/muonlib.css)
         lines += [f"## {part}", "", ":::{container} ledger", "| ID | Verdict | Claim, as the paper states it | Evidence, and where it is tested |",
                   "|---|---|---|---|"]
         for c in (c for c in claims if c.part == part):

@@ -444,6 +444,10 @@ class Muon(Optimizer):
             state["momentum_buffer"] = torch.zeros(self._matrix(p).shape, dtype=dtype, device=p.device)
         elif state["momentum_buffer"].dtype != dtype:  # load_state_dict casts state to the parameter's dtype
             state["momentum_buffer"] = state["momentum_buffer"].to(dtype)
+        if is_sharded(p) and not is_sharded(state["momentum_buffer"]):  # a whole buffer loaded from a full state dict
+            from torch.distributed.tensor import distribute_tensor
+
+            state["momentum_buffer"] = distribute_tensor(state["momentum_buffer"], p.device_mesh, p.placements)
         return state["momentum_buffer"]
 
 

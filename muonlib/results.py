@@ -1006,6 +1006,8 @@ class ArchitectureResults(LadderResults):
         for a cost within twice the claim, "refuted" where every seed pair costs more, and
         "holds only under conditions" where the change is a gain (the claimed trade-off then
         does not arise) or the seeds straddle the bound."""
+        if not change.values:
+            raise ValueError("no seed pair to judge the cost by: the compared settings share no seed")
         if 0 <= change.mean <= 2 * paper:
             return "verified"
         return "refuted" if change.low > 2 * paper else "holds only under conditions"

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from muonlib import bench
 
 
@@ -115,9 +117,15 @@ def test_decode_benchmark_measures_cache_bytes_and_a_roofline(tmp_path):
 def test_a_saved_benchmark_is_remeasured_with_the_options_it_recorded(tmp_path, monkeypatch):
     monkeypatch.setenv("MUONLIB_DATA", str(tmp_path))
     bench.main(["ns", "--ns-shapes", "1x8x8,2x8x16", "--iters", "1", "--name", "ns_small"])
-    before = json.loads((tmp_path / "bench" / "ns_small.json").read_text())
-    assert bench.remeasure("ns_small") == tmp_path / "bench" / "ns_small.json"
-    after = json.loads((tmp_path / "bench" / "ns_small.json").read_text())
+    saved = tmp_path / "bench" / "ns_small.json"
+    before = json.loads(saved.read_text())
+    saved.write_text(json.dumps({**before, "results": {"newton_schulz": []}}))  # rows only a new measurement restores
+    assert bench.remeasure("ns_small") == saved
+    after = json.loads(saved.read_text())
     assert [(r["batch"], r["p"], r["q"]) for r in after["results"]["newton_schulz"]] == \
         [(r["batch"], r["p"], r["q"]) for r in before["results"]["newton_schulz"]] == [(1, 8, 8), (2, 8, 16)]
     assert after["provenance"]["config"]["iters"] == 1 and after["provenance"]["date"] >= before["provenance"]["date"]
+    monkeypatch.setattr(bench, "bench_newton_schulz", lambda *a: 1 / 0)  # a failed measurement keeps the saved file
+    with pytest.raises(ZeroDivisionError):
+        bench.remeasure("ns_small")
+    assert json.loads(saved.read_text()) == after and list(saved.parent.iterdir()) == [saved]

@@ -145,11 +145,12 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused_by_every_rank
 
 
 class Experts(nn.Module):
-    """Two bias-free layers around a stack of two experts, every weight a Muon matrix."""
+    """Two bias-free layers around a stack of two experts, every weight a Muon matrix; the
+    output layer's 9 rows split unevenly over two ranks."""
 
     def __init__(self):
         super().__init__()
-        self.up, self.down = nn.Linear(16, 24, bias=False), nn.Linear(24, 10, bias=False)
+        self.up, self.down = nn.Linear(16, 24, bias=False), nn.Linear(24, 9, bias=False)
         self.experts = nn.Parameter(torch.randn(2, 24, 24) / 24**0.5)
 
     def forward(self, x):
@@ -182,8 +183,14 @@ def fsdp_muon(rank: int, port: int, method: str, out: str) -> None:
     fully_shard(model, mesh=mesh)
     opt = muon_on_experts(model, method)
     momenta = [opt.state[p]["momentum_buffer"] for p in model.parameters()]
+    saved = opt.state_dict()  # as a full (gathered) state dict holds it: whole buffers
+    saved["state"] = {i: {"momentum_buffer": state["momentum_buffer"].full_tensor()} for i, state in saved["state"].items()}
+    reloaded = Muon(model.parameters(), lr=0.02, weight_decay=0.1, orthogonalize=method)
+    reloaded.load_state_dict(saved)
+    resharded = [reloaded._momentum_buffer(p) for p in model.parameters()]
     torch.save({"weights": [p.full_tensor() for p in model.parameters()], "momenta": [m.full_tensor() for m in momenta],
-                "in_pieces": [m.to_local().shape[0] < m.shape[0] for m in momenta], "orthogonalised": orthogonalised},
+                "in_pieces": [m.to_local().shape[0] < m.shape[0] for m in momenta], "orthogonalised": orthogonalised,
+                "reloaded": all(torch.equal(r.to_local(), m.to_local()) for r, m in zip(resharded, momenta))},
                Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -198,6 +205,7 @@ def test_muon_steps_fsdp2_sharded_parameters_as_one_process_each_matrix_on_one_r
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     for got in ranks:
         assert all(got["in_pieces"])  # momentum is sharded like the parameters
+        assert got["reloaded"]  # and a full state dict's whole buffers are sharded again on loading
         for a, b in zip(got["weights"] + got["momenta"], expected):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)  # the single-process step
     # each matrix of each step orthogonalised once, whole, by one rank; both ranks take a share
