@@ -130,11 +130,13 @@ def owners(params: list[Tensor], ranks: list[int]) -> list[int]:
     return owner
 
 
-def orthogonalize_sharded(directions: list[Tensor], params: list[Tensor], orthogonalize: Callable[[Tensor], Tensor]) -> list[Tensor]:
+def orthogonalize_sharded(directions: list[Tensor], params: list[Tensor],
+                          orthogonalize: Callable[[list[Tensor]], list[Tensor]]) -> list[Tensor]:
     """Muon's orthogonalisation for parameters FSDP2 shards (``fully_shard``: DTensors on a 1-D
     device mesh), whose ranks hold different pieces of every matrix. ``directions`` are this
     rank's pieces of each parameter's direction. Every matrix is gathered whole, then each rank
-    orthogonalises the matrices it owns (:func:`owners`, per mesh), all ranks at once, and each
+    orthogonalises the matrices it owns (:func:`owners`, per mesh) in one call, so that
+    ``orthogonalize`` can batch them by shape, all ranks at once, and each
     update is scattered back from its owner in the parameter's sharding. Returns this rank's
     pieces of the updates, in order."""
     from torch.distributed.tensor import DTensor, distribute_tensor
@@ -150,8 +152,10 @@ def orthogonalize_sharded(directions: list[Tensor], params: list[Tensor], orthog
             owner[i] = o
     wholes = [DTensor.from_local(d, p.device_mesh, p.placements, shape=p.shape, stride=p.stride(), run_check=False).full_tensor()
               for d, p in zip(directions, params)]  # every gather first, so that the ranks then iterate side by side
-    updates = [orthogonalize(w).to(w.dtype) if p.device_mesh.get_local_rank() == o else torch.empty_like(w)  # one dtype on every rank
-               for w, p, o in zip(wholes, params, owner)]
+    mine = [i for i, (p, o) in enumerate(zip(params, owner)) if p.device_mesh.get_local_rank() == o]
+    updates = [torch.empty_like(w) for w in wholes]
+    for i, update in zip(mine, orthogonalize([wholes[i] for i in mine]) if mine else []):
+        updates[i] = update.to(wholes[i].dtype)  # one dtype on every rank
     return [distribute_tensor(u, p.device_mesh, p.placements, src_data_rank=o).to_local() for u, p, o in zip(updates, params, owner)]
 
 

@@ -409,8 +409,8 @@ def run_config(base: TrainConfig, optimizer: str, steps: int, warmup: float, lr:
 def xs_comparison(hardware: str) -> Comparison:
     """XS with MHA on the offline mixture (Gutenberg, State of the Union, Brown; a T4 or an
     A100, Colab's GPUs, on TinyStories, downloaded) at 400, 1200 and 2400 steps of 16 x 512
-    tokens; the warm-up is checked at Table 1's rate for XS (2.5e-3) and
-    beside each optimizer's earlier optimum. On a CPU, the tiny model on the
+    tokens; the warm-up is checked at Table 1's rate for XS (2.5e-3) and beside each
+    optimizer's earlier optimum. On a CPU, the tiny model on the
     committed sample at 40 and 80 steps shows the protocol end to end in a few minutes."""
     paper = dict(weight_decay=0.1, grad_clip=1.0, optimizer_options={})
     if hardware == "cpu":

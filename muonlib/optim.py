@@ -377,7 +377,7 @@ class Muon(Optimizer):
                 params, grads, buffers, group["lr"], group["momentum"], group["nesterov"], group["weight_decay"],
                 [adjusted_lr(1.0, p.shape, group["adjust_lr"]) for p in params],
                 group["orthogonalize"], group["ns_steps"], group["ns_coefficients"], group["eps"], shard,
-                ADAMW_RMS if group["adjust_lr"] == "dynamic_rms" else None,
+                self._update_rms(group),
             )
         return loss
 
@@ -392,14 +392,19 @@ class Muon(Optimizer):
         grads = [p.grad.to_local() for p in params]
         buffers = [self._momentum_buffer(p).to_local() for p in params]
         directions = momentum_directions(grads, buffers, group["momentum"], group["nesterov"])
-        update_rms = ADAMW_RMS if group["adjust_lr"] == "dynamic_rms" else None
+        update_rms = self._update_rms(group)
 
-        def solve(whole: Tensor) -> Tensor:
-            (update,) = orthogonalize([whole], group["orthogonalize"], group["ns_steps"], group["ns_coefficients"], eps=group["eps"])
-            return update if update_rms is None else rms_scaled(update, update_rms, group["eps"])
+        def solve(wholes: list[Tensor]) -> list[Tensor]:
+            updates = orthogonalize(wholes, group["orthogonalize"], group["ns_steps"], group["ns_coefficients"], eps=group["eps"])
+            return updates if update_rms is None else [rms_scaled(u, update_rms, group["eps"]) for u in updates]
 
         apply_updates([p.to_local() for p in params], orthogonalize_sharded(directions, params, solve), group["lr"],
                       group["weight_decay"], [adjusted_lr(1.0, p.shape, group["adjust_lr"]) for p in params])
+
+    @staticmethod
+    def _update_rms(group: dict) -> float | None:
+        """The RMS every update is scaled to under ``adjust_lr="dynamic_rms"``, else ``None``."""
+        return ADAMW_RMS if group["adjust_lr"] == "dynamic_rms" else None
 
     @staticmethod
     def _shard(group: dict) -> Shard | None:
