@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup book browser test lab clean
+.PHONY: setup book browser test test-gpu lab clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,6 +25,15 @@ browser:
 
 test: setup browser
 	$(PY) -m pytest
+
+# On a GPU machine: the suite with its GPU-only checks (tests/test_gpu.py and the GPU twins of
+# the CPU tests), the Triton kernels compiled, not interpreted. The book's build and browser test
+# stay with `make test`: the build executes CPU notebooks only. Uses the project's environment
+# where there is one, else the machine's python3 (a GPU machine without internet).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+test-gpu:
+	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu needs a GPU (on a CPU: make test)')"
+	$(GPU_PY) -m pytest --ignore tests/test_book.py $$($(GPU_PY) -c "import xdist" 2>/dev/null && echo "-n 4")
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

@@ -212,7 +212,7 @@ def bench_decode(size: str, label: str, batch: int, prompt: int, new_tokens: int
                   cuda_graphs=decoder.cuda_graphs, tokens_per_s=tokens_per_s, step_ms=seconds / new_tokens * 1e3,
                   ttft_ms=ttft, ttft_prompt=config.context, peak_memory_gb=_peak_gb(),
                   kv_bytes_measured=cache_bytes, kv_bytes_analytic=kv_cache_bytes(config, batch, prompt + new_tokens, dtype),
-                  kv_bytes_per_token_layer=kv_cache_bytes(config, 1, 1, dtype) // config.n_layer,
+                  kv_tensors=sum(map(len, decoder.cache.layers)), kv_bytes_per_token_layer=kv_cache_bytes(config, 1, 1, dtype) // config.n_layer,
                   **roofline, roofline_share=tokens_per_s / roofline["ceiling_tokens_per_s"])
     del model, decoder, full
     return result
@@ -264,18 +264,19 @@ def bench_train_step(size: str, variant: str, optimizer: str, batch: int, compil
                 step_ms=ms, tokens_per_s=batch * config.context / ms * 1e3, peak_memory_gb=_peak_gb())
 
 
-def bench_data_parallel_step(size: str, optimizer: str, batch: int, iters: int) -> dict | None:
+def bench_data_parallel_step(size: str, optimizer: str, batch: int, iters: int, device: str = "auto") -> dict | None:
     """One rank of a data-parallel training step (launched by ``torchrun``): the compiled
     model under DistributedDataParallel, ``batch`` sequences per rank, clipping and bf16 as in
     the trainer. ``optimizer`` is ``adamw``, ``muon`` (Newton-Schulz shared over the ranks)
     or ``muon-redundant`` (every rank orthogonalises every matrix). Returns rank 0's row:
-    total tokens/s, and the optimizer step's median GPU time on a rank."""
+    total tokens/s, and the optimizer step's median GPU time on a rank. ``device="cpu"``
+    runs the processes on CPUs (gloo) where a GPU machine has fewer GPUs than processes."""
     from torch.nn.parallel import DistributedDataParallel
 
     from .distributed import compile_data_parallel, launch
 
-    run = launch()
-    device = torch.device("cuda", run.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    run = launch(device)
+    device = torch.device("cuda", run.local_rank) if device != "cpu" and torch.cuda.is_available() else torch.device("cpu")
     config = preset(size, "mha")
     torch.manual_seed(0)
     model = GPT(config).to(device).train()
@@ -288,7 +289,7 @@ def bench_data_parallel_step(size: str, optimizer: str, batch: int, iters: int) 
     optimizer_ms = []
 
     def step(time_optimizer: bool):
-        with _autocast():
+        with _autocast() if device.type == "cuda" else contextlib.nullcontext():
             _, loss = step_model(idx, idx)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -315,7 +316,8 @@ def bench_data_parallel_step(size: str, optimizer: str, batch: int, iters: int) 
                 optimizer_step_ms=statistics.median(optimizer_ms) if optimizer_ms else None)
 
 
-def data_parallel_scaling(size: str, optimizers: list[str], gpu_counts: list[int], batch: int, iters: int) -> list[dict]:
+def data_parallel_scaling(size: str, optimizers: list[str], gpu_counts: list[int], batch: int, iters: int,
+                          device: str = "auto") -> list[dict]:
     """:func:`bench_data_parallel_step` for every optimizer and GPU count, one ``torchrun``
     launch each, side by side; adds each row's speed-up over one GPU and Muon's share of
     AdamW's tokens/s at the same GPU count."""
@@ -323,13 +325,17 @@ def data_parallel_scaling(size: str, optimizers: list[str], gpu_counts: list[int
     import sys
     import tempfile
 
+    gpus_here = torch.cuda.device_count() if device != "cpu" and torch.cuda.is_available() else None
+    if gpus_here is not None and max(gpu_counts) > gpus_here:
+        raise ValueError(f"--gpu-counts asks for up to {max(gpu_counts)} GPUs but this machine has {gpus_here}: "
+                         f"ask for at most {gpus_here}, or pass --device cpu to launch CPU processes instead")
     rows = []
     for gpus in gpu_counts:
         for optimizer in optimizers:
             with tempfile.NamedTemporaryFile(suffix=".json") as out:
                 subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
                                 "-m", "muonlib.bench", "ddp-worker", "--sizes", size, "--optimizers", optimizer,
-                                "--batch", str(batch), "--iters", str(iters), "--out", out.name], check=True)
+                                "--batch", str(batch), "--iters", str(iters), "--device", device, "--out", out.name], check=True)
                 row = json.loads(Path(out.name).read_text())
             rows.append(row)
             print(f"ddp {size} {optimizer:<15} {gpus} GPU(s): {row['tokens_per_s']:>12,.0f} tok/s, "
@@ -548,6 +554,8 @@ def command_line() -> argparse.ArgumentParser:
     parser.add_argument("--ns-shapes", default=NS_SHAPES, help="BATCHxROWSxCOLUMNS list for `ns`")
     parser.add_argument("--force", action="store_true", help="replace results measured on another device")
     parser.add_argument("--gpu-counts", default="1,2,4", help="`ddp`: the numbers of GPUs to launch")
+    parser.add_argument("--device", choices=["auto", "cpu"], default="auto",
+                        help="`ddp`: cpu launches CPU processes (gloo) instead of one per GPU")
     parser.add_argument("--batches", default="1,16,64,256", help="`decode`: batch sizes")
     parser.add_argument("--long-context", type=int, default=2048, help="`decode`: the longer context MHA and MLA also run at")
     return parser
@@ -556,7 +564,7 @@ def command_line() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = command_line().parse_args(argv)
     if args.what == "ddp-worker":  # one torchrun process of `ddp`: rank 0 writes its row to --out
-        row = bench_data_parallel_step(args.sizes, args.optimizers, args.batch, args.iters)
+        row = bench_data_parallel_step(args.sizes, args.optimizers, args.batch, args.iters, args.device)
         if row is not None:
             Path(args.out).write_text(json.dumps(row))
         return
@@ -602,7 +610,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.what == "ddp":
         rows = data_parallel_scaling(sizes[0], args.optimizers.split(","), [int(n) for n in args.gpu_counts.split(",")],
-                                     args.batch, args.iters)
+                                     args.batch, args.iters, args.device)
         write_json(target, rows, config)
         return
     if args.what in per_model:

@@ -43,18 +43,25 @@ class Launch:
         return self.world > 1
 
 
-def launch() -> Launch:
+def launch(device: str = "auto") -> Launch:
     """The launch ``torchrun`` described in the environment (``RANK``, ``WORLD_SIZE``,
-    ``LOCAL_RANK``), with its process group initialised: NCCL on GPUs, gloo on CPUs. A plain
-    ``python`` process is rank 0 of 1."""
+    ``LOCAL_RANK``), with its process group initialised: NCCL on GPUs, one GPU per process;
+    gloo on CPUs, where there is no GPU or ``device`` is ``"cpu"``. A plain ``python``
+    process is rank 0 of 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Launch()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    gpus = torch.cuda.device_count() if device != "cpu" and torch.cuda.is_available() else 0
+    if gpus and local_rank >= gpus:
+        raise RuntimeError(
+            f"this process is local rank {local_rank}, but the machine has {gpus} GPU(s): each process trains on "
+            f"its own GPU, so launch at most {gpus} per machine (torchrun --nproc_per_node {gpus}), or train on "
+            f"CPU processes (device='cpu', the gloo backend)")
+    if gpus:
         torch.cuda.set_device(local_rank)  # also where the group was initialised elsewhere: collectives use it
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(minutes=10))
+        dist.init_process_group("nccl" if gpus else "gloo", timeout=datetime.timedelta(minutes=10))
     return Launch(rank, world, local_rank)
 
 

@@ -19,6 +19,7 @@ from torch.optim import Optimizer
 
 from .distributed import Shard, is_sharded, orthogonalize_sharded
 from .fused import ITERATION_DTYPE, FusedMuonStep, fusable
+from .kernels import interpreting
 from .linalg import NORM_FLOOR, CoefficientSpec, frobenius_scaled, msign, msign_by_gram, newton_schulz, rms_scaled
 
 AdjustLR = Literal["match_rms_adamw", "original", "dynamic_rms"] | None
@@ -425,8 +426,9 @@ class Muon(Optimizer):
             reason = f"orthogonalize={group['orthogonalize']!r} (it fuses Newton-Schulz only)"
         if reason is None and group["adjust_lr"] == "dynamic_rms":
             reason = "adjust_lr='dynamic_rms' (it fuses static scales only)"
-        if reason is None and not params[0].is_cuda and group["fused"] is None:
-            reason = "the parameters are on a CPU"
+        if reason is None and not params[0].is_cuda and (group["fused"] is None or not interpreting()):
+            reason = ("the parameters are on a CPU, where the Triton passes run only in Triton's interpreter "
+                      "(TRITON_INTERPRET=1, set before muonlib is imported)" if group["fused"] else "the parameters are on a CPU")
         if reason is not None and group["fused"]:
             raise ValueError(f"Muon(fused=True) cannot fuse this step: {reason}. Pass fused=None to fall back to the reference step.")
         return reason is None

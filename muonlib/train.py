@@ -297,7 +297,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, shoul
     checkpoints."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = launch()
+    run = launch(config.device)
     with ExitStack() as stack:
         refusal = None
         try:  # every rank must learn of a refusal, or the others would wait for it forever
@@ -480,8 +480,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("settings", nargs="*", help="TrainConfig fields as KEY=VALUE")
     args = parser.parse_args(argv)
     try:
-        records = train(TrainConfig(**parse_settings(args.settings)), args.out_dir)
-        if launch().main:
+        config = TrainConfig(**parse_settings(args.settings))
+        records = train(config, args.out_dir)
+        if launch(config.device).main:
             last = records[-1]
             print(f"step {last['step']}: loss {last['loss']:.4f}, validation {last.get('val_loss', float('nan')):.4f}; "
                   f"metrics in {args.out_dir}")

@@ -15,6 +15,7 @@ from torch import nn
 
 from muonlib import optim as optim_module
 from muonlib.data import prepare
+from muonlib.distributed import launch
 from muonlib.optim import Muon
 from muonlib.train import TrainConfig, TrainingStopped, train
 
@@ -64,10 +65,20 @@ def distributed_muon(rank: int, port: int, fused: bool, out: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_distributed_muon_takes_the_single_process_step_with_half_the_work(tmp_path, fused):
-    mp.spawn(distributed_muon, args=(free_port(), fused, str(tmp_path)), nprocs=WORLD)
+def single_process_muon(_: int, fused: bool, out: str) -> None:
     weights, momenta = muon_steps(fused)
+    torch.save({"weights": weights, "momenta": momenta}, Path(out) / "single.pt")
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_distributed_muon_takes_the_single_process_step_with_half_the_work(tmp_path, fused, monkeypatch):
+    # gloo holds CPU tensors, whose fused passes run in Triton's interpreter: the spawned
+    # processes import muonlib afresh, so they interpret on a GPU machine too
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    mp.spawn(distributed_muon, args=(free_port(), fused, str(tmp_path)), nprocs=WORLD)
+    mp.spawn(single_process_muon, args=(fused, str(tmp_path)), nprocs=1)
+    single = torch.load(tmp_path / "single.pt")
+    weights, momenta = single["weights"], single["momenta"]
     # matrices per rank and step: each shape batch padded to equal slices
     batches = {}
     for s in SHAPES:
@@ -110,7 +121,7 @@ def sample(tmp_path_factory):
 
 @pytest.mark.parametrize("variant,optimizer", [("mha", "muon"), ("moe-mla", "adamw")])
 def test_two_processes_train_the_one_process_run_and_resume(tmp_path, sample, monkeypatch, variant, optimizer):
-    config = dict(model="tiny", variant=variant, model_changes={"vocab_size": 50257, "context": 32}, corpus="sample",
+    config = dict(model="tiny", variant=variant, model_changes={"vocab_size": 50257, "context": 32}, corpus="sample", device="cpu",
                   optimizer=optimizer, batch_size=4, grad_accum=2, steps=8, eval_every=4, eval_tokens=256,
                   checkpoint_every=3, lr=3e-3)
     monkeypatch.setenv("MUONLIB_DATA", str(sample))
@@ -129,13 +140,22 @@ def test_two_processes_train_the_one_process_run_and_resume(tmp_path, sample, mo
     assert losses(tmp_path / "resumed") == two
 
 
+def test_more_processes_than_gpus_are_refused_with_what_to_do(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name, value in dict(WORLD_SIZE="2", RANK="1", LOCAL_RANK="1").items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(RuntimeError, match=r"local rank 1, but the machine has 1 GPU.*nproc_per_node 1.*device='cpu'"):
+        launch()
+
+
 def test_sharing_needs_a_process_group():
     with pytest.raises(ValueError, match="torchrun"):
         muon_steps(fused=False, distributed=True)
 
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused_by_every_rank(tmp_path, sample):
-    config = dict(model="tiny", model_changes={"vocab_size": 50257, "context": 32}, corpus="sample", batch_size=3, steps=2)
+    config = dict(model="tiny", model_changes={"vocab_size": 50257, "context": 32}, corpus="sample", device="cpu", batch_size=3, steps=2)
     with pytest.raises(Exception):  # every rank raises: spawn reports the first
         mp.spawn(data_parallel_run, args=(WORLD, free_port(), str(sample), str(tmp_path), config, None), nprocs=WORLD)
     assert not (tmp_path / "metrics.jsonl").exists()
@@ -200,7 +220,12 @@ def test_muon_steps_fsdp2_sharded_parameters_as_one_process_each_matrix_on_one_r
     mp.spawn(fsdp_muon, args=(free_port(), method, str(tmp_path)), nprocs=WORLD)
     torch.manual_seed(0)
     model = Experts()
-    opt = muon_on_experts(model, method)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank: LAPACK's SVD rounds differently with another thread count
+    try:
+        opt = muon_on_experts(model, method)
+    finally:
+        torch.set_num_threads(threads)
     expected = [p.detach() for p in model.parameters()] + [opt.state[p]["momentum_buffer"] for p in model.parameters()]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     for got in ranks:

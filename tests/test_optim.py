@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from muonlib import optim as optim_module
 from muonlib.linalg import msign, newton_schulz
 from muonlib.optim import (
     HybridOptimizer,
@@ -480,6 +481,18 @@ def test_fused_true_says_why_it_cannot_fuse():
         Muon([V], fused=True, orthogonalize="svd").step()
     Muon([W]).step()  # the default falls back to the reference step
     assert W.abs().sum() > 0
+
+
+def test_cpu_parameters_take_the_triton_passes_only_in_the_interpreter(monkeypatch):
+    """On a machine with a GPU, Triton compiles for the GPU and cannot address CPU tensors."""
+    monkeypatch.setattr(optim_module, "interpreting", lambda: False)
+    W = nn.Parameter(torch.zeros(4, 6))
+    W.grad = torch.ones(4, 6)
+    with pytest.raises(ValueError, match="on a CPU.*TRITON_INTERPRET=1"):
+        Muon([W], fused=True).step()
+    opt = Muon([W])  # the default: the reference step, whatever the machine has
+    opt.step()
+    assert not opt._fused_steps and W.abs().sum() > 0
 
 
 def test_low_precision_parameters_keep_their_dtype_and_fp32_momentum():

@@ -1,0 +1,69 @@
+"""GPU-only checks, the tier `make test-gpu` adds to the suite on a GPU machine: the paths a
+Colab reader's GPU takes and CI's CPU never does. (The suite's other GPU checks live beside
+their CPU twins: the fused Muon step against the reference on the GPU in test_optim, the
+CUDA-graph decoder in test_decode, the Triton kernels on the GPU in test_kernels.)"""
+
+import json
+
+import pytest
+import torch
+
+from muonlib.kernels import interpreting
+from muonlib.models import GPT, VARIANTS, preset
+from muonlib.optim import Muon, build_optimizer
+from muonlib.train import TrainConfig, train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU-only checks (make test-gpu)")
+
+
+def test_the_kernels_run_natively_not_in_the_interpreter():
+    assert not interpreting()  # else every Triton check of the suite ran on the CPU
+
+
+def test_muon_takes_the_fused_step_on_gpu_parameters_by_default():
+    W = torch.nn.Parameter(torch.randn(64, 96, device="cuda"))
+    W.grad = torch.randn_like(W)
+    opt = Muon([W], lr=0.02)
+    opt.step()
+    assert opt._fused_steps  # the Triton passes and the CUDA graph, not the reference step
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_compiled_models_give_the_eager_loss_and_gradients(variant):
+    torch.manual_seed(0)
+    model = GPT(preset("tiny", variant)).cuda()
+    idx = torch.randint(0, model.config.vocab_size, (4, model.config.context), device="cuda")
+    results = []
+    for forward in (model, torch.compile(model)):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = forward(idx, idx)
+        loss.backward()
+        results.append((loss.detach().float(), [p.grad.float().clone() for p in model.parameters() if p.grad is not None]))
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
+    assert abs(compiled_loss - eager_loss) <= 1e-2 * abs(eager_loss)  # bf16: fusions round in other places
+    for a, b in zip(compiled_grads, eager_grads):
+        assert (a - b).norm() <= 0.05 * b.norm() + 1e-6
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_compiled_bf16_run_trains_on_the_gpu(tmp_path, optimizer, monkeypatch):
+    from muonlib.data import prepare
+
+    monkeypatch.setenv("MUONLIB_DATA", str(tmp_path / "data"))
+    prepare("sample")
+    config = TrainConfig(model="tiny", model_changes={"vocab_size": 50257}, corpus="sample", optimizer=optimizer,
+                         batch_size=8, steps=30, eval_every=15, eval_tokens=2048, lr=3e-3, compile=True)
+    records = train(config, tmp_path / "run", progress=False)
+    header = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert header["provenance"]["precision"] == "bf16" and header["provenance"]["gpu"]
+    assert records[-1]["loss"] < records[0]["loss"] - 0.5  # it learns, through the compiled model and the fused step
+
+
+def test_build_optimizer_on_a_gpu_model_fuses_its_muon_part():
+    model = GPT(preset("tiny", "mha")).cuda()
+    opt = build_optimizer(model, "muon", lr=1e-3)
+    model(torch.randint(0, 100, (2, 16), device="cuda"), torch.randint(0, 100, (2, 16), device="cuda"))[1].backward()
+    opt.step()
+    muon = next(child for child in opt.optimizers.values() if isinstance(child, Muon))
+    assert muon._fused_steps
