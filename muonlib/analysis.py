@@ -104,6 +104,38 @@ def choose_warmup(grid: Sequence[float], losses: Mapping[str, Mapping[float, flo
     return fractions, chosen
 
 
+#: how far a tuned setting's sweep extends beyond its first grid, by factor-2 steps on each side
+TUNE_EXTENSIONS = 2
+
+
+def tune_setting(grid: Sequence[float], losses: Mapping[float, Sequence[float | None]], paper: float,
+                 upper: float = math.inf) -> tuple[list[float], float | None]:
+    """The values a tuned setting's sweep needs and, once settled, the one it keeps.
+
+    ``losses`` maps each value run so far to its selection loss at every tuning seed
+    (``None``: diverged). Values lie on a factor-2 grid; while the lowest mean loss sits at
+    an edge, the sweep extends one factor of 2 beyond it (at most :data:`TUNE_EXTENSIONS`
+    times a side, never past ``upper``), so the optimum is bracketed. The value kept is the
+    best one's nearest rival to ``paper`` (on a log scale) among those whose seeds overlap
+    the best's (see :func:`compare`): a difference within the seed spread is no reason to
+    depart from the paper.
+    """
+    values = sorted(set(grid) | set(losses))
+    if any(v not in losses for v in values):
+        return values, None
+    mean = {v: float(np.mean([loss_or_inf(x) for x in losses[v]])) for v in values}
+    best = min(values, key=lambda v: (mean[v], v))
+    if best == values[-1] and sum(v > max(grid) for v in values) < TUNE_EXTENSIONS and best * 2 <= upper:
+        return values + [best * 2], None
+    if best == values[0] and sum(v < min(grid) for v in values) < TUNE_EXTENSIONS:
+        return [best / 2] + values, None
+    if mean[best] == math.inf:
+        raise ValueError(f"every value of the sweep diverged ({', '.join(f'{v:g}' for v in values)})")
+    finite = {v: [loss_or_inf(x) for x in losses[v]] for v in values}
+    rivals = [v for v in values if v == best or compare(finite[v], finite[best]) == 0]
+    return values, min(rivals, key=lambda v: (abs(math.log(v / paper)), v))
+
+
 # ---------------------------------------------------------------- seeds
 
 
@@ -186,15 +218,18 @@ def raw_spikes(losses: Sequence[float]) -> np.ndarray:
 
 
 def paired_spikes(losses: Sequence[float], reference: Sequence[float], window: int = PAIRED_WINDOW) -> np.ndarray:
-    """Steps where a run's loss jumps :data:`SPIKE_RATIO` above a reference run's on the
-    identical batch, relative to how the two compared over the previous ``window`` steps.
-    Batch difficulty moves both losses by about the same factor and cancels in their log
-    ratio; that ratio changes slowly as one run learns faster, so a short median follows it,
-    and what is left is the run's own instability."""
-    ratio = np.log(np.asarray(losses, float)) - np.log(np.asarray(reference, float))
+    """Steps where a run's own loss jumps: :data:`SPIKE_RATIO` above the median of its own
+    previous ``window`` losses, and as far above a reference run's loss on the identical
+    batch, relative to how the two compared over those steps. The second condition keeps
+    hard batches out (batch difficulty moves both losses by about the same factor and
+    cancels in their log ratio, which otherwise changes slowly as one run learns faster);
+    the first keeps the reference's own drops out, which move the ratio as much as a rise
+    of the run does."""
+    own = np.log(np.asarray(losses, float))
+    ratio = own - np.log(np.asarray(reference, float))
     flags = np.zeros(len(ratio), bool)
     for t in range(window, len(ratio)):
-        flags[t] = ratio[t] - np.median(ratio[t - window : t]) > math.log(SPIKE_RATIO)
+        flags[t] = min(own[t] - np.median(own[t - window : t]), ratio[t] - np.median(ratio[t - window : t])) > math.log(SPIKE_RATIO)
     return flags
 
 

@@ -37,15 +37,16 @@ def glue(name: str, value: Any) -> Any:
     return value
 
 
-def keep_results(name: str) -> Path:
-    """Pack experiment ``name``'s results into ``<name>-results.tar`` beside the notebook and,
-    on Colab, download it: the runtime's disk goes when it ends. ``python -m muonlib.experiments
-    unpack`` puts the archive's runs back into ``data/results/`` on any machine."""
+def keep_results(name: str, protocol: str = "original") -> Path:
+    """Pack experiment ``name``'s results under ``protocol`` into ``<name>[-<protocol>]-results.tar``
+    beside the notebook and, on Colab, download it: the runtime's disk goes when it ends.
+    ``python -m muonlib.experiments unpack`` puts the archive's runs back into ``data/results/``
+    on any machine."""
     from .data import on_colab
     from .experiments import pack
 
-    archive = Path(f"{name}-results.tar").resolve()
-    pack(name, archive)
+    archive = Path(f"{name}{'' if protocol == 'original' else '-' + protocol}-results.tar").resolve()
+    pack(name, archive, protocol=protocol)
     if on_colab():
         from google.colab import files
 

@@ -16,16 +16,17 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import math
 import re
 import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
-from .analysis import SWEEP_FACTOR, choose_warmup, loss_or_inf, sweep_rates
+from .analysis import SWEEP_FACTOR, choose_warmup, compare, loss_or_inf, sweep_rates, tune_setting
 from .data import data_root, gpt2_tokenizer, is_prepared, prepare
-from .hardware import PRESETS, detect_hardware
+from .hardware import HOPPER, PRESETS, detect_hardware
 from .runner import Job, Report, run_queue, slots, terminate_as_interrupt, worker_signals
 from .train import TrainConfig, TrainingDiverged, TrainingStopped, train
 
@@ -140,46 +141,82 @@ def probe_checkpoint(config: TrainConfig, checkpoint: Path) -> dict:
 
 # ---------------------------------------------------------------- the protocol
 
+#: how a comparison sets what its rate sweeps hold fixed (the warm-up, Muon's momentum):
+PROTOCOLS = {
+    "original": "the book's first runs: one warm-up for both optimizers, searched at the first budget "
+                "(it chose 45% of the steps, the longest it allowed); Muon's momentum 0.95 with Nesterov",
+    "paper": "the paper's recipe (section 4): a 2% linear warm-up; Muon's momentum an EMA with beta 0.9, no Nesterov",
+    "tuned": "each optimizer's warm-up, and Muon's momentum and Nesterov, chosen by sweeps at the first budget "
+             "(two seeds, optimum inside the grid; a value within the seed spread of the best gives way to the paper's)",
+}
+#: the paper's warm-up (section 4.2: 0.5-2% of the steps, we take the top) and Muon momentum (Algorithm 1)
+PAPER_WARMUP = 0.02
+PAPER_MUON = {"momentum": 0.9, "nesterov": False}
+#: the tuned protocol's first grids: warm-up fractions; Muon's 1 - beta (0.8, 0.9, 0.95, 0.98)
+TUNE_WARMUPS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+TUNE_MOMENTUM_GAPS = (0.02, 0.05, 0.1, 0.2)
+TUNE_SEEDS = (0, 1)
+
+
+def check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+
 
 @dataclass(frozen=True)
 class Decisions:
-    """What a comparison has settled so far (``None`` while the runs that decide it are missing)."""
+    """What a comparison has settled so far (``None`` or absent while the runs that decide it are missing)."""
 
-    warmup: float | None = None
+    warmup: float | None = None  # the fraction both optimizers share (protocols "original" and "paper")
+    warmups: dict[str, float] = dataclasses.field(default_factory=dict)  # optimizer -> its warm-up fraction
+    muon_options: dict | None = None  # Muon's momentum settings (optimizer_options)
     warmup_losses: dict[str, dict[float, float | None]] = dataclasses.field(default_factory=dict)  # optimizer -> warm-up -> its best loss
     rates: dict[tuple[int, str], float] = dataclasses.field(default_factory=dict)  # (steps, optimizer) -> chosen peak rate
     swept: dict[tuple[int, str], list[float]] = dataclasses.field(default_factory=dict)  # (steps, optimizer) -> rates run
     warmup_at_longest: dict[str, dict[float, float | None]] = dataclasses.field(default_factory=dict)  # optimizer -> fraction -> loss
+    pilot_rates: dict[str, float] = dataclasses.field(default_factory=dict)  # "tuned": the rates its tuning ran at
+    tuning: dict[str, dict[float, list[float | None]]] = dataclasses.field(default_factory=dict)  # "tuned": sweep -> value -> loss per seed
 
 
 @dataclass(frozen=True)
 class Comparison:
     """Muon against AdamW, fairly, at several budgets of one setting.
 
-    1. *Warm-up*: both optimizers at a few rates and warm-up fractions, at the first budget
-       (Muon's AdamW part at ``warmup_adamw_lr``); all runs then share the fraction that
-       holds back neither optimizer much (:func:`muonlib.analysis.choose_warmup`).
+    1. *The settings the sweeps hold fixed*, by ``protocol`` (:data:`PROTOCOLS`):
+       ``"paper"`` takes the paper's; ``"tuned"`` first sweeps each optimizer's rate at the
+       first budget under the paper's settings (the paper protocol's runs), then at that rate
+       each optimizer's warm-up fraction, then Muon's momentum and whether Nesterov helps
+       (:func:`muonlib.analysis.tune_setting`, two seeds); ``"original"`` checks both
+       optimizers at a few rates and warm-up fractions at the first budget (Muon's AdamW part
+       at ``warmup_adamw_lr``) and shares the fraction that holds back neither optimizer much
+       (:func:`muonlib.analysis.choose_warmup`).
     2. *Rates*: for every budget, AdamW sweeps its peak rate on a factor-2 grid, extended
        until the optimum (lowest validation loss at seed 0) lies strictly inside; then Muon
        does the same, its AdamW part (embeddings, head, norms) at AdamW's chosen rate.
     3. *Seeds*: each optimizer repeats its chosen rate at the other seeds.
-    4. *Warm-up, confirmed*: at the longest budget each optimizer's chosen rate also runs at
-       every warm-up fraction of the check, to show whether the shared one still suits it.
+    4. *Warm-up, confirmed* (not under ``"paper"``, which fixes it): at the longest budget each
+       optimizer's chosen rate also runs at the warm-up fractions beside its own, to show
+       whether the choice made at the first budget still suits it.
 
     Rates are chosen on the validation split; the chapters report the test split.
     """
 
     base: TrainConfig
     budgets: tuple[int, ...]  # steps; the schedule is the same shape at every budget
-    warmups: tuple[float, ...]  # fractions of the steps
-    warmup_rates: dict[str, tuple[float, ...]]  # optimizer -> the rates the warm-up is checked at
-    warmup_adamw_lr: float  # the AdamW part of Muon's warm-up checks
+    warmups: tuple[float, ...]  # fractions of the steps ("original")
+    warmup_rates: dict[str, tuple[float, ...]]  # optimizer -> the rates the warm-up is checked at ("original")
+    warmup_adamw_lr: float  # the AdamW part of Muon's warm-up checks ("original")
     grids: dict[str, tuple[float, ...]]  # optimizer -> the first grid of its sweeps
     seeds: tuple[int, ...] = (0, 1, 2)
     evaluations: int = 25  # per run, evenly spaced
+    protocol: str = "original"
 
-    def config(self, optimizer: str, steps: int, warmup: float, lr: float, seed: int = 0, adamw_lr: float | None = None) -> TrainConfig:
-        return run_config(self.base, optimizer, steps, warmup, lr, seed, adamw_lr, self.evaluations)
+    def config(self, optimizer: str, steps: int, warmup: float, lr: float, seed: int = 0, adamw_lr: float | None = None,
+               muon_options: dict | None = None) -> TrainConfig:
+        base = self.base
+        if optimizer == "muon" and muon_options:
+            base = dataclasses.replace(base, optimizer_options={**base.optimizer_options, **muon_options})
+        return run_config(base, optimizer, steps, warmup, lr, seed, adamw_lr, self.evaluations)
 
     def plan(self, hardware: str, finals: Finals) -> tuple[list[TrainConfig], Decisions]:
         """Every run wanted given the finished ones, and what they decide."""
@@ -187,25 +224,18 @@ class Comparison:
             final = finals.get(run_id(config, hardware))
             return ("missing",) if final is None else (final.get("val_loss"),)
 
-        wanted, decisions = [], Decisions()
-        first, fractions = self.budgets[0], list(self.warmups)
-        while True:  # the warm-up check, extended while its longest fraction is chosen
-            checks = {(opt, w, lr): self.config(opt, first, w, lr, adamw_lr=self.warmup_adamw_lr if opt == "muon" else None)
-                      for opt, rates in self.warmup_rates.items() for w in fractions for lr in rates}
-            wanted += checks.values()
-            if any(result(c) == ("missing",) for c in checks.values()):
-                return self.unique(wanted, hardware), decisions
-            losses = {opt: {w: min((result(checks[opt, w, lr])[0] for lr in rates), key=loss_or_inf) for w in fractions}
-                      for opt, rates in self.warmup_rates.items()}
-            fractions, warmup = choose_warmup(self.warmups, losses)
-            if warmup is not None:
-                break
-        decisions = dataclasses.replace(decisions, warmup=warmup, warmup_losses=losses)
+        wanted: list[TrainConfig] = []
+        settle = {"original": self.settle_original, "paper": self.settle_paper, "tuned": self.settle_tuned}[self.protocol]
+        decisions = settle(result, wanted)
+        if decisions.muon_options is None:
+            return self.unique(wanted, hardware), decisions
 
         for steps in self.budgets:
             adamw_lr = None
             for opt in ("adamw", "muon"):
-                make = lambda lr, opt=opt, adamw_lr=adamw_lr: self.config(opt, steps, warmup, lr, adamw_lr=adamw_lr)
+                warmup = decisions.warmups[opt]
+                make = lambda lr, opt=opt, adamw_lr=adamw_lr, warmup=warmup: self.config(
+                    opt, steps, warmup, lr, adamw_lr=adamw_lr, muon_options=decisions.muon_options)
                 rates, chosen = self.sweep(make, self.grids[opt], result)
                 decisions.swept[steps, opt] = rates
                 wanted += [make(lr) for lr in rates]
@@ -213,12 +243,87 @@ class Comparison:
                     break  # Muon's sweep needs AdamW's rate; the seeds need the chosen rate
                 decisions.rates[steps, opt] = chosen
                 wanted += [dataclasses.replace(make(chosen), seed=s) for s in self.seeds]
-                if steps == self.budgets[-1]:  # does the shared warm-up still suit the longest budget?
-                    confirm = {w: dataclasses.replace(make(chosen), warmup=w) for w in losses[opt]}
+                if steps == self.budgets[-1] and self.protocol != "paper":  # does the warm-up still suit the longest budget?
+                    confirm = {w: dataclasses.replace(make(chosen), warmup=w) for w in self.confirmed_warmups(decisions, opt)}
                     wanted += confirm.values()
                     decisions.warmup_at_longest[opt] = {w: r[0] for w, c in confirm.items() if (r := result(c)) != ("missing",)}
                 adamw_lr = chosen
         return self.unique(wanted, hardware), decisions
+
+    def confirmed_warmups(self, decisions: Decisions, optimizer: str) -> list[float]:
+        if self.protocol == "original":
+            return list(decisions.warmup_losses[optimizer])
+        grid = sorted(decisions.tuning[f"warmup {optimizer}"])
+        i = grid.index(decisions.warmups[optimizer])
+        return grid[max(0, i - 1):i + 2]
+
+    def settle_original(self, result, wanted: list[TrainConfig]) -> Decisions:
+        first, fractions = self.budgets[0], list(self.warmups)
+        while True:  # the warm-up check, extended while its longest fraction is chosen
+            checks = {(opt, w, lr): self.config(opt, first, w, lr, adamw_lr=self.warmup_adamw_lr if opt == "muon" else None)
+                      for opt, rates in self.warmup_rates.items() for w in fractions for lr in rates}
+            wanted += checks.values()
+            if any(result(c) == ("missing",) for c in checks.values()):
+                return Decisions()
+            losses = {opt: {w: min((result(checks[opt, w, lr])[0] for lr in rates), key=loss_or_inf) for w in fractions}
+                      for opt, rates in self.warmup_rates.items()}
+            fractions, warmup = choose_warmup(self.warmups, losses)
+            if warmup is not None:
+                return Decisions(warmup=warmup, warmups={"adamw": warmup, "muon": warmup}, muon_options={}, warmup_losses=losses)
+
+    @staticmethod
+    def settle_paper(result, wanted: list[TrainConfig]) -> Decisions:
+        return Decisions(warmup=PAPER_WARMUP, warmups={"adamw": PAPER_WARMUP, "muon": PAPER_WARMUP}, muon_options=dict(PAPER_MUON))
+
+    def settle_tuned(self, result, wanted: list[TrainConfig]) -> Decisions:
+        first, decisions = self.budgets[0], Decisions()
+
+        def tune(name: str, grid, make, paper: float, upper: float = math.inf) -> float | None:
+            values = list(grid)
+            while True:
+                runs = {v: [make(v, s) for s in TUNE_SEEDS] for v in values}
+                wanted.extend(c for cs in runs.values() for c in cs)
+                losses = {v: [r[0] for r in map(result, cs)] for v, cs in runs.items()
+                          if all(result(c) != ("missing",) for c in cs)}
+                decisions.tuning[name] = losses
+                values, chosen = tune_setting(grid, losses, paper, upper)
+                if chosen is not None or any(v not in losses for v in runs):
+                    return chosen
+
+        adamw_lr = None
+        for opt in ("adamw", "muon"):  # the pilot: the paper protocol's first sweep
+            make = lambda lr, opt=opt, adamw_lr=adamw_lr: self.config(opt, first, PAPER_WARMUP, lr, adamw_lr=adamw_lr,
+                                                                      muon_options=PAPER_MUON)
+            rates, pilot = self.sweep(make, self.grids[opt], result)
+            wanted += [make(lr) for lr in rates]
+            if pilot is None:
+                return decisions
+            decisions.pilot_rates[opt] = adamw_lr = pilot
+        pilot_config = lambda opt, **changes: dataclasses.replace(self.config(
+            opt, first, PAPER_WARMUP, decisions.pilot_rates[opt], adamw_lr=decisions.pilot_rates["adamw"] if opt == "muon" else None,
+            muon_options=PAPER_MUON), **changes)
+        for opt in ("adamw", "muon"):
+            warmup = tune(f"warmup {opt}", TUNE_WARMUPS, lambda w, s, opt=opt: pilot_config(opt, warmup=w, seed=s),
+                          PAPER_WARMUP, upper=0.5)
+            if warmup is None:
+                return decisions
+            decisions.warmups[opt] = warmup
+
+        def with_momentum(gap: float, seed: int, nesterov: bool = False) -> TrainConfig:
+            options = {**self.base.optimizer_options, "momentum": round(1 - gap, 6), "nesterov": nesterov}
+            return pilot_config("muon", warmup=decisions.warmups["muon"], seed=seed, optimizer_options=options)
+
+        gap = tune("momentum", TUNE_MOMENTUM_GAPS, with_momentum, 1 - PAPER_MUON["momentum"], upper=0.8)
+        if gap is None:
+            return decisions
+        nesterov = {flag: [with_momentum(gap, s, flag) for s in TUNE_SEEDS] for flag in (False, True)}
+        wanted += nesterov[True]
+        losses = {flag: [result(c) for c in cs] for flag, cs in nesterov.items()}
+        if any(r == ("missing",) for rs in losses.values() for r in rs):
+            return decisions
+        decisions.tuning["nesterov"] = {float(flag): [r[0] for r in rs] for flag, rs in losses.items()}
+        better = compare(*([loss_or_inf(r[0]) for r in losses[flag]] for flag in (True, False))) < 0  # beyond the seed spread
+        return dataclasses.replace(decisions, muon_options={"momentum": round(1 - gap, 6), "nesterov": better})
 
     @staticmethod
     def unique(configs: list[TrainConfig], hardware: str) -> list[TrainConfig]:
@@ -406,7 +511,7 @@ def run_config(base: TrainConfig, optimizer: str, steps: int, warmup: float, lr:
                                eval_every=max(1, steps // evaluations), checkpoint_every=max(1, steps // 4))
 
 
-def xs_comparison(hardware: str) -> Comparison:
+def xs_comparison(hardware: str, protocol: str = "original") -> Comparison:
     """XS with MHA on the offline mixture (Gutenberg, State of the Union, Brown; a T4 or an
     A100, Colab's GPUs, on TinyStories, downloaded) at 400, 1200 and 2400 steps of 16 x 512
     tokens; the warm-up is checked at Table 1's rate for XS (2.5e-3) and beside each
@@ -416,7 +521,8 @@ def xs_comparison(hardware: str) -> Comparison:
     if hardware == "cpu":
         base = TrainConfig(model="tiny", model_changes={"vocab_size": 50257}, corpus="sample", batch_size=8, eval_tokens=2048, **paper)
         return Comparison(base, budgets=(40, 80), warmups=(0.05, 0.2), warmup_rates={"adamw": (2e-3,), "muon": (8e-3,)},
-                          warmup_adamw_lr=2e-3, grids={"adamw": (2e-3, 4e-3, 8e-3), "muon": (4e-3, 8e-3, 1.6e-2)}, evaluations=10)
+                          warmup_adamw_lr=2e-3, grids={"adamw": (2e-3, 4e-3, 8e-3), "muon": (4e-3, 8e-3, 1.6e-2)}, evaluations=10,
+                          protocol=protocol)
     accum = 2 if hardware == "t4" else 1  # 16 GB: two micro-batches of 8
     corpus = "tinystories" if hardware in ("t4", "a100") else "mix"  # Colab's GPUs, where there is internet; the saved runs' data
     base = TrainConfig(model="XS", corpus=corpus, batch_size=16 // accum, grad_accum=accum, eval_tokens=2**17,
@@ -424,7 +530,7 @@ def xs_comparison(hardware: str) -> Comparison:
     return Comparison(base, budgets=(400, 1200, 2400), warmups=(0.02, 0.05, 0.1, 0.2),
                       warmup_rates={"adamw": (1.25e-3, 2.5e-3), "muon": (5e-3, 1e-2)}, warmup_adamw_lr=2.5e-3,
                       grids={"adamw": (3.125e-4, 6.25e-4, 1.25e-3, 2.5e-3, 5e-3, 1e-2),
-                             "muon": (1.25e-3, 2.5e-3, 5e-3, 1e-2, 2e-2, 4e-2)})
+                             "muon": (1.25e-3, 2.5e-3, 5e-3, 1e-2, 2e-2, 4e-2)}, protocol=protocol)
 
 
 #: the warm-up fraction the XS comparison chose on each preset it has run on (its results
@@ -443,7 +549,7 @@ def scaling(hardware: str) -> Scaling:
         wider = {"model_changes": {"vocab_size": 50257, "d_model": 128, "n_head": 4, "d_ff": 512}}
         return Scaling(dataclasses.replace(xs.base, steps=xs.budgets[0]), settings={"tiny": {}, "tiny-wide": wider}, warmup=0.2,
                        grids=xs.grids, wide="tiny-wide", decays=(0.05,), decay_settings=("tiny",), evaluations=xs.evaluations)
-    sizes = ("XS", "S", "M", "L", "XL") if hardware == "h100" else ("XS", "S")
+    sizes = ("XS", "S", "M", "L", "XL") if hardware in HOPPER else ("XS", "S")
     wide = "L" if "L" in sizes else "S"
     return Scaling(dataclasses.replace(xs.base, steps=1200), settings={size: {} if size == "XS" else {"model": size} for size in sizes},
                    warmup=XS_WARMUP.get(hardware, XS_WARMUP["h100"]), grids=xs.grids, wide=wide, decays=(0.05,),
@@ -469,7 +575,7 @@ def batch_sizes(hardware: str) -> Scaling:
         return Scaling(base, settings={"8": {}, "16": {"batch_size": 16, "steps": 20}}, warmup=0.2, grids=xs.grids, wide="16",
                        evaluations=xs.evaluations)
     tokens = 2**24
-    ladder = BATCH_SEQUENCES if hardware == "h100" else BATCH_SEQUENCES[:3]
+    ladder = BATCH_SEQUENCES if hardware in HOPPER else BATCH_SEQUENCES[:3]
     context = xs.base.model_config().context
     settings = {}
     for sequences in ladder:
@@ -541,7 +647,7 @@ def architectures(hardware: str) -> Scaling:
     if hardware == "cpu":
         return dataclasses.replace(sizes, settings={"mha": {}, "mla": {"variant": "mla"}}, wide="mla", decays=(), decay_settings=())
     base = dataclasses.replace(sizes.base, **sizes.settings["S"])
-    variants = ("mha", "mla", "mla-norope", "moe-mla") if hardware == "h100" else ("mha", "mla")
+    variants = ("mha", "mla", "mla-norope", "moe-mla") if hardware in HOPPER else ("mha", "mla")
     settings = {v: {} if v == "mha" else {"variant": v} for v in variants}
     borrowed = {}
     if "moe-mla" in settings:
@@ -564,16 +670,24 @@ def attention_probes(hardware: str) -> Retrain:
 class Experiment:
     name: str
     description: str
-    design: Callable[[str], Comparison | Scaling | Ablations | Retrain]  # hardware preset -> the plan it runs
+    design: Callable[..., Comparison | Scaling | Ablations | Retrain]  # hardware preset[, protocol] -> the plan it runs
     reads: tuple[str, ...] = ()  # experiments whose results count as this one's runs (the same configurations)
     probes: bool = False  # each run measures its trained model (muonlib.probes) into its final record
+    protocols: tuple[str, ...] = ("original",)  # the PROTOCOLS it can run under
+
+    def plan_for(self, hardware: str, protocol: str = "original") -> Comparison | Scaling | Ablations | Retrain:
+        check_protocol(protocol)
+        if protocol not in self.protocols:
+            raise ValueError(f"{self.name} runs under the protocols {list(self.protocols)}, not {protocol!r}: "
+                             f"so far only the XS comparison has been moved to the paper's and the tuned protocol")
+        return self.design(hardware) if protocol == "original" else self.design(hardware, protocol)
 
 
 EXPERIMENTS = {
     e.name: e for e in (
         Experiment("xs_muon_vs_adamw",
                    "XS MHA: Muon vs AdamW at three budgets, warm-up checked, each optimizer's rate swept per budget, three seeds",
-                   xs_comparison),
+                   xs_comparison, protocols=tuple(PROTOCOLS)),
         Experiment("batch_sizes",
                    "XS MHA at 8K to 256K tokens per step on the same 2^24 tokens: Muon vs AdamW, each rate swept per batch, three seeds",
                    batch_sizes),
@@ -615,11 +729,21 @@ def run_work(config: TrainConfig) -> float:
     return config.steps * config.tokens_per_step() * model.n_layer * model.d_model**2
 
 
-def result_folders(name: str, results: Path | None = None) -> list[Path]:
+def results_folder(name: str, protocol: str = "original") -> Path:
+    """Where an experiment keeps its runs: ``data/results/NAME``, under the other protocols
+    ``data/results/PROTOCOL/NAME``."""
+    check_protocol(protocol)
+    root = data_root() / "results"
+    return root / name if protocol == "original" else root / protocol / name
+
+
+def result_folders(name: str, results: Path | None = None, protocol: str = "original") -> list[Path]:
     """Where an experiment's finished runs are: its own folder (``results``, by default
-    ``data/results/NAME``), then those of the experiments it reads, beside it."""
-    own = Path(results) if results is not None else data_root() / "results" / name
-    return [own, *(own.parent / other for other in experiment(name).reads)]
+    :func:`results_folder`), then those of the experiments it reads, beside it; under the
+    tuned protocol also the paper protocol's folder, whose first sweeps it starts from."""
+    own = Path(results) if results is not None else results_folder(name, protocol)
+    reads = [own.parent / other for other in experiment(name).reads]
+    return [own, *reads, *([own.parent.parent / "paper" / name] if protocol == "tuned" else [])]
 
 
 def finished_runs(folders: list[Path]) -> dict[str, dict]:
@@ -628,64 +752,71 @@ def finished_runs(folders: list[Path]) -> dict[str, dict]:
 
 
 def run(name: str, hardware: str | None = None, results: Path | None = None, gpus: int | None = None, per_gpu: int = 1,
-        workers: int = 1, progress: bool = True, deadline: float | None = None, prepare_data: bool = True) -> Report:
-    """Run (or finish) an experiment over every visible GPU (``gpus`` of them, ``per_gpu``
-    runs sharing each) or ``workers`` CPU processes; returns what happened. New results go
-    to the experiment's own folder; runs another experiment it reads has finished are used.
-    With ``prepare_data`` the corpora its runs need are prepared first where they are not."""
-    design = experiment(name).design
+        workers: int = 1, progress: bool = True, deadline: float | None = None, prepare_data: bool = True,
+        protocols: Sequence[str] = ("original",)) -> Report:
+    """Run (or finish) an experiment under one or more protocols (:data:`PROTOCOLS`) over
+    every visible GPU (``gpus`` of them, ``per_gpu`` runs sharing each) or ``workers`` CPU
+    processes; returns what happened. New results go to the experiment's own folder (a run
+    that several protocols want, to the first one's); runs another experiment it reads has
+    finished are used. With ``prepare_data`` the corpora its runs need are prepared first
+    where they are not."""
+    if results is not None and len(protocols) != 1:
+        raise ValueError("a result folder holds one protocol's runs: pass one protocol with it")
     hardware = hardware or detect_hardware().preset
     check_preset(hardware)
-    comparison = design(hardware)
-    folders = result_folders(name, results)
-    results = folders[0]
+    designs = {p: experiment(name).plan_for(hardware, p) for p in protocols}
+    folders = {p: result_folders(name, results, p) for p in protocols}
     checkpoints = data_root() / "cache" / "runs" / name
-    finals = finished_runs(folders)
+    finals = finished_runs([f for p in protocols for f in folders[p]])
     probes = ("--probes",) if experiment(name).probes else ()
     if probes:
         gpt2_tokenizer()  # the probes decode text after training: fail now, not after every run has trained
-    for corpus in sorted({c.corpus for c in comparison.plan(hardware, finals)[0]} if prepare_data else ()):
+    for corpus in sorted({c.corpus for d in designs.values() for c in d.plan(hardware, finals)[0]} if prepare_data else ()):
         if not is_prepared(corpus):
             prepare(corpus)
 
     def is_finished(run: str) -> bool:
-        if run not in finals and (path := result_path(results, run)).exists() and (final := read_run(path)[2]) is not None:
-            finals[run] = final
+        for p in protocols:
+            if run not in finals and (path := result_path(folders[p][0], run)).exists() and (final := read_run(path)[2]) is not None:
+                finals[run] = final
         return run in finals
 
     def plan() -> list[Job]:
-        configs, _ = comparison.plan(hardware, finals)
-        return [Job(run_id(c, hardware), c.steps,
-                    ("muonlib.experiments", "worker", "--hardware", hardware, "--results", str(results),
+        wanted: dict[str, tuple[TrainConfig, Path]] = {}
+        for p, design in designs.items():
+            for c in design.plan(hardware, finals)[0]:
+                wanted.setdefault(run_id(c, hardware), (c, folders[p][0]))
+        return [Job(run, c.steps,
+                    ("muonlib.experiments", "worker", "--hardware", hardware, "--results", str(own),
                      "--checkpoints", str(checkpoints), "--config", json.dumps(c.to_dict()), *probes),
-                    checkpoints / run_id(c, hardware) / "log.txt", checkpoints / run_id(c, hardware) / "metrics.jsonl",
-                    work=run_work(c))
-                for c in configs]
+                    checkpoints / run / "log.txt", checkpoints / run / "metrics.jsonl", work=run_work(c))
+                for run, (c, own) in wanted.items()]
 
     environments = slots(gpus, per_gpu, workers)
     return run_queue(plan, is_finished, environments, progress=progress, deadline=deadline, description=name)
 
 
-def decisions(name: str, hardware: str, results: Path | None = None) -> Decisions | ScalingDecisions:
+def decisions(name: str, hardware: str, results: Path | None = None, protocol: str = "original") -> Decisions | ScalingDecisions:
     """What an experiment's saved results have decided (warm-up, chosen rates)."""
-    return experiment(name).design(hardware).plan(hardware, finished_runs(result_folders(name, results)))[1]
+    return experiment(name).plan_for(hardware, protocol).plan(hardware, finished_runs(result_folders(name, results, protocol)))[1]
 
 
 # ---------------------------------------------------------------- moving results between machines
 
-RESULT_NAME = re.compile(r"\w[\w.-]*/\w[\w.+-]*\.jsonl\.gz", re.ASCII)  # NAME/RUN.jsonl.gz, no dot-led parts
+RESULT_NAME = re.compile(r"(\w+/)?\w[\w.-]*/\w[\w.+-]*\.jsonl\.gz", re.ASCII)  # [PROTOCOL/]NAME/RUN.jsonl.gz, no dot-led parts
 
 
-def pack(name: str, archive: Path, results: Path | None = None) -> int:
+def pack(name: str, archive: Path, results: Path | None = None, protocol: str = "original") -> int:
     """Every finished result of an experiment in one tar archive; returns how many."""
-    results = Path(results) if results is not None else data_root() / "results" / name
+    results = Path(results) if results is not None else results_folder(name, protocol)
+    prefix = name if protocol == "original" else f"{protocol}/{name}"
     finished = sorted(results.glob(f"*{RESULT}")) if results.exists() else []
     if not finished:
         raise FileNotFoundError(f"no results in {results} to pack: run the experiment first")
     archive.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, "w") as tar:  # the files are gzipped already
         for path in finished:
-            tar.add(path, arcname=f"{name}/{path.name}")
+            tar.add(path, arcname=f"{prefix}/{path.name}")
     return len(finished)
 
 
@@ -770,6 +901,9 @@ def main(argv: list[str] | None = None) -> None:
     go.add_argument("--deadline", type=float, help="start no run after this many seconds (runs in flight finish)")
     packer = sub.add_parser("pack", help="an experiment's results in one .tar")
     packer.add_argument("name", choices=sorted(EXPERIMENTS))
+    protocols = "how the settings the rate sweeps hold fixed are chosen: " + "; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items())
+    go.add_argument("--protocol", choices=list(PROTOCOLS), nargs="+", default=["original"], help=protocols + " (several run side by side)")
+    packer.add_argument("--protocol", choices=list(PROTOCOLS), default="original", help=protocols)
     packer.add_argument("-o", "--output", type=Path, help="archive path (default: NAME.tar)")
     unpacker = sub.add_parser("unpack", help="put packed results into data/results/")
     unpacker.add_argument("archive", type=Path)
@@ -784,7 +918,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "run":
         terminate_as_interrupt()
         gpus = None if args.gpus == "all" else int(args.gpus)
-        report = run(args.name, args.preset, args.results, gpus, args.per_gpu, args.workers, deadline=args.deadline)
+        report = run(args.name, args.preset, args.results, gpus, args.per_gpu, args.workers, deadline=args.deadline,
+                     protocols=args.protocol)
         print(report)
         for run_name, tail in report.failed.items():
             print(f"\n--- {run_name} ---\n{tail}")
@@ -792,7 +927,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(1)
     elif args.command == "pack":
         output = args.output or Path(f"{args.name}.tar")
-        print(f"packed {pack(args.name, output)} results into {output}")
+        print(f"packed {pack(args.name, output, protocol=args.protocol)} results into {output}")
     elif args.command == "unpack":
         outcome = unpack(args.archive, overwrite=args.overwrite)
         print(", ".join(f"{len(v)} {k}" for k, v in outcome.items()))
@@ -817,8 +952,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: {exp.description}")
 
 
-__all__ = ["EXPERIMENTS", "Ablations", "Comparison", "Decisions", "Experiment", "Retrain", "Scaling", "ScalingDecisions", "decisions", "load_results", "pack", "read_run", "run",
-           "run_id", "unpack"]
+__all__ = ["EXPERIMENTS", "PROTOCOLS", "Ablations", "Comparison", "Decisions", "Experiment", "Retrain", "Scaling", "ScalingDecisions",
+           "decisions", "load_results", "pack", "read_run", "results_folder", "run", "run_id", "unpack"]
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-PRESETS = ("cpu", "t4", "a100", "h100")
+PRESETS = ("cpu", "t4", "a100", "h100", "h200")
+#: the presets of Hopper GPUs: the same plans, told apart in result names (one GPU kind per comparison)
+HOPPER = ("h100", "h200")
 
 
 @dataclass(frozen=True)
@@ -23,12 +25,13 @@ class Hardware:
 def detect_hardware() -> Hardware:
     """The preset for the first visible GPU, or ``cpu``.
 
-    Hopper and newer map to ``h100``, other Ampere-class GPUs (compute capability 8.x) to
-    ``a100``, anything older (Colab's T4 is 7.5) to ``t4``, which has no bf16 tensor cores.
+    An H200 maps to ``h200``, other Hopper and newer GPUs to ``h100``, Ampere-class GPUs
+    (compute capability 8.x) to ``a100``, anything older (Colab's T4 is 7.5) to ``t4``, which
+    has no bf16 tensor cores.
     """
     if not torch.cuda.is_available():
         return Hardware("cpu", "cpu", "CPU", bf16=False)
     name = torch.cuda.get_device_name(0)
     major, _ = torch.cuda.get_device_capability(0)
-    preset = "h100" if major >= 9 else "a100" if major == 8 else "t4"
+    preset = ("h200" if "H200" in name else "h100") if major >= 9 else "a100" if major == 8 else "t4"
     return Hardware(preset, "cuda", name, bf16=major >= 8)

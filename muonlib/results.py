@@ -124,10 +124,36 @@ def band_distance(value: float, band: tuple[float, float]) -> float:
     return max(band[0] - value, 0.0, value - band[1])
 
 
+def label(holds, fails=None) -> str:
+    """The book's verdict labels (``book/intro.md``) as code, from the evidence's shape.
+
+    ``holds`` says, for each condition a claim was measured under (a budget, a size, an
+    optimizer, one half of a conjunction), whether the measurement agrees with the claim as
+    stated; ``None`` if it was not measured at all. ``fails`` says, per condition, whether the
+    measurement goes against the claim in the direction the claim can fail (beyond the seed
+    spread where there are seeds); by default, wherever it does not hold. Then: *verified*
+    where it holds under every condition; *holds only under conditions* where it holds under
+    some; *refuted* where it holds under none and fails under some; *not testable here* where
+    nothing was measured, or nothing measured could tell (no condition holds or fails).
+    """
+    if holds is None:
+        return "not testable here"
+    holds = [bool(h) for h in holds]
+    fails = [not h for h in holds] if fails is None else [bool(f) for f in fails]
+    if len(fails) != len(holds):
+        raise ValueError(f"{len(holds)} conditions hold or not, but {len(fails)} fail or not: one each")
+    if not holds:
+        return "not testable here"
+    if all(holds):
+        return "verified"
+    if any(holds):
+        return "holds only under conditions"
+    return "refuted" if any(fails) else "not testable here"
+
+
 def band_verdict(inside) -> str:
     """"verified" if every value lies in the paper's band, "refuted" if none does."""
-    inside = list(inside)
-    return "verified" if all(inside) else "refuted" if not any(inside) else "holds only under conditions"
+    return label(inside)
 
 
 def gain_verdict(gaps: pd.DataFrame) -> str:
@@ -164,17 +190,20 @@ class ComparisonResults:
     decisions: Decisions
     headers: dict  # run -> its result file's header
 
-    @classmethod
-    def load(cls, name: str, hardware: str = "h100", results: Path | None = None) -> "ComparisonResults":
-        from .experiments import RESULT, read_run
+    protocol: str = "original"
 
-        folder = Path(results) if results is not None else data_root() / "results" / name
-        runs = load_results(folder)
+    @classmethod
+    def load(cls, name: str, hardware: str = "h100", results: Path | None = None, protocol: str = "original") -> "ComparisonResults":
+        """The runs of one GPU kind (``hardware``) under one protocol (see
+        :data:`muonlib.experiments.PROTOCOLS`), wherever the protocol finds them."""
+        from .experiments import RESULT, finished_runs, read_run, result_folders
+
+        folders = [f for f in result_folders(name, results, protocol) if f.exists()]
+        runs = pd.concat([load_results(f) for f in folders], ignore_index=True)
         runs = runs[runs.hardware == hardware]
-        design = experiment(name).design(hardware)
-        decisions = design.plan(hardware, read_finals(folder))[1]
-        headers = {p.name.removesuffix(RESULT): read_run(p)[0] for p in sorted(folder.glob(f"{hardware}-*{RESULT}"))}
-        return cls(name, runs, decisions, headers)
+        decisions = experiment(name).plan_for(hardware, protocol).plan(hardware, finished_runs(folders))[1]
+        headers = {p.name.removesuffix(RESULT): read_run(p)[0] for f in folders for p in sorted(f.glob(f"{hardware}-*{RESULT}"))}
+        return cls(name, runs, decisions, headers, protocol)
 
     # ------------------------------------------------------------ which runs
 
@@ -185,12 +214,14 @@ class ComparisonResults:
                       if all((steps, opt) in self.decisions.rates for opt in OPTIMIZERS))
 
     def at_shared_warmup(self, steps: int, optimizer: str) -> pd.DataFrame:
-        """Runs at the shared warm-up for one budget and optimizer (Muon's with its AdamW part
-        at AdamW's chosen rate): the sweep and the seeds."""
-        r = self.runs
-        q = (r.warmup == self.decisions.warmup) & (r.steps == steps) & (r.optimizer == optimizer)
+        """Runs at the protocol's settings for one budget and optimizer (its warm-up; Muon's
+        with its momentum settings and its AdamW part at AdamW's chosen rate): the sweep and
+        the seeds."""
+        r, d = self.runs, self.decisions
+        options = json.dumps(d.muon_options if optimizer == "muon" else {}, sort_keys=True)
+        q = (r.warmup == d.warmups[optimizer]) & (r.steps == steps) & (r.optimizer == optimizer) & (r.optimizer_options == options)
         if optimizer == "muon":
-            q &= r.adamw_lr == self.decisions.rates[steps, "adamw"]
+            q &= r.adamw_lr == d.rates[steps, "adamw"]
         return r[q]
 
     def chosen(self, steps: int, optimizer: str) -> pd.DataFrame:
@@ -212,7 +243,7 @@ class ComparisonResults:
         for steps in self.budgets:
             b = Budget.of(steps, header["tokens_per_step"], header["data"]["train_tokens"], header["parameters"])
             rows.append({"steps": steps, "tokens": b.tokens, "epochs": b.epochs, "tokens per parameter": b.tokens_per_parameter,
-                         "warm-up steps": round(self.decisions.warmup * steps)})
+                         **{f"{opt} warm-up steps": round(self.decisions.warmups[opt] * steps) for opt in OPTIMIZERS}})
         return pd.DataFrame(rows).set_index("steps")
 
     def warmup_table(self) -> pd.DataFrame:
@@ -325,6 +356,73 @@ class ComparisonResults:
              "ours": "; ".join(f"{s} steps: {spread_text(g)}" for s, g in gaps["gain %"].items()),
              "verdict": m18},
         ]).set_index("claim")
+
+
+# ---------------------------------------------------------------- one comparison under several protocols
+
+#: the GPU kind each protocol's XS runs were made on (one kind per protocol, so per comparison)
+PROTOCOL_HARDWARE = {"original": "h100", "paper": "h200", "tuned": "h200"}
+
+
+@dataclass
+class ProtocolComparison:
+    """One comparison's verdicts under the protocols of :data:`muonlib.experiments.PROTOCOLS`,
+    side by side. A verdict stands only where the paper's recipe and a second protocol that
+    departs from it agree (:func:`combine_verdicts`): the tuned protocol once its runs are
+    complete, until then the original one."""
+
+    name: str
+    results: dict[str, ComparisonResults]  # protocol -> its results, for the complete ones
+    tuned: Decisions  # what the tuned protocol has settled so far
+    tuned_missing: int  # runs the tuned protocol still wants
+
+    @classmethod
+    def load(cls, name: str = "xs_muon_vs_adamw", hardware: dict[str, str] = PROTOCOL_HARDWARE) -> "ProtocolComparison":
+        from .experiments import finished_runs, result_folders, run_id
+
+        folders = result_folders(name, None, "tuned")
+        finals = finished_runs([f for f in folders if f.exists()])
+        wanted, tuned = experiment(name).plan_for(hardware["tuned"], "tuned").plan(hardware["tuned"], finals)
+        missing = sum(run_id(c, hardware["tuned"]) not in finals for c in wanted)
+        complete = ("original", "paper") + (("tuned",) if not missing else ())
+        return cls(name, {p: ComparisonResults.load(name, hardware[p], protocol=p) for p in complete}, tuned, missing)
+
+    @property
+    def second(self) -> str:
+        """The protocol the paper's recipe is checked against."""
+        return "tuned" if "tuned" in self.results else "original"
+
+    def settings_table(self) -> pd.DataFrame:
+        """What each protocol held fixed while it swept rates, and where it ran."""
+        rows = []
+        for protocol, decisions in {**{p: r.decisions for p, r in self.results.items()}, "tuned": self.tuned}.items():
+            options = decisions.muon_options
+            muon = {} if options is None else {"momentum": 0.95, "nesterov": True, **options}  # Muon's defaults where unset
+            gpus = sorted({h["provenance"]["gpu"] for h in self.results[protocol].headers.values()}) if protocol in self.results else []
+            rows.append({"protocol": protocol, "AdamW warm-up": decisions.warmups.get("adamw"), "Muon warm-up": decisions.warmups.get("muon"),
+                         "Muon momentum": muon.get("momentum"), "Nesterov": muon.get("nesterov"), "GPU": ", ".join(gpus) or None,
+                         "runs": len(self.results[protocol].headers) if protocol in self.results else None})
+        return pd.DataFrame(rows).set_index("protocol")
+
+    def tuning_table(self) -> pd.DataFrame:
+        """The tuned protocol's sweeps at the first budget: validation loss per value and seed."""
+        rows = [{"sweep": sweep, "value": 1 - value if sweep == "momentum" else value, "seed": seed, "val_loss": loss}
+                for sweep, by_value in self.tuned.tuning.items() for value, losses in by_value.items()
+                for seed, loss in enumerate(losses)]
+        return pd.DataFrame(rows)
+
+    def verdicts(self) -> pd.DataFrame:
+        """Per claim: each complete protocol's evidence and verdict, and the verdict that stands."""
+        tables = {p: r.verdicts() for p, r in self.results.items()}
+        paper = tables["paper"]
+        rows = []
+        for claim in paper.index:
+            row = {"claim": claim, "paper": paper.paper[claim]}
+            for protocol, table in tables.items():
+                row[f"{protocol}: ours"], row[f"{protocol}: verdict"] = table.ours[claim], table.verdict[claim]
+            row["verdict"] = combine_verdicts([paper.verdict[claim], tables[self.second].verdict[claim]])
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("claim")
 
 
 # ---------------------------------------------------------------- several model sizes
@@ -539,8 +637,12 @@ class ScalingResults(LadderResults):
         first, last = gaps["gain %"].iloc[0], gaps["gain %"].iloc[-1]
         means = np.array([g.mean for g in gaps["gain %"]])
         rising = compare(first.values, last.values) == -1 and pd.Series(means).corr(pd.Series(np.log(gaps.parameters.values)), method="spearman") > 0
-        m16 = ("refuted" if (gaps.separated == 1).any() or not consistent and not rising else
-               "verified" if consistent and rising else "holds only under conditions")
+        falling = compare(first.values, last.values) == 1
+        # the claim compares sizes trained alike; on equal tokens the larger sizes see fewer tokens
+        # per parameter, so a gain that rises with size may rise with under-training instead
+        per_parameter = self.size_table()["tokens per parameter"]
+        alike = per_parameter.max() <= 2 * per_parameter.min()
+        m16 = label([consistent, rising, alike], fails=[(gaps.separated == 1).any(), falling, False])
 
         m18 = gain_verdict(gaps)
 
@@ -549,8 +651,9 @@ class ScalingResults(LadderResults):
         kept = muon["transfer penalty"] <= NOISE_SIGMAS * muon["seed std"]
         decay = self.decay_table()
         decay_flips = decay.groupby("optimizer").separated.agg(lambda s: {-1, 1} <= set(s)).any()  # better at one size, worse at another
-        m21 = ("verified" if kept.all() and not decay_flips else
-               "refuted" if not kept.iloc[-1] or decay_flips else "holds only under conditions")
+        # the claim is muP's (section 5.4); muonlib trains in standard parametrisation, with the
+        # update scale alone, so what follows measures that, not the claim
+        m21 = label(None)
 
         def fraction(x):
             return f"1/{1 / x:g}" if x < 1 else f"{x:g}x"
@@ -562,14 +665,17 @@ class ScalingResults(LadderResults):
                      f"{len(self.settings)} sizes and {ratios.offset.nunique()} targets each",
              "verdict": m15},
             {"claim": "M16", "paper": "the gain is consistent across scales and slightly improves with size",
-             "ours": "final-loss gain " + "; ".join(f"{s} {spread_text(g)}" for s, g in gaps["gain %"].items()),
+             "ours": "final-loss gain " + "; ".join(f"{s} {spread_text(g)}" for s, g in gaps["gain %"].items())
+                     + f"; every size on the same tokens, {per_parameter.max():.2g} down to {per_parameter.min():.2g} tokens per "
+                       "parameter, so size and under-training move together",
              "verdict": m16},
             {"claim": "M18", "paper": f"final loss {PAPER['M18'][0]}-{PAPER['M18'][1]}% lower with Muon",
              "ours": f"{min(means):.1f}-{max(means):.1f}% lower at every size, beyond the seed spread" if consistent
                      else f"{min(means):.1f}-{max(means):.1f}%, not beyond the seed spread at every size",
              "verdict": m18},
             {"claim": "M21", "paper": "learning rate and weight decay transfer across widths with s = 0.2 sqrt(n)",
-             "ours": f"Muon's best rate beyond {self.settings[0]} is {fraction(muon['shift'].min())} to {fraction(muon['shift'].max())} "
+             "ours": "not muP, which muonlib lacks: in standard parametrisation with the update scale alone, "
+                     + ("the rates transfer" if kept.all() and not decay_flips else "the rates do not all transfer") + f"; Muon's best rate beyond {self.settings[0]} is {fraction(muon['shift'].min())} to {fraction(muon['shift'].max())} "
                      f"of {self.settings[0]}'s, whose rate costs {muon['transfer penalty'].min():.3f}-{muon['transfer penalty'].max():.3f} "
                      f"nats (seed std at most {muon['seed std'].max():.3f}); AdamW's is {fraction(adamw['shift'].iloc[1:].min())} to "
                      f"{fraction(adamw['shift'].iloc[1:].max())}; weight decay 0.05 against 0.1: "
@@ -692,7 +798,10 @@ class BatchSizeResults(LadderResults):
 
         per_batch = summary.groupby("batch", sort=False).R.agg(lambda rs: np.mean([r.mean for r in rs]))
         low, high = PAPER_R["section 3.1"]
-        m26 = band_verdict(low <= r <= high for r in per_batch)
+        # the claim is about reaching "the same loss": the near-final one, the lowest target; the
+        # higher ones are reached early in training, most of them during the warm-up
+        final_target = summary[summary.target == summary.target.min()]
+        m26 = label([r.low <= high and r.high >= low for r in final_target.R], fails=[r.low > high or r.high < low for r in final_target.R])
         nearer = [min(PAPER_R, key=lambda name: band_distance(r, PAPER_R[name])) for r in per_batch]
 
         slopes = {}
@@ -717,9 +826,11 @@ class BatchSizeResults(LadderResults):
                      + ", ".join(f"{t:.2f}: {best['adamw'][t]:.0f} vs {best['muon'][t]:.0f}" for t in best["adamw"].index),
              "verdict": m20},
             {"claim": "M26", "paper": "10-15% fewer tokens (section 3.1) against 48-52% of the FLOPs (section 5.1)",
-             "ours": "mean R per batch " + ", ".join(f"{b} {r:.2f}" for b, r in per_batch.items())
-                     + f" (section 3.1's band is {low:.2f}-{high:.2f}, section 5.1's about 2); nearer section 3.1's at "
-                     + f"{nearer.count('section 3.1')} of {len(per_batch)} batches",
+             "ours": f"at the near-final target {final_target.target.iloc[0]:.2f}, reached at "
+                     + ", ".join(f"{row.batch} by R = {row.R.mean:.2f} (seeds {row.R.low:.2f}-{row.R.high:.2f})" for row in final_target.itertuples())
+                     + f" (section 3.1's band is {low:.2f}-{high:.2f}, section 5.1's about 2); over every target, mean R per batch "
+                     + ", ".join(f"{b} {r:.2f}" for b, r in per_batch.items())
+                     + f", nearer section 3.1's at {nearer.count('section 3.1')} of {len(per_batch)} batches",
              "verdict": m26},
             {"claim": "M27", "paper": "T_AdamW - T_Muon grows superlinearly with the batch size",
              "ours": "log-log slope of the token difference against the batch: "
@@ -897,7 +1008,7 @@ PAPER_TABLE3 = {
 }
 #: the companion papers' quality claims, in % (a positive change is a higher loss or perplexity)
 PAPER_QUALITY = {"M24": (8, 12), "E3": 0.8, "E4": -6.9, "E5": -11.1, "E8": 40.0, "A2 no RoPE": (3, 5), "A2 RoPE": -2.0,
-                 "A1": 0.3, "A1 cache": 45.0, "E7 CV": 0.1}
+                 "A1": 0.3, "A1 cache": 45.0}
 
 
 def training_throughput(size: str) -> pd.DataFrame:
@@ -1001,16 +1112,13 @@ class ArchitectureResults(LadderResults):
         return SeedSpread(tuple(100 * (a / b - 1).dropna()))
 
     @staticmethod
-    def cost_band(change: SeedSpread, paper: float) -> str:
-        """A claimed small cost (``paper`` %, positive) against a measured change: "verified"
-        for a cost within twice the claim, "refuted" where every seed pair costs more, and
-        "holds only under conditions" where the change is a gain (the claimed trade-off then
-        does not arise) or the seeds straddle the bound."""
-        if not change.values:
+    def cost_band(*changes: SeedSpread, paper: float) -> str:
+        """A claimed small cost (``paper`` %, positive) against measured changes: the claim can
+        fail only by costing more, so it holds for every seed pair within twice the claim, a
+        gain included (:func:`label` over the pairs)."""
+        if not any(c.values for c in changes):
             raise ValueError("no seed pair to judge the cost by: the compared settings share no seed")
-        if 0 <= change.mean <= 2 * paper:
-            return "verified"
-        return "refuted" if change.low > 2 * paper else "holds only under conditions"
+        return label([v <= 2 * paper for c in changes for v in c.values])
 
     def a1_row(self) -> dict:
         """A1, MLA with RoPE at r = d/2 against MHA, both halves: the cache saving (analytic; the
@@ -1022,7 +1130,7 @@ class ArchitectureResults(LadderResults):
         paper_saving, paper_cost = PAPER_QUALITY["A1 cache"], PAPER_QUALITY["A1"]
         cache = saving_band(saving, paper_saving)
         cost = {o: self.loss_change("mla", "mha", o) for o in OPTIMIZERS}
-        parts = [cache] + [self.cost_band(c, paper_cost) for c in cost.values()]
+        parts = [cache, self.cost_band(*cost.values(), paper=paper_cost)]
         return {"claim": "A1", "paper": f"MLA + RoPE at r = d/2: {paper_saving:.0f}% smaller KV cache for {paper_cost}% higher validation loss",
                 "ours": f"cache at {self.size()}: {saving:.1f}% fewer bytes per token than MHA (latent plus rotary key); test loss against MHA: "
                         + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.2f}% (seeds {c.low:+.2f} to {c.high:+.2f})" for o, c in cost.items()),
@@ -1055,10 +1163,8 @@ class ArchitectureResults(LadderResults):
 
     def verdicts(self) -> pd.DataFrame:
         """M23 (MoE-MLA + Muon best in every measured column of Table 3), M24's perplexity half,
-        E3, E4, E5, E7, E8, A1 and A2, each from the runs (E8 from the benchmark). E3 is "verified"
-        for a degradation within twice the paper's 0.8%, "refuted" beyond it, and "holds only
-        under conditions" where MoE-MLA is better than dense (with more active parameters, which
-        is not the comparison the claim describes)."""
+        E3, E4, E5, E7, E8, A1 and A2, each from the runs (E8 from the benchmark). E3 and A1's
+        second half claim small costs, which fail only by costing more (:meth:`cost_band`)."""
         table = self.table3()
         rows = []
 
@@ -1084,7 +1190,7 @@ class ArchitectureResults(LadderResults):
         e3 = {o: self.change("moe-mla", "mha", o) for o in OPTIMIZERS}
         rows.append({"claim": "E3", "paper": f"MoE-MLA-RoPE's perplexity {PAPER_QUALITY['E3']}% above dense",
                      "ours": "; ".join(f"{OPTIMIZER_LABELS[o]}: {c.mean:+.1f}% (seeds {c.low:+.1f} to {c.high:+.1f})" for o, c in e3.items()),
-                     "verdict": combine_verdicts([self.cost_band(c, PAPER_QUALITY["E3"]) for c in e3.values()])})
+                     "verdict": self.cost_band(*e3.values(), paper=PAPER_QUALITY["E3"])})
 
         spec_active = self.active_parameter_change("moe-mla")
         e4_text = f"the stated experts give {spec_active:+.0f}% active non-embedding parameters against dense MHA, not -42%"
@@ -1112,12 +1218,11 @@ class ArchitectureResults(LadderResults):
         balance = self.balance_table()
         if "moe-mla unbalanced" in self.settings:
             pairs = [(balance.loc[("moe-mla", o), "CV, last tenth"], balance.loc[("moe-mla unbalanced", o), "CV, last tenth"]) for o in OPTIMIZERS]
-            lower = all(compare(b.values, u.values) == -1 for b, u in pairs)
-            under = all(b.high < PAPER_QUALITY["E7 CV"] for b, _ in pairs)
-            rows.append({"claim": "E7", "paper": "bias balancing keeps the experts balanced (the summary expects CV < 0.1)",
+            rows.append({"claim": "E7", "paper": "bias balancing keeps the experts balanced without an auxiliary loss",
                          "ours": "expert-load CV over the last tenth, balanced against unbalanced: "
                                  + "; ".join(f"{OPTIMIZER_LABELS[o]} {b.mean:.2f} vs {u.mean:.2f}" for o, (b, u) in zip(OPTIMIZERS, pairs)),
-                         "verdict": "verified" if lower and under else "refuted" if not lower else "holds only under conditions"})
+                         "verdict": label([compare(b.values, u.values) == -1 for b, u in pairs],
+                                          fails=[compare(b.values, u.values) == 1 for b, u in pairs])})
 
         throughput = training_throughput(self.size())
         overhead = 100 * (throughput.tokens_per_s["mha"] / throughput.tokens_per_s["moe-mla"] - 1)
@@ -1130,13 +1235,14 @@ class ArchitectureResults(LadderResults):
 
         nope, rope = ({o: self.change(v, "mha", o) for o in OPTIMIZERS} for v in ("mla-norope", "mla"))
         low, high = PAPER_QUALITY["A2 no RoPE"]
-        a2_nope = all(low <= c.mean <= high for c in nope.values())
-        a2_rope = all(c.mean < 0 and compare(self.test_losses("mla", o), self.test_losses("mha", o)) == -1 for o, c in rope.items())
+        # a conjunction, per optimizer: both halves must hold; it fails where either does
+        in_band = {o: low <= c.mean <= high for o, c in nope.items()}
+        rope_vs_mha = {o: compare(self.test_losses("mla", o), self.test_losses("mha", o)) for o in rope}
         rows.append({"claim": "A2", "paper": f"without RoPE MLA is {low}-{high}% worse than MHA; with RoPE {-PAPER_QUALITY['A2 RoPE']:.0f}% better",
                      "ours": "perplexity against MHA, no RoPE: " + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.1f}%" for o, c in nope.items())
                              + "; with RoPE: " + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.1f}%" for o, c in rope.items()),
-                     "verdict": "verified" if a2_nope and a2_rope else "refuted" if not (a2_nope or a2_rope) and
-                                all(c.mean > 0 for c in rope.values()) else "holds only under conditions"})
+                     "verdict": label([in_band[o] and rope_vs_mha[o] == -1 for o in OPTIMIZERS],
+                                      fails=[not in_band[o] or rope_vs_mha[o] == 1 for o in OPTIMIZERS])})
         return pd.DataFrame(rows).set_index("claim")
 
 
@@ -1196,9 +1302,10 @@ class ProbeResults:
 
     def verdicts(self) -> pd.DataFrame:
         """M28. The paper claims an attention-entropy analysis and shows none (the word
-        appears once in it, in the claim), so the claim is refuted as stated; the evidence
-        gives what the analysis finds here: each architecture's mean head entropy under
-        AdamW and Muon, and whether Muon's differs beyond the seed spread."""
+        appears once in it, in the claim): with no result of the paper's to compare ours
+        with, the claim cannot be tested here; the evidence gives what the analysis finds
+        here: each architecture's mean head entropy under AdamW and Muon, and whether Muon's
+        differs beyond the seed spread."""
         parts = []
         for architecture in dict.fromkeys(self.rows.architecture):
             adamw, muon = self.mean_entropy(architecture, "adamw"), self.mean_entropy(architecture, "muon")
@@ -1209,7 +1316,7 @@ class ProbeResults:
         return pd.DataFrame([{
             "claim": "M28", "paper": "the first analysis of attention entropy under joint compression and orthogonalisation",
             "ours": "the paper reports no attention-entropy measurement; ours, mean head entropy in nats, AdamW -> Muon: " + "; ".join(parts),
-            "verdict": "refuted"}]).set_index("claim")
+            "verdict": label(None)}]).set_index("claim")
 
     def continuation_table(self) -> pd.DataFrame:
         """Every prompt's greedy and sampled continuation, by architecture and optimizer (the
@@ -1236,7 +1343,7 @@ def every_run_table(root: Path | None = None) -> pd.DataFrame:
     excursions."""
     root = Path(root) if root is not None else data_root() / "results"
     rows = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name in EXPERIMENTS):  # the original protocol's runs
         runs = load_results(folder).sort_values(["run", "step"])
         finals = runs.groupby("run").agg(**{k: (k, "first") for k in ["optimizer", *SAME_TRAINING, "optimizer_options", "seed", "lr", "diverged"]},
                                          val_loss=("val_loss", "last"))

@@ -92,6 +92,14 @@ def test_hard_batches_fool_the_raw_detector_but_not_the_paired_one():
     assert np.isnan(jumps[:10]).all() and jumps[200] > math.log(1.1) > jumps[199]
 
 
+def test_a_drop_of_the_reference_is_no_spike_of_the_run():
+    a, b = shared_batches()
+    b[120:126] *= 0.85  # the reference does better for a few steps; a's own loss never rises
+    ratio_jump = np.log(a[123] / b[123]) - np.median(np.log(a[113:123] / b[113:123]))
+    assert ratio_jump > math.log(1.1)  # the ratio alone would call it a spike of a's
+    assert not paired_spikes(a, b).any()
+
+
 def test_grad_norm_excursions():
     norms = np.full(200, 0.5) * np.exp(np.random.default_rng(1).normal(0, 0.1, 200))
     norms[[5, 150]] = 4.0  # step 5 has too little history to judge

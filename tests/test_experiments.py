@@ -40,7 +40,11 @@ COMPARISON = Comparison(
 )
 
 
-def simulate(comparison, rounds=20):
+def simulate(comparison, rounds=30):
+    return simulate_with(comparison, synthetic_loss, rounds)
+
+
+def simulate_with(comparison, loss, rounds=30):
     """Run the plan as the runner would: each round finishes every wanted run."""
     finals, history = {}, []
     for _ in range(rounds):
@@ -50,7 +54,7 @@ def simulate(comparison, rounds=20):
         if not new:
             return finals, decisions, history
         for c in new:
-            finals[run_id(c, "cpu")] = {"final": True, "val_loss": synthetic_loss(c), "config": c}
+            finals[run_id(c, "cpu")] = {"final": True, "val_loss": loss(c), "config": c}
     raise AssertionError("the plan never settled")
 
 
@@ -72,6 +76,52 @@ def test_the_plan_unlocks_its_stages_in_order_and_settles_on_inside_optima():
         assert set(decisions.warmup_at_longest[opt]) == {0.02, 0.1, 0.2}
     second = {(c.optimizer, c.steps) for c in history[1]}
     assert ("muon", 100) not in second and ("adamw", 300) in second  # Muon waits for AdamW's rate, AdamW for nothing
+
+
+def protocol_loss(config: TrainConfig) -> float:
+    """:func:`synthetic_loss` with AdamW best at a 0.2 warm-up (a bowl in log warm-up); Muon
+    best at momentum 0.95, a little better (0.0005, half the seed spread) at any warm-up but
+    the paper's and with Nesterov."""
+    loss = synthetic_loss(dataclasses.replace(config, warmup=0.5))  # past its warm-up term
+    if config.optimizer == "adamw":
+        return loss + 0.05 * math.log2(config.warmup / 0.2) ** 2
+    options = config.optimizer_options
+    momentum, nesterov = options.get("momentum", 0.95), options.get("nesterov", True)
+    return loss - 0.0005 * (config.warmup != 0.02) + 0.1 * math.log2((1 - momentum) / 0.05) ** 2 - 0.0005 * nesterov
+
+
+def test_the_paper_protocol_fixes_its_warmup_and_momentum_and_sweeps_only_rates():
+    comparison = dataclasses.replace(COMPARISON, protocol="paper")
+    finals, decisions, history = simulate_with(comparison, protocol_loss)
+    runs = [f["config"] for f in finals.values()]
+    assert {c.warmup for c in runs} == {experiments.PAPER_WARMUP}
+    assert all(c.optimizer_options == experiments.PAPER_MUON for c in runs if c.optimizer == "muon")
+    assert decisions.rates == {(100, "adamw"): 2e-3, (300, "adamw"): 2e-3, (100, "muon"): 8e-3, (300, "muon"): 8e-3}
+    assert not decisions.warmup_at_longest  # nothing to confirm: the paper fixes it
+
+
+def test_the_tuned_protocol_brackets_each_setting_and_keeps_the_papers_within_the_seed_spread():
+    paper = simulate_with(dataclasses.replace(COMPARISON, protocol="paper"), protocol_loss)[0]
+    finals, decisions, history = simulate_with(dataclasses.replace(COMPARISON, protocol="tuned"), protocol_loss)
+    assert {c.optimizer for c in history[0]} == {"adamw"}  # the pilot: the paper protocol's first sweep
+    assert set(paper) & set(finals) >= {run_id(c, "cpu") for c in history[0]}  # run once, shared
+    assert decisions.pilot_rates == {"adamw": 2e-3, "muon": 8e-3}
+    assert decisions.warmups == {"adamw": 0.2, "muon": experiments.PAPER_WARMUP}  # Muon's ties give way to the paper
+    assert decisions.muon_options == {"momentum": 0.95, "nesterov": False}  # Nesterov's gain is within the spread
+    warmups = sorted(decisions.tuning["warmup adamw"])
+    assert min(warmups) < 0.2 < max(warmups)  # bracketed: the grid was extended up
+    assert all(len(seeds) == len(experiments.TUNE_SEEDS) for sweep in decisions.tuning.values() for seeds in sweep.values())
+    runs = [f["config"] for f in finals.values() if f["config"].steps == 300]
+    assert {c.warmup for c in runs if c.optimizer == "adamw" and c.seed > 0} == {0.2}
+    assert sorted(decisions.warmup_at_longest["adamw"]) == [0.1, 0.2, 0.4]  # the chosen one and its neighbours
+
+
+def test_only_the_xs_comparison_runs_under_the_new_protocols():
+    assert experiments.experiment("xs_muon_vs_adamw").plan_for("h200", "tuned").protocol == "tuned"
+    with pytest.raises(ValueError, match="scaling runs under the protocols \\['original'\\], not 'paper'"):
+        experiments.experiment("scaling").plan_for("h200", "paper")
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        experiments.results_folder("xs_muon_vs_adamw", "best")
 
 
 def test_budgets_differ_only_in_length():
@@ -300,6 +350,17 @@ def test_pack_and_unpack_round_trip_and_leave_differing_results_alone(tmp_path):
     assert unpack(archive, target)["unchanged"] == ["toy/run1.jsonl.gz", "toy/run2.jsonl.gz"]
     assert unpack(archive, target, overwrite=True)["replaced"] == ["toy/run0.jsonl.gz"]
     assert (target / "toy" / "run0.jsonl.gz").read_bytes() == (source / "run0.jsonl.gz").read_bytes()
+
+
+def test_a_protocols_results_pack_under_its_folder_and_unpack_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUONLIB_DATA", str(tmp_path / "data"))
+    folder = experiments.results_folder("xs_muon_vs_adamw", "paper")
+    assert folder == tmp_path / "data" / "results" / "paper" / "xs_muon_vs_adamw"
+    fake_result(folder / "run0.jsonl.gz")
+    assert pack("xs_muon_vs_adamw", tmp_path / "paper.tar", protocol="paper") == 1
+    outcome = unpack(tmp_path / "paper.tar", tmp_path / "elsewhere")
+    assert outcome["added"] == ["paper/xs_muon_vs_adamw/run0.jsonl.gz"]
+    assert (tmp_path / "elsewhere" / "paper" / "xs_muon_vs_adamw" / "run0.jsonl.gz").exists()
 
 
 @pytest.mark.parametrize("name,final", [("../escape.jsonl.gz", True), ("toy/notes.txt", True), ("toy/run.jsonl.gz", False)])

@@ -83,6 +83,20 @@ def test_m17_no_instability_to_compare_and_raw_spikes_are_hard_batches(xs):
     assert spikes["raw spikes"].sum() > 20 * spikes["paired spikes"].sum()
 
 
+def test_the_labels_follow_from_the_evidence_shape():
+    from muonlib.results import label
+
+    assert label(None) == label([]) == "not testable here"  # nothing measured
+    assert label([True, True]) == "verified"
+    assert label([True, False]) == "holds only under conditions"
+    assert label([False, False]) == "refuted"  # by default a condition that does not hold fails
+    # a claim that can fail one way only: measurements that neither hold nor fail cannot tell
+    assert label([False, False], fails=[False, False]) == "not testable here"
+    assert label([False, False], fails=[True, False]) == "refuted"
+    with pytest.raises(ValueError, match="one each"):
+        label([True], fails=[True, False])
+
+
 def test_diverged_runs_are_counted_never_averaged():
     """A synthetic comparison where an AdamW seed and a sweep's top rate diverged."""
     import numpy as np
@@ -101,14 +115,14 @@ def test_diverged_runs_are_counted_never_averaged():
             evaluated = step % 10 == 0
             rows.append(dict(run=f"{optimizer}-{lr}-{seed}", step=step, loss=loss, grad_norm=1.0, tokens=100 * step,
                              val_loss=loss if evaluated else np.nan, test_loss=loss + 0.01 if evaluated else np.nan,
-                             optimizer=optimizer, lr=lr, seed=seed, steps=40, warmup=0.1,
+                             optimizer=optimizer, optimizer_options="{}", lr=lr, seed=seed, steps=40, warmup=0.1,
                              adamw_lr=1e-3 if optimizer == "muon" else None, diverged=diverge_at is not None, hardware="h100"))
 
     for seed in range(3):
         add("adamw", 1e-3, seed, diverge_at=25 if seed == 2 else None)
         add("muon", 2e-3, seed, level=3.8)
     add("adamw", 4e-3, 0, diverge_at=5)
-    decisions = Decisions(warmup=0.1, rates={(40, "adamw"): 1e-3, (40, "muon"): 2e-3},
+    decisions = Decisions(warmup=0.1, warmups={"adamw": 0.1, "muon": 0.1}, muon_options={}, rates={(40, "adamw"): 1e-3, (40, "muon"): 2e-3},
                           swept={(40, "adamw"): [1e-3, 4e-3], (40, "muon"): [2e-3]})
     xs = ComparisonResults("synthetic", pd.DataFrame(rows), decisions, {})
     sweep = xs.sweep_table().set_index(["optimizer", "lr"])
@@ -154,7 +168,8 @@ def test_the_scaling_experiment_is_complete_with_provenance(scaling):
 
 
 def test_m21_rates_do_not_transfer_but_muons_move_far_less(scaling):
-    assert scaling.verdicts().verdict["M21"] == "refuted"
+    m21 = scaling.verdicts().loc["M21"]
+    assert m21.verdict == "not testable here" and "not muP" in m21.ours  # the claim is muP's; we measure standard parametrisation
     t = scaling.transfer_table().set_index(["setting", "optimizer"])
     for size in scaling.settings[1:]:
         muon, adamw = t.loc[size, "muon"], t.loc[size, "adamw"]
@@ -169,7 +184,11 @@ def test_m21_rates_do_not_transfer_but_muons_move_far_less(scaling):
 
 def test_m16_m18_muon_lower_at_every_size_and_the_gain_rises_slightly(scaling):
     v = scaling.verdicts().verdict
-    assert v["M16"] == "verified" and v["M18"] == "holds only under conditions"
+    # M16 holds on equal tokens, where the larger sizes are the less trained: size and
+    # under-training move together, so the rise is not the size's alone
+    assert v["M16"] == "holds only under conditions" and v["M18"] == "holds only under conditions"
+    per_parameter = scaling.size_table()["tokens per parameter"]
+    assert per_parameter.max() > 10 * per_parameter.min()
     gaps = scaling.gap_table()
     assert (gaps.separated == -1).all()
     means = [g.mean for g in gaps["gain %"]]
@@ -187,10 +206,13 @@ def test_m15_muons_share_of_adamws_flops_is_far_above_half_and_all_of_it_at_xl(s
     assert list(ns) == sorted(ns) and ns["XL"] > 30
 
 
-def test_m17_muon_spikes_less_over_every_run_but_not_at_the_tuned_rates(every_run):
+def test_m17_no_run_of_either_optimizer_spikes_so_there_is_nothing_to_compare(every_run):
     assert len(every_run) >= 100 and not every_run.diverged.any()
     m17 = stability_verdict(every_run)
-    assert m17["verdict"] == "holds only under conditions" and m17["p overall"] < 0.01 and m17["p tuned"] > 0.2
+    # the paired detector once flagged the reference's drops; counted as rises of the run's own
+    # loss beyond the other optimizer's on the same batch, no run has one
+    assert m17["verdict"] == "not testable here" and every_run["paired spikes"].sum() == 0
+    assert every_run["raw spikes"].sum() > 100  # hard batches, which the pairing removes
     table = stability_table(every_run)
     # 10x while the book held the XS and scaling runs only; the batch-size ladder's short, large-batch
     # runs at 4x Muon's optimum have excursions too, and AdamW's are still several times as many
@@ -219,7 +241,7 @@ def test_decoding_refutes_the_speed_claims_and_qualifies_the_cache_saving():
 # ---------------------------------------------------------------- the batch-size chapter
 
 from muonlib.results import (ADAMW_ARM, BASELINE, AblationResults, ArchitectureResults,  # noqa: E402
-                             BatchSizeResults)
+                             PAPER_R, BatchSizeResults)
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +274,12 @@ def test_m19_m20_muon_needs_fewer_tokens_and_steps_at_every_batch_and_more_so_at
     assert (final.min_val_step < final.groupby("setting").min_val_step.transform("max")).sum() <= 3  # curves not turned up
     v = batches.verdicts().verdict
     assert v["M19"] == "holds only under conditions" and v["M20"] == "verified"
-    assert v["M26"] == "refuted" and v["M27"] == "holds only under conditions"
+    # M26 at the near-final target (the others lie early, mostly in the warm-up): R's seeds
+    # reach into section 3.1's band
+    final_target = summary[summary.target == summary.target.min()]
+    low, high = PAPER_R["section 3.1"]
+    assert all(r.low <= high and r.high >= low for r in final_target.R)
+    assert v["M26"] == "verified" and v["M27"] == "holds only under conditions"
 
 
 # ---------------------------------------------------------------- the ablations chapter
@@ -316,9 +343,11 @@ def test_companion_claims_as_the_chapter_states_them(architectures):
         small = architectures.loss_change("moe-mla small", "mha", opt)
         assert small.low < 0 < small.high and abs(small.mean) < 0.5  # as good as dense, not 6.9% better
         assert architectures.loss_change("moe-mla flop-matched", "mha", opt).low > 0  # on dense's FLOPs: worse, every seed
-    assert dict(v.verdict) == {"M23": "holds only under conditions", "M24": "refuted", "E3": "holds only under conditions",
-                               "E4": "refuted", "E5": "refuted", "E7": "holds only under conditions", "E8": "refuted", "A1": "holds only under conditions",
-                               "A2": "holds only under conditions"}
+    # E3 claims a small cost, and MoE-MLA costs nothing; E7's balance needs no bar the paper does
+    # not set; A2 is a conjunction whose no-RoPE half fails for both optimizers
+    assert dict(v.verdict) == {"M23": "holds only under conditions", "M24": "refuted", "E3": "verified",
+                               "E4": "refuted", "E5": "refuted", "E7": "verified", "E8": "refuted", "A1": "holds only under conditions",
+                               "A2": "refuted"}
 
 
 def test_a1_mla_saves_more_cache_than_claimed_and_its_loss_cost_depends_on_the_optimizer(architectures):
@@ -333,9 +362,10 @@ def test_a1_mla_saves_more_cache_than_claimed_and_its_loss_cost_depends_on_the_o
     mla, mha = (kv_cache_elements_per_token(preset(architectures.size(), a)) for a in ("mla", "mha"))
     assert 100 * (1 - mla / mha) > PAPER_QUALITY["A1 cache"] + 2  # "saves more cache than the MLA paper says"
     assert saving_band(46, 45) == "verified" and saving_band(30, 45) == "refuted"
-    assert ArchitectureResults.cost_band(SeedSpread((0.2, 0.4)), 0.3) == "verified"
-    assert ArchitectureResults.cost_band(SeedSpread((0.7, 0.9)), 0.3) == "refuted"
-    assert ArchitectureResults.cost_band(SeedSpread((-0.4, -0.1)), 0.3) == "holds only under conditions"
+    assert ArchitectureResults.cost_band(SeedSpread((0.2, 0.4)), paper=0.3) == "verified"
+    assert ArchitectureResults.cost_band(SeedSpread((0.7, 0.9)), paper=0.3) == "refuted"
+    assert ArchitectureResults.cost_band(SeedSpread((-0.4, -0.1)), paper=0.3) == "verified"  # a gain: the claim fails only by costing more
+    assert ArchitectureResults.cost_band(SeedSpread((0.4, 0.9)), SeedSpread((0.1,)), paper=0.3) == "holds only under conditions"
 
 
 # ---------------------------------------------------------------- what the trained models attend to
@@ -370,5 +400,5 @@ def test_m28_muon_spreads_attention_in_mha_and_mla_and_the_paper_shows_no_analys
         assert compare(probes.mean_entropy(arch, "muon").values, probes.mean_entropy(arch, "adamw").values) == 1
         assert table.loc[(arch, "muon"), "sharp heads"] < table.loc[(arch, "adamw"), "sharp heads"]
     assert SHARP_HEAD == 1.0
-    assert probes.verdicts().verdict["M28"] == "refuted"
+    assert probes.verdicts().verdict["M28"] == "not testable here"  # the paper shows no analysis to compare with
     assert len(probes.continuation_table()) == 3 * len(pairs)

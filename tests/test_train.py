@@ -194,10 +194,23 @@ def test_a_torn_last_metrics_line_is_dropped_and_the_run_resumes(tmp_path, data_
         MetricsLog(tmp_path / "bad.jsonl").read()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
-def test_asking_for_a_missing_gpu_says_so(tmp_path, data_env):
+def test_asking_for_a_missing_gpu_says_so(tmp_path, data_env, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU
     with pytest.raises(RuntimeError, match="no GPU is visible"):
         train(tiny(device="cuda"), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("name,capability,preset", [("Tesla T4", (7, 5), "t4"), ("NVIDIA A100-SXM4-40GB", (8, 0), "a100"),
+                                                     ("NVIDIA H100 80GB HBM3", (9, 0), "h100"), ("NVIDIA H200", (9, 0), "h200")])
+def test_each_gpu_kind_gets_its_preset_and_hoppers_share_their_plans(monkeypatch, name, capability, preset):
+    from muonlib import experiments
+    from muonlib.hardware import detect_hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    assert detect_hardware().preset == preset
+    assert (experiments.scaling(preset).settings == experiments.scaling("h100").settings) == (capability[0] >= 9)
 
 
 def test_a_t4_gets_fp16_with_loss_scaling_not_emulated_bf16(monkeypatch):
@@ -218,8 +231,10 @@ def test_a_run_with_tuple_settings_resumes_and_a_changed_precision_is_refused(tm
     config = tiny(optimizer="adamw", optimizer_options={"betas": (0.9, 0.95)}, steps=6, checkpoint_every=3)
     killed_at(4, config, tmp_path, monkeypatch)
     real_resolve = train_module.resolve_device
-    monkeypatch.setattr(train_module, "resolve_device", lambda c, run=None: (real_resolve(c)[0], "bf16"))  # another machine
-    with pytest.raises(ValueError, match="trained in fp32 and would resume in bf16"):
+    trained_in = real_resolve(config)[1]  # fp32 on a CPU, bf16 on a recent GPU
+    other = "fp32" if trained_in != "fp32" else "bf16"
+    monkeypatch.setattr(train_module, "resolve_device", lambda c, run=None: (real_resolve(c)[0], other))  # another machine
+    with pytest.raises(ValueError, match=f"trained in {trained_in} and would resume in {other}"):
         train(config, tmp_path, progress=False)
     monkeypatch.setattr(train_module, "resolve_device", real_resolve)
     assert len(train(config, tmp_path, progress=False)) == 6  # the saved (0.9, 0.95) came back as a list: the same run
