@@ -4,8 +4,9 @@
 judge are marked ``computed``: their verdict, evidence and chapter come from the functions
 those chapters call (:mod:`muonlib.results`) on the saved results; the others carry theirs
 in the file. ``python -m muonlib.ledger write`` renders the ledger page (``book/claims.md``)
-and the dashboard on the landing page (``book/intro.md``); ``check`` says whether the
-committed pages are what the data gives now, and a test runs it.
+and the dashboard on the landing page (``book/intro.md``), or with ``--out DIR`` both into
+``DIR``; ``check`` says whether the committed pages are what the data gives now, and a test
+runs it.
 """
 
 from __future__ import annotations
@@ -191,11 +192,17 @@ def stale(claims: list[Claim] | None = None) -> list[Path]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m muonlib.ledger", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("write", "check"))
+    parser.add_argument("--out", type=Path, help="`write`: a folder to write the pages into instead of the book's "
+                                                 "(to compare with the committed ones)")
     args = parser.parse_args(argv)
+    if args.out is not None and args.command != "write":
+        parser.error("--out goes with `write`")
     if args.command == "write":
         for path, text in pages(ledger()).items():
-            path.write_text(text)
-            print(f"wrote {path.relative_to(BOOK.parent)}")
+            target = path if args.out is None else args.out / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            print(f"wrote {target}")
     elif outdated := stale():
         sys.exit("out of date (run `python -m muonlib.ledger write`): " + ", ".join(str(p.relative_to(BOOK.parent)) for p in outdated))
 

@@ -43,3 +43,14 @@ def test_a_computed_claim_cannot_also_be_typed(monkeypatch):
     monkeypatch.setattr(ledger, "read_claims", lambda: parts)
     with pytest.raises(ValueError, match="must not also be typed"):
         ledger.ledger()
+
+
+def test_write_out_puts_the_pages_elsewhere_and_leaves_the_book_alone(claims, tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger, "ledger", lambda: claims)
+    before = {p: p.read_bytes() for p in (ledger.BOOK / "claims.md", ledger.BOOK / "intro.md")}
+    ledger.main(["write", "--out", str(tmp_path / "elsewhere")])
+    for path, content in before.items():
+        assert (tmp_path / "elsewhere" / path.name).read_bytes() == content  # the committed pages are what the data gives
+        assert path.read_bytes() == content
+    with pytest.raises(SystemExit):
+        ledger.main(["check", "--out", str(tmp_path)])
