@@ -19,10 +19,11 @@ from pathlib import Path
 
 import yaml
 
+from .results.rules import CONDITIONAL, OPEN, REFUTED, UNTESTABLE, VERIFIED
+
 BOOK = Path(__file__).resolve().parents[1] / "book"
 #: the five verdict labels and the badge colour of each (sphinx-design's names)
-LABELS = {"verified": "success", "refuted": "danger", "holds only under conditions": "warning",
-          "not testable here": "info", "open": "light"}
+LABELS = {VERIFIED: "success", REFUTED: "danger", CONDITIONAL: "warning", UNTESTABLE: "info", OPEN: "light"}  # label -> badge colour
 XS_CHAPTER = "/notebooks/training/muon_vs_adamw"
 PROTOCOLS_CHAPTER = "/notebooks/training/protocols"
 SCALING_CHAPTER = "/notebooks/training/scaling"
@@ -39,7 +40,7 @@ class Claim:
     id: str
     part: str
     claim: str
-    verdict: str = "open"
+    verdict: str = OPEN
     detail: str = ""
     chapters: tuple[str, ...] = field(default_factory=tuple)
 
@@ -51,7 +52,7 @@ def read_claims(path: Path = BOOK / "claims.yml") -> list[dict]:
 def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple[str, ...]]]:
     """Claim -> (verdict, evidence, chapters), from the saved results, as the chapters compute them."""
     from .results import (AblationResults, ArchitectureResults, BatchSizeResults, DecodeResults, ProbeResults, ProtocolComparison,
-                          ScalingResults, combine_verdicts, every_run_table, stability_verdict)
+                          ScalingResults, combine_verdicts, conjunction, every_run_table, label, stability_verdict)
 
     protocols = ProtocolComparison.load("xs_muon_vs_adamw")
     xs = protocols.verdicts()
@@ -71,7 +72,7 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
     m17 = stability_verdict(every)
     rows["M17"] = (m17["verdict"], m17["ours"], (SCALING_CHAPTER,))
     counts = every.optimizer.value_counts()
-    rows["M29"] = ("not testable here",
+    rows["M29"] = (label(None),
                    f"the paper shows none of its runs; this book holds {len(every)} ({counts.get('muon', 0)} Muon, "
                    f"{counts.get('adamw', 0)} AdamW) from {every.experiment.nunique()} experiments, every one read for "
                    f"divergence and loss spikes", (SCALING_CHAPTER,))
@@ -80,7 +81,7 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
 
     spec = preset("XS", "moe-mla")
     combinations = expert_combinations(spec)
-    rows["E6"] = ("verified" if abs(combinations / 3.6e7 - 1) < 0.05 else "refuted",
+    rows["E6"] = (label([abs(combinations / 3.6e7 - 1) < 0.05]),
                   f"{spec.top_k} of {spec.n_routed_experts} routed experts: C({spec.n_routed_experts}, {spec.top_k}) = {combinations:,}",
                   (MODELS_CHAPTER,))
     decode = DecodeResults.load().verdicts()
@@ -98,18 +99,17 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
     probes = ProbeResults.load("attention_probes", hardware).verdicts()
     rows["M28"] = (probes.verdict["M28"], probes.ours["M28"], (ARCHITECTURES_CHAPTER,))
     parts = [architectures.verdict["M24"], decode.verdict["E1"], decode.verdict["E2"]]  # a conjunction: one false part refutes it
-    rows["M24"] = ("refuted" if "refuted" in parts else combine_verdicts(parts),
+    rows["M24"] = (conjunction(parts),
                    f"perplexity: {architectures.ours['M24']} (S, over MHA + AdamW); KV memory: {decode.ours['E1']}; speed: {decode.ours['E2']}",
                    (ARCHITECTURES_CHAPTER, DECODE_CHAPTER))
 
     rates = scaling.decisions.rates
     ratio = {size: rates[size, "muon"] / rates[size, "adamw"] for size in scaling.settings}
-    same = [s for s, r in ratio.items() if r == 1]
-    rows["M30"] = ("verified" if len(same) == len(ratio) else "refuted" if not same else "holds only under conditions",
+    rows["M30"] = (label([r == 1 for r in ratio.values()]),
                    "Muon's best peak rate, swept per size on equal tokens, against AdamW's: "
                    + ", ".join(f"{s} {r:g}x" for s, r in ratio.items()), (SCALING_CHAPTER,))
-    rows["M31"] = ("verified" if min(ratio.values()) >= 1 and max(ratio.values()) > 1 else
-                   "refuted" if max(ratio.values()) <= 1 else "holds only under conditions",
+    # two conditions: Muon's best rate never below AdamW's, and above it somewhere
+    rows["M31"] = (label([min(ratio.values()) >= 1, max(ratio.values()) > 1], fails=[min(ratio.values()) < 1, max(ratio.values()) <= 1]),
                    "Muon's best rate against AdamW's, size by size: " + ", ".join(f"{s} {r:g}x" for s, r in ratio.items()),
                    (SCALING_CHAPTER,))
     return rows
@@ -128,7 +128,7 @@ def ledger(hardware: str = "h100") -> list[Claim]:
                     raise KeyError(f"{c['id']} is marked computed, but muonlib.ledger.computed_verdicts does not compute it")
                 verdict, detail, chapters = computed.pop(c["id"])
             else:
-                verdict, detail, chapters = c.get("verdict", "open"), c.get("detail", ""), tuple(c.get("chapters", ()))
+                verdict, detail, chapters = c.get("verdict", OPEN), c.get("detail", ""), tuple(c.get("chapters", ()))
             if verdict not in LABELS:
                 raise ValueError(f"{c['id']}: {verdict!r} is not one of the verdict labels {list(LABELS)}")
             claims.append(Claim(c["id"], part["part"], c["claim"], verdict, detail, tuple(chapters)))

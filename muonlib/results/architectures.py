@@ -1,0 +1,253 @@
+"""The chapter on latent attention and experts: Table 3's architectures trained with both
+optimizers, and the companion papers' quality claims."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..analysis import SeedSpread, compare, tokens_to_target
+from ..data import data_root
+from .ladders import LadderResults
+from .paper import PAPER_QUALITY
+from .rules import OPEN, band_verdict, conjunction, label, saving_band
+from .runs import OPTIMIZER_LABELS, OPTIMIZERS, final_rows, newton_schulz_share
+
+
+TABLE3_ARCHITECTURES = ("mha", "mla", "moe-mla")
+
+
+def training_throughput(size: str) -> pd.DataFrame:
+    """Compiled training tokens/s (forward and backward, one GPU) per architecture at ``size``,
+    from the newest saved model benchmark (``python -m muonlib.bench models``) that ran it,
+    with the GPU, commit and date it ran on."""
+    rows = []
+    for path in sorted((data_root() / "bench").glob("models_compiled*.json")):
+        saved = json.loads(path.read_text())
+        for r in saved["results"]["forward_backward"]:
+            if r["size"] == size and r["compiled"]:
+                rows.append({**r, "gpu": saved["provenance"]["gpu"], "commit": saved["provenance"]["git_commit"][:7],
+                             "date": saved["provenance"]["date"][:10], "file": path.name})
+    if not rows:
+        raise FileNotFoundError(f"no compiled model benchmark at {size} in data/bench/: run `python -m muonlib.bench models --sizes {size}`")
+    return pd.DataFrame(rows).sort_values("date").drop_duplicates("variant", keep="last").set_index("variant")
+
+
+@dataclass
+class ArchitectureResults(LadderResults):
+    """What the architectures experiment's runs show (the settings are MHA, MLA, MLA-noRoPE,
+    MoE-MLA and two MoE-MLA variants): Table 3 measured and the companion papers' quality claims.
+
+        >>> results = ArchitectureResults.load("architectures")
+        >>> results.settings[:4]
+        ['mha', 'mla', 'mla-norope', 'moe-mla']
+    """
+
+    def size(self) -> str:
+        return self.header(self.settings[0])["provenance"]["config"]["model"]
+
+    def test_losses(self, setting: str, optimizer: str) -> pd.Series:
+        final = pd.DataFrame(final_rows(self._both(setting)))
+        return final[final.optimizer == optimizer].set_index("seed").test_loss.dropna()
+
+    def change(self, setting: str, reference: str, optimizer: str, reference_optimizer: str | None = None) -> SeedSpread:
+        """Final test perplexity of ``setting`` against ``reference``, in % per seed pair (same
+        batches): ``100 (PPL / PPL_ref - 1)``, positive where ``setting`` is worse."""
+        a = self.test_losses(setting, optimizer)
+        b = self.test_losses(reference, reference_optimizer or optimizer)
+        return SeedSpread(tuple(100 * (np.exp(a - b) - 1).dropna()))
+
+    def table3(self) -> pd.DataFrame:
+        """Table 3's columns per architecture and optimizer: final test perplexity, tokens and
+        FLOPs (Newton-Schulz counted for Muon) to the target (MHA + AdamW's worst final test
+        loss), training tokens/s from the compiled benchmark and the time to target they
+        give (for Muon divided by one plus its Newton-Schulz share of the FLOPs: the benchmark
+        times forward and backward only), and peak training memory; ``NaN`` where a run does
+        not reach the target."""
+        target = self.test_losses("mha", "adamw").max()
+        throughput = training_throughput(self.size())
+        rows = []
+        for setting in self.settings:
+            for opt in OPTIMIZERS:
+                header = self.header(setting, opt)
+                runs = self.chosen(setting, opt)
+                tokens = [tokens_to_target(r.dropna(subset=["test_loss"]).tokens, r.dropna(subset=["test_loss"]).test_loss, target)
+                          for _, r in runs.sort_values("step").groupby("seed")]
+                ns = newton_schulz_share(header) if opt == "muon" else 0.0
+                flops = np.mean(tokens) * header["flops_per_step"] / header["tokens_per_step"] * (1 + ns)
+                config = header["provenance"]["config"]
+                variant = config["variant"] if not config["model_changes"] and config["steps"] == self.header("mha")["provenance"]["config"]["steps"] else None
+                rate = throughput.tokens_per_s.get(variant, np.nan) / (1 + ns)  # Newton-Schulz slows Muon in proportion
+                rows.append({"architecture": setting, "optimizer": opt, "parameters": header["parameters"],
+                             "active parameters": header["active_parameters"],
+                             "perplexity": float(np.exp(self.test_losses(setting, opt)).mean()),
+                             "tokens to target": float(np.mean(tokens)), "FLOPs to target": flops,
+                             "training tokens/s": rate, "time to target (s)": float(np.mean(tokens)) / rate,
+                             "peak memory GB": runs.peak_memory_gb.max()})
+        table = pd.DataFrame(rows).set_index(["architecture", "optimizer"])
+        table["FLOPs to target (rel.)"] = table["FLOPs to target"] / table.loc[("mha", "adamw"), "FLOPs to target"]
+        return table
+
+    def balance_table(self) -> pd.DataFrame:
+        """Per MoE setting and optimizer: the expert-load coefficient of variation and the
+        largest violation (``max_i f_i N - 1``) at the end of training, and their means over
+        its last tenth, each over seeds."""
+        rows = []
+        for setting in self.settings:
+            for opt in OPTIMIZERS:
+                runs = self.chosen(setting, opt)
+                if "moe_cv" not in runs or runs.moe_cv.isna().all():
+                    continue
+                last = runs[runs.step > 0.9 * runs.step.max()]
+                rows.append({"setting": setting, "optimizer": opt,
+                             "final CV": SeedSpread(tuple(runs.sort_values("step").groupby("seed").moe_cv.last())),
+                             "CV, last tenth": SeedSpread(tuple(last.groupby("seed").moe_cv.mean())),
+                             "max violation, last tenth": SeedSpread(tuple(last.groupby("seed").moe_max_violation.mean()))})
+        return pd.DataFrame(rows).set_index(["setting", "optimizer"])
+
+    def balance_curves(self, setting: str, optimizer: str) -> pd.DataFrame:
+        """The expert-load CV against the step (mean over seeds, smoothed over 25 steps)."""
+        runs = self.chosen(setting, optimizer)
+        return runs.groupby("step").moe_cv.mean().rolling(25, min_periods=1).mean().reset_index()
+
+    def loss_change(self, setting: str, reference: str, optimizer: str) -> SeedSpread:
+        """Final test loss of ``setting`` against ``reference``, in % per seed pair (negative:
+        lower), e.g. the FLOP-matched MoE (trained on the dense run's FLOPs over its own
+        complete schedule) against dense MHA."""
+        a, b = self.test_losses(setting, optimizer), self.test_losses(reference, optimizer)
+        return SeedSpread(tuple(100 * (a / b - 1).dropna()))
+
+    @staticmethod
+    def cost_band(*changes: SeedSpread, paper: float) -> str:
+        """A claimed small cost (``paper`` %, positive) against measured changes: the claim can
+        fail only by costing more, so it holds for every seed pair within twice the claim, a
+        gain included (:func:`label` over the pairs)."""
+        if not any(c.values for c in changes):
+            raise ValueError("no seed pair to judge the cost by: the compared settings share no seed")
+        return label([v <= 2 * paper for c in changes for v in c.values])
+
+    def a1_row(self) -> dict:
+        """A1, MLA with RoPE at r = d/2 against MHA, both halves: the cache saving (analytic; the
+        decode chapter measures it within a fraction of a percent) by ``saving_band``, and the
+        test-loss cost by :meth:`cost_band`."""
+        from ..models import kv_cache_elements_per_token, preset
+
+        saving = 100 * (1 - kv_cache_elements_per_token(preset(self.size(), "mla")) / kv_cache_elements_per_token(preset(self.size(), "mha")))
+        paper_saving, paper_cost = PAPER_QUALITY["A1 cache"], PAPER_QUALITY["A1"]
+        cache = saving_band(saving, paper_saving)
+        cost = {o: self.loss_change("mla", "mha", o) for o in OPTIMIZERS}
+        parts = [cache, self.cost_band(*cost.values(), paper=paper_cost)]
+        return {"claim": "A1", "paper": f"MLA + RoPE at r = d/2: {paper_saving:.0f}% smaller KV cache for {paper_cost}% higher validation loss",
+                "ours": f"cache at {self.size()}: {saving:.1f}% fewer bytes per token than MHA (latent plus rotary key); test loss against MHA: "
+                        + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.2f}% (seeds {c.low:+.2f} to {c.high:+.2f})" for o, c in cost.items()),
+                "verdict": conjunction(parts)}
+
+    @staticmethod
+    def gain_band(changes: dict[str, SeedSpread], paper: float) -> str:
+        """A claimed loss reduction (``paper`` %, negative) against measured changes per
+        optimizer: it holds where the optimizer gains at least half of it in every seed pair,
+        and fails where some seed pair gains nothing (a mean a tenth of a percent lower, with
+        pairs on both sides, is no gain)."""
+        return label([c.high <= paper / 2 for c in changes.values()], fails=[c.high >= 0 for c in changes.values()])
+
+    def active_parameter_change(self, setting: str, dense: str = "mha") -> float:
+        """Active non-embedding parameters of ``setting`` against ``dense``, in %."""
+        import torch
+
+        from ..models import GPT, preset
+
+        def active(s):
+            config = self.header(s)["provenance"]["config"]
+            model_config = preset(config["model"], config["variant"], **config["model_changes"])
+            with torch.device("meta"):
+                model = GPT(model_config)
+            return model.num_parameters(active=True) - model_config.vocab_size * model_config.d_model
+
+        return 100 * (active(setting) / active(dense) - 1)
+
+    def verdicts(self) -> pd.DataFrame:
+        """M23 (MoE-MLA + Muon best in every measured column of Table 3), M24's perplexity half,
+        E3, E4, E5, E7, E8, A1 and A2, each from the runs (E8 from the benchmark). E3 and A1's
+        second half claim small costs, which fail only by costing more (:meth:`cost_band`)."""
+        table = self.table3()
+        rows = []
+
+        three = table.loc[[(a, o) for a in TABLE3_ARCHITECTURES for o in OPTIMIZERS if a in self.settings]]
+        lower_better = ["perplexity", "FLOPs to target (rel.)", "time to target (s)", "peak memory GB"]
+        best = {col: three[col].idxmin() for col in lower_better}
+        wins = [col for col, who in best.items() if who == ("moe-mla", "muon")]
+        improves = {a: compare(self.test_losses(a, "muon"), self.test_losses(a, "adamw")) for a in TABLE3_ARCHITECTURES if a in self.settings}
+        m23 = label([col in wins for col in best] + [v == -1 for v in improves.values()],
+                    fails=[col not in wins for col in best] + [v == 1 for v in improves.values()])
+        rows.append({"claim": "M23", "paper": "MoE-MLA + Muon gives the best result in every column of Table 3; Muon improves every architecture",
+                     "ours": f"at {self.size()}, best per column: " + "; ".join(f"{col} {a} + {OPTIMIZER_LABELS[o]}" for col, (a, o) in best.items())
+                             + "; Muon's perplexity lower beyond the seed spread for "
+                             + ", ".join(a for a, v in improves.items() if v == -1),
+                     "verdict": m23})
+
+        m24 = self.change("moe-mla", "mha", "muon", "adamw")
+        low, high = PAPER_QUALITY["M24"]
+        rows.append({"claim": "M24", "paper": f"MoE-MLA + Muon improves perplexity by {low}-{high}% (over MHA + AdamW)",
+                     "ours": f"{-m24.mean:.1f}% lower perplexity (seeds {-m24.high:.1f} to {-m24.low:.1f})",
+                     "verdict": band_verdict([low <= -m24.mean <= high])})
+
+        e3 = {o: self.change("moe-mla", "mha", o) for o in OPTIMIZERS}
+        rows.append({"claim": "E3", "paper": f"MoE-MLA-RoPE's perplexity {PAPER_QUALITY['E3']}% above dense",
+                     "ours": "; ".join(f"{OPTIMIZER_LABELS[o]}: {c.mean:+.1f}% (seeds {c.low:+.1f} to {c.high:+.1f})" for o, c in e3.items()),
+                     "verdict": self.cost_band(*e3.values(), paper=PAPER_QUALITY["E3"])})
+
+        spec_active = self.active_parameter_change("moe-mla")
+        e4_text = f"the stated experts give {spec_active:+.0f}% active non-embedding parameters against dense MHA, not -42%"
+        if "moe-mla small" in self.settings:
+            e4 = {o: self.loss_change("moe-mla small", "mha", o) for o in OPTIMIZERS}
+            e4_text += (f"; sized to {self.active_parameter_change('moe-mla small'):+.0f}%, test loss against dense: "
+                        + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.1f}%" for o, c in e4.items()))
+            e4_verdict = self.gain_band(e4, PAPER_QUALITY["E4"])
+        else:
+            e4_text += "; the MoE sized to -42% is not trained yet"
+            e4_verdict = label([False]) if spec_active > 0 else OPEN  # more active parameters, not fewer
+        rows.append({"claim": "E4", "paper": "6.9% lower validation loss than dense with 42% fewer active parameters",
+                     "ours": e4_text, "verdict": e4_verdict})
+
+        if "moe-mla flop-matched" in self.settings:
+            e5 = {o: self.loss_change("moe-mla flop-matched", "mha", o) for o in OPTIMIZERS}
+            rows.append({"claim": "E5", "paper": f"FLOP-matched: {-PAPER_QUALITY['E5']}% better than dense",
+                         "ours": "test loss of MoE-MLA trained on dense MHA's FLOPs (its own full schedule) against MHA's: "
+                                 + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.1f}%" for o, c in e5.items()),
+                         "verdict": self.gain_band(e5, PAPER_QUALITY["E5"])})
+        else:
+            rows.append({"claim": "E5", "paper": f"FLOP-matched: {-PAPER_QUALITY['E5']}% better than dense",
+                         "ours": "MoE-MLA trained on dense MHA's FLOPs is not trained yet", "verdict": OPEN})
+
+        balance = self.balance_table()
+        if "moe-mla unbalanced" in self.settings:
+            pairs = [(balance.loc[("moe-mla", o), "CV, last tenth"], balance.loc[("moe-mla unbalanced", o), "CV, last tenth"]) for o in OPTIMIZERS]
+            rows.append({"claim": "E7", "paper": "bias balancing keeps the experts balanced without an auxiliary loss",
+                         "ours": "expert-load CV over the last tenth, balanced against unbalanced: "
+                                 + "; ".join(f"{OPTIMIZER_LABELS[o]} {b.mean:.2f} vs {u.mean:.2f}" for o, (b, u) in zip(OPTIMIZERS, pairs)),
+                         "verdict": label([compare(b.values, u.values) == -1 for b, u in pairs],
+                                          fails=[compare(b.values, u.values) == 1 for b, u in pairs])})
+
+        throughput = training_throughput(self.size())
+        overhead = 100 * (throughput.tokens_per_s["mha"] / throughput.tokens_per_s["moe-mla"] - 1)
+        rows.append({"claim": "E8", "paper": f"MoE-MLA-RoPE trains with {PAPER_QUALITY['E8']:.0f}% time overhead",
+                     "ours": f"{overhead:.0f}% more time per token than dense MHA at {self.size()} (compiled, one "
+                             f"{throughput.gpu['mha']}, this library's kernels)",
+                     "verdict": label([abs(overhead - PAPER_QUALITY["E8"]) <= 10])})
+
+        rows.append(self.a1_row())
+
+        nope, rope = ({o: self.change(v, "mha", o) for o in OPTIMIZERS} for v in ("mla-norope", "mla"))
+        low, high = PAPER_QUALITY["A2 no RoPE"]
+        # a conjunction, per optimizer: both halves must hold; it fails where either does
+        in_band = {o: low <= c.mean <= high for o, c in nope.items()}
+        rope_vs_mha = {o: compare(self.test_losses("mla", o), self.test_losses("mha", o)) for o in rope}
+        rows.append({"claim": "A2", "paper": f"without RoPE MLA is {low}-{high}% worse than MHA; with RoPE {-PAPER_QUALITY['A2 RoPE']:.0f}% better",
+                     "ours": "perplexity against MHA, no RoPE: " + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.1f}%" for o, c in nope.items())
+                             + "; with RoPE: " + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.1f}%" for o, c in rope.items()),
+                     "verdict": label([in_band[o] and rope_vs_mha[o] == -1 for o in OPTIMIZERS],
+                                      fails=[not in_band[o] or rope_vs_mha[o] == 1 for o in OPTIMIZERS])})
+        return pd.DataFrame(rows).set_index("claim")

@@ -1,0 +1,263 @@
+"""The XS chapter, and the page on protocols: one Muon-against-AdamW comparison at several
+budgets (:class:`ComparisonResults`), and its verdicts under each protocol it ran under
+(:class:`ProtocolComparison`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..analysis import Budget, compare, grad_norm_excursions, paired_spikes
+from ..experiments import Decisions, experiment, load_results
+from .paper import PAPER, TABLE1_XS_RATE
+from .rules import band_verdict, combine_verdicts, gain_verdict, label
+from .runs import (OPTIMIZERS, TARGET_OFFSETS, common_steps, final_rows, gap_row, newton_schulz_share, ratio_rows, spike_rows,
+                   spread_text)
+
+
+@dataclass
+class ComparisonResults:
+    name: str
+    runs: pd.DataFrame  # every finished run, a row per step (muonlib.experiments.load_results)
+    decisions: Decisions
+    headers: dict  # run -> its result file's header
+
+    protocol: str = "original"
+
+    @classmethod
+    def load(cls, name: str, hardware: str = "h100", results: Path | None = None, protocol: str = "original") -> "ComparisonResults":
+        """The runs of one GPU kind (``hardware``) under one protocol (see
+        :data:`muonlib.experiments.PROTOCOLS`), wherever the protocol finds them."""
+        from ..experiments import RESULT, finished_runs, read_run, result_folders
+
+        folders = [f for f in result_folders(name, results, protocol) if f.exists()]
+        runs = pd.concat([load_results(f) for f in folders], ignore_index=True)
+        runs = runs[runs.hardware == hardware]
+        decisions = experiment(name).plan_for(hardware, protocol).plan(hardware, finished_runs(folders))[1]
+        headers = {p.name.removesuffix(RESULT): read_run(p)[0] for f in folders for p in sorted(f.glob(f"{hardware}-*{RESULT}"))}
+        return cls(name, runs, decisions, headers, protocol)
+
+    # ------------------------------------------------------------ which runs
+
+    @property
+    def budgets(self) -> list[int]:
+        """The budgets where both optimizers have a chosen rate."""
+        return sorted(steps for steps in {s for s, _ in self.decisions.rates}
+                      if all((steps, opt) in self.decisions.rates for opt in OPTIMIZERS))
+
+    def at_shared_warmup(self, steps: int, optimizer: str) -> pd.DataFrame:
+        """Runs at the protocol's settings for one budget and optimizer (its warm-up; Muon's
+        with its momentum settings and its AdamW part at AdamW's chosen rate): the sweep and
+        the seeds."""
+        r, d = self.runs, self.decisions
+        options = json.dumps(d.muon_options if optimizer == "muon" else {}, sort_keys=True)
+        q = (r.warmup == d.warmups[optimizer]) & (r.steps == steps) & (r.optimizer == optimizer) & (r.optimizer_options == options)
+        if optimizer == "muon":
+            q &= r.adamw_lr == d.rates[steps, "adamw"]
+        return r[q]
+
+    def chosen(self, steps: int, optimizer: str) -> pd.DataFrame:
+        """The runs at the chosen rate: one per seed."""
+        runs = self.at_shared_warmup(steps, optimizer)
+        return runs[runs.lr == self.decisions.rates[steps, optimizer]]
+
+    @cached_property
+    def provenance(self) -> pd.DataFrame:
+        return pd.DataFrame([{"run": run, **{k: h["provenance"][k] for k in ("git_commit", "gpu", "torch", "date", "runs_per_gpu")}}
+                             for run, h in self.headers.items()])
+
+    # ------------------------------------------------------------ tables
+
+    def budget_table(self) -> pd.DataFrame:
+        """Every budget in steps, tokens, epochs over the training split and tokens per parameter."""
+        header = next(iter(self.headers.values()))
+        rows = []
+        for steps in self.budgets:
+            b = Budget.of(steps, header["tokens_per_step"], header["data"]["train_tokens"], header["parameters"])
+            rows.append({"steps": steps, "tokens": b.tokens, "epochs": b.epochs, "tokens per parameter": b.tokens_per_parameter,
+                         **{f"{opt} warm-up steps": round(self.decisions.warmups[opt] * steps) for opt in OPTIMIZERS}})
+        return pd.DataFrame(rows).set_index("steps")
+
+    def warmup_table(self) -> pd.DataFrame:
+        """Validation loss at each warm-up fraction: each optimizer's best over its check rates
+        at the first budget, and at its chosen rate at the longest."""
+        d = self.decisions
+        columns = {f"{opt}, {self.budgets[0]} steps": d.warmup_losses[opt] for opt in OPTIMIZERS}
+        columns |= {f"{opt}, {self.budgets[-1]} steps": d.warmup_at_longest.get(opt, {}) for opt in OPTIMIZERS}
+        table = pd.DataFrame(columns)
+        table.index.name = "warm-up fraction"
+        return table
+
+    def sweep_table(self) -> pd.DataFrame:
+        """Seed-0 final validation loss against the peak rate, per budget and optimizer; a run
+        that diverged has loss ``inf``."""
+        rows = []
+        for steps in self.budgets:
+            for opt in OPTIMIZERS:
+                runs = self.at_shared_warmup(steps, opt)
+                for lr, run in runs[runs.seed == 0].groupby("lr"):
+                    last = run.loc[run.step.idxmax()]
+                    rows.append({"steps": steps, "optimizer": opt, "lr": lr, "diverged": bool(last.diverged),
+                                 "val_loss": np.inf if last.diverged else last.val_loss})
+        return pd.DataFrame(rows)
+
+    def final_table(self) -> pd.DataFrame:
+        """Per budget, optimizer and seed at the chosen rate (see :func:`final_rows`)."""
+        return pd.DataFrame([{"steps": steps, **row} for steps in self.budgets
+                             for row in final_rows({opt: self.chosen(steps, opt) for opt in OPTIMIZERS})])
+
+    def gap_table(self) -> pd.DataFrame:
+        """Final test loss per budget and Muon's gain (see :func:`gap_row`)."""
+        final = self.final_table()
+        return pd.DataFrame([{"steps": steps, **gap_row(group)} for steps, group in final.groupby("steps")]).set_index("steps")
+
+    def ratio_table(self, offsets=TARGET_OFFSETS) -> pd.DataFrame:
+        """Tokens to test-loss targets and ``R_L`` per budget and seed pair (see :func:`ratio_rows`)."""
+        table = pd.DataFrame([{"steps": steps, **row} for steps in self.budgets
+                              for row in ratio_rows({opt: self.chosen(steps, opt) for opt in OPTIMIZERS}, offsets)])
+        table["Muon's share %"] = 100 / table.R
+        return table
+
+    def spike_table(self) -> pd.DataFrame:
+        """Spikes of the chosen runs per budget and seed (see :func:`spike_rows`)."""
+        return pd.DataFrame([{"steps": steps, **row} for steps in self.budgets
+                             for row in spike_rows({opt: self.chosen(steps, opt) for opt in OPTIMIZERS})])
+
+    def sweep_spike_table(self) -> pd.DataFrame:
+        """Paired spikes and gradient-norm excursions of every seed-0 run of the sweeps, paired
+        with the other optimizer's chosen run, by its rate relative to its optimizer's optimum."""
+        rows = []
+        for steps in self.budgets:
+            for opt, other in (("adamw", "muon"), ("muon", "adamw")):
+                reference = self.chosen(steps, other)
+                reference = reference[reference.seed == 0].sort_values("step")
+                runs = self.at_shared_warmup(steps, opt)
+                for lr, run in runs[runs.seed == 0].sort_values("step").groupby("lr"):
+                    run, ref = common_steps(run, reference)
+                    rows.append({"steps": steps, "optimizer": opt, "lr": lr, "lr / optimum": lr / self.decisions.rates[steps, opt],
+                                 "diverged": bool(run.diverged.iloc[0]),
+                                 "paired spikes": int(paired_spikes(run.loss.values, ref.loss.values).sum()),
+                                 "grad-norm excursions": int(grad_norm_excursions(run.grad_norm.values).sum())})
+        return pd.DataFrame(rows)
+
+    def newton_schulz_share(self) -> float:
+        """Newton-Schulz FLOPs over model FLOPs per step (see :func:`newton_schulz_share`)."""
+        return newton_schulz_share(next(h for h in self.headers.values() if h["provenance"]["config"]["optimizer"] == "muon"))
+
+    # ------------------------------------------------------------ verdicts
+
+    def verdicts(self) -> pd.DataFrame:
+        """M14, M15, M17 and M18, each with its evidence and one of the book's verdict labels."""
+        rates = self.decisions.rates
+        sweep = self.sweep_table().set_index(["steps", "optimizer", "lr"]).val_loss
+        final = self.final_table()
+        spread = final.groupby(["steps", "optimizer"]).val_loss.std()
+        table1_worse = {(s, o): sweep.get((s, o, TABLE1_XS_RATE), np.nan) - sweep[s, o, rates[s, o]] > 2 * spread[s, o]
+                        for s, o in rates}
+        # per budget and optimizer: Table 1's rate is the best, or measurably worse than it
+        m14 = label([rates[k] == TABLE1_XS_RATE for k in rates], fails=[table1_worse[k] for k in rates])
+
+        ratios = self.ratio_table()
+        share = ratios.groupby(["steps", "offset"])["Muon's share %"].mean()
+        low, high = PAPER["M15"]
+        m15 = band_verdict(share.between(low, high))
+
+        spikes = self.spike_table()
+        paired = {opt: spikes[spikes.optimizer == opt]["paired spikes"] for opt in OPTIMIZERS}
+        if max(p.mean() for p in paired.values()) < 1:  # less than one per run for both: nothing to compare
+            m17 = label([])
+        else:
+            fewer = compare(paired["muon"], paired["adamw"])
+            m17 = label([fewer == -1], fails=[fewer == 1])
+
+        gaps = self.gap_table()
+        m18 = gain_verdict(gaps)
+
+        return pd.DataFrame([
+            {"claim": "M14", "paper": f"XS LR_max {TABLE1_XS_RATE:g} for both optimizers",
+             "ours": "; ".join(f"{s} steps: AdamW {rates[s, 'adamw']:g}, Muon {rates[s, 'muon']:g}" for s in self.budgets),
+             "verdict": m14},
+            {"claim": "M15", "paper": f"Muon needs {PAPER['M15'][0]}-{PAPER['M15'][1]}% of AdamW's FLOPs to any loss",
+             "ours": f"{share.min():.0f}-{share.max():.0f}% of AdamW's tokens (model FLOPs; Newton-Schulz adds "
+                     f"{100 * self.newton_schulz_share():.1f}%) over {len(share)} targets",
+             "verdict": m15},
+            {"claim": "M17", "paper": "fewer loss spikes with Muon",
+             "ours": f"paired spikes per run: AdamW {paired['adamw'].mean():.2f}, Muon {paired['muon'].mean():.2f} "
+                     f"({len(paired['adamw'])} runs each)",
+             "verdict": m17},
+            {"claim": "M18", "paper": f"final loss {PAPER['M18'][0]}-{PAPER['M18'][1]}% lower with Muon",
+             "ours": "; ".join(f"{s} steps: {spread_text(g)}" for s, g in gaps["gain %"].items()),
+             "verdict": m18},
+        ]).set_index("claim")
+
+
+# ---------------------------------------------------------------- one comparison under several protocols
+
+#: the GPU kind each protocol's XS runs were made on (one kind per protocol, so per comparison)
+PROTOCOL_HARDWARE = {"original": "h100", "paper": "h200", "tuned": "h200"}
+
+
+@dataclass
+class ProtocolComparison:
+    """One comparison's verdicts under the protocols of :data:`muonlib.experiments.PROTOCOLS`,
+    side by side. A verdict stands only where the paper's recipe and a second protocol that
+    departs from it agree (:func:`combine_verdicts`): the tuned protocol once its runs are
+    complete, until then the original one."""
+
+    name: str
+    results: dict[str, ComparisonResults]  # protocol -> its results, for the complete ones
+    tuned: Decisions  # what the tuned protocol has settled so far
+    tuned_missing: int  # runs the tuned protocol still wants
+
+    @classmethod
+    def load(cls, name: str = "xs_muon_vs_adamw", hardware: dict[str, str] = PROTOCOL_HARDWARE) -> "ProtocolComparison":
+        from ..experiments import finished_runs, result_folders, run_id
+
+        folders = result_folders(name, None, "tuned")
+        finals = finished_runs([f for f in folders if f.exists()])
+        wanted, tuned = experiment(name).plan_for(hardware["tuned"], "tuned").plan(hardware["tuned"], finals)
+        missing = sum(run_id(c, hardware["tuned"]) not in finals for c in wanted)
+        complete = ("original", "paper") + (("tuned",) if not missing else ())
+        return cls(name, {p: ComparisonResults.load(name, hardware[p], protocol=p) for p in complete}, tuned, missing)
+
+    @property
+    def second(self) -> str:
+        """The protocol the paper's recipe is checked against."""
+        return "tuned" if "tuned" in self.results else "original"
+
+    def settings_table(self) -> pd.DataFrame:
+        """What each protocol held fixed while it swept rates, and where it ran."""
+        rows = []
+        for protocol, decisions in {**{p: r.decisions for p, r in self.results.items()}, "tuned": self.tuned}.items():
+            options = decisions.muon_options
+            muon = {} if options is None else {"momentum": 0.95, "nesterov": True, **options}  # Muon's defaults where unset
+            gpus = sorted({h["provenance"]["gpu"] for h in self.results[protocol].headers.values()}) if protocol in self.results else []
+            rows.append({"protocol": protocol, "AdamW warm-up": decisions.warmups.get("adamw"), "Muon warm-up": decisions.warmups.get("muon"),
+                         "Muon momentum": muon.get("momentum"), "Nesterov": muon.get("nesterov"), "GPU": ", ".join(gpus) or None,
+                         "runs": len(self.results[protocol].headers) if protocol in self.results else None})
+        return pd.DataFrame(rows).set_index("protocol")
+
+    def tuning_table(self) -> pd.DataFrame:
+        """The tuned protocol's sweeps at the first budget: validation loss per value and seed."""
+        rows = [{"sweep": sweep, "value": 1 - value if sweep == "momentum" else value, "seed": seed, "val_loss": loss}
+                for sweep, by_value in self.tuned.tuning.items() for value, losses in by_value.items()
+                for seed, loss in enumerate(losses)]
+        return pd.DataFrame(rows)
+
+    def verdicts(self) -> pd.DataFrame:
+        """Per claim: each complete protocol's evidence and verdict, and the verdict that stands."""
+        tables = {p: r.verdicts() for p, r in self.results.items()}
+        paper = tables["paper"]
+        rows = []
+        for claim in paper.index:
+            row = {"claim": claim, "paper": paper.paper[claim]}
+            for protocol, table in tables.items():
+                row[f"{protocol}: ours"], row[f"{protocol}: verdict"] = table.ours[claim], table.verdict[claim]
+            row["verdict"] = combine_verdicts([paper.verdict[claim], tables[self.second].verdict[claim]])
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("claim")

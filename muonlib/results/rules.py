@@ -1,0 +1,76 @@
+"""The verdict labels as the book defines them (``book/intro.md``), as code: :func:`label` decides
+from the evidence's shape, the others are its common shapes."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .paper import PAPER
+
+#: the book's verdict labels (``book/intro.md``); code names them only through these
+VERIFIED, CONDITIONAL, REFUTED, UNTESTABLE, OPEN = "verified", "holds only under conditions", "refuted", "not testable here", "open"
+
+
+def band_distance(value: float, band: tuple[float, float]) -> float:
+    """How far ``value`` lies outside ``band`` (0 inside)."""
+    return max(band[0] - value, 0.0, value - band[1])
+
+
+def label(holds, fails=None) -> str:
+    """The book's verdict labels (``book/intro.md``) as code, from the evidence's shape.
+
+    ``holds`` says, for each condition a claim was measured under (a budget, a size, an
+    optimizer, one half of a conjunction), whether the measurement agrees with the claim as
+    stated; ``None`` if it was not measured at all. ``fails`` says, per condition, whether the
+    measurement goes against the claim in the direction the claim can fail (beyond the seed
+    spread where there are seeds); by default, wherever it does not hold. Then: *verified*
+    where it holds under every condition; *holds only under conditions* where it holds under
+    some; *refuted* where it holds under none and fails under some; *not testable here* where
+    nothing was measured, or nothing measured could tell (no condition holds or fails).
+    """
+    if holds is None:
+        return UNTESTABLE
+    holds = [bool(h) for h in holds]
+    fails = [not h for h in holds] if fails is None else [bool(f) for f in fails]
+    if len(fails) != len(holds):
+        raise ValueError(f"{len(holds)} conditions hold or not, but {len(fails)} fail or not: one each")
+    if not holds:
+        return UNTESTABLE
+    if all(holds):
+        return VERIFIED
+    if any(holds):
+        return CONDITIONAL
+    return REFUTED if any(fails) else UNTESTABLE
+
+
+def band_verdict(inside) -> str:
+    """"verified" if every value lies in the paper's band, "refuted" if none does."""
+    return label(inside)
+
+
+def gain_verdict(gaps: pd.DataFrame) -> str:
+    """M18 from a gap table, one condition per row (budget or size): it holds where Muon's mean
+    gain lies in the paper's 2-4% band and Muon is better beyond the seed spread, and fails
+    where the gain lies outside the band or Muon is worse beyond the spread."""
+    low, high = PAPER["M18"]
+    inside = [low <= g.mean <= high for g in gaps["gain %"]]
+    return label([i and s == -1 for i, s in zip(inside, gaps.separated)], fails=[not i or s == 1 for i, s in zip(inside, gaps.separated)])
+
+
+def combine_verdicts(labels: list[str]) -> str:
+    """One verdict from several: theirs if they agree, else the claim holds under some
+    conditions (those of the verdicts that found it holding) only."""
+    return labels[0] if len(set(labels)) == 1 else CONDITIONAL
+
+
+def conjunction(parts: list[str]) -> str:
+    """A claim of several parts: refuted if one part is, else :func:`combine_verdicts`."""
+    return REFUTED if REFUTED in parts else combine_verdicts(parts)
+
+
+def saving_band(saving: float, paper: float) -> str:
+    """A claimed saving (%) against the one computed, two conditions: at least the claim (within
+    two points) and as claimed. Both: verified; a larger saving holds only under conditions
+    (the claim's number then holds for some other layout, not for the one stated); a smaller
+    one is refuted."""
+    return label([saving >= paper - 2, abs(saving - paper) <= 2])
