@@ -3,9 +3,11 @@ the chapter that judges it, and the committed pages exactly what the saved resul
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from muonlib import ledger
+from muonlib.results import OPEN, UNTESTABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,12 +23,12 @@ def test_every_claim_has_exactly_one_row_with_a_defined_label(claims):
     listed = [c["id"] for part in ledger.read_claims() for c in part["claims"]]
     assert sorted(ids) == sorted(listed)
     assert {c.verdict for c in claims} <= set(ledger.LABELS)
-    assert {"E9", "A4"} <= {c.id for c in claims if c.verdict == "not testable here"}
+    assert {"E9", "A4"} <= {c.id for c in claims if c.verdict == UNTESTABLE}
 
 
 def test_every_judged_claim_links_to_a_chapter_that_exists(claims):
     for c in claims:
-        if c.verdict not in ("open", "not testable here"):  # an untestable claim may have nothing to compute
+        if c.verdict not in (OPEN, UNTESTABLE):  # an untestable claim may have nothing to compute
             assert c.chapters, f"{c.id} has a verdict but no chapter"
         for chapter in c.chapters:
             assert any((ROOT / f"{chapter.lstrip('/')}{ext}").exists() for ext in (".ipynb", ".md")), f"{c.id}: no page {chapter}"
@@ -54,3 +56,27 @@ def test_write_out_puts_the_pages_elsewhere_and_leaves_the_book_alone(claims, tm
         assert path.read_bytes() == content
     with pytest.raises(SystemExit):
         ledger.main(["check", "--out", str(tmp_path)])
+
+
+def test_every_chapter_shows_the_verdict_the_ledger_gives(claims):
+    """One verdict per claim: each chapter's verdict table, computed as the chapter computes it,
+    against the ledger's."""
+    from muonlib.results import (AblationResults, ArchitectureResults, BatchSizeResults, DecodeResults, ProbeResults,
+                                 ProtocolComparison, ScalingResults, every_run_table, stability_verdict)
+
+    xs = ProtocolComparison.load("xs_muon_vs_adamw").verdicts().verdict
+    decode = DecodeResults.load().verdicts()
+    chapters = {
+        "XS": xs,
+        "scaling": ScalingResults.load("scaling").verdicts(xs).verdict,
+        "stability": pd.Series({"M17": stability_verdict(every_run_table())["verdict"]}),
+        "batch sizes": BatchSizeResults.load("batch_sizes").verdicts().verdict,
+        "ablations": AblationResults.load("ablations").verdicts().verdict,
+        "architectures": ArchitectureResults.load("architectures").verdicts(decode).verdict,
+        "probes": ProbeResults.load("attention_probes").verdicts().verdict,
+        "decode": decode.verdict,
+    }
+    ledger_verdicts = {c.id: c.verdict for c in claims}
+    shown = [(chapter, claim, verdict) for chapter, table in chapters.items() for claim, verdict in table.items()]
+    assert {claim for _, claim, _ in shown} >= {"M14", "M15", "M16", "M17", "M18", "M22", "M23", "M24", "M28", "E1", "E2", "E3"}
+    assert [(chapter, claim, verdict, ledger_verdicts[claim]) for chapter, claim, verdict in shown if verdict != ledger_verdicts[claim]] == []

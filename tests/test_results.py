@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from muonlib.experiments import RESULT, experiment, read_finals, read_run, run_id
-from muonlib.results import PAPER, TABLE1_XS_RATE, ComparisonResults
+from muonlib.results import CONDITIONAL, PAPER, REFUTED, TABLE1_XS_RATE, UNTESTABLE, VERIFIED, ComparisonResults
 
 NAME = "xs_muon_vs_adamw"
 RESULTS = Path(__file__).resolve().parents[1] / "data" / "results" / NAME
@@ -45,7 +45,7 @@ def test_the_shared_warmup_holds_back_neither_optimizer(xs):
 
 
 def test_m14_table1_rate_is_worse_than_each_chosen_rate_beyond_the_seed_spread(xs):
-    assert xs.verdicts().verdict["M14"] == "refuted"
+    assert xs.verdicts().verdict["M14"] == REFUTED
     sweep = xs.sweep_table().set_index(["steps", "optimizer", "lr"]).val_loss
     spread = xs.final_table().groupby(["steps", "optimizer"]).val_loss.std()
     for (steps, opt), lr in xs.decisions.rates.items():
@@ -56,7 +56,7 @@ def test_m14_table1_rate_is_worse_than_each_chosen_rate_beyond_the_seed_spread(x
 
 
 def test_m18_muon_is_lower_at_every_budget_and_the_gain_shrinks_with_training(xs):
-    assert xs.verdicts().verdict["M18"] == "holds only under conditions"
+    assert xs.verdicts().verdict["M18"] == CONDITIONAL
     gaps = xs.gap_table()
     assert (gaps.separated == -1).all()  # every Muon seed below every AdamW seed
     gains = [g.mean for g in gaps["gain %"]]
@@ -65,7 +65,7 @@ def test_m18_muon_is_lower_at_every_budget_and_the_gain_shrinks_with_training(xs
 
 
 def test_m15_muon_needs_far_more_than_half_of_adamws_tokens(xs):
-    assert xs.verdicts().verdict["M15"] == "refuted"
+    assert xs.verdicts().verdict["M15"] == REFUTED
     ratios = xs.ratio_table()
     assert (ratios.R > 1).all()  # Muon is faster to every target, on every seed...
     assert (ratios["Muon's share %"] > PAPER["M15"][1] + 5).all()  # ...but needs well over the paper's 52%
@@ -75,7 +75,7 @@ def test_m15_muon_needs_far_more_than_half_of_adamws_tokens(xs):
 
 
 def test_m17_no_instability_to_compare_and_raw_spikes_are_hard_batches(xs):
-    assert xs.verdicts().verdict["M17"] == "not testable here"
+    assert xs.verdicts().verdict["M17"] == UNTESTABLE
     spikes = xs.spike_table()
     assert (spikes["jump correlation"] > 0.95).all()  # both optimizers' losses jump on the same batches
     per_run = spikes.groupby("optimizer")["paired spikes"].mean()
@@ -86,13 +86,13 @@ def test_m17_no_instability_to_compare_and_raw_spikes_are_hard_batches(xs):
 def test_the_labels_follow_from_the_evidence_shape():
     from muonlib.results import label
 
-    assert label(None) == label([]) == "not testable here"  # nothing measured
-    assert label([True, True]) == "verified"
-    assert label([True, False]) == "holds only under conditions"
-    assert label([False, False]) == "refuted"  # by default a condition that does not hold fails
+    assert label(None) == label([]) == UNTESTABLE  # nothing measured
+    assert label([True, True]) == VERIFIED
+    assert label([True, False]) == CONDITIONAL
+    assert label([False, False]) == REFUTED  # by default a condition that does not hold fails
     # a claim that can fail one way only: measurements that neither hold nor fail cannot tell
-    assert label([False, False], fails=[False, False]) == "not testable here"
-    assert label([False, False], fails=[True, False]) == "refuted"
+    assert label([False, False], fails=[False, False]) == UNTESTABLE
+    assert label([False, False], fails=[True, False]) == REFUTED
     with pytest.raises(ValueError, match="one each"):
         label([True], fails=[True, False])
 
@@ -169,7 +169,7 @@ def test_the_scaling_experiment_is_complete_with_provenance(scaling):
 
 def test_m21_rates_do_not_transfer_but_muons_move_far_less(scaling):
     m21 = scaling.verdicts().loc["M21"]
-    assert m21.verdict == "not testable here" and "not muP" in m21.ours  # the claim is muP's; we measure standard parametrisation
+    assert m21.verdict == UNTESTABLE and "not muP" in m21.ours  # the claim is muP's; we measure standard parametrisation
     t = scaling.transfer_table().set_index(["setting", "optimizer"])
     for size in scaling.settings[1:]:
         muon, adamw = t.loc[size, "muon"], t.loc[size, "adamw"]
@@ -186,7 +186,7 @@ def test_m16_m18_muon_lower_at_every_size_and_the_gain_rises_slightly(scaling):
     v = scaling.verdicts().verdict
     # M16 holds on equal tokens, where the larger sizes are the less trained: size and
     # under-training move together, so the rise is not the size's alone
-    assert v["M16"] == "holds only under conditions" and v["M18"] == "holds only under conditions"
+    assert v["M16"] == CONDITIONAL and v["M18"] == CONDITIONAL
     per_parameter = scaling.size_table()["tokens per parameter"]
     assert per_parameter.max() > 10 * per_parameter.min()
     gaps = scaling.gap_table()
@@ -197,7 +197,7 @@ def test_m16_m18_muon_lower_at_every_size_and_the_gain_rises_slightly(scaling):
 
 
 def test_m15_muons_share_of_adamws_flops_is_far_above_half_and_all_of_it_at_xl(scaling):
-    assert scaling.verdicts().verdict["M15"] == "refuted"
+    assert scaling.verdicts().verdict["M15"] == REFUTED
     ratios = scaling.ratio_table()
     assert (ratios.R > 1).all()  # Muon reaches every target in fewer tokens at every size and seed
     share = ratios.groupby(["setting", "offset"])["Muon's share %"].mean()
@@ -211,7 +211,7 @@ def test_m17_no_run_of_either_optimizer_spikes_so_there_is_nothing_to_compare(ev
     m17 = stability_verdict(every_run)
     # the paired detector once flagged the reference's drops; counted as rises of the run's own
     # loss beyond the other optimizer's on the same batch, no run has one
-    assert m17["verdict"] == "not testable here" and every_run["paired spikes"].sum() == 0
+    assert m17["verdict"] == UNTESTABLE and every_run["paired spikes"].sum() == 0
     assert every_run["raw spikes"].sum() > 100  # hard batches, which the pairing removes
     table = stability_table(every_run)
     # 10x while the book held the XS and scaling runs only; the batch-size ladder's short, large-batch
@@ -228,7 +228,7 @@ def test_decoding_refutes_the_speed_claims_and_qualifies_the_cache_saving():
     decode = DecodeResults.load(Path(__file__).resolve().parents[1] / "data" / "bench" / "decode.json")
     assert "H100" in decode.provenance["gpu"] and decode.rows.cuda_graphs.all()
     v = decode.verdicts().verdict
-    assert v["E1"] == "holds only under conditions" and v["E2"] == "refuted" and v["A3"] == "refuted"
+    assert v["E1"] == CONDITIONAL and v["E2"] == REFUTED and v["A3"] == REFUTED
     cache = decode.cache_table()
     assert (cache.measured_over_analytic - 1).abs().max() < 0.01
     assert PAPER_INFERENCE["E1"] + 2 < cache["saving vs MHA %"]["moe-mla"] < 80
@@ -273,13 +273,13 @@ def test_m19_m20_muon_needs_fewer_tokens_and_steps_at_every_batch_and_more_so_at
     final = batches.final_table()
     assert (final.min_val_step < final.groupby("setting").min_val_step.transform("max")).sum() <= 3  # curves not turned up
     v = batches.verdicts().verdict
-    assert v["M19"] == "holds only under conditions" and v["M20"] == "verified"
+    assert v["M19"] == CONDITIONAL and v["M20"] == VERIFIED
     # M26 at the near-final target (the others lie early, mostly in the warm-up): R's seeds
     # reach into section 3.1's band
     final_target = summary[summary.target == summary.target.min()]
     low, high = PAPER_R["section 3.1"]
     assert all(r.low <= high and r.high >= low for r in final_target.R)
-    assert v["M26"] == "verified" and v["M27"] == "holds only under conditions"
+    assert v["M26"] == VERIFIED and v["M27"] == CONDITIONAL
 
 
 # ---------------------------------------------------------------- the ablations chapter
@@ -300,7 +300,7 @@ def test_m22_orthogonalisation_and_the_scale_rule_matter_steps_and_coefficients_
     assert table.change["dynamic RMS (per layer)"] < 0  # the one paper row on the other side, by a hair
     assert abs(table.change["dynamic RMS (per layer)"]) < 0.01
     assert table.change["no orthogonalisation"] > 10 * table.change["K = 3"]  # by far the largest cost
-    assert ablations.verdicts().verdict["M22"] == "holds only under conditions"
+    assert ablations.verdicts().verdict["M22"] == CONDITIONAL
     resolvable = ablations.resolvable()
     assert not resolvable.resolvable[["K = 3", "K = 10", "Taylor coefficients", "dynamic RMS (per layer)"]].any()
     assert resolvable.resolvable[["no weight decay", ADAMW_ARM]].all()
@@ -345,9 +345,9 @@ def test_companion_claims_as_the_chapter_states_them(architectures):
         assert architectures.loss_change("moe-mla flop-matched", "mha", opt).low > 0  # on dense's FLOPs: worse, every seed
     # E3 claims a small cost, and MoE-MLA costs nothing; E7's balance needs no bar the paper does
     # not set; A2 is a conjunction whose no-RoPE half fails for both optimizers
-    assert dict(v.verdict) == {"M23": "holds only under conditions", "M24": "refuted", "E3": "verified",
-                               "E4": "refuted", "E5": "refuted", "E7": "verified", "E8": "refuted", "A1": "holds only under conditions",
-                               "A2": "refuted"}
+    assert dict(v.verdict) == {"M23": CONDITIONAL, "M24": REFUTED, "E3": VERIFIED,
+                               "E4": REFUTED, "E5": REFUTED, "E7": VERIFIED, "E8": REFUTED, "A1": CONDITIONAL,
+                               "A2": REFUTED}
 
 
 def test_a1_mla_saves_more_cache_than_claimed_and_its_loss_cost_depends_on_the_optimizer(architectures):
@@ -358,14 +358,14 @@ def test_a1_mla_saves_more_cache_than_claimed_and_its_loss_cost_depends_on_the_o
     cost = {o: architectures.loss_change("mla", "mha", o) for o in ("adamw", "muon")}
     assert cost["adamw"].low > 0 and cost["muon"].high < 0  # the chapter: a cost with AdamW, a gain with Muon, every seed pair
     assert all(abs(c.mean) < 1 for c in cost.values())  # "costs little"
-    assert "holds only under conditions" == architectures.verdicts().verdict["A1"]
+    assert CONDITIONAL == architectures.verdicts().verdict["A1"]
     mla, mha = (kv_cache_elements_per_token(preset(architectures.size(), a)) for a in ("mla", "mha"))
     assert 100 * (1 - mla / mha) > PAPER_QUALITY["A1 cache"] + 2  # "saves more cache than the MLA paper says"
-    assert saving_band(46, 45) == "verified" and saving_band(30, 45) == "refuted"
-    assert ArchitectureResults.cost_band(SeedSpread((0.2, 0.4)), paper=0.3) == "verified"
-    assert ArchitectureResults.cost_band(SeedSpread((0.7, 0.9)), paper=0.3) == "refuted"
-    assert ArchitectureResults.cost_band(SeedSpread((-0.4, -0.1)), paper=0.3) == "verified"  # a gain: the claim fails only by costing more
-    assert ArchitectureResults.cost_band(SeedSpread((0.4, 0.9)), SeedSpread((0.1,)), paper=0.3) == "holds only under conditions"
+    assert saving_band(46, 45) == VERIFIED and saving_band(30, 45) == REFUTED
+    assert ArchitectureResults.cost_band(SeedSpread((0.2, 0.4)), paper=0.3) == VERIFIED
+    assert ArchitectureResults.cost_band(SeedSpread((0.7, 0.9)), paper=0.3) == REFUTED
+    assert ArchitectureResults.cost_band(SeedSpread((-0.4, -0.1)), paper=0.3) == VERIFIED  # a gain: the claim fails only by costing more
+    assert ArchitectureResults.cost_band(SeedSpread((0.4, 0.9)), SeedSpread((0.1,)), paper=0.3) == CONDITIONAL
 
 
 # ---------------------------------------------------------------- what the trained models attend to
@@ -400,5 +400,5 @@ def test_m28_muon_spreads_attention_in_mha_and_mla_and_the_paper_shows_no_analys
         assert compare(probes.mean_entropy(arch, "muon").values, probes.mean_entropy(arch, "adamw").values) == 1
         assert table.loc[(arch, "muon"), "sharp heads"] < table.loc[(arch, "adamw"), "sharp heads"]
     assert SHARP_HEAD == 1.0
-    assert probes.verdicts().verdict["M28"] == "not testable here"  # the paper shows no analysis to compare with
+    assert probes.verdicts().verdict["M28"] == UNTESTABLE  # the paper shows no analysis to compare with
     assert len(probes.continuation_table()) == 3 * len(pairs)

@@ -14,7 +14,7 @@ import pandas as pd
 from ..analysis import SWEEP_FACTOR, Budget, SeedSpread, compare, rate_key, sweep_rates, tokens_to_target
 from ..experiments import ScalingDecisions, experiment, load_results
 from .paper import PAPER, PAPER_R, TABLE1_RATES
-from .rules import band_distance, band_verdict, gain_verdict, label
+from .rules import band_distance, band_verdict, combine_verdicts, gain_verdict, label
 from .runs import (NOISE_SIGMAS, OPTIMIZERS, TARGET_OFFSETS, final_rows, gap_row, newton_schulz_share, ratio_rows, spike_rows,
                    spread_text)
 
@@ -211,8 +211,11 @@ class ScalingResults(LadderResults):
 
     # ------------------------------------------------------------ verdicts
 
-    def verdicts(self) -> pd.DataFrame:
-        """M15, M16, M18 and M21 over the sizes, each with its evidence and a verdict label."""
+    def verdicts(self, xs: pd.Series | None = None) -> pd.DataFrame:
+        """M15, M16, M18 and M21 over the sizes, each with its evidence and a verdict label.
+        M15 and M18 are also judged at XS over three budgets (``xs``: those claims' verdicts
+        there, :meth:`ProtocolComparison.verdicts`); given them, the verdict is both chapters'
+        (:func:`combine_verdicts`), the one the ledger gives."""
         ratios = self.ratio_table()
         share = ratios.groupby(["setting", "offset"])["Muon's share %"].mean()
         low, high = PAPER["M15"]
@@ -231,6 +234,8 @@ class ScalingResults(LadderResults):
         m16 = label([consistent, rising, alike], fails=[(gaps.separated == 1).any(), falling, False])
 
         m18 = gain_verdict(gaps)
+        if xs is not None:
+            m15, m18 = combine_verdicts([m15, xs["M15"]]), combine_verdicts([m18, xs["M18"]])
 
         transfer = self.transfer_table().set_index(["setting", "optimizer"])
         muon = transfer.xs("muon", level="optimizer").iloc[1:]
