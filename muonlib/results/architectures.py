@@ -13,7 +13,7 @@ from ..analysis import SeedSpread, compare, tokens_to_target
 from ..data import data_root
 from .ladders import LadderResults
 from .paper import PAPER_QUALITY
-from .rules import OPEN, band_verdict, conjunction, label, saving_band
+from .rules import OPEN, band_verdict, conjunction, label, overhead_verdict, saving_band
 from .runs import OPTIMIZER_LABELS, OPTIMIZERS, final_rows, newton_schulz_share
 
 
@@ -145,6 +145,31 @@ class ArchitectureResults(LadderResults):
                         + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.2f}% (seeds {c.low:+.2f} to {c.high:+.2f})" for o, c in cost.items()),
                 "verdict": conjunction(parts)}
 
+    def e8_row(self) -> dict:
+        """E8, a training-time overhead, judged apart from our kernels: the FLOPs per token
+        predict the overhead an implementation running MoE-MLA at dense MHA's model-FLOPs
+        utilisation would have. The claim fails where even that prediction exceeds it (no
+        implementation reaches it), or where ours misses it with both sides at comparable
+        utilisation; where ours misses it with MoE-MLA running at a lower utilisation, it holds
+        only for a better implementation, which the evidence names (:func:`overhead_verdict`)."""
+        import torch
+
+        from ..models import GPT, preset
+        from ..train import flops_per_token
+
+        throughput = training_throughput(self.size())
+        with torch.device("meta"):
+            flops = {v: flops_per_token(GPT(preset(self.size(), v))) for v in ("mha", "moe-mla")}
+        predicted = flops["moe-mla"] / flops["mha"]
+        measured = throughput.tokens_per_s["mha"] / throughput.tokens_per_s["moe-mla"]
+        claimed = 1 + PAPER_QUALITY["E8"] / 100
+        relative_mfu, needed = predicted / measured, predicted / claimed  # MoE-MLA's utilisation over MHA's: ours, the claim's
+        return {"claim": "E8", "paper": f"MoE-MLA-RoPE trains with {PAPER_QUALITY['E8']:.0f}% time overhead",
+                "ours": f"FLOPs per token predict {100 * (predicted - 1):.0f}% at {self.size()}; measured {100 * (measured - 1):.0f}% more time "
+                        f"per token than dense MHA (compiled, one {throughput.gpu['mha']}, this library's kernels), MoE-MLA at "
+                        f"{relative_mfu:.0%} of MHA's utilisation; the claim holds for an implementation at {needed:.0%} or more",
+                "verdict": overhead_verdict(predicted, measured, claimed)}
+
     @staticmethod
     def gain_band(changes: dict[str, SeedSpread], paper: float) -> str:
         """A claimed loss reduction (``paper`` %, negative) against measured changes per
@@ -233,12 +258,7 @@ class ArchitectureResults(LadderResults):
                          "verdict": label([compare(b.values, u.values) == -1 for b, u in pairs],
                                           fails=[compare(b.values, u.values) == 1 for b, u in pairs])})
 
-        throughput = training_throughput(self.size())
-        overhead = 100 * (throughput.tokens_per_s["mha"] / throughput.tokens_per_s["moe-mla"] - 1)
-        rows.append({"claim": "E8", "paper": f"MoE-MLA-RoPE trains with {PAPER_QUALITY['E8']:.0f}% time overhead",
-                     "ours": f"{overhead:.0f}% more time per token than dense MHA at {self.size()} (compiled, one "
-                             f"{throughput.gpu['mha']}, this library's kernels)",
-                     "verdict": label([abs(overhead - PAPER_QUALITY["E8"]) <= 10])})
+        rows.append(self.e8_row())
 
         rows.append(self.a1_row())
 

@@ -74,3 +74,21 @@ def saving_band(saving: float, paper: float) -> str:
     (the claim's number then holds for some other layout, not for the one stated); a smaller
     one is refuted."""
     return label([saving >= paper - 2, abs(saving - paper) <= 2])
+
+
+#: two implementations run at comparable model-FLOPs utilisation when the lower is within 10% of the higher
+COMPARABLE_MFU = 0.9
+
+
+def overhead_verdict(predicted: float, measured: float, claimed: float, tolerance: float = 0.1) -> str:
+    """A claimed time ratio against one architecture's baseline, apart from the code that
+    measured it: ``predicted`` is the ratio of FLOPs per token (what an implementation running
+    both at the same utilisation would measure), ``measured`` ours. The claim must be reachable
+    (the prediction within ``tolerance`` of it, or below) and reached (ours within
+    ``tolerance``); a miss of ours counts against the claim only where both sides ran at
+    comparable utilisation (:data:`COMPARABLE_MFU`), else it speaks of our kernels and the
+    claim holds only under the condition of a better implementation."""
+    reachable = label([predicted <= claimed + tolerance])
+    within = abs(measured - claimed) <= tolerance
+    reached = label([within], fails=[not within and predicted / measured >= COMPARABLE_MFU])
+    return conjunction([reachable, reached])
