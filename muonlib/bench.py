@@ -28,6 +28,7 @@ from .data import data_root
 from .models import GPT, MLP, MoE, kv_cache_bytes, preset
 from .optim import Muon, build_optimizer, classify_parameters
 from .provenance import check_replaceable, write_json
+from .train import flops_per_token
 
 
 def median_ms(fn: Callable[[], object], warmup: int = 3, iters: int = 10) -> float:
@@ -76,7 +77,19 @@ def _peak_gb() -> float | None:
     return torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None
 
 
-def bench_forward_backward(size: str, variant: str, batch: int, compile: bool, iters: int) -> dict:
+def utilisation(tokens_per_s: float, flops_per_token: float, peak: float | None) -> float | None:
+    """Model FLOPs utilisation: the training FLOPs done per second over ``peak`` (the measured
+    dense bf16 matmul rate, :func:`matmul_rate`); ``None`` without a GPU."""
+    return None if peak is None else tokens_per_s * flops_per_token / peak
+
+
+def muon_flops_per_token(model: GPT, tokens_per_step: int) -> float:
+    """The Newton-Schulz FLOPs one Muon step adds, per token of the step's batch."""
+    hidden = [p for _, p in classify_parameters(model)["hidden"]]
+    return sum(linalg.newton_schulz_flops(*p.shape[-2:]) * (p.numel() // (p.shape[-2] * p.shape[-1])) for p in hidden) / tokens_per_step
+
+
+def bench_forward_backward(size: str, variant: str, batch: int, compile: bool, iters: int, peak: float | None = None) -> dict:
     config = preset(size, variant)
     with torch.device(_device()):
         model = GPT(config).train()
@@ -91,9 +104,11 @@ def bench_forward_backward(size: str, variant: str, batch: int, compile: bool, i
     _peak_reset()
     ms = median_ms(fwd_bwd, warmup=3, iters=iters)
     tokens = batch * config.context
+    flops = flops_per_token(model)
     result = dict(size=size, variant=variant, compiled=compile, batch=batch, context=config.context,
                   params=model.num_parameters(), active_params=model.num_parameters(active=True),
-                  fwd_bwd_ms=ms, tokens_per_s=tokens / ms * 1e3, peak_memory_gb=_peak_gb())
+                  fwd_bwd_ms=ms, tokens_per_s=tokens / ms * 1e3, flops_per_token=flops,
+                  mfu=utilisation(tokens / ms * 1e3, flops, peak), peak_memory_gb=_peak_gb())
     del model, step_model
     return result
 
@@ -241,7 +256,7 @@ def bench_moe_layer(size: str, tokens: int, compile: bool) -> dict:
                 fwd_bwd_ratio=out["moe_fwd_bwd_ms"] / out["dense_fwd_bwd_ms"])
 
 
-def bench_train_step(size: str, variant: str, optimizer: str, batch: int, compile: bool, iters: int) -> dict:
+def bench_train_step(size: str, variant: str, optimizer: str, batch: int, compile: bool, iters: int, peak: float | None = None) -> dict:
     config = preset(size, variant)
     with torch.device(_device()):
         model = GPT(config).train()
@@ -260,8 +275,12 @@ def bench_train_step(size: str, variant: str, optimizer: str, batch: int, compil
     # Ten warm-up steps: the model's compilation and the Muon step's CUDA-graph recording stay
     # out of the timed steps.
     ms = median_ms(step, warmup=10, iters=iters)
-    return dict(size=size, variant=variant, optimizer=optimizer, compiled=compile, batch=batch,
-                step_ms=ms, tokens_per_s=batch * config.context / ms * 1e3, peak_memory_gb=_peak_gb())
+    tokens = batch * config.context
+    # Newton-Schulz counts: it is work Muon does that AdamW does not
+    flops = flops_per_token(model) + (muon_flops_per_token(model, tokens) if optimizer == "muon" else 0.0)
+    return dict(size=size, variant=variant, optimizer=optimizer, compiled=compile, batch=batch, step_ms=ms,
+                tokens_per_s=tokens / ms * 1e3, flops_per_token=flops, mfu=utilisation(tokens / ms * 1e3, flops, peak),
+                peak_memory_gb=_peak_gb())
 
 
 def bench_data_parallel_step(size: str, optimizer: str, batch: int, iters: int, device: str = "auto") -> dict | None:
@@ -643,6 +662,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     parts = args.parts.split(",")
     results: dict[str, list] = {"forward_backward": [], "kv_cache": [], "moe_layer": [], "train_step": []}
+    peak = matmul_rate() if torch.cuda.is_available() else None
+    config["bf16_matmul_rate"] = peak
 
     def record(section: str, run: Callable[[], dict], describe: Callable[[dict], str], **key) -> None:
         # one failing configuration (e.g. a compile error) is recorded, not fatal
@@ -661,9 +682,10 @@ def main(argv: list[str] | None = None) -> None:
         for size in sizes:
             for variant in variants:
                 for compiled in [False] + ([True] if size in compile_sizes else []):
-                    record("forward_backward", lambda: bench_forward_backward(size, variant, args.batch, compiled, args.iters),
+                    record("forward_backward", lambda: bench_forward_backward(size, variant, args.batch, compiled, args.iters, peak),
                            lambda r: f"fwd+bwd {r['size']:>4} {r['variant']:<10} compiled={r['compiled']!s:<5} {r['fwd_bwd_ms']:8.1f} ms "
-                                     f"{r['tokens_per_s']:>10,.0f} tok/s peak {r['peak_memory_gb']}",
+                                     f"{r['tokens_per_s']:>10,.0f} tok/s peak {r['peak_memory_gb']}"
+                                     + (f" MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""),
                            size=size, variant=variant, compiled=compiled)
     kv_size = "L" if "L" in sizes else sizes[0]
     if "kv" in parts:
@@ -682,8 +704,9 @@ def main(argv: list[str] | None = None) -> None:
     if "train" in parts:
         for size in [s for s in sizes if s in compile_sizes] or sizes[:1]:
             for optimizer in args.optimizers.split(","):
-                record("train_step", lambda: bench_train_step(size, "mha", optimizer, args.batch, torch.cuda.is_available(), args.iters),
-                       lambda r: f"train step {r['size']} {r['optimizer']}: {r['step_ms']:.1f} ms, {r['tokens_per_s']:,.0f} tok/s",
+                record("train_step", lambda: bench_train_step(size, "mha", optimizer, args.batch, torch.cuda.is_available(), args.iters, peak),
+                       lambda r: f"train step {r['size']} {r['optimizer']}: {r['step_ms']:.1f} ms, {r['tokens_per_s']:,.0f} tok/s"
+                                 + (f", MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""),
                        size=size, optimizer=optimizer)
 
 

@@ -53,9 +53,14 @@ def test_bad_shape_list_says_what_is_wanted():
 
 def test_model_benchmarks_run_on_cpu(tmp_path):
     bench.main(["models", "--out", str(tmp_path), "--sizes", "tiny", "--variants", "mha,moe-mla",
-                "--compile-sizes", "none", "--parts", "fwd_bwd,kv", "--batch", "2", "--iters", "1"])
+                "--compile-sizes", "none", "--parts", "fwd_bwd,kv,train", "--batch", "2", "--iters", "1"])
     results = json.loads((tmp_path / "models.json").read_text())["results"]
     assert len(results["forward_backward"]) == 2 and all("error" not in r for r in results["forward_backward"])
+    # model FLOPs utilisation beside tokens/s: against the GPU's measured matmul rate, none on a CPU
+    for r in results["forward_backward"] + results["train_step"]:
+        assert r["flops_per_token"] > 0 and (r["mfu"] is None) == (not torch.cuda.is_available())
+    step = {r["optimizer"]: r for r in results["train_step"]}
+    assert step["muon"]["flops_per_token"] > step["adamw"]["flops_per_token"]  # Newton-Schulz counted
     for r in results["kv_cache"]:
         assert r["kv_bytes_measured"] == r["kv_bytes_analytic"]
 
