@@ -97,6 +97,16 @@ def test_the_labels_follow_from_the_evidence_shape():
         label([True], fails=[True, False])
 
 
+def test_a_speedup_claim_is_judged_apart_from_our_kernels():
+    from muonlib.results.rules import speedup_verdict
+
+    fast, slow = [(0.6, 0.7)] * 2, [(0.1, 0.2)] * 2
+    assert speedup_verdict([2.0, 2.0], [1.5, 1.6], slow, claimed=1.4) == VERIFIED
+    assert speedup_verdict([0.5, 0.8], [0.4, 0.4], slow, claimed=3.2) == REFUTED  # the bytes forbid it
+    assert speedup_verdict([2.0, 2.0], [1.0, 1.1], fast, claimed=1.4) == REFUTED  # near the rooflines and still short
+    assert speedup_verdict([1.1, 1.6], [1.0, 1.1], slow, claimed=1.4) == CONDITIONAL  # our kernels, not the claim
+
+
 def test_an_overhead_claim_is_judged_apart_from_our_kernels():
     from muonlib.results.rules import overhead_verdict
 
@@ -233,11 +243,17 @@ def test_m17_no_run_of_either_optimizer_spikes_so_there_is_nothing_to_compare(ev
 from muonlib.results import PAPER_INFERENCE, DecodeResults  # noqa: E402
 
 
-def test_decoding_refutes_the_speed_claims_and_qualifies_the_cache_saving():
+def test_decoding_refutes_moe_speed_by_its_bytes_and_leaves_a3_to_faster_kernels():
     decode = DecodeResults.load(Path(__file__).resolve().parents[1] / "data" / "bench" / "decode.json")
     assert "H100" in decode.provenance["gpu"] and decode.rows.cuda_graphs.all()
     v = decode.verdicts().verdict
-    assert v["E1"] == CONDITIONAL and v["E2"] == REFUTED and v["A3"] == REFUTED
+    # E2: even the bytes MoE-MLA's steps read make it slower than dense, not 3.2x faster; A3: the
+    # bytes allow 1.4x at large batches, and our kernels run far below their rooflines
+    ceiling = decode.ceiling_table()
+    assert (ceiling.loc["moe-mla"] / ceiling.loc["mha"] < 0.9 * PAPER_INFERENCE["E2"]).all()
+    assert (ceiling.loc["mla"] / ceiling.loc["mla-full"]).max() >= 0.9 * PAPER_INFERENCE["A3"]
+    assert (decode.roofline_table() < 0.5).all().all()
+    assert v["E1"] == CONDITIONAL and v["E2"] == REFUTED and v["A3"] == CONDITIONAL
     cache = decode.cache_table()
     assert (cache.measured_over_analytic - 1).abs().max() < 0.01
     assert PAPER_INFERENCE["E1"] + 2 < cache["saving vs MHA %"]["moe-mla"] < 80

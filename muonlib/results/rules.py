@@ -92,3 +92,20 @@ def overhead_verdict(predicted: float, measured: float, claimed: float, toleranc
     within = abs(measured - claimed) <= tolerance
     reached = label([within], fails=[not within and predicted / measured >= COMPARABLE_MFU])
     return conjunction([reachable, reached])
+
+
+#: an implementation that reaches this share of its roofline runs near the hardware's limit
+NEAR_ROOFLINE = 0.5
+
+
+def speedup_verdict(predicted, measured, shares, claimed: float, tolerance: float = 0.9) -> str:
+    """A claimed speed-up of one decoder over another, apart from the code that measured it, one
+    condition per batch: ``predicted`` is the bandwidth-bound ratio (the bytes each step must
+    read, the baseline's over ours), ``measured`` ours, ``shares`` each side's share of its
+    roofline. The claim must be reachable (a prediction within ``tolerance`` of it somewhere)
+    and reached; a miss of ours counts against it only where both sides run near their
+    rooflines (:data:`NEAR_ROOFLINE`), else it speaks of our kernels and the claim holds only
+    under the condition of faster ones."""
+    reachable = label([p >= tolerance * claimed for p in predicted])
+    reached = [m >= tolerance * claimed for m in measured]
+    return conjunction([reachable, label(reached, fails=[not r and min(s) >= NEAR_ROOFLINE for r, s in zip(reached, shares)])])
