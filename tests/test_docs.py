@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["muonlib.optim", "muonlib.models.gpt", "muonlib.models.decode", "muonlib.results"]
+MODULES = ["muonlib.optim", "muonlib.models.gpt", "muonlib.models.decode", "muonlib.results.ladders", "muonlib.results.ablations",
+           "muonlib.results.architectures", "muonlib.results.decode"]
 
 
 @pytest.mark.parametrize("name", MODULES)

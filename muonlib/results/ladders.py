@@ -189,8 +189,8 @@ class ScalingResults(LadderResults):
         >>> results = ScalingResults.load("scaling")
         >>> results.settings
         ['XS', 'S', 'M', 'L', 'XL']
-        >>> results.verdicts().verdict["M21"]
-        'refuted'
+        >>> results.verdicts().verdict["M16"]
+        'holds only under conditions'
     """
 
     def size_table(self) -> pd.DataFrame:
