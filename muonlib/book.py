@@ -128,6 +128,7 @@ def legend_outside(ax_or_fig, where: str = "right", **kwargs):
 
 NA = "\u2014"  # an em dash: a value that does not exist
 _CHAR_PX = 7.4  # a table character's width at the book's table font (0.85 em of 16 px), generous
+_HEADER_CHAR_PX = 8.6  # a bold header character
 _CELL_PAD_PX = 18  # a cell's padding and border
 _WRAP_CHARS = 34  # a text column wraps beyond about this many characters
 _COUNT = re.compile(r"(steps|runs|seeds|steps to target|tokens to target)( \(mean\))?")  # whole headers: counts
@@ -272,7 +273,7 @@ class Table:
             if n_index:
                 for k, value in enumerate(label):
                     same = len(previous) > k and previous[: k + 1] == label[: k + 1] and k < n_index - 1
-                    cells.append(f'<th class="row">{"" if same else esc(str(value))}</th>')
+                    cells.append(f'<th class="rowlabel">{"" if same else esc(str(value))}</th>')
             for c, value in enumerate(part.iloc[r]):
                 cells.append(f'<td class="{"num" if numeric[c] else "text"}">{esc(str(value))}</td>')
             previous = label
@@ -299,13 +300,13 @@ def _width_px(strings: list[str], header: str, wrap: bool) -> float:
     longest = max([len(s) for s in strings] + [1])
     if wrap:
         longest = min(longest, _WRAP_CHARS)
-    words = max((len(w) for w in header.split()), default=1)
-    return max(longest, words, min(len(header), 12)) * _CHAR_PX + _CELL_PAD_PX
+    words = max((len(w) for w in header.split()), default=1)  # a header wraps at its spaces, in bold
+    return max(longest * _CHAR_PX, max(words, min(len(header), 10)) * _HEADER_CHAR_PX) + _CELL_PAD_PX
 
 
 def table(data: Any, *, names: dict | None = None, units: dict | None = None, formats: dict | None = None,
           number: str | None = None, index: bool | None = None, transpose: bool = False, split: int | None = None,
-          caption: str | None = None, width: float = COLUMN_PX) -> Table:
+          caption: str | None = None, verbatim: bool = False, width: float = COLUMN_PX) -> Table:
     """Show ``data`` (a DataFrame, a Series or a pandas Styler) the book's one way.
 
     - headers: ``names`` renames columns, ``units`` adds a unit in parentheses (``{"step": "ms"}``
@@ -318,6 +319,8 @@ def table(data: Any, *, names: dict | None = None, units: dict | None = None, fo
       True/False as yes/no, dicts as words;
     - text wraps (never cut with "..."); a table with a ``verdict`` column is a verdict table:
       its columns wrap at the page's width;
+    - ``verbatim=True``: text cells are samples shown as they are (line breaks kept), such as a
+      model's continuations;
     - a table wider than the page (``width`` px, estimated from its cells) is split into parts
       that repeat the row labels (``split`` columns per part forces it), or, with
       ``transpose=True``, turned on its side first.
@@ -421,6 +424,8 @@ def table(data: Any, *, names: dict | None = None, units: dict | None = None, fo
             groups.append(current)
     if kind == "" and any(text_columns) and sum(widths) + label_px > width:
         kind = "wrap"
+    if verbatim:
+        kind = f"{kind} verbatim".strip()
     parts = [shown.iloc[:, g] for g in groups]
     return Table(parts, [[numeric[k] for k in g] for g in groups], kind, caption, index_names)
 

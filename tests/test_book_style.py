@@ -63,7 +63,7 @@ def test_a_wide_table_is_split_into_parts_that_fit_the_column():
     t = table(wide)
     assert len(t.parts) > 1 and sum(p.shape[1] for p in t.parts) == 14
     html = t._repr_html_()
-    assert html.count("<table") == len(t.parts) and html.count('<th class="row">XS</th>') == len(t.parts)  # labels repeated
+    assert html.count("<table") == len(t.parts) and html.count('<th class="rowlabel">XS</th>') == len(t.parts)  # labels repeated
     for part in t.parts:  # each part's estimated width fits
         chars = sum(max(max(len(v) for v in part[c]), max(len(w) for w in str(c).split())) for c in part.columns)
         assert chars * 7.4 + 18 * part.shape[1] <= COLUMN_PX + 60
