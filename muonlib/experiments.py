@@ -141,7 +141,7 @@ def probe_checkpoint(config: TrainConfig, checkpoint: Path) -> dict:
 
 # ---------------------------------------------------------------- the protocol
 
-#: how a comparison sets what its rate sweeps hold fixed (the warm-up, Muon's momentum):
+#: how a comparison sets what its rate sweeps hold fixed, the warm-up and Muon's momentum
 PROTOCOLS = {
     "original": "the book's first runs: one warm-up for both optimizers, searched at the first budget "
                 "(it chose 45% of the steps, the longest it allowed); Muon's momentum 0.95 with Nesterov",
@@ -149,8 +149,9 @@ PROTOCOLS = {
     "tuned": "each optimizer's warm-up, and Muon's momentum and Nesterov, chosen by sweeps at the first budget "
              "(two seeds, optimum inside the grid; a value within the seed spread of the best gives way to the paper's)",
 }
-#: the paper's warm-up (section 4.2: 0.5-2% of the steps, we take the top) and Muon momentum (Algorithm 1)
+#: the paper's warm-up as a fraction of the steps, the top of the 0.5-2% that section 4.2 gives
 PAPER_WARMUP = 0.02
+#: the paper's Muon momentum, an EMA with beta 0.9 and no Nesterov (Algorithm 1)
 PAPER_MUON = {"momentum": 0.9, "nesterov": False}
 #: the tuned protocol's first grids: warm-up fractions; Muon's 1 - beta (0.8, 0.9, 0.95, 0.98)
 TUNE_WARMUPS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)

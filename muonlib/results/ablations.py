@@ -139,7 +139,7 @@ class AblationResults:
         """M22: every change the paper's Table 2 lists makes Muon worse, and AdamW is worse still
         than Muon (as the paper's rows all say), judged over those arms (ours that stand for its
         rows; the extra arms are shown, not judged) and AdamW: each worse beyond the seed
-        spread, or at least most of them (see :func:`label`)."""
+        spread, or at least most of them (see :func:`~muonlib.results.rules.label`)."""
         table = self.arm_table()
         arms = [a for a in self.arms if a in PAPER_TABLE2 and a != BASELINE]
         worse = [a for a in arms if table.separated[a] == 1]

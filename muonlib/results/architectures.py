@@ -124,7 +124,7 @@ class ArchitectureResults(LadderResults):
     def cost_band(*changes: SeedSpread, paper: float) -> str:
         """A claimed small cost (``paper`` %, positive) against measured changes: the claim can
         fail only by costing more, so it holds for every seed pair within twice the claim, a
-        gain included (:func:`label` over the pairs)."""
+        gain included (:func:`~muonlib.results.rules.label` over the pairs)."""
         if not any(c.values for c in changes):
             raise ValueError("no seed pair to judge the cost by: the compared settings share no seed")
         return label([v <= 2 * paper for c in changes for v in c.values])
@@ -151,7 +151,7 @@ class ArchitectureResults(LadderResults):
         utilisation would have. The claim fails where even that prediction exceeds it (no
         implementation reaches it), or where ours misses it with both sides at comparable
         utilisation; where ours misses it with MoE-MLA running at a lower utilisation, it holds
-        only for a better implementation, which the evidence names (:func:`overhead_verdict`)."""
+        only for a better implementation, which the evidence names (:func:`~muonlib.results.rules.overhead_verdict`)."""
         import torch
 
         from ..models import GPT, preset

@@ -107,24 +107,24 @@ class ComparisonResults:
         return pd.DataFrame(rows)
 
     def final_table(self) -> pd.DataFrame:
-        """Per budget, optimizer and seed at the chosen rate (see :func:`final_rows`)."""
+        """Per budget, optimizer and seed at the chosen rate (see :func:`~muonlib.results.runs.final_rows`)."""
         return pd.DataFrame([{"steps": steps, **row} for steps in self.budgets
                              for row in final_rows({opt: self.chosen(steps, opt) for opt in OPTIMIZERS})])
 
     def gap_table(self) -> pd.DataFrame:
-        """Final test loss per budget and Muon's gain (see :func:`gap_row`)."""
+        """Final test loss per budget and Muon's gain (see :func:`~muonlib.results.runs.gap_row`)."""
         final = self.final_table()
         return pd.DataFrame([{"steps": steps, **gap_row(group)} for steps, group in final.groupby("steps")]).set_index("steps")
 
     def ratio_table(self, offsets=TARGET_OFFSETS) -> pd.DataFrame:
-        """Tokens to test-loss targets and ``R_L`` per budget and seed pair (see :func:`ratio_rows`)."""
+        """Tokens to test-loss targets and ``R_L`` per budget and seed pair (see :func:`~muonlib.results.runs.ratio_rows`)."""
         table = pd.DataFrame([{"steps": steps, **row} for steps in self.budgets
                               for row in ratio_rows({opt: self.chosen(steps, opt) for opt in OPTIMIZERS}, offsets)])
         table["Muon's share %"] = 100 / table.R
         return table
 
     def spike_table(self) -> pd.DataFrame:
-        """Spikes of the chosen runs per budget and seed (see :func:`spike_rows`)."""
+        """Spikes of the chosen runs per budget and seed (see :func:`~muonlib.results.runs.spike_rows`)."""
         return pd.DataFrame([{"steps": steps, **row} for steps in self.budgets
                              for row in spike_rows({opt: self.chosen(steps, opt) for opt in OPTIMIZERS})])
 
@@ -206,7 +206,7 @@ PROTOCOL_HARDWARE = {"original": "h100", "paper": "h200", "tuned": "h200"}
 class ProtocolComparison:
     """One comparison's verdicts under the protocols of :data:`muonlib.experiments.PROTOCOLS`,
     side by side. A verdict stands only where the paper's recipe and a second protocol that
-    departs from it agree (:func:`combine_verdicts`): the tuned protocol once its runs are
+    departs from it agree (:func:`~muonlib.results.rules.combine_verdicts`): the tuned protocol once its runs are
     complete, until then the original one."""
 
     name: str

@@ -93,7 +93,7 @@ class LadderResults:
         return pd.DataFrame(rows)
 
     def final_table(self, weight_decay: float | None = None) -> pd.DataFrame:
-        """Per setting, optimizer and seed at the chosen rate (see :func:`final_rows`)."""
+        """Per setting, optimizer and seed at the chosen rate (see :func:`~muonlib.results.runs.final_rows`)."""
         return pd.DataFrame([{"setting": setting, **row} for setting in self.settings for row in final_rows(self._both(setting, weight_decay))])
 
     def transfer_table(self) -> pd.DataFrame:
@@ -150,7 +150,7 @@ class LadderResults:
         return pd.DataFrame(rows)
 
     def gap_table(self) -> pd.DataFrame:
-        """Final test loss per setting and Muon's gain (see :func:`gap_row`)."""
+        """Final test loss per setting and Muon's gain (see :func:`~muonlib.results.runs.gap_row`)."""
         final = self.final_table()
         rows = [{"setting": setting, "parameters": self.header(setting)["parameters"], **gap_row(final[final["setting"] == setting])}
                 for setting in self.settings]
@@ -158,7 +158,7 @@ class LadderResults:
 
     def ratio_table(self, offsets=TARGET_OFFSETS) -> pd.DataFrame:
         """Per setting, tokens (and so model FLOPs) to test-loss targets and ``R`` (see
-        :func:`ratio_rows`); Muon's share of AdamW's FLOPs with and without Newton-Schulz."""
+        :func:`~muonlib.results.runs.ratio_rows`); Muon's share of AdamW's FLOPs with and without Newton-Schulz."""
         rows = []
         for setting in self.settings:
             ns = newton_schulz_share(self.header(setting))
@@ -169,7 +169,7 @@ class LadderResults:
         return table
 
     def spike_table(self) -> pd.DataFrame:
-        """Spikes of the chosen runs per setting and seed (see :func:`spike_rows`)."""
+        """Spikes of the chosen runs per setting and seed (see :func:`~muonlib.results.runs.spike_rows`)."""
         return pd.DataFrame([{"setting": setting, **row} for setting in self.settings for row in spike_rows(self._both(setting))])
 
     def curves(self, setting: str, optimizer: str) -> pd.DataFrame:
@@ -214,8 +214,8 @@ class ScalingResults(LadderResults):
     def verdicts(self, xs: pd.Series | None = None) -> pd.DataFrame:
         """M15, M16, M18 and M21 over the sizes, each with its evidence and a verdict label.
         M15 and M18 are also judged at XS over three budgets (``xs``: those claims' verdicts
-        there, :meth:`ProtocolComparison.verdicts`); given them, the verdict is both chapters'
-        (:func:`combine_verdicts`), the one the ledger gives."""
+        there, :meth:`~muonlib.results.comparison.ProtocolComparison.verdicts`); given them, the verdict is both chapters'
+        (:func:`~muonlib.results.rules.combine_verdicts`), the one the ledger gives."""
         ratios = self.ratio_table()
         share = ratios.groupby(["setting", "offset"])["Muon's share %"].mean()
         low, high = PAPER["M15"]

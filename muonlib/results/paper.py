@@ -23,6 +23,7 @@ class Quote:
     what: str  # what the number measures, in its units
 
 
+#: claim id -> what the papers state
 QUOTES: dict[str, Quote] = {
     "M14": Quote({"XS": 2.5e-3, "S": 2.0e-3, "M": 1.8e-3, "L": 1.6e-3, "XL": 1.2e-3}, f"{MUON}, Table 1",
                  "recommended peak learning rate LR_max per size, one rate for both optimizers"),

@@ -71,7 +71,7 @@ def stability_table(every_run: pd.DataFrame) -> pd.DataFrame:
 def stability_verdict(every_run: pd.DataFrame) -> dict:
     """M17 over every run, two conditions: fewer of Muon's runs have a paired spike (one-sided
     Fisher exact test, p < 0.05) at the tuned rates, and over all rates; it fails where AdamW
-    has fewer, and where neither shows instability there is nothing to compare (:func:`label`).
+    has fewer, and where neither shows instability there is nothing to compare (:func:`~muonlib.results.rules.label`).
     Ablations are left out."""
     from scipy.stats import fisher_exact
 
