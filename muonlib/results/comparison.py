@@ -4,6 +4,7 @@ budgets (:class:`ComparisonResults`), and its verdicts under each protocol it ra
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -14,6 +15,7 @@ import pandas as pd
 
 from ..analysis import Budget, compare, grad_norm_excursions, paired_spikes
 from ..experiments import Decisions, experiment, load_results
+from ..optim import Muon
 from .paper import PAPER, TABLE1_XS_RATE
 from .rules import band_verdict, combine_verdicts, gain_verdict, label
 from .runs import (OPTIMIZERS, TARGET_OFFSETS, common_steps, final_rows, gap_row, newton_schulz_share, ratio_rows, spike_rows,
@@ -198,6 +200,8 @@ class ComparisonResults:
 
 # ---------------------------------------------------------------- one comparison under several protocols
 
+#: Muon's momentum settings where a run's options leave them unset (the optimizer's own defaults)
+MUON_DEFAULTS = {k: inspect.signature(Muon).parameters[k].default for k in ("momentum", "nesterov")}
 #: the GPU kind each protocol's XS runs were made on (one kind per protocol, so per comparison)
 PROTOCOL_HARDWARE = {"original": "h100", "paper": "h200", "tuned": "h200"}
 
@@ -235,7 +239,7 @@ class ProtocolComparison:
         rows = []
         for protocol, decisions in {**{p: r.decisions for p, r in self.results.items()}, "tuned": self.tuned}.items():
             options = decisions.muon_options
-            muon = {} if options is None else {"momentum": 0.95, "nesterov": True, **options}  # Muon's defaults where unset
+            muon = {} if options is None else {**MUON_DEFAULTS, **options}
             gpus = sorted({h["provenance"]["gpu"] for h in self.results[protocol].headers.values()}) if protocol in self.results else []
             rows.append({"protocol": protocol, "AdamW warm-up": decisions.warmups.get("adamw"), "Muon warm-up": decisions.warmups.get("muon"),
                          "Muon momentum": muon.get("momentum"), "Nesterov": muon.get("nesterov"), "GPU": ", ".join(gpus) or None,
