@@ -30,20 +30,27 @@ def test_muon_takes_the_fused_step_on_gpu_parameters_by_default():
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_compiled_models_give_the_eager_loss_and_gradients(variant):
+    # Gradients compared in float32: in bf16 a fusion's other rounding can flip a router's
+    # top-k choice, which moves whole experts' gradients (6% of one MoE-MLA weight's norm on
+    # an H200); the bf16 path is checked on the loss, which such a flip barely moves.
     torch.manual_seed(0)
     model = GPT(preset("tiny", variant)).cuda()
     idx = torch.randint(0, model.config.vocab_size, (4, model.config.context), device="cuda")
-    results = []
-    for forward in (model, torch.compile(model)):
+    compiled = torch.compile(model)
+
+    def loss_and_grads(forward, dtype):
         model.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
             _, loss = forward(idx, idx)
         loss.backward()
-        results.append((loss.detach().float(), [p.grad.float().clone() for p in model.parameters() if p.grad is not None]))
-    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
-    assert abs(compiled_loss - eager_loss) <= 1e-2 * abs(eager_loss)  # bf16: fusions round in other places
+        return loss.detach().float(), [p.grad.float().clone() for p in model.parameters() if p.grad is not None]
+
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = (loss_and_grads(f, torch.float32) for f in (model, compiled))
+    assert abs(compiled_loss - eager_loss) <= 1e-4 * abs(eager_loss)
     for a, b in zip(compiled_grads, eager_grads):
-        assert (a - b).norm() <= 0.05 * b.norm() + 1e-6
+        assert (a - b).norm() <= 1e-3 * b.norm() + 1e-7
+    (eager_loss, _), (compiled_loss, _) = (loss_and_grads(f, torch.bfloat16) for f in (model, compiled))
+    assert abs(compiled_loss - eager_loss) <= 1e-2 * abs(eager_loss)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])

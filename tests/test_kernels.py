@@ -87,7 +87,8 @@ def test_dispatch_sends_only_wide_matrices_to_the_kernels():
 
 # --------------------------------------------------------------------------- Muon's memory passes
 
-PASS_SHAPES = [(16, 24), (24, 16), (3, 16, 24), (8, 8), (2, 20, 13), (9, 40), (1, 5)]
+PASS_SHAPES = [(16, 24), (24, 16), (3, 16, 24), (8, 8), (2, 20, 13), (9, 40), (1, 5),
+               (300, 240)]  # in the interpreter more tiles than one block of tile sums holds
 
 
 def pass_inputs(param_dtype, seed=0):

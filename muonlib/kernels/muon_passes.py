@@ -97,7 +97,7 @@ def _momentum_kernel(tiles, matrices, scalars, tile_sums, GRAD_DTYPE: tl.constex
 @triton.jit
 def _normalize_kernel(tiles, matrices, scalars, tile_sums, first_tiles, safety, norm_floor,
                       GRAD_DTYPE: tl.constexpr, NESTEROV: tl.constexpr, OUT_DTYPE: tl.constexpr,
-                      TILE_R: tl.constexpr, TILE_C: tl.constexpr, SUM_BLOCK: tl.constexpr):
+                      TILE_R: tl.constexpr, TILE_C: tl.constexpr, SUM_BLOCK: tl.constexpr, SUM_BLOCKS: tl.constexpr):
     tile, matrix, rows, cols, r, c, offsets, inside = _locate(tiles, matrices, TILE_R, TILE_C)
     # The first pass updated the momentum: the direction is recomputed from it with the same
     # roundings as there. Loaded before the norm is summed, so the two latencies overlap.
@@ -109,8 +109,8 @@ def _normalize_kernel(tiles, matrices, scalars, tile_sums, first_tiles, safety, 
     first = tl.load(first_tiles + matrix)
     last = tl.load(first_tiles + matrix + 1)
     sums = tl.zeros((SUM_BLOCK,), dtype=tl.float32)
-    for start in range(first, last, SUM_BLOCK):
-        k = start + tl.arange(0, SUM_BLOCK)
+    for block in range(SUM_BLOCKS):  # a fixed count: the interpreter cannot loop over loaded bounds
+        k = first + block * SUM_BLOCK + tl.arange(0, SUM_BLOCK)
         sums += tl.load(tile_sums + k, mask=k < last, other=0.0)
     norm = tl.maximum(tl.sqrt(tl.sum(sums, axis=0)) * safety, norm_floor)
     x = (d / norm).to(OUT_DTYPE)
@@ -246,11 +246,12 @@ def normalize_pass(tables: PassTables, scalars: Tensor, grad_dtype: torch.dtype,
                    safety: float, out_dtype: torch.dtype = torch.float16, eps: float = NORM_FLOOR) -> None:
     """Pass 2: each direction divided by ``safety * ||D||_F`` (at least ``eps``), cast to
     ``out_dtype``, into its slot."""
+    sum_block = min(512, triton.next_power_of_2(tables.largest_matrix_tiles))
     with on_device(tables.tiles):
         _normalize_kernel[(tables.n_tiles,)](
             tables.tiles, tables.matrices, scalars, tables.tile_sums, tables.first_tiles, safety, eps,
             GRAD_DTYPE=_TRITON_DTYPES[grad_dtype], NESTEROV=nesterov, OUT_DTYPE=_TRITON_DTYPES[out_dtype],
-            SUM_BLOCK=min(512, triton.next_power_of_2(tables.largest_matrix_tiles)), **tables.config,
+            SUM_BLOCK=sum_block, SUM_BLOCKS=triton.cdiv(tables.largest_matrix_tiles, sum_block), **tables.config,
         )
 
 
