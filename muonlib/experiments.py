@@ -368,18 +368,20 @@ class Scaling:
     5. *Borrowed* settings sweep nothing: they run every seed at the rates another setting
        chose (variants of one model that change something the rate should not care about).
 
-    The warm-up is a fixed fraction of each run's steps (for model sizes, the one a
-    :class:`Comparison` chose at the first size, whose runs are then that comparison's).
+    The warm-up is a fixed fraction of each run's steps, per optimizer, and Muon's momentum
+    is fixed too: what a :class:`Comparison` chose at the first size under the same protocol.
     """
 
     base: TrainConfig  # the first setting
     settings: dict[str, dict]  # setting -> the changes to ``base`` that make it (the first: none)
-    warmup: float
+    warmups: dict[str, float]  # optimizer -> its warm-up fraction
     grids: dict[str, tuple[float, ...]]  # optimizer -> the first setting's grid
     wide: str
     decays: tuple[float, ...] = ()
     decay_settings: tuple[str, ...] = ()
     borrowed: dict[str, str] = dataclasses.field(default_factory=dict)  # setting -> the setting whose rates it runs at
+    narrowed_from: dict[str, str] = dataclasses.field(default_factory=dict)  # setting -> the one its narrow grid centres on (else the first)
+    muon_options: dict = dataclasses.field(default_factory=dict)  # Muon's momentum settings (optimizer_options)
     seeds: tuple[int, ...] = (0, 1, 2)
     evaluations: int = 25
 
@@ -388,7 +390,9 @@ class Scaling:
         base = dataclasses.replace(self.base, **self.settings[setting])
         if weight_decay is not None:
             base = dataclasses.replace(base, weight_decay=weight_decay)
-        return run_config(base, optimizer, base.steps, self.warmup, lr, seed, adamw_lr, self.evaluations)
+        if optimizer == "muon" and self.muon_options:
+            base = dataclasses.replace(base, optimizer_options={**base.optimizer_options, **self.muon_options})
+        return run_config(base, optimizer, base.steps, self.warmups[optimizer], lr, seed, adamw_lr, self.evaluations)
 
     def setting_of(self, config: TrainConfig) -> str:
         """Which of ``settings`` a run belongs to."""
@@ -407,7 +411,8 @@ class Scaling:
 
         wanted, decisions = [], ScalingDecisions()
         first = next(iter(self.settings))
-        for setting in sorted(self.settings, key=lambda s: s in self.borrowed):  # borrowers after the lenders
+        followers = {**self.borrowed, **self.narrowed_from}
+        for setting in sorted(self.settings, key=lambda s: s in followers):  # after the settings they follow
             adamw_lr = None
             for opt in ("adamw", "muon"):
                 if setting in self.borrowed:
@@ -420,8 +425,8 @@ class Scaling:
                     continue
                 if setting == first or setting == self.wide:
                     grid = self.grids[opt]
-                elif (first, opt) in decisions.rates:
-                    center = decisions.rates[first, opt]
+                elif ((centre := self.narrowed_from.get(setting, first)), opt) in decisions.rates:
+                    center = decisions.rates[centre, opt]
                     grid = (center / SWEEP_FACTOR, center, center * SWEEP_FACTOR)
                 else:
                     break  # waits for the first setting's optimum
@@ -534,6 +539,11 @@ def xs_comparison(hardware: str, protocol: str = "original") -> Comparison:
                              "muon": (1.25e-3, 2.5e-3, 5e-3, 1e-2, 2e-2, 4e-2)}, protocol=protocol)
 
 
+def both(warmup: float) -> dict[str, float]:
+    """One warm-up fraction for both optimizers."""
+    return {"adamw": warmup, "muon": warmup}
+
+
 #: the warm-up fraction the XS comparison chose on each preset it has run on (its results
 #: decide it; a test checks that these agree), which the scaling experiment keeps at every size
 XS_WARMUP = {"h100": 0.45}
@@ -548,12 +558,12 @@ def scaling(hardware: str) -> Scaling:
     xs = xs_comparison(hardware)
     if hardware == "cpu":
         wider = {"model_changes": {"vocab_size": 50257, "d_model": 128, "n_head": 4, "d_ff": 512}}
-        return Scaling(dataclasses.replace(xs.base, steps=xs.budgets[0]), settings={"tiny": {}, "tiny-wide": wider}, warmup=0.2,
+        return Scaling(dataclasses.replace(xs.base, steps=xs.budgets[0]), settings={"tiny": {}, "tiny-wide": wider}, warmups=both(0.2),
                        grids=xs.grids, wide="tiny-wide", decays=(0.05,), decay_settings=("tiny",), evaluations=xs.evaluations)
     sizes = ("XS", "S", "M", "L", "XL") if hardware in HOPPER else ("XS", "S")
     wide = "L" if "L" in sizes else "S"
     return Scaling(dataclasses.replace(xs.base, steps=1200), settings={size: {} if size == "XS" else {"model": size} for size in sizes},
-                   warmup=XS_WARMUP.get(hardware, XS_WARMUP["h100"]), grids=xs.grids, wide=wide, decays=(0.05,),
+                   warmups=both(XS_WARMUP.get(hardware, XS_WARMUP["h100"])), grids=xs.grids, wide=wide, decays=(0.05,),
                    decay_settings=("XS", wide), evaluations=xs.evaluations)
 
 
@@ -573,7 +583,7 @@ def batch_sizes(hardware: str) -> Scaling:
     xs = xs_comparison(hardware)
     if hardware == "cpu":
         base = dataclasses.replace(xs.base, steps=40)
-        return Scaling(base, settings={"8": {}, "16": {"batch_size": 16, "steps": 20}}, warmup=0.2, grids=xs.grids, wide="16",
+        return Scaling(base, settings={"8": {}, "16": {"batch_size": 16, "steps": 20}}, warmups=both(0.2), grids=xs.grids, wide="16",
                        evaluations=xs.evaluations)
     tokens = 2**24
     ladder = BATCH_SEQUENCES if hardware in HOPPER else BATCH_SEQUENCES[:3]
@@ -585,7 +595,7 @@ def batch_sizes(hardware: str) -> Scaling:
                                                         "steps": tokens // (sequences * context)}
     base = dataclasses.replace(xs.base, **next(iter(settings.values())))
     return Scaling(base, settings={label: {} if i == 0 else changes for i, (label, changes) in enumerate(settings.items())},
-                   warmup=XS_WARMUP.get(hardware, XS_WARMUP["h100"]), grids=xs.grids, wide=list(settings)[-1],
+                   warmups=both(XS_WARMUP.get(hardware, XS_WARMUP["h100"])), grids=xs.grids, wide=list(settings)[-1],
                    evaluations=xs.evaluations)
 
 
@@ -633,30 +643,46 @@ def flop_matched_steps(dense: TrainConfig, variant: str) -> int:
     return round(dense.steps * flops[dense.variant] / flops[variant])
 
 
-def architectures(hardware: str) -> Scaling:
+def architectures(hardware: str, protocol: str = "original") -> Scaling:
     """Table 3's four architectures at S (the largest size whose sweeps this machine's budget
     allows for every architecture; the paper uses XL) on the scaling experiment's tokens and
-    schedule: MHA (those runs, read from that experiment), MLA and MLA-noRoPE with r = d/2,
-    and MoE-MLA-RoPE as specified; each optimizer's rate swept per architecture around MHA's
-    optimum, over the whole grid for MoE-MLA, whose expert matrices are unlike any dense one.
-    Three MoE-MLA variants run at its rates: without bias balancing (the companion paper's E7),
-    sized to 42% fewer active non-embedding parameters than dense MHA (E4; the specified
-    experts give MoE-MLA more active parameters than the dense model, not fewer), and trained
-    on dense MHA's FLOPs, with fewer steps of its own schedule (E5).
+    schedule: MHA, MLA and MLA-noRoPE with r = d/2, and MoE-MLA-RoPE as specified; each
+    optimizer's rate swept per architecture around MHA's optimum, over the whole grid for
+    MoE-MLA, whose expert matrices are unlike any dense one. Three MoE-MLA variants: without
+    bias balancing (the companion paper's E7), sized to 42% fewer active non-embedding
+    parameters than dense MHA (E4; the specified experts give MoE-MLA more active parameters
+    than the dense model, not fewer), and trained on dense MHA's FLOPs, with fewer steps of its
+    own schedule (E5).
+
+    Under the original protocol MHA's runs are the scaling experiment's and the variants run at
+    MoE-MLA's rates; under the paper's and the tuned protocol (:data:`PROTOCOLS`; the tuned one
+    takes the warm-ups and Muon's momentum the XS comparison tuned) every arm is run here, on
+    one GPU kind, MHA's rates swept over the whole grid and each variant's around MoE-MLA's.
     A T4 or an A100 runs MHA and MLA; a CPU the tiny model."""
     sizes = scaling(hardware)
     if hardware == "cpu":
-        return dataclasses.replace(sizes, settings={"mha": {}, "mla": {"variant": "mla"}}, wide="mla", decays=(), decay_settings=())
-    base = dataclasses.replace(sizes.base, **sizes.settings["S"])
-    variants = ("mha", "mla", "mla-norope", "moe-mla") if hardware in HOPPER else ("mha", "mla")
-    settings = {v: {} if v == "mha" else {"variant": v} for v in variants}
-    borrowed = {}
-    if "moe-mla" in settings:
-        settings |= {"moe-mla unbalanced": {"variant": "moe-mla", "model_changes": {"bias_update_rate": 0.0}},
-                     "moe-mla small": {"variant": "moe-mla", "model_changes": SMALL_MOE},
-                     "moe-mla flop-matched": {"variant": "moe-mla", "steps": flop_matched_steps(base, "moe-mla")}}
-        borrowed = {v: "moe-mla" for v in ("moe-mla unbalanced", "moe-mla small", "moe-mla flop-matched")}
-    return dataclasses.replace(sizes, base=base, settings=settings, wide=variants[-1], decays=(), decay_settings=(), borrowed=borrowed)
+        sizes = dataclasses.replace(sizes, settings={"mha": {}, "mla": {"variant": "mla"}}, wide="mla", decays=(), decay_settings=())
+    else:
+        base = dataclasses.replace(sizes.base, **sizes.settings["S"])
+        variants = ("mha", "mla", "mla-norope", "moe-mla") if hardware in HOPPER else ("mha", "mla")
+        settings = {v: {} if v == "mha" else {"variant": v} for v in variants}
+        if "moe-mla" in settings:
+            settings |= {"moe-mla unbalanced": {"variant": "moe-mla", "model_changes": {"bias_update_rate": 0.0}},
+                         "moe-mla small": {"variant": "moe-mla", "model_changes": SMALL_MOE},
+                         "moe-mla flop-matched": {"variant": "moe-mla", "steps": flop_matched_steps(base, "moe-mla")}}
+        followers = {v: "moe-mla" for v in settings if v.startswith("moe-mla ")}
+        sizes = dataclasses.replace(sizes, base=base, settings=settings, wide=variants[-1], decays=(), decay_settings=(),
+                                    **{"borrowed" if protocol == "original" else "narrowed_from": followers})
+    if protocol == "original":
+        return sizes
+    if protocol == "paper":
+        return dataclasses.replace(sizes, warmups=both(PAPER_WARMUP), muon_options=dict(PAPER_MUON))
+    tuned = decisions("xs_muon_vs_adamw", hardware, protocol="tuned")
+    if tuned.muon_options is None or len(tuned.warmups) < 2:
+        raise ValueError(f"the tuned protocol takes its warm-ups and Muon's momentum from the XS comparison's tuning on "
+                         f"{hardware!r}, which is not finished: run `python -m muonlib.experiments run xs_muon_vs_adamw "
+                         f"--protocol tuned` first")
+    return dataclasses.replace(sizes, warmups=dict(tuned.warmups), muon_options=dict(tuned.muon_options))
 
 
 def attention_probes(hardware: str) -> Retrain:
@@ -680,7 +706,7 @@ class Experiment:
         check_protocol(protocol)
         if protocol not in self.protocols:
             raise ValueError(f"{self.name} runs under the protocols {list(self.protocols)}, not {protocol!r}: "
-                             f"so far only the XS comparison has been moved to the paper's and the tuned protocol")
+                             f"so far the XS comparison and the architectures have been moved to the paper's and the tuned protocol")
         return self.design(hardware) if protocol == "original" else self.design(hardware, protocol)
 
 
@@ -697,7 +723,7 @@ EXPERIMENTS = {
                    ablations, reads=("xs_muon_vs_adamw",)),
         Experiment("architectures",
                    "Table 3's MHA, MLA, MLA-noRoPE and MoE-MLA at S: Muon vs AdamW on the scaling experiment's tokens, rates swept per architecture, three seeds",
-                   architectures, reads=("scaling",)),
+                   architectures, reads=("scaling",), protocols=tuple(PROTOCOLS)),
         Experiment("attention_probes",
                    "Table 3's architectures at S trained again at their chosen rates (MHA and MLA at three seeds, the others at one), each measured: attention entropy per head, continuations of fixed prompts",
                    attention_probes, probes=True),

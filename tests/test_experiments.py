@@ -142,7 +142,7 @@ def scaling_loss(config: TrainConfig) -> float:
 
 SCALING = Scaling(TrainConfig(model="tiny", corpus="sample", steps=100),
                   settings={"tiny": {}, "wide": {"model_changes": {"d_model": 128}}, "wider": {"model_changes": {"d_model": 256}}},
-                  warmup=0.1, grids={"adamw": (5e-4, 1e-3, 2e-3, 4e-3), "muon": (2e-3, 4e-3, 8e-3, 1.6e-2)},
+                  warmups=experiments.both(0.1), grids={"adamw": (5e-4, 1e-3, 2e-3, 4e-3), "muon": (2e-3, 4e-3, 8e-3, 1.6e-2)},
                   wide="wider", decays=(0.05,), decay_settings=("wide",))
 
 
@@ -179,7 +179,7 @@ def test_scaling_narrows_the_grid_around_the_first_optimum_and_extends_it_where_
 def test_scaling_reads_the_xs_comparison_runs():
     xs, scaling = experiments.xs_comparison("h100"), experiments.scaling("h100")
     decided = experiments.decisions("xs_muon_vs_adamw", "h100")
-    assert scaling.warmup == decided.warmup and scaling.base.steps in xs.budgets
+    assert scaling.warmups == decided.warmups and scaling.base.steps in xs.budgets
     for opt in ("adamw", "muon"):
         adamw_lr = None if opt == "adamw" else decided.rates[scaling.base.steps, "adamw"]
         same = xs.config(opt, scaling.base.steps, decided.warmup, 1e-3, 1, adamw_lr)
@@ -194,7 +194,7 @@ def test_the_batch_ladder_holds_the_tokens_and_the_schedule_shape_fixed():
     tokens = {label: c.steps * c.tokens_per_step() for label, c in configs.items()}
     assert set(tokens.values()) == {2**24}
     assert [c.batch_size * c.grad_accum for c in configs.values()] == list(experiments.BATCH_SEQUENCES)
-    assert all(c.batch_size <= experiments.MAX_MICRO_BATCH and c.warmup == design.warmup for c in configs.values())
+    assert all(c.batch_size <= experiments.MAX_MICRO_BATCH and c.warmup == design.warmups[c.optimizer] for c in configs.values())
     assert all(design.setting_of(c) == label for label, c in configs.items())
     first = design.config("8K", "adamw", 1e-3)
     assert first.model == "XS" and first.corpus == "mix" and len({run_id(c, "h100") for c in configs.values()}) == 6
@@ -382,7 +382,7 @@ def test_the_architectures_experiment_reads_the_scaling_experiments_s_runs():
         assert run_id(arch.config("mha", opt, 2.5e-3, 1, adamw_lr), "h100") == run_id(sizes.config("S", opt, 2.5e-3, 1, adamw_lr), "h100")
     configs = {v: arch.config(v, "muon", 1e-3) for v in arch.settings}
     assert {c.variant for c in configs.values()} == {"mha", "mla", "mla-norope", "moe-mla"}
-    assert {(c.model, c.tokens_per_step(), c.warmup) for c in configs.values()} == {("S", 8192, sizes.warmup)}
+    assert {(c.model, c.tokens_per_step(), c.warmup) for c in configs.values()} == {("S", 8192, sizes.warmups["adamw"])}
     assert {v for v, c in configs.items() if c.steps != 1200} == {"moe-mla flop-matched"}  # the same tokens, but that one
     assert all(arch.setting_of(c) == v for v, c in configs.items())
 
@@ -525,3 +525,28 @@ def test_keep_results_packs_an_experiments_runs_and_colab_downloads_them(tmp_pat
     assert colab == [str(archive)] and archive == tmp_path / "toy-results.tar"
     assert sorted(tarfile.open(archive).getnames()) == ["toy/run0.jsonl.gz", "toy/run1.jsonl.gz"]
     assert unpack(archive, tmp_path / "elsewhere")["added"] == ["toy/run0.jsonl.gz", "toy/run1.jsonl.gz"]
+
+
+def test_a_setting_narrowed_from_another_sweeps_around_that_ones_optimum_under_its_protocol():
+    # "wide" follows "wider" (AdamW's optimum 1e-3 there, not the first size's 2e-3), with the
+    # paper's warm-up and Muon's momentum on every run
+    plan = dataclasses.replace(SCALING, narrowed_from={"wide": "wider"}, warmups=experiments.both(experiments.PAPER_WARMUP),
+                               muon_options=experiments.PAPER_MUON)
+    decisions, history = settle(plan)
+    assert decisions.swept["wide", "adamw"] == [5e-4, 1e-3, 2e-3]
+    assert "wide" not in {c.model_changes.get("d_model") for c in history[0]}  # it waits for the one it follows
+    runs = [c for batch in history for c in batch]
+    assert {c.warmup for c in runs} == {experiments.PAPER_WARMUP}
+    assert all(c.optimizer_options == experiments.PAPER_MUON for c in runs if c.optimizer == "muon")
+    assert all(c.optimizer_options == {} for c in runs if c.optimizer == "adamw")
+
+
+def test_the_architectures_under_the_paper_protocol_run_every_arm_and_sweep_the_moe_variants(tmp_path, monkeypatch):
+    arch = experiments.architectures("h200", "paper")
+    assert not arch.borrowed and arch.narrowed_from == {v: "moe-mla" for v in ("moe-mla unbalanced", "moe-mla small", "moe-mla flop-matched")}
+    assert experiments.result_folders("architectures", protocol="paper")[0].parts[-2:] == ("paper", "architectures")
+    muon = arch.config("moe-mla small", "muon", 1e-3, adamw_lr=1e-3)
+    assert (muon.warmup, muon.optimizer_options) == (experiments.PAPER_WARMUP, experiments.PAPER_MUON)
+    monkeypatch.setenv("MUONLIB_DATA", str(tmp_path))  # no XS tuning saved: the tuned protocol says what to run first
+    with pytest.raises(ValueError, match="run xs_muon_vs_adamw --protocol tuned"):
+        experiments.architectures("h200", "tuned")
