@@ -33,7 +33,7 @@ test: setup browser
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 test-gpu:
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu needs a GPU (on a CPU: make test)')"
-	$(GPU_PY) -m pytest --ignore tests/test_book.py $$($(GPU_PY) -c "import xdist" 2>/dev/null && echo "-n 4")
+	$(GPU_PY) -m pytest --ignore tests/test_book.py $$($(GPU_PY) -c "import xdist" 2>/dev/null && echo "-n auto --maxprocesses 8")
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

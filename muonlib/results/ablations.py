@@ -15,7 +15,7 @@ import pandas as pd
 from ..analysis import SeedSpread, compare, paired_spikes, tokens_to_target
 from ..experiments import experiment, load_results
 from .paper import ADAMW_ARM, BASELINE, PAPER_TABLE2
-from .rules import label
+from .rules import label, one_protocol_table
 from .runs import NOISE_SIGMAS, common_steps
 
 
@@ -149,9 +149,9 @@ class AblationResults:
         # two conditions: every row worse, and most rows worse (a table of rows at three seeds each
         # shows a spurious separation now and then, so one row does not decide it)
         verdict = label([len(worse) == len(arms), len(worse) >= len(better)], fails=[False, len(better) > len(worse)])
-        return pd.DataFrame([{
+        return one_protocol_table(pd.DataFrame([{
             "claim": "M22", "paper": "every ablated component costs validation perplexity; AdamW is worse than Muon",
             "ours": f"of the paper's rows at XS, test loss higher beyond the seed spread: {', '.join(worse) or 'none'}; within it: {', '.join(level) or 'none'}; "
                     f"better: {', '.join(better) or 'none'}; the paper's changes our seed spread can resolve: "
                     f"{int(resolvable.resolvable.sum())} of {len(resolvable)}",
-            "verdict": verdict}]).set_index("claim")
+            "verdict": verdict}]).set_index("claim"))

@@ -14,7 +14,7 @@ import pandas as pd
 from ..analysis import SWEEP_FACTOR, Budget, SeedSpread, compare, rate_key, sweep_rates, tokens_to_target
 from ..experiments import ScalingDecisions, experiment, load_results
 from .paper import PAPER, PAPER_R, TABLE1_RATES
-from .rules import band_distance, band_verdict, combine_verdicts, gain_verdict, label
+from .rules import ORIGINAL_ONLY, band_distance, band_verdict, combine_verdicts, gain_verdict, label, one_protocol, one_protocol_table
 from .runs import (NOISE_SIGMAS, OPTIMIZERS, TARGET_OFFSETS, final_rows, gap_row, newton_schulz_share, ratio_rows, spike_rows,
                    spread_text)
 
@@ -234,6 +234,8 @@ class ScalingResults(LadderResults):
         m16 = label([consistent, rising, alike], fails=[(gaps.separated == 1).any(), falling, False])
 
         m18 = gain_verdict(gaps)
+        found = {"M15": m15, "M16": m16, "M18": m18}  # the sizes' runs alone, before XS's protocols join them
+        m15, m16, m18 = (one_protocol(v) for v in (m15, m16, m18))
         if xs is not None:
             m15, m18 = combine_verdicts([m15, xs["M15"]]), combine_verdicts([m18, xs["M18"]])
 
@@ -250,7 +252,7 @@ class ScalingResults(LadderResults):
             return f"1/{1 / x:g}" if x < 1 else f"{x:g}x"
 
         adamw = transfer.xs("adamw", level="optimizer")
-        return pd.DataFrame([
+        verdicts = pd.DataFrame([
             {"claim": "M15", "paper": f"Muon needs {PAPER['M15'][0]}-{PAPER['M15'][1]}% of AdamW's FLOPs to any loss",
              "ours": f"{share.min():.0f}-{share.max():.0f}% of AdamW's FLOPs (Newton-Schulz included) over "
                      f"{len(self.settings)} sizes and {ratios.offset.nunique()} targets each",
@@ -273,6 +275,10 @@ class ScalingResults(LadderResults):
                      + ("no difference beyond the seed spread" if (decay.separated == 0).all() else "a difference at some size"),
              "verdict": m21},
         ]).set_index("claim")
+        for claim, verdict in found.items():
+            if verdict != one_protocol(verdict):
+                verdicts.at[claim, "ours"] += f"; over the sizes {verdict} {ORIGINAL_ONLY}"
+        return verdicts
 
 
 @dataclass
@@ -335,18 +341,55 @@ class BatchSizeResults(LadderResults):
         and verdict that reads it."""
         return self.reach_table()
 
-    def ratio_summary(self, targets: list[float] | None = None) -> pd.DataFrame:
+    def ratio_summary(self, targets: list[float] | None = None, after_warmup: bool = False) -> pd.DataFrame:
         """Per target and batch where both optimizers reach it at every seed: ``R`` over the
-        seeds (:class:`~muonlib.analysis.SeedSpread`), the mean token difference and each optimizer's mean steps."""
+        seeds (:class:`~muonlib.analysis.SeedSpread`), the mean token difference and each
+        optimizer's mean steps. With ``after_warmup``, at the :meth:`after_warmup_targets` and
+        only in the cells that lie in their batch's :meth:`after_warmup_ranges`."""
+        if after_warmup:
+            targets = self.after_warmup_targets()
         reach = (self.reach if targets is None else self.reach_table(targets)).dropna(subset=["R"])
+        ranges = self.after_warmup_ranges()
         rows = []
         for (target, batch), g in reach.groupby(["target", "batch"], sort=False):
             if len(g) < len(self.chosen(batch, "muon").seed.unique()):
                 continue
+            if after_warmup and not ranges.lowest[batch] <= target < ranges.highest[batch]:
+                continue
             rows.append({"target": target, "batch": batch, "tokens per step": g["tokens per step"].iloc[0],
                          "R": SeedSpread(tuple(g.R)), "difference": g.difference.mean(),
                          "AdamW steps": g["AdamW steps"].mean(), "Muon steps": g["Muon steps"].mean()})
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows, columns=["target", "batch", "tokens per step", "R", "difference", "AdamW steps", "Muon steps"])
+
+    def after_warmup_ranges(self) -> pd.DataFrame:
+        """Per batch, the test losses every chosen run of both optimizers reaches after its
+        warm-up ends: below ``highest`` (the lowest loss any run has at the first evaluation
+        after its warm-up) and at or above ``lowest`` (the highest loss any run ends its
+        training at). ``exists`` is false where the range is empty: there every loss one
+        optimizer reaches after its warm-up, the other reaches during its own, or never."""
+        rows = []
+        for setting in self.settings:
+            ends, finals = [], []
+            for opt in OPTIMIZERS:
+                for _, run in self.chosen(setting, opt).groupby("seed"):
+                    run = run.dropna(subset=["test_loss"]).sort_values("step")
+                    config = self.header(setting, opt)["provenance"]["config"]
+                    after = run[run.step >= config["warmup"] * config["steps"]]
+                    ends.append(after.test_loss.iloc[0])
+                    finals.append(run.test_loss.min())
+            lowest = math.ceil(max(finals) * 1000) / 1000  # rounded up, so that every run still reaches it
+            rows.append({"batch": setting, "lowest": lowest, "highest": min(ends), "exists": lowest < min(ends)})
+        return pd.DataFrame(rows).set_index("batch")
+
+    def after_warmup_targets(self, per_batch: int = 2) -> list[float]:
+        """``per_batch`` targets evenly spaced in each batch's :meth:`after_warmup_ranges`,
+        from its lowest loss up; a target one batch contributes is judged at every batch whose
+        range holds it, which is how ``R`` is compared across batches."""
+        targets = set()
+        for r in self.after_warmup_ranges().itertuples():
+            if r.exists:
+                targets |= {float(round(t, 3)) for t in np.linspace(r.lowest, r.highest, per_batch + 1)[:-1]}
+        return sorted(targets, reverse=True)
 
     def one_sided_cells(self) -> dict[str, int]:
         """Target-and-batch cells that every seed of one optimizer reaches and no seed of the
@@ -375,16 +418,26 @@ class BatchSizeResults(LadderResults):
     def verdicts(self) -> pd.DataFrame:
         """M19 (R > 1 and non-decreasing in B), M20 (Muon's steps-against-batch frontier
         dominates), M26 (which of the paper's two statements of R ours resembles) and M27
-        (the token difference grows superlinearly in B)."""
-        summary = self.ratio_summary()
+        (the token difference grows superlinearly in B), each judged at targets both optimizers
+        reach after their warm-ups (:meth:`after_warmup_targets`): a target reached during a
+        warm-up measures the ramp, not the optimizer."""
+        summary = self.ratio_summary(after_warmup=True)
+        ranges = self.after_warmup_ranges()
+        every_target = self.ratio_summary()
         only = self.one_sided_cells()
         above = all(r.low > 1 for r in summary.R) and only["AdamW only"] == 0
         below = any(r.high < 1 for r in summary.R) or only["AdamW only"] > 0
         drops, rises = self.ratio_changes(summary)
-        in_warmup = int(self.within_warmup(summary).sum())
+        in_warmup = int(self.within_warmup(every_target).sum())
+        none_after = [b for b in self.settings if not ranges.exists[b]]
+        judged_at = (f"judged at {summary.target.nunique()} targets reached after both warm-ups, in {len(summary)} "
+                     f"target-batch cells over {summary.batch.nunique()} batches"
+                     + (f" (at {', '.join(none_after)} no loss is reached by both after their warm-ups)" if none_after else "")
+                     + f"; of the {len(every_target)} cells at targets spread over the whole run, {in_warmup} are reached "
+                       f"while an optimizer is still warming up")
         # two conditions: R above 1 everywhere, and R non-decreasing (mostly: rises outnumber drops)
         m19 = label([above, not drops], fails=[below, drops > rises])
-        means = np.array([r.mean for r in summary.R])
+        means = np.array([r.mean for r in summary.R]) if len(summary) else np.array([np.nan])
 
         m20 = label([r.low > 1 for r in summary.R] + [only["AdamW only"] == 0], fails=[r.high < 1 for r in summary.R] + [only["AdamW only"] > 0])
         best = {opt: summary.groupby("target")[f"{name} steps"].min() for opt, name in (("adamw", "AdamW"), ("muon", "Muon"))}
@@ -395,6 +448,9 @@ class BatchSizeResults(LadderResults):
         # higher ones are reached early in training, most of them during the warm-up
         final_target = summary[summary.target == summary.target.min()]
         m26 = label([r.low <= high and r.high >= low for r in final_target.R], fails=[r.low > high or r.high < low for r in final_target.R])
+        final_text = (f"at the lowest target {final_target.target.iloc[0]:.2f}, reached at "
+                      + ", ".join(f"{row.batch} by R = {row.R.mean:.2f} (seeds {row.R.low:.2f}-{row.R.high:.2f})" for row in final_target.itertuples())
+                      if len(final_target) else "no target is reached after both warm-ups")
         nearer = [min(PAPER_R, key=lambda name: band_distance(r, PAPER_R[name])) for r in per_batch]
 
         slopes = {}
@@ -403,25 +459,22 @@ class BatchSizeResults(LadderResults):
             if len(g) >= 3:
                 slopes[target] = float(np.polyfit(np.log(g["tokens per step"]), np.log(g.difference), 1)[0])
         m27 = label([s > 1 for s in slopes.values()])  # no target reached at enough batches: nothing measured
-        return pd.DataFrame([
+        return one_protocol_table(pd.DataFrame([
             {"claim": "M19", "paper": "R_L(B) > 1 and non-decreasing in the batch size",
-             "ours": f"R from {means.min():.2f} to {means.max():.2f} over {summary.batch.nunique()} batches ({self.settings[0]}-"
-                     f"{self.settings[-1]} tokens) and {summary.target.nunique()} targets; "
+             "ours": f"R from {means.min():.2f} to {means.max():.2f} over {summary.batch.nunique()} batches "
+                     f"({', '.join(b for b in self.settings if b in set(summary.batch))} tokens) and {summary.target.nunique()} targets; "
                      + ("above 1 at every seed" if above else "not above 1 at every seed")
                      + f"; {only['Muon only']} target-batch cells reached by Muon alone, {only['AdamW only']} by AdamW alone"
-                     + f"; {drops} drop(s) and {rises} rise(s) beyond the seed spread from one batch to the next"
-                     + f"; {in_warmup} of the {len(summary)} target-batch cells are reached while an optimizer is still warming up",
+                     + f"; {drops} drop(s) and {rises} rise(s) beyond the seed spread from one batch to the next; " + judged_at,
              "verdict": m19},
             {"claim": "M20", "paper": "Muon's devices-against-time frontier strictly dominates AdamW's",
              "ours": ("Muon needs fewer steps at every batch and target, every seed, and reaches every target AdamW reaches" if above else
                       "Muon does not need fewer steps at every batch and target")
                      + "; fewest steps to each target over the batches, AdamW against Muon: "
-                     + ", ".join(f"{t:.2f}: {best['adamw'][t]:.0f} vs {best['muon'][t]:.0f}" for t in best["adamw"].index),
+                     + ", ".join(f"{t:.3f}: {best['adamw'][t]:.0f} vs {best['muon'][t]:.0f}" for t in best["adamw"].index),
              "verdict": m20},
             {"claim": "M26", "paper": "10-15% fewer tokens (section 3.1) against 48-52% of the FLOPs (section 5.1)",
-             "ours": f"at the near-final target {final_target.target.iloc[0]:.2f}, reached at "
-                     + ", ".join(f"{row.batch} by R = {row.R.mean:.2f} (seeds {row.R.low:.2f}-{row.R.high:.2f})" for row in final_target.itertuples())
-                     + f" (section 3.1's band is {low:.2f}-{high:.2f}, section 5.1's about 2); over every target, mean R per batch "
+             "ours": final_text + f" (section 3.1's band is {low:.2f}-{high:.2f}, section 5.1's about 2); over every target, mean R per batch "
                      + ", ".join(f"{b} {r:.2f}" for b, r in per_batch.items())
                      + f", nearer section 3.1's at {nearer.count('section 3.1')} of {len(per_batch)} batches",
              "verdict": m26},
@@ -429,4 +482,4 @@ class BatchSizeResults(LadderResults):
              "ours": "log-log slope of the token difference against the batch: "
                      + (", ".join(f"{s:.2f} at target {t:.2f}" for t, s in slopes.items()) or "too few batches reach a target"),
              "verdict": m27},
-        ]).set_index("claim")
+        ]).set_index("claim"))

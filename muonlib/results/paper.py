@@ -49,6 +49,7 @@ QUOTES: dict[str, Quote] = {
     "E3": Quote(0.8, f"{MOE_MLA}, abstract", "perplexity degradation against dense baselines, %"),
     "E4": Quote(-6.9, f"{MOE_MLA}, abstract", "validation loss against a dense 53.9M model with 42% fewer active parameters, %"),
     "E5": Quote(-11.1, f"{MOE_MLA}, abstract", "FLOP-matched improvement over dense, %"),
+    "E6": Quote(3.6e7, f"{MOE_MLA}, abstract", "possible combinations of the routed experts a token takes (6 of 62)"),
     "E8": Quote(40.0, f"{MOE_MLA}, limitations (as summarised)", "training-time overhead, %"),
     "A1": Quote({"loss": 0.3, "cache": 45.0}, f"{MLA}, abstract", "MLA + RoPE at r = d/2: validation loss increase and KV-cache reduction, %"),
     "A2": Quote({"no RoPE": (3, 5), "RoPE": -2.0}, f"{MLA}, abstract", "perplexity against MHA without and with RoPE, %"),
