@@ -72,6 +72,18 @@ def test_m18_muon_is_lower_at_every_budget_and_the_gain_shrinks_with_training(xs
     assert (xs.final_table().min_val_step == xs.final_table().steps).all()  # no curve turns up
 
 
+
+def test_m18_at_equal_compute_reads_muon_earlier_on_its_curve_and_stays_beyond_the_spread(xs):
+    tokens, flops = xs.gap_table(), xs.equal_compute_gap_table()
+    assert 0.01 < xs.newton_schulz_share() < 0.05  # XS at 8K-token batches
+    for steps in xs.budgets:
+        adamw = tokens.AdamW[steps].values
+        assert flops.AdamW[steps].values == adamw  # AdamW's final losses either way
+        assert min(flops.Muon[steps].values) >= min(tokens.Muon[steps].values)  # earlier on a falling curve
+        assert flops["gain %"][steps].mean < tokens["gain %"][steps].mean
+    assert (flops.separated == -1).all()  # the Newton-Schulz FLOPs do not close the gap at any budget
+
+
 def test_m15_muon_needs_far_more_than_half_of_adamws_tokens(xs):
     assert xs.verdicts().verdict["M15"] == REFUTED
     ratios = xs.ratio_table()
