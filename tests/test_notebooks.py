@@ -94,3 +94,15 @@ def test_display_maths_sits_on_lines_of_its_own():
     offenders = [f"{where}: {line.strip()[:60]}" for where, text in markdown_sources() for line in text.splitlines()
                  if re.match(r"\s*\$\$.+\$\$\s*$", line)]
     assert not offenders, offenders
+
+
+def test_no_code_cell_types_a_verdict_label():
+    """Labels come from :func:`muonlib.results.label` and the chapter modules, computed from the
+    evidence; a string that starts with one in a code cell is a verdict typed by hand."""
+    from muonlib.results import CONDITIONAL, REFUTED, UNTESTABLE, VERIFIED
+
+    typed = re.compile(r"""["'](%s)\b""" % "|".join(map(re.escape, (VERIFIED, REFUTED, CONDITIONAL, UNTESTABLE))))
+    offenders = [f"{path.name} cell {i}: {m.group(0)}" for path in NOTEBOOKS
+                 for i, cell in enumerate(json.loads(path.read_text())["cells"]) if cell["cell_type"] == "code"
+                 for m in typed.finditer("".join(cell["source"]))]
+    assert not offenders, offenders
