@@ -929,6 +929,7 @@ def main(argv: list[str] | None = None) -> None:
     packer = sub.add_parser("pack", help="an experiment's results in one .tar")
     packer.add_argument("name", choices=sorted(EXPERIMENTS))
     protocols = "how the settings the rate sweeps hold fixed are chosen: " + "; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items())
+    protocols = protocols.replace("%", "%%")  # argparse formats help text with %
     go.add_argument("--protocol", choices=list(PROTOCOLS), nargs="+", default=["original"], help=protocols + " (several run side by side)")
     packer.add_argument("--protocol", choices=list(PROTOCOLS), default="original", help=protocols)
     packer.add_argument("-o", "--output", type=Path, help="archive path (default: NAME.tar)")
