@@ -629,6 +629,8 @@ def ablations(hardware: str) -> Ablations:
 #: companion paper's E4, with one shared and two of 62 routed experts, each 232 = 2048 * 0.11328125
 #: wide (a multiple of 8, as the grouped GEMM needs)
 SMALL_MOE = {"n_shared_experts": 1, "top_k": 2, "expert_ratio": 0.11328125}
+#: the control that isolates RoPE in A2: MLA-noRoPE swaps RoPE for learned positions, this arm has no positions at all
+NO_POSITIONS = "mla no positions"
 
 
 def flop_matched_steps(dense: TrainConfig, variant: str) -> int:
@@ -657,7 +659,9 @@ def architectures(hardware: str, protocol: str = "original") -> Scaling:
     Under the original protocol MHA's runs are the scaling experiment's and the variants run at
     MoE-MLA's rates; under the paper's and the tuned protocol (:data:`PROTOCOLS`; the tuned one
     takes the warm-ups and Muon's momentum the XS comparison tuned) every arm is run here, on
-    one GPU kind, MHA's rates swept over the whole grid and each variant's around MoE-MLA's.
+    one GPU kind, MHA's rates swept over the whole grid and each variant's around MoE-MLA's,
+    and a control joins them: MLA with no positions at all (:data:`NO_POSITIONS`), since
+    MLA-noRoPE replaces RoPE by learned positions and so changes two things at once.
     A T4 or an A100 runs MHA and MLA; a CPU the tiny model."""
     sizes = scaling(hardware)
     if hardware == "cpu":
@@ -675,6 +679,9 @@ def architectures(hardware: str, protocol: str = "original") -> Scaling:
                                     **{"borrowed" if protocol == "original" else "narrowed_from": followers})
     if protocol == "original":
         return sizes
+    if "mla-norope" in sizes.settings:
+        sizes = dataclasses.replace(sizes, settings=sizes.settings | {NO_POSITIONS: {"variant": "mla-norope", "model_changes": {"position": "none"}}},
+                                    narrowed_from=sizes.narrowed_from | {NO_POSITIONS: "mla-norope"})
     if protocol == "paper":
         return dataclasses.replace(sizes, warmups=both(PAPER_WARMUP), muon_options=dict(PAPER_MUON))
     tuned = decisions("xs_muon_vs_adamw", hardware, protocol="tuned")

@@ -15,6 +15,7 @@ import pytest
 
 from muonlib import experiments, runner
 from muonlib.data import prepare
+from muonlib.models import preset
 from muonlib.experiments import Comparison, Experiment, Scaling, compact, load_results, pack, read_run, run, run_id, unpack
 from muonlib.train import Checkpoint, TrainConfig
 
@@ -543,7 +544,12 @@ def test_a_setting_narrowed_from_another_sweeps_around_that_ones_optimum_under_i
 
 def test_the_architectures_under_the_paper_protocol_run_every_arm_and_sweep_the_moe_variants(tmp_path, monkeypatch):
     arch = experiments.architectures("h200", "paper")
-    assert not arch.borrowed and arch.narrowed_from == {v: "moe-mla" for v in ("moe-mla unbalanced", "moe-mla small", "moe-mla flop-matched")}
+    assert not arch.borrowed and arch.narrowed_from == {**{v: "moe-mla" for v in ("moe-mla unbalanced", "moe-mla small", "moe-mla flop-matched")},
+                                                        experiments.NO_POSITIONS: "mla-norope"}
+    control = arch.config(experiments.NO_POSITIONS, "adamw", 1e-3)
+    model = preset(control.model, control.variant, **control.model_changes)
+    assert (model.attention, model.position, model.rope_head_dim) == ("mla", "none", 0)  # RoPE gone, and no learned positions instead
+    assert "mla no positions" not in experiments.architectures("h200").settings  # the original protocol's runs are what they were
     assert experiments.result_folders("architectures", protocol="paper")[0].parts[-2:] == ("paper", "architectures")
     muon = arch.config("moe-mla small", "muon", 1e-3, adamw_lr=1e-3)
     assert (muon.warmup, muon.optimizer_options) == (experiments.PAPER_WARMUP, experiments.PAPER_MUON)
