@@ -89,13 +89,30 @@ def compact(lines: list[dict]) -> bytes:
     return gzip.compress(text.encode(), mtime=0)
 
 
-def read_finals(results: Path) -> dict[str, dict]:
-    """The final record of every finished run in a result folder, by run id."""
+def plan_name(path: Path, as_hardware: str | None = None) -> str:
+    """The run id a result file answers to. A file is named by the GPU its run ran on; the
+    original protocol's runs ran on H100s and H200s, and its plans (the same on both Hopper
+    kinds) read either: with ``as_hardware`` a Hopper preset, a Hopper file answers to that
+    preset's id (the runs keep their GPU in ``hardware``/``gpu``, and the chapters show it)."""
+    run = path.name.removesuffix(RESULT)
+    kind, rest = run.split("-", 1)
+    return f"{as_hardware}-{rest}" if as_hardware in HOPPER and kind in HOPPER else run
+
+
+def result_files(folders: list[Path], as_hardware: str | None = None) -> dict[str, Path]:
+    """Every result file in ``folders`` by the run id it answers to (:func:`plan_name`), the
+    first folder's where several hold one."""
+    return {plan_name(path, as_hardware): path for folder in reversed(folders) if folder.exists()
+            for path in sorted(folder.glob(f"*{RESULT}"))}
+
+
+def read_finals(results: Path, as_hardware: str | None = None) -> dict[str, dict]:
+    """The final record of every finished run in a result folder, by run id (:func:`plan_name`)."""
     finals = {}
     for path in sorted(results.glob(f"*{RESULT}")):
         final = read_run(path)[2]
         if final is not None:
-            finals[path.name.removesuffix(RESULT)] = final
+            finals[plan_name(path, as_hardware)] = final
     return finals
 
 
@@ -500,7 +517,7 @@ class Retrain:
 
     def plan(self, hardware: str, finals: Finals) -> tuple[list[TrainConfig], ScalingDecisions]:
         design = experiment(self.source).design(hardware)
-        _, decided = design.plan(hardware, finished_runs(result_folders(self.source)))
+        _, decided = design.plan(hardware, finished_runs(result_folders(self.source), hardware))
         wanted = []
         for setting in (s for s in self.settings if s in design.settings):
             adamw, muon = decided.rates.get((setting, "adamw")), decided.rates.get((setting, "muon"))
@@ -780,9 +797,15 @@ def result_folders(name: str, results: Path | None = None, protocol: str = "orig
     return [own, *reads, *([own.parent.parent / "paper" / name] if protocol == "tuned" else [])]
 
 
-def finished_runs(folders: list[Path]) -> dict[str, dict]:
-    """The final record of every finished run in any of ``folders``, by run id."""
-    return {run: final for folder in reversed(folders) if folder.exists() for run, final in read_finals(folder).items()}
+def finished_runs(folders: list[Path], as_hardware: str | None = None) -> dict[str, dict]:
+    """The final record of every finished run in any of ``folders``, by run id (:func:`plan_name`)."""
+    return {run: final for folder in reversed(folders) if folder.exists() for run, final in read_finals(folder, as_hardware).items()}
+
+
+def original_reader(hardware: str, protocol: str) -> str | None:
+    """The ``as_hardware`` that reads a protocol's runs: the original protocol's plans read both
+    Hopper kinds' runs; the paper's and the tuned protocol's, their own GPU kind's only."""
+    return hardware if protocol == "original" else None
 
 
 def run(name: str, hardware: str | None = None, results: Path | None = None, gpus: int | None = None, per_gpu: int = 1,
@@ -801,7 +824,7 @@ def run(name: str, hardware: str | None = None, results: Path | None = None, gpu
     designs = {p: experiment(name).plan_for(hardware, p) for p in protocols}
     folders = {p: result_folders(name, results, p) for p in protocols}
     checkpoints = data_root() / "cache" / "runs" / name
-    finals = finished_runs([f for p in protocols for f in folders[p]])
+    finals = {run: final for p in protocols for run, final in finished_runs(folders[p], original_reader(hardware, p)).items()}
     probes = ("--probes",) if experiment(name).probes else ()
     if probes:
         gpt2_tokenizer()  # the probes decode text after training: fail now, not after every run has trained
@@ -832,7 +855,8 @@ def run(name: str, hardware: str | None = None, results: Path | None = None, gpu
 
 def decisions(name: str, hardware: str, results: Path | None = None, protocol: str = "original") -> Decisions | ScalingDecisions:
     """What an experiment's saved results have decided (warm-up, chosen rates)."""
-    return experiment(name).plan_for(hardware, protocol).plan(hardware, finished_runs(result_folders(name, results, protocol)))[1]
+    finals = finished_runs(result_folders(name, results, protocol), original_reader(hardware, protocol))
+    return experiment(name).plan_for(hardware, protocol).plan(hardware, finals)[1]
 
 
 # ---------------------------------------------------------------- moving results between machines
@@ -890,11 +914,13 @@ def unpack(archive: Path, root: Path | None = None, overwrite: bool = False) -> 
 # ---------------------------------------------------------------- reading results
 
 
-def load_results(folder: str | Path):
+def load_results(folder: str | Path, as_hardware: str | None = None):
     """Every finished run in ``folder`` as one tidy ``pandas.DataFrame``: a row per step record
-    (the step's learning rate as ``scheduled_lr``), with the run's ``run``, ``hardware``,
-    ``gpu``, ``diverged`` and its configuration's settings (``optimizer``, ``lr``, ``seed``,
-    ``steps``, ``warmup``, ...; ``optimizer_options`` and ``model_changes`` as JSON text)."""
+    (the step's learning rate as ``scheduled_lr``), with the run's ``run`` (the id it answers
+    to, :func:`plan_name`), ``hardware`` (the preset of the GPU it ran on, from its file's
+    name), ``gpu``, ``diverged`` and its configuration's settings (``optimizer``, ``lr``,
+    ``seed``, ``steps``, ``warmup``, ...; ``optimizer_options`` and ``model_changes`` as JSON
+    text)."""
     import pandas as pd
 
     frames = []
@@ -906,11 +932,11 @@ def load_results(folder: str | Path):
         frame = pd.DataFrame(records).rename(columns={"lr": "scheduled_lr"})  # "lr" is the run's peak rate
         frame["tokens"] = frame.step * header["tokens_per_step"]
         frame["flops"] = frame.step * header["flops_per_step"]
-        frame.insert(0, "run", path.name.removesuffix(RESULT))
+        frame.insert(0, "run", plan_name(path, as_hardware))
         for key, value in config.items():
             if key not in frame:
                 frame[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
-        frame["hardware"] = frame.run.str.split("-").str[0]
+        frame["hardware"] = path.name.split("-")[0]
         frame["gpu"] = header["provenance"]["gpu"] or "CPU"
         frame["diverged"] = bool(final.get("diverged"))
         frames.append(frame)

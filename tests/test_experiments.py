@@ -326,6 +326,21 @@ def fake_result(path, final=True, lr=1e-3):
     return path
 
 
+def test_the_original_protocol_reads_both_hopper_kinds_and_the_others_their_own(tmp_path):
+    # its runs ran on H100s and H200s, each named by its GPU; the paper's and the tuned protocol
+    # compare runs of one GPU kind only
+    from muonlib.experiments import finished_runs, original_reader
+
+    rest = "XS-mha-adamw-40steps-lr0.001-abc"
+    fake_result(tmp_path / f"h100-{rest}-seed0{experiments.RESULT}")
+    fake_result(tmp_path / f"h200-{rest}-seed1{experiments.RESULT}")
+    fake_result(tmp_path / f"cpu-{rest}-seed2{experiments.RESULT}")
+    assert set(finished_runs([tmp_path], original_reader("h100", "original"))) == {f"h100-{rest}-seed{s}" for s in (0, 1)} | {f"cpu-{rest}-seed2"}
+    assert set(finished_runs([tmp_path], original_reader("h200", "paper"))) == {f"h100-{rest}-seed0", f"h200-{rest}-seed1", f"cpu-{rest}-seed2"}
+    assert [experiments.plan_name(tmp_path / f"{kind}-{rest}-seed0{experiments.RESULT}", "h200") for kind in ("h100", "h200", "cpu")] == \
+        [f"h200-{rest}-seed0", f"h200-{rest}-seed0", f"cpu-{rest}-seed0"]
+
+
 def test_result_files_are_compact_and_lose_nothing_real(tmp_path):
     lines = [{"provenance": {}}] + [{"step": s, "loss": 10 / (s + 0.123456789), "tokens": 64 * s, "flops": 10**9 * s,
                                      "tokens_per_s": 1e5, "seconds": 0.1} for s in range(1, 4)] + [{"final": True}]
@@ -444,7 +459,7 @@ def test_the_attention_probes_retrain_the_architectures_chosen_runs_mha_and_mla_
     from muonlib.experiments import finished_runs, result_folders
 
     source = experiments.experiment("architectures").design("h100")
-    wanted, decided = source.plan("h100", finished_runs(result_folders("architectures")))
+    wanted, decided = source.plan("h100", finished_runs(result_folders("architectures"), "h100"))
     chosen = {run_id(c, "h100") for c in wanted if c.lr == decided.rates[source.setting_of(c), c.optimizer]}
     retrain, _ = experiments.experiment("attention_probes").design("h100").plan("h100", {})
     assert {run_id(c, "h100") for c in retrain} <= chosen

@@ -40,6 +40,20 @@ def test_every_run_the_plan_wants_is_saved_final_with_provenance():
         assert "+dirty" not in prov["git_commit"] and header["data"]["corpus"] == "mix"
 
 
+def test_every_saved_run_is_named_by_the_gpu_it_ran_on():
+    from muonlib.hardware import PRESETS
+
+    kind = {"NVIDIA H100 80GB HBM3": "h100", "NVIDIA H200": "h200"}
+    wrong = []
+    for path in sorted((RESULTS.parent).rglob(f"*{RESULT}")):
+        gpu = read_run(path)[0]["provenance"]["gpu"]
+        prefix = path.name.split("-")[0]
+        assert prefix in PRESETS, path
+        if kind.get(gpu, prefix if prefix in ("t4", "a100", "cpu") else None) != prefix:
+            wrong.append(f"{path.relative_to(RESULTS.parent)}: ran on {gpu}")
+    assert not wrong, wrong
+
+
 def test_the_shared_warmup_holds_back_neither_optimizer(xs):
     d = xs.decisions
     adamw, muon = (d.warmup_losses[opt] for opt in ("adamw", "muon"))
@@ -321,7 +335,7 @@ def test_the_ratio_is_judged_only_at_targets_both_optimizers_reach_after_their_w
 def test_the_batch_ladder_is_complete_on_equal_tokens(batches):
     from muonlib.experiments import finished_runs, result_folders
 
-    wanted, decisions = experiment("batch_sizes").design("h100").plan("h100", finished_runs(result_folders("batch_sizes")))
+    wanted, decisions = experiment("batch_sizes").design("h100").plan("h100", finished_runs(result_folders("batch_sizes"), "h100"))
     assert {run_id(c, "h100") for c in wanted} == set(batches.headers)
     assert batches.settings == ["8K", "16K", "32K", "64K", "128K", "256K"]
     table = batches.batch_table()

@@ -59,20 +59,20 @@ class AblationResults:
 
     @classmethod
     def load(cls, name: str = "ablations", hardware: str = "h100", results: Path | None = None) -> "AblationResults":
-        from ..experiments import RESULT, finished_runs, read_run, result_folders, run_id
+        from ..experiments import finished_runs, read_run, result_files, result_folders, run_id
 
         folders = [f for f in result_folders(name, results) if f.exists()]
         design = experiment(name).design(hardware)
-        wanted, decisions = design.plan(hardware, finished_runs(folders))
+        wanted, decisions = design.plan(hardware, finished_runs(folders, hardware))
         baseline = design.baseline(decisions)
         adamw = design.comparison.config("adamw", design.steps, decisions.warmup, decisions.rates[design.steps, "adamw"])
         arm_of = {run_id(dataclasses.replace(c, seed=s), hardware): arm
                   for c, arm in ((baseline, BASELINE), (adamw, ADAMW_ARM)) for s in design.seeds}
         arm_of |= {run_id(c, hardware): design.arm_of(c, baseline) for c in wanted if design.arm_of(c, baseline)}
-        runs = pd.concat([load_results(f) for f in folders], ignore_index=True)
+        runs = pd.concat([load_results(f, hardware) for f in folders], ignore_index=True)
         runs = runs[runs.run.isin(arm_of)].drop_duplicates(["run", "step"]).copy()
         runs["arm"] = runs.run.map(arm_of)
-        headers = {run: read_run(f / f"{run}{RESULT}")[0] for f in reversed(folders) for run in arm_of if (f / f"{run}{RESULT}").exists()}
+        headers = {run: read_run(path)[0] for run, path in result_files(folders, hardware).items() if run in arm_of}
         finished = set(runs.arm)
         arms = [a for a in (BASELINE, *design.arms, ADAMW_ARM) if a in finished]
         return cls(runs, headers, arms)

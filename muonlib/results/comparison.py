@@ -35,13 +35,14 @@ class ComparisonResults:
     def load(cls, name: str, hardware: str = "h100", results: Path | None = None, protocol: str = "original") -> "ComparisonResults":
         """The runs of one GPU kind (``hardware``) under one protocol (see
         :data:`muonlib.experiments.PROTOCOLS`), wherever the protocol finds them."""
-        from ..experiments import RESULT, finished_runs, read_run, result_folders
+        from ..experiments import finished_runs, original_reader, read_run, result_files, result_folders
 
         folders = [f for f in result_folders(name, results, protocol) if f.exists()]
-        runs = pd.concat([load_results(f) for f in folders], ignore_index=True)
-        runs = runs[runs.hardware == hardware]
-        decisions = experiment(name).plan_for(hardware, protocol).plan(hardware, finished_runs(folders))[1]
-        headers = {p.name.removesuffix(RESULT): read_run(p)[0] for f in folders for p in sorted(f.glob(f"{hardware}-*{RESULT}"))}
+        reader = original_reader(hardware, protocol)
+        runs = pd.concat([load_results(f, reader) for f in folders], ignore_index=True)
+        runs = runs[runs.run.str.startswith(f"{hardware}-")]
+        decisions = experiment(name).plan_for(hardware, protocol).plan(hardware, finished_runs(folders, reader))[1]
+        headers = {run: read_run(path)[0] for run, path in result_files(folders, reader).items() if run.startswith(f"{hardware}-")}
         return cls(name, runs, decisions, headers, protocol)
 
     # ------------------------------------------------------------ which runs

@@ -33,17 +33,16 @@ class LadderResults:
 
     @classmethod
     def load(cls, name: str, hardware: str = "h100", results: Path | None = None):
-        from ..experiments import RESULT, finished_runs, read_run, result_folders, run_id
+        from ..experiments import finished_runs, read_run, result_files, result_folders, run_id
 
         folders = [f for f in result_folders(name, results) if f.exists()]
         design = experiment(name).design(hardware)
-        wanted, decisions = design.plan(hardware, finished_runs(folders))
+        wanted, decisions = design.plan(hardware, finished_runs(folders, hardware))
         setting_of = {run_id(c, hardware): design.setting_of(c) for c in wanted}
-        runs = pd.concat([load_results(f) for f in folders], ignore_index=True)
+        runs = pd.concat([load_results(f, hardware) for f in folders], ignore_index=True)
         runs = runs[runs.run.isin(setting_of)].drop_duplicates(["run", "step"]).copy()
         runs["setting"] = runs.run.map(setting_of)
-        headers = {run: read_run(f / f"{run}{RESULT}")[0] for f in reversed(folders) for run in setting_of
-                   if (f / f"{run}{RESULT}").exists()}
+        headers = {run: read_run(path)[0] for run, path in result_files(folders, hardware).items() if run in setting_of}
         def chosen_ran(s, opt):
             return (s, opt) in decisions.rates and ((runs.setting == s) & (runs.optimizer == opt) & (runs.lr == decisions.rates[s, opt])).any()
 
