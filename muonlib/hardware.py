@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -22,16 +23,24 @@ class Hardware:
         return f"{self.name} -> preset {self.preset!r} (device {self.device}, bf16 {'yes' if self.bf16 else 'no'})"
 
 
+#: names a preset to use instead of the detected one (the device stays the detected one): with
+#: ``cpu``, a chapter's rerun on a GPU trains the CPU's tiny plans there, a few steps each
+PRESET_VARIABLE = "MUONLIB_PRESET"
+
+
 def detect_hardware() -> Hardware:
-    """The preset for the first visible GPU, or ``cpu``.
+    """The preset for the first visible GPU, or ``cpu``; :data:`PRESET_VARIABLE` overrides it.
 
     An H200 maps to ``h200``, other Hopper and newer GPUs to ``h100``, Ampere-class GPUs
     (compute capability 8.x) to ``a100``, anything older (Colab's T4 is 7.5) to ``t4``, which
     has no bf16 tensor cores.
     """
+    chosen = os.environ.get(PRESET_VARIABLE) or None
+    if chosen is not None and chosen not in PRESETS:
+        raise ValueError(f"{PRESET_VARIABLE}={chosen!r} is no preset: choose one of {list(PRESETS)}, or unset it to use the detected one")
     if not torch.cuda.is_available():
-        return Hardware("cpu", "cpu", "CPU", bf16=False)
+        return Hardware(chosen or "cpu", "cpu", "CPU", bf16=False)
     name = torch.cuda.get_device_name(0)
     major, _ = torch.cuda.get_device_capability(0)
     preset = ("h200" if "H200" in name else "h100") if major >= 9 else "a100" if major == 8 else "t4"
-    return Hardware(preset, "cuda", name, bf16=major >= 8)
+    return Hardware(chosen or preset, "cuda", name, bf16=major >= 8)

@@ -211,6 +211,11 @@ def test_each_gpu_kind_gets_its_preset_and_hoppers_share_their_plans(monkeypatch
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
     assert detect_hardware().preset == preset
     assert (experiments.scaling(preset).settings == experiments.scaling("h100").settings) == (capability[0] >= 9)
+    monkeypatch.setenv("MUONLIB_PRESET", "cpu")  # a chapter's smallest rerun: the CPU's plans, on this GPU
+    assert (detect_hardware().preset, detect_hardware().device, detect_hardware().name) == ("cpu", "cuda", name)
+    monkeypatch.setenv("MUONLIB_PRESET", "h300")
+    with pytest.raises(ValueError, match="choose one of"):
+        detect_hardware()
 
 
 def test_a_t4_gets_fp16_with_loss_scaling_not_emulated_bf16(monkeypatch):

@@ -1,0 +1,72 @@
+"""A reader's rerun, on a GPU: every chapter with a rerun switch executed top to bottom with it
+on, the way Colab runs it after a restart, at the smallest preset that exercises the path
+(``MUONLIB_PRESET=cpu``: the CPU's tiny plans, trained on this GPU, a few steps each; the
+benchmarks remeasured with the options their files record). Each runs on a copy of the data
+folder, so the saved results stay as they are.
+
+Part of ``make test-gpu``. On a CPU the training chapters' tiny plans take a quarter of an
+hour each, too long for CI: ``MUONLIB_RERUN_ON_CPU=1`` runs them here too (the benchmark
+chapters need a GPU)."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SWITCH, ON = "RERUN = False", "RERUN = True"
+CHAPTERS = sorted(p for p in (ROOT / "notebooks").rglob("*.ipynb") if SWITCH in p.read_text())
+BENCHMARK_CHAPTERS = ("architectures.ipynb", "decode.ipynb", "fast_muon.ipynb")  # they remeasure on a GPU
+
+on_gpu_or_asked = pytest.mark.skipif(not (torch.cuda.is_available() or os.environ.get("MUONLIB_RERUN_ON_CPU")),
+                                     reason="a reader's rerun trains and measures: make test-gpu runs it (or MUONLIB_RERUN_ON_CPU=1)")
+
+
+def test_every_chapter_that_reads_runs_or_benchmarks_has_one_rerun_switch():
+    names = {p.name for p in CHAPTERS}
+    assert {"muon_vs_adamw.ipynb", "batch_sizes.ipynb", "scaling.ipynb", "ablations.ipynb", "attention_and_moe.ipynb",
+            "protocols.ipynb", *BENCHMARK_CHAPTERS} <= names
+    for path in CHAPTERS:
+        assert path.read_text().count(SWITCH) == 1, f"{path.name}: one rerun switch, off as committed"
+
+
+def reader_data(tmp_path: Path) -> Path:
+    """A copy of the data folder: saved results and benchmarks copied, the prepared corpora
+    linked (read only), the rerun's checkpoints in the copy."""
+    data = tmp_path / "data"
+    for part in ("results", "bench", "sample"):
+        shutil.copytree(ROOT / "data" / part, data / part)
+    (data / "cache").mkdir()
+    for prepared in ("mix", "sample", "downloads"):
+        if (ROOT / "data" / "cache" / prepared).exists():
+            (data / "cache" / prepared).symlink_to(ROOT / "data" / "cache" / prepared)
+    return data
+
+
+@on_gpu_or_asked
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_a_readers_rerun_executes_the_chapter_top_to_bottom(path, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    if path.name in BENCHMARK_CHAPTERS and not torch.cuda.is_available():
+        pytest.skip("the benchmarks measure a GPU")
+    data = reader_data(tmp_path)
+    monkeypatch.setenv("MUONLIB_DATA", str(data))
+    monkeypatch.setenv("MUONLIB_PRESET", "cpu")
+    notebook = nbformat.read(path, as_version=4)
+    (switch,) = [c for c in notebook.cells if c.cell_type == "code" and SWITCH in c.source]
+    switch.source = switch.source.replace(SWITCH, ON)
+    workdir = tmp_path / "colab"  # where the notebook runs, and keeps what it packs for the reader
+    workdir.mkdir()
+    NotebookClient(notebook, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+    saved = {p.relative_to(data) for p in (data / "results").rglob("*.jsonl.gz")} | {p.relative_to(data) for p in (data / "bench").glob("*.json")}
+    before = {p.relative_to(ROOT / "data") for p in (ROOT / "data" / "results").rglob("*.jsonl.gz")} | \
+             {p.relative_to(ROOT / "data") for p in (ROOT / "data" / "bench").glob("*.json")}
+    if path.name in BENCHMARK_CHAPTERS:  # remeasured in place: each file the chapter reads is new
+        assert any((data / f).read_bytes() != (ROOT / "data" / f).read_bytes() for f in before if f.parts[0] == "bench")
+    else:  # the tiny plans' runs, named by their preset, beside the saved ones; kept in an archive
+        assert {f for f in saved - before if f.name.startswith("cpu-")}, "the rerun trained nothing"
+        assert list(workdir.glob("*-results.tar")), "the rerun's results were not packed for the reader to keep"
