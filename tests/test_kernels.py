@@ -167,3 +167,55 @@ def test_tables_refuse_tensors_the_kernels_would_misread():
         tables.point_at([g.mT.contiguous().mT for g in grads], buffers, params)
     with pytest.raises(ValueError, match="shape"):
         tables.point_at(grads[::-1], buffers, params)
+
+
+# Latent attention: (batch, heads, rank, rotary dim, cached length, position, splits). Heads and
+# ranks off powers of two (L's 12 heads and rank 384), no RoPE, the first position, a position
+# inside a block, and more splits than the visible positions fill.
+LATENT_SHAPES = [(2, 4, 32, 8, 64, 37, None), (3, 12, 48, 0, 80, 79, 3), (1, 12, 384, 32, 128, 5, 4),
+                 (2, 16, 128, 16, 40, 0, 2), (1, 3, 20, 6, 33, 32, 1)]
+
+
+def latent_inputs(B, H, R, P, L, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda *shape: torch.randn(*shape, generator=g).to(dtype).to(DEVICE)  # noqa: E731
+    return make(B, H, R), make(B, H, P) if P else None, make(B, L, R), make(B, L, P) if P else None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", LATENT_SHAPES)
+def test_latent_attention_is_softmax_attention_over_the_visible_cache(shape, dtype):
+    from muonlib.kernels.latent_attention import latent_attention, latent_attention_reference
+    B, H, R, P, L, position, splits = shape
+    q, q_rope, latent, k_rope = latent_inputs(B, H, R, P, L, dtype)
+    pos = torch.tensor([position], device=DEVICE)
+    y = latent_attention(q, q_rope, latent, k_rope, pos, 0.1, splits=splits)
+    as64 = lambda t: None if t is None else t.to(F64)  # noqa: E731
+    truth = latent_attention_reference(as64(q), as64(q_rope), as64(latent), as64(k_rope), pos, 0.1)
+    assert y.dtype == torch.float32 and y.shape == (B, H, R)
+    assert rel(y, truth) < TOL[dtype]  # bf16: the probabilities are rounded once before the value matmul
+    assert rel(latent_attention_reference(q, q_rope, latent, k_rope, pos, 0.1), truth) < TOL[dtype]  # bf16 scores
+    # Positions past `position` are never read: a cache full of NaN there changes nothing.
+    latent[:, position + 1 :] = float("nan")
+    assert rel(latent_attention(q, q_rope, latent, k_rope, pos, 0.1, splits=splits), truth) < TOL[dtype]
+
+
+def test_latent_attention_splits_fill_the_gpu_without_empty_splits():
+    from muonlib.kernels.latent_attention import split_count
+    assert split_count(batch=1, blocks=64, programs=264) == 64  # one sequence: a split per block
+    assert split_count(batch=256, blocks=64, programs=264) == 2
+    assert split_count(batch=512, blocks=64, programs=264) == 1
+    for batch in range(1, 40):
+        for blocks in range(1, 40):
+            splits = split_count(batch, blocks, 132)
+            per_split = -(-blocks // splits)
+            assert 1 <= splits <= blocks and (splits - 1) * per_split < blocks  # the last split has a block
+
+
+def test_latent_attention_rejects_mismatched_input():
+    from muonlib.kernels.latent_attention import latent_attention
+    q, q_rope, latent, k_rope = latent_inputs(1, 4, 32, 8, 16, torch.float32)
+    with pytest.raises(ValueError, match="both rotary parts or neither"):
+        latent_attention(q, q_rope, latent, None, torch.tensor([3], device=DEVICE), 0.1)
+    with pytest.raises(ValueError, match="a cache"):
+        latent_attention(q, None, latent[..., :16], None, torch.tensor([3], device=DEVICE), 0.1)

@@ -6,7 +6,8 @@ over the first ``length`` cached positions, masking those past the position. ``l
 the position rounded up to a multiple of :data:`LENGTH_BUCKET`, so a step reads about the
 filled part of the cache, not all of it; on a GPU each length is one CUDA graph, captured
 on first use. MLA attends in latent space (its up-projections absorbed into the query and
-the output), sharing each sequence's latent cache across heads; MoE routing needs no host
+the output), sharing each sequence's latent cache across heads (on a GPU in one Triton kernel,
+``muonlib.kernels.latent_attention``, that reads it once for all of them); MoE routing needs no host
 synchronisation where ``grouped_mm`` runs as one kernel.
 """
 
@@ -48,6 +49,17 @@ def mha_step(attn: MultiHeadAttention, x: Tensor, cache: dict[str, Tensor], pos:
     return attn.out(y.transpose(1, 2).reshape(B, 1, d))
 
 
+def attend_latent(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_rope: Tensor | None, pos: Tensor,
+                  scale: float) -> Tensor:
+    """Each head's attention output in latent space ``(B, H, R)``: on a GPU one Triton kernel that
+    reads each sequence's cache once for all heads, elsewhere the same in plain torch."""
+    from ..kernels import latent_attention  # imports Triton: only where a step runs
+
+    kernel = latent.is_cuda and latent.dtype in (torch.bfloat16, torch.float16, torch.float32)
+    attend = latent_attention.latent_attention if kernel else latent_attention.latent_attention_reference
+    return attend(q_latent, q_rope, latent, k_rope, pos, scale)
+
+
 def mla_step(attn: MultiHeadLatentAttention, x: Tensor, cache: dict[str, Tensor], pos: Tensor, length: int,
              rotation: tuple[Tensor, Tensor] | None) -> Tensor:
     """Absorbed MLA: scores ``(W_uk^h^T q_h) . c_s + q_R^h . k_R,s``, output ``W_uv^h sum_s p_s c_s``."""
@@ -56,14 +68,12 @@ def mla_step(attn: MultiHeadLatentAttention, x: Tensor, cache: dict[str, Tensor]
     cache["latent"].index_copy_(1, pos, attn.kv_norm(attn.kv_down(x)))
     latent = cache["latent"][:, :length]  # (B, L, R), shared by every head
     q_latent = torch.einsum("bhd,hdr->bhr", attn.q(x).view(B, H, D), attn.k_up.weight.view(H, D, R))
-    scores = q_latent @ latent.transpose(1, 2)  # (B, H, L)
+    q_rope = k_rope = None
     if P:
         cache["k_rope"].index_copy_(1, pos, rotate(attn.k_rope(x), *rotation))
         q_rope = rotate(attn.q_rope(x).view(B, 1, H, P), *rotation).view(B, H, P)
-        scores = scores + q_rope @ cache["k_rope"][:, :length].transpose(1, 2)
-    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * attn.scale  # softmax in fp32 at least
-    scores = scores.masked_fill(~visible(pos, length), float("-inf"))
-    y_latent = torch.softmax(scores, dim=-1).to(latent.dtype) @ latent  # (B, H, R)
+        k_rope = cache["k_rope"][:, :length]
+    y_latent = attend_latent(q_latent, q_rope, latent, k_rope, pos, attn.scale).to(latent.dtype)  # (B, H, R)
     y = torch.einsum("bhr,hdr->bhd", y_latent, attn.v_up.weight.view(H, D, R))
     return attn.out(y.reshape(B, 1, H * D))
 
@@ -165,4 +175,4 @@ class Decoder:
         return graph, logits
 
 
-__all__ = ["Decoder", "LENGTH_BUCKET", "decode_step", "graph_safe", "mha_step", "mla_step"]
+__all__ = ["Decoder", "LENGTH_BUCKET", "attend_latent", "decode_step", "graph_safe", "mha_step", "mla_step"]
