@@ -5,6 +5,7 @@
     python -m muonlib.bench ns                        # Newton-Schulz per shape: torch, compiled, Triton
     python -m muonlib.bench profile                   # GPU time of a Muon step by kind of kernel (GPU only)
     python -m muonlib.bench ddp --sizes L --optimizers adamw,muon,muon-redundant   # data-parallel scaling over 1, 2, 4 GPUs
+    python -m muonlib.bench decode --sizes L          # tokens/s and roofline share per architecture and batch, beside two anchors
 
 Runs on a CPU too (with ``--sizes tiny``), which is how the tests keep it working.
 """
@@ -164,6 +165,14 @@ def decode_model(size: str, label: str, context: int | None = None) -> GPT:
     return model.to(torch.bfloat16 if torch.cuda.is_available() else torch.float32)
 
 
+def roofline(batch: int, weight_bytes: float, kv_bytes: float, flops: float, bandwidth: float, flop_rate: float) -> dict:
+    """A decode step's ceiling from the bytes it must read and the FLOPs it must do: the slower
+    of the two bounds the tokens/s."""
+    seconds = max((weight_bytes + kv_bytes) / bandwidth, flops / flop_rate)
+    return dict(weight_bytes=weight_bytes, kv_bytes=kv_bytes, flops=flops, ceiling_tokens_per_s=batch / seconds,
+                memory_bound=(weight_bytes + kv_bytes) / bandwidth >= flops / flop_rate)
+
+
 def decode_roofline(model: GPT, batch: int, filled: float, bandwidth: float, flop_rate: float) -> dict:
     """The ceiling of one decode step: it must read the weights it uses once (the routed experts
     some token of the batch picks, under uniform routing) and every filled cache entry, and do
@@ -183,9 +192,117 @@ def decode_roofline(model: GPT, batch: int, filled: float, bandwidth: float, flo
         h, r, p, d = config.n_head, config.kv_rank, config.rope_head_dim, config.head_dim
         attention_flops = config.n_layer * h * (2 * (r + p) * filled + 2 * r * filled + 4 * d * r)
     flops = batch * (2 * model.num_parameters(active=True) + attention_flops)
-    seconds = max((weight_bytes + cache) / bandwidth, flops / flop_rate)
-    return dict(weight_bytes=weight_bytes, kv_bytes=cache, flops=flops, ceiling_tokens_per_s=batch / seconds,
-                memory_bound=(weight_bytes + cache) / bandwidth >= flops / flop_rate)
+    return roofline(batch, weight_bytes, cache, flops, bandwidth, flop_rate)
+
+
+#: the decode benchmark's first anchor, timed in the same run (plain torch, one CUDA graph a step)
+GRAPH_ANCHOR = "anchor: plain torch, CUDA graph"
+#: the decode benchmark's second anchor, what a user would pick instead of muonlib
+HF_ANCHOR = "anchor: Hugging Face, static cache"
+
+
+@torch.no_grad()
+def bench_graph_anchor(size: str, batch: int, prompt: int, new_tokens: int, context: int | None,
+                       bandwidth: float, flop_rate: float) -> dict:
+    """The plain-torch decode anchor, no muonlib (gpt-fast's way): GPT-2's block (LayerNorm, GELU,
+    a 4d FFN, tied head) at the size's width, depth and heads, random weights, a static cache;
+    one greedy step (every layer, the head and the argmax, the position advanced on the device)
+    captured in one CUDA graph on a GPU (eager on a CPU). Tokens/s over ``new_tokens`` steps
+    from position ``prompt``, against the step's own roofline."""
+    import torch.nn.functional as F
+
+    config = preset(size, "mha", **({"context": context} if context else {}))
+    d, H, n_layer, V, T = config.d_model, config.n_head, config.n_layer, config.vocab_size, prompt + new_tokens
+    device, on_gpu = _device(), torch.cuda.is_available()
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    weight = lambda *shape: torch.randn(*shape, device=device, dtype=dtype) * 0.02  # noqa: E731
+    embedding = weight(V, d)
+    layers = [dict(qkv=weight(3 * d, d), out=weight(d, d), up=weight(4 * d, d), down=weight(d, 4 * d)) for _ in range(n_layer)]
+    keys = torch.zeros(n_layer, batch, H, T, d // H, device=device, dtype=dtype)
+    values = torch.zeros_like(keys)
+    token = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    pos = torch.tensor([prompt], device=device)
+    positions = torch.arange(T, device=device)
+
+    def step() -> None:
+        x = F.embedding(token, embedding)
+        visible = (positions <= pos).view(1, 1, 1, T)
+        for i, layer in enumerate(layers):
+            qkv = F.linear(F.layer_norm(x, (d,)), layer["qkv"]).view(batch, 1, 3, H, d // H)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            keys[i].index_copy_(2, pos, k)
+            values[i].index_copy_(2, pos, v)
+            y = F.scaled_dot_product_attention(q, keys[i], values[i], attn_mask=visible)
+            x = x + F.linear(y.transpose(1, 2).reshape(batch, 1, d), layer["out"])
+            x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, (d,)), layer["up"])), layer["down"])
+        token.copy_(F.linear(F.layer_norm(x, (d,)), embedding).argmax(-1))
+        pos.add_(1)
+
+    run = step
+    if on_gpu:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            step()  # lazy initialisation happens before the capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        run = graph.replay
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    pos.fill_(prompt)
+    sync()
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        run()
+    sync()
+    seconds = time.perf_counter() - start
+    itemsize = embedding.element_size()
+    params = embedding.numel() + sum(w.numel() for layer in layers for w in layer.values())
+    filled = prompt + new_tokens / 2
+    kv_bytes = 2 * n_layer * batch * d * filled * itemsize
+    flops = batch * (2 * params + 4 * d * filled * n_layer)
+    ceiling = roofline(batch, params * itemsize, kv_bytes, flops, bandwidth, flop_rate)
+    tokens_per_s = batch * new_tokens / seconds
+    return dict(size=size, model=GRAPH_ANCHOR, anchor=True, batch=batch, prompt=prompt, new_tokens=new_tokens, context=config.context,
+                cuda_graphs=on_gpu, tokens_per_s=tokens_per_s, step_ms=seconds / new_tokens * 1e3,
+                **ceiling, roofline_share=tokens_per_s / ceiling["ceiling_tokens_per_s"])
+
+
+@torch.no_grad()
+def bench_hf_anchor(size: str, batch: int, prompt: int, new_tokens: int, context: int | None,
+                    bandwidth: float, flop_rate: float) -> dict | None:
+    """Hugging Face transformers' GPT-2 at the size's width, depth and heads (random weights),
+    greedy ``generate`` with a static cache: tokens/s of the second of two generations, prefill
+    included as in muonlib's rows; ``None`` where ``transformers`` is not importable."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    config = preset(size, "mha", **({"context": context} if context else {}))
+    gpt2 = transformers.GPT2Config(n_layer=config.n_layer, n_embd=config.d_model, n_head=config.n_head,
+                                   n_positions=config.context, vocab_size=config.vocab_size)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    model = transformers.GPT2LMHeadModel(gpt2).to(_device(), dtype).eval()
+    idx = torch.randint(0, config.vocab_size, (batch, prompt), device=_device())
+    options = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, cache_implementation="static", pad_token_id=0)
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    model.generate(idx, **options)
+    sync()
+    start = time.perf_counter()
+    model.generate(idx, **options)
+    sync()
+    seconds = time.perf_counter() - start
+    itemsize = torch.finfo(dtype).bits // 8
+    params = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
+    filled = prompt + new_tokens / 2
+    flops = batch * (2 * params + 4 * config.d_model * filled * config.n_layer)
+    ceiling = roofline(batch, params * itemsize, 2 * config.n_layer * batch * config.d_model * filled * itemsize, flops,
+                       bandwidth, flop_rate)
+    tokens_per_s = batch * new_tokens / seconds
+    return dict(size=size, model=HF_ANCHOR, anchor=True, transformers=transformers.__version__, batch=batch, prompt=prompt,
+                new_tokens=new_tokens, context=config.context, tokens_per_s=tokens_per_s, step_ms=seconds / new_tokens * 1e3,
+                **ceiling, roofline_share=tokens_per_s / ceiling["ceiling_tokens_per_s"])
 
 
 @torch.no_grad()
@@ -611,14 +728,23 @@ def main(argv: list[str] | None = None) -> None:
         batches = [int(b) for b in args.batches.split(",")]
         runs = [(size, label, b, None) for size in sizes for label in args.variants.split(",") for b in batches]
         runs += [(sizes[0], label, b, args.long_context) for label in ("mha", "mla") for b in batches if b >= 16]
+        runs += [(sizes[0], anchor, b, context) for anchor in (GRAPH_ANCHOR, HF_ANCHOR)
+                 for context in (None, args.long_context) for b in batches if context is None or b >= 16]
+        anchors = {GRAPH_ANCHOR: bench_graph_anchor, HF_ANCHOR: bench_hf_anchor}
         for size, label, batch, context in runs:
             length = context or preset(size).context
             new_tokens = min(192, length // 2)  # the anchors' 64-token prompt and 192 new tokens where they fit
             prompt = min(64, length - new_tokens) if context is None else length - new_tokens
             try:
-                row = bench_decode(size, label, batch, prompt, new_tokens, context, bandwidth, flop_rate)
+                if label in anchors:
+                    row = anchors[label](size, batch, prompt, new_tokens, context, bandwidth, flop_rate)
+                    if row is None:
+                        continue  # transformers is not installed
+                else:
+                    row = bench_decode(size, label, batch, prompt, new_tokens, context, bandwidth, flop_rate)
                 print(f"decode {size} {label:<10} batch {batch:>3} context {row['context']:>5}: {row['tokens_per_s']:>10,.0f} tok/s "
-                      f"({100 * row['roofline_share']:.0f}% of roofline), TTFT {row['ttft_ms']:.1f} ms", flush=True)
+                      f"({100 * row['roofline_share']:.0f}% of roofline)" + (f", TTFT {row['ttft_ms']:.1f} ms" if "ttft_ms" in row else ""),
+                      flush=True)
             except Exception as error:  # noqa: BLE001 - the error text is the result
                 row = dict(size=size, model=label, batch=batch, context=context, error=f"{type(error).__name__}: {error}"[:500])
                 print(row["error"], flush=True)

@@ -1,5 +1,6 @@
 """The benchmarks run on a CPU (tiny sizes) and write results with provenance."""
 
+import importlib.util
 import json
 
 import pytest
@@ -118,6 +119,10 @@ def test_decode_benchmark_measures_cache_bytes_and_a_roofline(tmp_path):
                 "--long-context", "128"])
     rows = json.loads((tmp_path / "decode.json").read_text())["results"]
     assert not [r for r in rows if "error" in r]
+    anchors = (bench.GRAPH_ANCHOR,) + ((bench.HF_ANCHOR,) if importlib.util.find_spec("transformers") else ())
+    assert {(r["model"], r["batch"], r["context"]) for r in rows if r.get("anchor")} == (
+        {(a, b, 64) for a in anchors for b in (1, 16)} | {(a, 16, 128) for a in anchors})
+    rows = [r for r in rows if not r.get("anchor")]
     assert {(r["model"], r["batch"], r["context"]) for r in rows} == (
         {(m, b, 64) for m in ("mha", "mla", "mla-full") for b in (1, 16)} | {(m, 16, 128) for m in ("mha", "mla")})
     for r in rows:
@@ -145,3 +150,12 @@ def test_a_saved_benchmark_is_remeasured_with_the_options_it_recorded(tmp_path, 
     with pytest.raises(ZeroDivisionError):
         bench.remeasure("ns_small")
     assert json.loads(saved.read_text()) == after and list(saved.parent.iterdir()) == [saved]
+
+
+def test_the_graph_anchor_decodes_greedily_against_its_own_roofline():
+    row = bench.bench_graph_anchor("tiny", batch=2, prompt=8, new_tokens=4, context=None, bandwidth=50e9, flop_rate=1e12)
+    assert row["anchor"] and row["tokens_per_s"] > 0 and 0 < row["roofline_share"]
+    config = bench.preset("tiny", "mha")
+    d, L = config.d_model, config.n_layer
+    assert row["weight_bytes"] == 4 * (config.vocab_size * d + L * 12 * d * d)  # float32 on a CPU: qkv, out, a 4d FFN
+    assert row["kv_bytes"] == 4 * 2 * L * 2 * d * (8 + 4 / 2)  # keys and values of the positions filled on average

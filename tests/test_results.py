@@ -311,6 +311,28 @@ def test_decoding_refutes_moe_speed_by_its_bytes_and_leaves_a3_to_faster_kernels
     assert list(speed.loc["mha"]) == sorted(speed.loc["mha"])  # throughput grows with the batch
 
 
+
+def test_decode_goals_are_judged_at_every_cell_they_cover_and_only_where_measured():
+    import pandas as pd
+
+    from muonlib.bench import GRAPH_ANCHOR, HF_ANCHOR
+    cells = [(512, 16), (512, 64), (2048, 64), (2048, 256)]
+    speeds = {"mha": 100.0, "mla": 250.0, "moe-mla": 50.0}
+    rows = pd.DataFrame([dict(model=m, context=c, batch=b, tokens_per_s=speeds[m] * b, roofline_share=0.6)
+                         for m in speeds for c, b in cells if m != "moe-mla" or c == 512])
+    anchors = pd.DataFrame([dict(model=a, context=c, batch=b, tokens_per_s=f * speeds["mha"] * b, anchor=True)
+                            for a, f in ((GRAPH_ANCHOR, 0.9), (HF_ANCHOR, 0.5)) for c, b in cells])
+    assert DecodeResults(rows, {}, anchors).goals()["met"].tolist() == [True] * 6
+    # one slow cell fails a goal that covers it; a cell below batch 64 is outside the roofline goals
+    anchors.loc[(anchors.model == GRAPH_ANCHOR) & (anchors.batch == 16), "tokens_per_s"] *= 2
+    rows.loc[(rows.model == "mla") & (rows.batch == 16), "roofline_share"] = 0.1
+    rows.loc[(rows.model == "mla") & (rows.batch == 256), "tokens_per_s"] = 1.5 * 100 * 256
+    goals = DecodeResults(rows, {}, anchors).goals()["met"].tolist()
+    assert goals == [False, True, True, True, False, True]
+    # without anchors the anchor goals are not judged
+    assert DecodeResults(rows, {}).goals()["met"].tolist()[:2] == [None, None]
+
+
 # ---------------------------------------------------------------- the batch-size chapter
 
 from muonlib.results import (ADAMW_ARM, BASELINE, AblationResults, ArchitectureResults,  # noqa: E402

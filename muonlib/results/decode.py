@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +11,18 @@ import pandas as pd
 from ..data import data_root
 from .paper import PAPER_INFERENCE
 from .rules import saving_band, speedup_verdict
+
+
+#: the decode path's targets, this library's and not the papers', each a description and what
+#: its ratio or roofline share must reach at every cell it covers
+DECODE_TARGETS = {
+    "mha_vs_graph_anchor": ("MHA's tokens/s over the plain CUDA-graph anchor's, every batch and cache", 1.0),
+    "mha_vs_hf_anchor": ("MHA's tokens/s over Hugging Face's static cache, every batch and cache", 1.5),
+    "mha_roofline_share": ("MHA's share of its roofline at batch 64 and more", 0.5),
+    "mla_roofline_share": ("MLA's share of its roofline at batch 64 and more", 0.5),
+    "mla_vs_mha_long_context": ("MLA's tokens/s over MHA's at the long cache, batch 64 and more", 2.0),
+    "moe_mla_roofline_share": ("MoE-MLA's share of its roofline at batch 64 and more", 0.4),
+}
 
 
 @dataclass
@@ -24,12 +36,47 @@ class DecodeResults:
 
     rows: pd.DataFrame
     provenance: dict
+    #: the anchors' rows, timed in the same run (empty for a benchmark saved before they were)
+    anchors: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @classmethod
     def load(cls, path: Path | None = None) -> "DecodeResults":
         data = json.loads((Path(path) if path is not None else data_root() / "bench" / "decode.json").read_text())
         rows = pd.DataFrame([r for r in data["results"] if "error" not in r])
-        return cls(rows, data["provenance"])
+        anchor = rows["anchor"].eq(True) if "anchor" in rows else pd.Series(False, index=rows.index)
+        return cls(rows[~anchor].reset_index(drop=True), data["provenance"], rows[anchor].reset_index(drop=True))
+
+    def anchor_table(self) -> pd.DataFrame:
+        """Tokens/s of muonlib's MHA and MLA and of each anchor (columns) per context and batch
+        (rows), where the anchors ran."""
+        models = self.rows[self.rows.model.isin(["mha", "mla"]) & self.rows.context.isin(set(self.anchors.get("context", [])))]
+        return pd.concat([models, self.anchors]).pivot_table(index=["context", "batch"], columns="model", values="tokens_per_s")
+
+    def goals(self) -> pd.DataFrame:
+        """The decode path's targets (:data:`DECODE_TARGETS`), each with the worst measured value
+        over the cells it covers and whether it is met (``None`` where its cells were not measured)."""
+        from ..bench import GRAPH_ANCHOR, HF_ANCHOR
+
+        speed = self.rows.pivot_table(index=["context", "batch"], columns="model", values="tokens_per_s")
+        share = self.rows.pivot_table(index=["context", "batch"], columns="model", values="roofline_share")
+        anchors = self.anchors.pivot_table(index=["context", "batch"], columns="model", values="tokens_per_s") \
+            if len(self.anchors) else pd.DataFrame(index=speed.index)
+        large = speed.index.get_level_values("batch") >= 64
+        long = speed.index.get_level_values("context") == speed.index.get_level_values("context").max()
+        ratio = lambda a, b: (a / b).dropna() if a is not None and b is not None else pd.Series(dtype=float)  # noqa: E731
+        column = lambda frame, name: frame[name] if name in frame else None  # noqa: E731
+        measured = {
+            "mha_vs_graph_anchor": ratio(column(speed, "mha"), column(anchors, GRAPH_ANCHOR)),
+            "mha_vs_hf_anchor": ratio(column(speed, "mha"), column(anchors, HF_ANCHOR)),
+            "mha_roofline_share": share["mha"][large].dropna(),
+            "mla_roofline_share": share["mla"][large].dropna(),
+            "mla_vs_mha_long_context": ratio(speed["mla"][large & long], speed["mha"][large & long]),
+            "moe_mla_roofline_share": share["moe-mla"][large].dropna() if "moe-mla" in share else pd.Series(dtype=float),
+        }
+        return pd.DataFrame([{"goal": DECODE_TARGETS[goal][0], "target": DECODE_TARGETS[goal][1],
+                              "worst measured": values.min() if len(values) else None,
+                              "met": bool(values.min() >= DECODE_TARGETS[goal][1]) if len(values) else None}
+                             for goal, values in measured.items()]).set_index("goal")
 
     @property
     def base_context(self) -> int:
