@@ -646,7 +646,7 @@ def ablations(hardware: str) -> Ablations:
 #: companion paper's E4, with one shared and two of 62 routed experts, each 232 = 2048 * 0.11328125
 #: wide (a multiple of 8, as the grouped GEMM needs)
 SMALL_MOE = {"n_shared_experts": 1, "top_k": 2, "expert_ratio": 0.11328125}
-#: the control that isolates RoPE in A2: MLA-noRoPE swaps RoPE for learned positions, this arm has no positions at all
+#: the control that isolates RoPE in A2 (MLA-noRoPE swaps RoPE for learned positions; this arm has no positions at all)
 NO_POSITIONS = "mla no positions"
 
 
