@@ -135,7 +135,10 @@ def bench_kv_cache(size: str, variant: str, batch: int, prompt: int, new_tokens:
 
 #: the decode benchmark's models: label -> (variant, model changes); "mla-full" is MLA with r = d (A3's baseline)
 DECODE_MODELS = {"mha": ("mha", {}), "mla": ("mla", {}), "mla-full": ("mla", {"full_rank": True}),
-                 "mla-norope": ("mla-norope", {}), "moe-mla": ("moe-mla", {})}
+                 "mla-norope": ("mla-norope", {}), "moe-mla": ("moe-mla", {}), "mla-torch": ("mla", {})}
+#: decoders that differ from the default one: MLA with its attention in plain torch, to time the
+#: Triton kernel against it in the same run
+DECODER_OPTIONS = {"mla-torch": {"latent_kernel": False}}
 
 
 def copy_bandwidth(gigabytes: float = 1.0) -> float:
@@ -319,7 +322,7 @@ def bench_decode(size: str, label: str, batch: int, prompt: int, new_tokens: int
     idx = torch.randint(0, config.vocab_size, (batch, prompt), device=_device())
     _peak_reset()
     before = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
-    decoder = Decoder(model, batch, prompt + new_tokens)
+    decoder = Decoder(model, batch, prompt + new_tokens, **DECODER_OPTIONS.get(label, {}))
     cache_bytes = (torch.cuda.memory_allocated() - before) if torch.cuda.is_available() else decoder.cache.nbytes()
 
     def generate():
@@ -334,14 +337,14 @@ def bench_decode(size: str, label: str, batch: int, prompt: int, new_tokens: int
     generate()
     sync()
     seconds = time.perf_counter() - start
-    full = Decoder(model, batch, config.context)
+    full = Decoder(model, batch, config.context, **DECODER_OPTIONS.get(label, {}))
     long_prompt = torch.randint(0, config.vocab_size, (batch, config.context), device=_device())
     ttft = median_ms(lambda: full.prefill(long_prompt).argmax(-1), warmup=1, iters=3)
     roofline = decode_roofline(model, batch, prompt + new_tokens / 2, bandwidth, flop_rate)
     tokens_per_s = batch * new_tokens / seconds
     result = dict(size=size, model=label, variant=DECODE_MODELS[label][0], batch=batch, prompt=prompt, new_tokens=new_tokens,
                   context=config.context, kv_rank=config.kv_rank if config.attention == "mla" else None,
-                  cuda_graphs=decoder.cuda_graphs, tokens_per_s=tokens_per_s, step_ms=seconds / new_tokens * 1e3,
+                  cuda_graphs=decoder.cuda_graphs, latent_kernel=decoder.latent_kernel, tokens_per_s=tokens_per_s, step_ms=seconds / new_tokens * 1e3,
                   ttft_ms=ttft, ttft_prompt=config.context, peak_memory_gb=_peak_gb(),
                   kv_bytes_measured=cache_bytes, kv_bytes_analytic=kv_cache_bytes(config, batch, prompt + new_tokens, dtype),
                   kv_tensors=sum(map(len, decoder.cache.layers)), kv_bytes_per_token_layer=kv_cache_bytes(config, 1, 1, dtype) // config.n_layer,
@@ -727,7 +730,8 @@ def main(argv: list[str] | None = None) -> None:
         config |= {"copy_bandwidth": bandwidth, "bf16_matmul_rate": flop_rate}
         batches = [int(b) for b in args.batches.split(",")]
         runs = [(size, label, b, None) for size in sizes for label in args.variants.split(",") for b in batches]
-        runs += [(sizes[0], label, b, args.long_context) for label in ("mha", "mla") for b in batches if b >= 16]
+        long_labels = ("mha", "mla") + (("mla-torch",) if "mla-torch" in args.variants.split(",") else ())
+        runs += [(sizes[0], label, b, args.long_context) for label in long_labels for b in batches if b >= 16]
         runs += [(sizes[0], anchor, b, context) for anchor in (GRAPH_ANCHOR, HF_ANCHOR)
                  for context in (None, args.long_context) for b in batches if context is None or b >= 16]
         anchors = {GRAPH_ANCHOR: bench_graph_anchor, HF_ANCHOR: bench_hf_anchor}

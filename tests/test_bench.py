@@ -115,7 +115,7 @@ def test_data_parallel_scaling_refuses_more_gpus_than_the_machine_has(tmp_path, 
 
 
 def test_decode_benchmark_measures_cache_bytes_and_a_roofline(tmp_path):
-    bench.main(["decode", "--out", str(tmp_path), "--sizes", "tiny", "--variants", "mha,mla,mla-full", "--batches", "1,16",
+    bench.main(["decode", "--out", str(tmp_path), "--sizes", "tiny", "--variants", "mha,mla,mla-full,mla-torch", "--batches", "1,16",
                 "--long-context", "128"])
     rows = json.loads((tmp_path / "decode.json").read_text())["results"]
     assert not [r for r in rows if "error" in r]
@@ -124,7 +124,8 @@ def test_decode_benchmark_measures_cache_bytes_and_a_roofline(tmp_path):
         {(a, b, 64) for a in anchors for b in (1, 16)} | {(a, 16, 128) for a in anchors})
     rows = [r for r in rows if not r.get("anchor")]
     assert {(r["model"], r["batch"], r["context"]) for r in rows} == (
-        {(m, b, 64) for m in ("mha", "mla", "mla-full") for b in (1, 16)} | {(m, 16, 128) for m in ("mha", "mla")})
+        {(m, b, 64) for m in ("mha", "mla", "mla-full", "mla-torch") for b in (1, 16)} | {(m, 16, 128) for m in ("mha", "mla", "mla-torch")})
+    assert not [r for r in rows if r["model"] == "mla-torch" and r["latent_kernel"]]  # the torch arm never takes the kernel
     for r in rows:
         # on a CPU the cache's tensors are counted; on a GPU the allocator's growth, each
         # tensor rounded up to whole 512-byte blocks

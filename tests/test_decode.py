@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from muonlib.models import GPT, VARIANTS, Decoder, preset
-from muonlib.models.decode import LENGTH_BUCKET, graph_safe
+from muonlib.models.decode import LENGTH_BUCKET, graph_safe, latent_kernel_fits
 
 
 def model_of(variant, dtype=torch.float64, device="cpu", **changes):
@@ -68,20 +68,16 @@ def test_graph_replays_give_the_eager_steps_tokens(variant):
 
 @pytest.mark.parametrize("variant", ["mla", "mla-norope"])
 @torch.no_grad()
-def test_steps_through_the_latent_attention_kernel_give_the_full_forward_logits(variant, monkeypatch):
-    # On a CPU the Triton kernel runs in the interpreter (tests/conftest.py), called here in place
-    # of the torch path a CPU step takes.
-    from muonlib.kernels import latent_attention
-    from muonlib.models import decode
-    kernel = lambda *args: latent_attention.latent_attention(*args, splits=2)  # noqa: E731
-    monkeypatch.setattr(decode, "attend_latent", kernel if not torch.cuda.is_available() else decode.attend_latent)
+def test_steps_through_the_latent_attention_kernel_give_the_full_forward_logits(variant):
+    # On a CPU the Triton kernel runs in the interpreter (tests/conftest.py).
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model_of(variant, dtype=torch.float32, device=device)
     prompt_len, steps = LENGTH_BUCKET - 3, 6  # crosses a bucket boundary
     tokens = torch.randint(0, 512, (2, prompt_len + steps), device=device)
     full = model(tokens)
-    decoder = Decoder(model, 2, prompt_len + steps, cuda_graphs=False)
+    decoder = Decoder(model, 2, prompt_len + steps, cuda_graphs=False, latent_kernel=True)
     decoder.prefill(tokens[:, :prompt_len])
     for t in range(prompt_len, prompt_len + steps - 1):
         logits = decoder.step(tokens[:, t : t + 1])
         assert torch.allclose(logits, full[:, t], atol=1e-4, rtol=1e-4), f"step at position {t}"
+    assert not latent_kernel_fits(model_of(variant))  # a CPU model takes plain torch by default

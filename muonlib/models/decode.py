@@ -49,20 +49,21 @@ def mha_step(attn: MultiHeadAttention, x: Tensor, cache: dict[str, Tensor], pos:
     return attn.out(y.transpose(1, 2).reshape(B, 1, d))
 
 
-def attend_latent(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_rope: Tensor | None, pos: Tensor,
-                  scale: float) -> Tensor:
-    """Each head's attention output in latent space ``(B, H, R)``: on a GPU one Triton kernel that
-    reads each sequence's cache once for all heads, elsewhere the same in plain torch."""
-    from ..kernels import latent_attention  # imports Triton: only where a step runs
-
-    kernel = latent.is_cuda and latent.dtype in (torch.bfloat16, torch.float16, torch.float32)
-    attend = latent_attention.latent_attention if kernel else latent_attention.latent_attention_reference
-    return attend(q_latent, q_rope, latent, k_rope, pos, scale)
+def latent_kernel_fits(model) -> bool:
+    """Whether MLA's decode attention takes the Triton kernel by default: on an Ampere or newer GPU
+    (older ones have too little shared memory for a block of a wide latent) in a float dtype it
+    computes in."""
+    p = model.tok_emb.weight
+    return (p.is_cuda and p.dtype in (torch.bfloat16, torch.float16, torch.float32)
+            and torch.cuda.get_device_capability(p.device)[0] >= 8)
 
 
 def mla_step(attn: MultiHeadLatentAttention, x: Tensor, cache: dict[str, Tensor], pos: Tensor, length: int,
-             rotation: tuple[Tensor, Tensor] | None) -> Tensor:
-    """Absorbed MLA: scores ``(W_uk^h^T q_h) . c_s + q_R^h . k_R,s``, output ``W_uv^h sum_s p_s c_s``."""
+             rotation: tuple[Tensor, Tensor] | None, kernel: bool = False) -> Tensor:
+    """Absorbed MLA: scores ``(W_uk^h^T q_h) . c_s + q_R^h . k_R,s``, output ``W_uv^h sum_s p_s c_s``;
+    the attention in latent space through the Triton kernel with ``kernel``, else plain torch."""
+    from ..kernels import latent_attention  # imports Triton: only where a step runs
+
     B = x.size(0)
     H, D, R, P = attn.n_head, attn.head_dim, attn.rank, attn.rope_dim
     cache["latent"].index_copy_(1, pos, attn.kv_norm(attn.kv_down(x)))
@@ -73,22 +74,28 @@ def mla_step(attn: MultiHeadLatentAttention, x: Tensor, cache: dict[str, Tensor]
         cache["k_rope"].index_copy_(1, pos, rotate(attn.k_rope(x), *rotation))
         q_rope = rotate(attn.q_rope(x).view(B, 1, H, P), *rotation).view(B, H, P)
         k_rope = cache["k_rope"][:, :length]
-    y_latent = attend_latent(q_latent, q_rope, latent, k_rope, pos, attn.scale).to(latent.dtype)  # (B, H, R)
+    attend = latent_attention.latent_attention if kernel else latent_attention.latent_attention_reference
+    y_latent = attend(q_latent, q_rope, latent, k_rope, pos, attn.scale).to(latent.dtype)  # (B, H, R)
     y = torch.einsum("bhr,hdr->bhd", y_latent, attn.v_up.weight.view(H, D, R))
     return attn.out(y.reshape(B, 1, H * D))
 
 
-def decode_step(model, tokens: Tensor, layers: list[dict[str, Tensor]], pos: Tensor, length: int) -> Tensor:
+def decode_step(model, tokens: Tensor, layers: list[dict[str, Tensor]], pos: Tensor, length: int,
+                latent_kernel: bool = False) -> Tensor:
     """Logits ``(B, vocab)`` of the next token after ``tokens`` ``(B, 1)`` at position ``pos``,
-    writing their cache entries; attention reads the first ``length`` positions."""
+    writing their cache entries; attention reads the first ``length`` positions (MLA's through
+    the Triton kernel with ``latent_kernel``)."""
     x = model.tok_emb(tokens)
     if model.pos_emb is not None:
         x = x + model.pos_emb(pos)
     rotary = getattr(model.blocks[0].attn, "rotary", None)  # every layer's table is the same
     rotation = angles(rotary, pos) if rotary is not None else None
     for block, cache in zip(model.blocks, layers):
-        step = mla_step if isinstance(block.attn, MultiHeadLatentAttention) else mha_step
-        x = x + step(block.attn, block.attn_norm(x), cache, pos, length, rotation)
+        h = block.attn_norm(x)
+        if isinstance(block.attn, MultiHeadLatentAttention):
+            x = x + mla_step(block.attn, h, cache, pos, length, rotation, latent_kernel)
+        else:
+            x = x + mha_step(block.attn, h, cache, pos, length, rotation)
         x = x + block.ffn(block.ffn_norm(x))
     return model.lm_head(model.norm(x))[:, -1]
 
@@ -119,8 +126,11 @@ class Decoder:
         (torch.Size([2, 512]), 5)
     """
 
-    def __init__(self, model, batch: int, max_len: int | None = None, cuda_graphs: bool | None = None):
+    def __init__(self, model, batch: int, max_len: int | None = None, cuda_graphs: bool | None = None,
+                 latent_kernel: bool | None = None):
         self.model = model
+        #: whether MLA's attention runs through the Triton kernel, by default where :func:`latent_kernel_fits` says it does
+        self.latent_kernel = latent_kernel_fits(model) if latent_kernel is None else latent_kernel
         self.cache = model.new_cache(batch, max_len)
         device = model.tok_emb.weight.device
         self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
@@ -156,7 +166,7 @@ class Decoder:
             graph.replay()
             logits = logits.clone()  # the graph's output buffer is overwritten by the next replay
         else:
-            logits = decode_step(self.model, self.tokens, self.cache.layers, self.pos, length)
+            logits = decode_step(self.model, self.tokens, self.cache.layers, self.pos, length, self.latent_kernel)
         self.cache.pos += 1
         return logits
 
@@ -166,13 +176,13 @@ class Decoder:
         stream = torch.cuda.Stream(self.pos.device)
         stream.wait_stream(torch.cuda.current_stream(self.pos.device))
         with torch.cuda.stream(stream):
-            decode_step(self.model, self.tokens, self.cache.layers, self.pos, length)
+            decode_step(self.model, self.tokens, self.cache.layers, self.pos, length, self.latent_kernel)
         torch.cuda.current_stream(self.pos.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream):
-            logits = decode_step(self.model, self.tokens, self.cache.layers, self.pos, length)
+            logits = decode_step(self.model, self.tokens, self.cache.layers, self.pos, length, self.latent_kernel)
         self._graphs[length] = (graph, logits)
         return graph, logits
 
 
-__all__ = ["Decoder", "LENGTH_BUCKET", "attend_latent", "decode_step", "graph_safe", "mha_step", "mla_step"]
+__all__ = ["Decoder", "LENGTH_BUCKET", "decode_step", "graph_safe", "latent_kernel_fits", "mha_step", "mla_step"]
