@@ -74,3 +74,20 @@ def test_build_optimizer_on_a_gpu_model_fuses_its_muon_part():
     opt.step()
     muon = next(child for child in opt.optimizers.values() if isinstance(child, Muon))
     assert muon._fused_steps
+
+
+@pytest.mark.parametrize("size", ["L", "XL"])
+@pytest.mark.parametrize("batch", [1, 64])
+def test_latent_attention_at_the_papers_shapes_in_bf16(size, batch):
+    # The decode kernel compiled for the model sizes' heads and ranks (L's 12 heads and rank 384
+    # are off powers of two), a long cache split over programs (batch 1) or not (batch 64).
+    from muonlib.kernels.latent_attention import latent_attention, latent_attention_reference
+    config = preset(size, "mla")
+    H, R, P, L = config.n_head, config.kv_rank, config.rope_head_dim, 2048
+    g = torch.Generator(device="cuda").manual_seed(0)
+    make = lambda *shape: torch.randn(*shape, device="cuda", generator=g).bfloat16()  # noqa: E731
+    q, q_rope, latent, k_rope = make(batch, H, R), make(batch, H, P), make(batch, L, R), make(batch, L, P)
+    pos = torch.tensor([1500], device="cuda")
+    y = latent_attention(q, q_rope, latent, k_rope, pos, config.head_dim ** -0.5)
+    truth = latent_attention_reference(q.double(), q_rope.double(), latent.double(), k_rope.double(), pos, config.head_dim ** -0.5)
+    assert ((y.double() - truth).norm() / truth.norm()).item() < 1e-2  # probabilities rounded to bf16 once

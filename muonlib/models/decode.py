@@ -34,7 +34,9 @@ def visible(pos: Tensor, length: int) -> Tensor:
 
 
 def mha_step(attn: MultiHeadAttention, x: Tensor, cache: dict[str, Tensor], pos: Tensor, length: int,
-             rotation: tuple[Tensor, Tensor] | None) -> Tensor:
+             rotation: tuple[Tensor, Tensor] | None, mask: Tensor) -> Tensor:
+    """Keys and values written at ``pos``, attention over the first ``length`` cached positions
+    under ``mask`` (``visible(pos, length)``, made once a step for every layer)."""
     B, _, d = x.shape
     qkv = F.linear(x, attn.qkv.view(3 * d, d)).view(B, 1, 3, attn.n_head, attn.head_dim)
     if rotation is not None:  # queries and keys in one rotation: a decode step is a chain of small kernels
@@ -45,7 +47,7 @@ def mha_step(attn: MultiHeadAttention, x: Tensor, cache: dict[str, Tensor], pos:
     cache["k"].index_copy_(2, pos, k.transpose(1, 2))
     cache["v"].index_copy_(2, pos, v.transpose(1, 2))
     y = F.scaled_dot_product_attention(q.transpose(1, 2), cache["k"][:, :, :length], cache["v"][:, :, :length],
-                                       attn_mask=visible(pos, length))
+                                       attn_mask=mask)
     return attn.out(y.transpose(1, 2).reshape(B, 1, d))
 
 
@@ -90,12 +92,13 @@ def decode_step(model, tokens: Tensor, layers: list[dict[str, Tensor]], pos: Ten
         x = x + model.pos_emb(pos)
     rotary = getattr(model.blocks[0].attn, "rotary", None)  # every layer's table is the same
     rotation = angles(rotary, pos) if rotary is not None else None
+    mask = visible(pos, length)
     for block, cache in zip(model.blocks, layers):
         h = block.attn_norm(x)
         if isinstance(block.attn, MultiHeadLatentAttention):
             x = x + mla_step(block.attn, h, cache, pos, length, rotation, latent_kernel)
         else:
-            x = x + mha_step(block.attn, h, cache, pos, length, rotation)
+            x = x + mha_step(block.attn, h, cache, pos, length, rotation, mask)
         x = x + block.ffn(block.ffn_norm(x))
     return model.lm_head(model.norm(x))[:, -1]
 
