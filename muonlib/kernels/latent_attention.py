@@ -114,12 +114,13 @@ def combine(acc: Tensor, maxima: Tensor, sums: Tensor) -> Tensor:
     return (acc * weights.unsqueeze(-1)).sum(1) / (sums * weights).sum(1).unsqueeze(-1)
 
 
-def _launch_config(rank: int, device: torch.device) -> dict:
-    """32 cached positions a block for a rank-512 latent (its bf16 block is 32 KB of shared
-    memory), 64 below; small blocks in the interpreter."""
+def _launch_config(rank: int, itemsize: int) -> dict:
+    """Cached positions a block such that a block of latents is at most 32 KB of shared memory
+    (32 for a bf16 rank-512 latent, 64 at most), small blocks in the interpreter."""
     if interpreting():
         return dict(BLOCK_S=16, num_warps=1, num_stages=1)
-    return dict(BLOCK_S=32 if rank > 256 else 64, num_warps=4, num_stages=2)
+    block = 32768 // (triton.next_power_of_2(rank) * itemsize)
+    return dict(BLOCK_S=max(16, min(64, block)), num_warps=4, num_stages=2)
 
 
 def latent_attention(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_rope: Tensor | None, pos: Tensor,
@@ -138,7 +139,7 @@ def latent_attention(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_
     if not (latent.is_cuda or interpreting()):
         raise RuntimeError("the Triton kernels need a CUDA GPU; on a CPU run them in Triton's interpreter with "
                            "TRITON_INTERPRET=1 set before muonlib.kernels is imported, or use latent_attention_reference")
-    config = _launch_config(R, latent.device)
+    config = _launch_config(R, latent.element_size())
     blocks = triton.cdiv(L, config["BLOCK_S"])
     if splits is None:
         programs = 2 * torch.cuda.get_device_properties(latent.device).multi_processor_count if latent.is_cuda else 1
