@@ -808,8 +808,8 @@ def original_reader(hardware: str, protocol: str) -> str | None:
     return hardware if protocol == "original" else None
 
 
-#: runs sharing a GPU by default when it trains the CPU preset's tiny plans (a chapter's smallest
-#: rerun on a GPU): one tiny run leaves a GPU nearly idle
+#: runs sharing a GPU by default when it trains the CPU preset's tiny plans, as a chapter's
+#: smallest rerun on a GPU does, since one tiny run leaves a GPU nearly idle
 TINY_RUNS_PER_GPU = 8
 
 

@@ -23,8 +23,9 @@ class Hardware:
         return f"{self.name} -> preset {self.preset!r} (device {self.device}, bf16 {'yes' if self.bf16 else 'no'})"
 
 
-#: names a preset to use instead of the detected one (the device stays the detected one): with
-#: ``cpu``, a chapter's rerun on a GPU trains the CPU's tiny plans there, a few steps each
+#: the environment variable that names a preset to use instead of the detected one, the device
+#: staying the detected one; with ``cpu`` a chapter's rerun on a GPU trains the CPU's tiny plans
+#: there, a few steps each
 PRESET_VARIABLE = "MUONLIB_PRESET"
 
 
