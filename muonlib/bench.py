@@ -135,10 +135,11 @@ def bench_kv_cache(size: str, variant: str, batch: int, prompt: int, new_tokens:
 
 #: the decode benchmark's models: label -> (variant, model changes); "mla-full" is MLA with r = d (A3's baseline)
 DECODE_MODELS = {"mha": ("mha", {}), "mla": ("mla", {}), "mla-full": ("mla", {"full_rank": True}),
-                 "mla-norope": ("mla-norope", {}), "moe-mla": ("moe-mla", {}), "mla-torch": ("mla", {})}
-#: decoders that differ from the default one: MLA with its attention in plain torch, to time the
-#: Triton kernel against it in the same run
-DECODER_OPTIONS = {"mla-torch": {"latent_kernel": False}}
+                 "mla-norope": ("mla-norope", {}), "moe-mla": ("moe-mla", {}), "mla-torch": ("mla", {}),
+                 "mha-compiled": ("mha", {}), "mla-compiled": ("mla", {})}
+#: decoders that differ from the default one, timed beside it in the same run: MLA with its
+#: attention in plain torch instead of the Triton kernel, and compiled decode steps
+DECODER_OPTIONS = {"mla-torch": {"latent_kernel": False}, "mha-compiled": {"compile": True}, "mla-compiled": {"compile": True}}
 
 
 def copy_bandwidth(gigabytes: float = 1.0) -> float:
@@ -344,7 +345,8 @@ def bench_decode(size: str, label: str, batch: int, prompt: int, new_tokens: int
     tokens_per_s = batch * new_tokens / seconds
     result = dict(size=size, model=label, variant=DECODE_MODELS[label][0], batch=batch, prompt=prompt, new_tokens=new_tokens,
                   context=config.context, kv_rank=config.kv_rank if config.attention == "mla" else None,
-                  cuda_graphs=decoder.cuda_graphs, latent_kernel=decoder.latent_kernel, tokens_per_s=tokens_per_s, step_ms=seconds / new_tokens * 1e3,
+                  cuda_graphs=decoder.cuda_graphs, latent_kernel=decoder.latent_kernel, compiled="compile" in DECODER_OPTIONS.get(label, {}),
+                  tokens_per_s=tokens_per_s, step_ms=seconds / new_tokens * 1e3,
                   ttft_ms=ttft, ttft_prompt=config.context, peak_memory_gb=_peak_gb(),
                   kv_bytes_measured=cache_bytes, kv_bytes_analytic=kv_cache_bytes(config, batch, prompt + new_tokens, dtype),
                   kv_tensors=sum(map(len, decoder.cache.layers)), kv_bytes_per_token_layer=kv_cache_bytes(config, 1, 1, dtype) // config.n_layer,
@@ -730,7 +732,7 @@ def main(argv: list[str] | None = None) -> None:
         config |= {"copy_bandwidth": bandwidth, "bf16_matmul_rate": flop_rate}
         batches = [int(b) for b in args.batches.split(",")]
         runs = [(size, label, b, None) for size in sizes for label in args.variants.split(",") for b in batches]
-        long_labels = ("mha", "mla") + (("mla-torch",) if "mla-torch" in args.variants.split(",") else ())
+        long_labels = ("mha", "mla") + tuple(label for label in DECODER_OPTIONS if label in args.variants.split(","))
         runs += [(sizes[0], label, b, args.long_context) for label in long_labels for b in batches if b >= 16]
         runs += [(sizes[0], anchor, b, context) for anchor in (GRAPH_ANCHOR, HF_ANCHOR)
                  for context in (None, args.long_context) for b in batches if context is None or b >= 16]

@@ -130,8 +130,11 @@ class Decoder:
     """
 
     def __init__(self, model, batch: int, max_len: int | None = None, cuda_graphs: bool | None = None,
-                 latent_kernel: bool | None = None):
+                 latent_kernel: bool | None = None, compile: bool = False):
         self.model = model
+        # Compiled, a step's chain of small kernels is fused (the cache length a symbol: one
+        # compilation for every length bucket); captured in CUDA graphs as the eager step is.
+        self._decode_step = torch.compile(decode_step, dynamic=True) if compile else decode_step
         #: whether MLA's attention runs through the Triton kernel, by default where :func:`latent_kernel_fits` says it does
         self.latent_kernel = latent_kernel_fits(model) if latent_kernel is None else latent_kernel
         self.cache = model.new_cache(batch, max_len)
@@ -169,7 +172,7 @@ class Decoder:
             graph.replay()
             logits = logits.clone()  # the graph's output buffer is overwritten by the next replay
         else:
-            logits = decode_step(self.model, self.tokens, self.cache.layers, self.pos, length, self.latent_kernel)
+            logits = self._decode_step(self.model, self.tokens, self.cache.layers, self.pos, length, self.latent_kernel)
         self.cache.pos += 1
         return logits
 
@@ -179,11 +182,11 @@ class Decoder:
         stream = torch.cuda.Stream(self.pos.device)
         stream.wait_stream(torch.cuda.current_stream(self.pos.device))
         with torch.cuda.stream(stream):
-            decode_step(self.model, self.tokens, self.cache.layers, self.pos, length, self.latent_kernel)
+            self._decode_step(self.model, self.tokens, self.cache.layers, self.pos, length, self.latent_kernel)
         torch.cuda.current_stream(self.pos.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream):
-            logits = decode_step(self.model, self.tokens, self.cache.layers, self.pos, length, self.latent_kernel)
+            logits = self._decode_step(self.model, self.tokens, self.cache.layers, self.pos, length, self.latent_kernel)
         self._graphs[length] = (graph, logits)
         return graph, logits
 
