@@ -51,8 +51,9 @@ def read_claims(path: Path = BOOK / "claims.yml") -> list[dict]:
 
 def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple[str, ...]]]:
     """Claim -> (verdict, evidence, chapters), from the saved results, as the chapters compute them."""
-    from .results import (QUOTES, AblationResults, ArchitectureResults, BatchSizeResults, DecodeResults, ProbeResults,
+    from .results import (QUOTES, AblationResults, ArchitectureProtocols, BatchSizeResults, DecodeResults, ProbeResults,
                           ProtocolComparison, ScalingResults, every_run_table, label, stability_verdict)
+    from .results.comparison import PROTOCOL_HARDWARE
     from .results.rules import ORIGINAL_ONLY, one_protocol
 
     protocols = ProtocolComparison.load("xs_muon_vs_adamw")
@@ -94,7 +95,7 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
         rows[claim] = (batches.verdict[claim], batches.ours[claim], (BATCH_CHAPTER,))
     ablations = AblationResults.load("ablations", hardware).verdicts()
     rows["M22"] = (ablations.verdict["M22"], ablations.ours["M22"], (ABLATIONS_CHAPTER,))
-    architectures = ArchitectureResults.load("architectures", hardware).verdicts(decode)
+    architectures = ArchitectureProtocols.load("architectures", {**PROTOCOL_HARDWARE, "original": hardware}).verdicts(decode)
     for claim in architectures.index.drop("M24"):
         rows[claim] = (architectures.verdict[claim], architectures.ours[claim], (ARCHITECTURES_CHAPTER,))
     probes = ProbeResults.load("attention_probes", hardware).verdicts()

@@ -61,7 +61,7 @@ def test_write_out_puts_the_pages_elsewhere_and_leaves_the_book_alone(claims, tm
 def test_every_chapter_shows_the_verdict_the_ledger_gives(claims):
     """One verdict per claim: each chapter's verdict table, computed as the chapter computes it,
     against the ledger's."""
-    from muonlib.results import (AblationResults, ArchitectureResults, BatchSizeResults, DecodeResults, ProbeResults,
+    from muonlib.results import (AblationResults, ArchitectureProtocols, BatchSizeResults, DecodeResults, ProbeResults,
                                  ProtocolComparison, ScalingResults, every_run_table, stability_verdict)
 
     xs = ProtocolComparison.load("xs_muon_vs_adamw").verdicts().verdict
@@ -72,7 +72,7 @@ def test_every_chapter_shows_the_verdict_the_ledger_gives(claims):
         "stability": pd.Series({"M17": stability_verdict(every_run_table())["verdict"]}),
         "batch sizes": BatchSizeResults.load("batch_sizes").verdicts().verdict,
         "ablations": AblationResults.load("ablations").verdicts().verdict,
-        "architectures": ArchitectureResults.load("architectures").verdicts(decode).verdict,
+        "architectures": ArchitectureProtocols.load("architectures").verdicts(decode).verdict,
         "probes": ProbeResults.load("attention_probes").verdicts().verdict,
         "decode": decode.verdict,
     }

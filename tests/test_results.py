@@ -436,6 +436,35 @@ def test_architectures_trained_with_both_optimizers_at_their_own_rates(architect
     assert table.loc[("moe-mla", "muon"), "FLOPs to target (rel.)"] > table.loc[("moe-mla", "adamw"), "FLOPs to target (rel.)"]
 
 
+def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agree(architectures):
+    import pandas as pd
+
+    from muonlib.results import ArchitectureProtocols
+    protocols = ArchitectureProtocols.load()
+    # the paper's and the tuned protocol's runs are under way: the original protocol judges alone, capped
+    progress = protocols.progress
+    assert progress.loc["original", "runs wanted now"] == 0 and progress.loc["paper", "runs finished"] >= 49
+    if protocols.judged_by == ("original",):
+        assert protocols.verdicts().equals(architectures.verdicts())
+        assert not set(architectures.verdicts().verdict.drop(["E8", "A1"])) & {VERIFIED, REFUTED}
+
+    class Found:  # a protocol's uncapped verdicts
+        def __init__(self, **verdicts):
+            self.table = pd.DataFrame({"paper": "claimed", "ours": "measured", "verdict": pd.Series(verdicts)})
+
+        def verdicts(self, decode=None, capped=True):
+            assert not capped  # set beside another protocol's, a protocol's runs are not capped
+            return self.table
+
+    both = ArchitectureProtocols({"original": Found(E3=REFUTED, E4=REFUTED), "paper": Found(E3=VERIFIED, E4=REFUTED),
+                                  "tuned": Found(E3=VERIFIED, E4=VERIFIED)}, progress)
+    assert both.judged_by == ("paper", "tuned")
+    table = both.verdicts()
+    assert table.verdict.to_dict() == {"E3": VERIFIED, "E4": CONDITIONAL}  # the original protocol no longer counts
+    assert list(table.columns[:3]) == ["paper", "original: ours", "original: verdict"]
+    assert table.at["E4", "paper: verdict"] == REFUTED and table.at["E4", "tuned: verdict"] == VERIFIED
+
+
 def test_companion_claims_as_the_chapter_states_them(architectures):
     v = architectures.verdicts()
     e3 = {o: architectures.change("moe-mla", "mha", o) for o in ("adamw", "muon")}

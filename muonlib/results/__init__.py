@@ -17,7 +17,7 @@ the losses reported are on the test split.
 """
 
 from .ablations import AblationResults, optimizer_state_bytes
-from .architectures import TABLE3_ARCHITECTURES, ArchitectureResults, training_throughput
+from .architectures import TABLE3_ARCHITECTURES, ArchitectureProtocols, ArchitectureResults, training_throughput
 from .comparison import PROTOCOL_HARDWARE, ComparisonResults, ProtocolComparison
 from .decode import DecodeResults
 from .ladders import BatchSizeResults, LadderResults, ScalingResults
@@ -30,7 +30,7 @@ from .stability import every_run_table, stability_table, stability_verdict
 
 __all__ = ["ADAMW_ARM", "BASELINE", "CONDITIONAL", "NOISE_SIGMAS", "OPEN", "REFUTED", "UNTESTABLE", "VERIFIED", "OPTIMIZERS", "OPTIMIZER_LABELS", "PAPER", "PAPER_INFERENCE", "PAPER_QUALITY",
            "PAPER_R", "PAPER_TABLE2", "PAPER_TABLE3", "PROTOCOL_HARDWARE", "QUOTES", "SHARP_HEAD", "TABLE1_RATES", "TABLE1_XS_RATE",
-           "TABLE3_ARCHITECTURES", "TARGET_OFFSETS", "AblationResults", "ArchitectureResults", "BatchSizeResults", "ComparisonResults",
+           "TABLE3_ARCHITECTURES", "TARGET_OFFSETS", "AblationResults", "ArchitectureProtocols", "ArchitectureResults", "BatchSizeResults", "ComparisonResults",
            "DecodeResults", "LadderResults", "ProbeResults", "ProtocolComparison", "Quote", "ScalingResults", "band_verdict",
            "combine_verdicts", "conjunction", "every_run_table", "gain_verdict", "label", "optimizer_state_bytes", "saving_band", "stability_table",
            "stability_verdict", "training_throughput"]

@@ -13,7 +13,7 @@ from ..analysis import SeedSpread, compare, tokens_to_target
 from ..data import data_root
 from .ladders import LadderResults
 from .paper import PAPER_QUALITY
-from .rules import ORIGINAL_ONLY, OPEN, band_verdict, conjunction, label, one_protocol, one_protocol_table, overhead_verdict, saving_band
+from .rules import ORIGINAL_ONLY, OPEN, band_verdict, combine_verdicts, conjunction, label, one_protocol, one_protocol_table, overhead_verdict, saving_band
 from .runs import OPTIMIZER_LABELS, OPTIMIZERS, final_rows, newton_schulz_share
 
 
@@ -129,10 +129,10 @@ class ArchitectureResults(LadderResults):
             raise ValueError("no seed pair to judge the cost by: the compared settings share no seed")
         return label([v <= 2 * paper for c in changes for v in c.values])
 
-    def a1_row(self) -> dict:
+    def a1_row(self, capped: bool = True) -> dict:
         """A1, MLA with RoPE at r = d/2 against MHA, both halves: the cache saving (analytic; the
         decode chapter measures it within a fraction of a percent) by ``saving_band``, and the
-        test-loss cost by :meth:`cost_band`."""
+        test-loss cost by :meth:`cost_band` (``capped``: as one protocol's runs alone judge it)."""
         from ..models import kv_cache_elements_per_token, preset
 
         saving = 100 * (1 - kv_cache_elements_per_token(preset(self.size(), "mla")) / kv_cache_elements_per_token(preset(self.size(), "mha")))
@@ -140,12 +140,12 @@ class ArchitectureResults(LadderResults):
         cache = saving_band(saving, paper_saving)
         cost = {o: self.loss_change("mla", "mha", o) for o in OPTIMIZERS}
         loss = self.cost_band(*cost.values(), paper=paper_cost)
-        parts = [cache, one_protocol(loss)]  # the runs' half, from the original protocol alone
+        runs_half = one_protocol(loss) if capped else loss  # capped: one protocol's runs alone judge it
         return {"claim": "A1", "paper": f"MLA + RoPE at r = d/2: {paper_saving:.0f}% smaller KV cache for {paper_cost}% higher validation loss",
                 "ours": f"cache at {self.size()}: {saving:.1f}% fewer bytes per token than MHA (latent plus rotary key); test loss against MHA: "
                         + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.2f}% (seeds {c.low:+.2f} to {c.high:+.2f})" for o, c in cost.items())
-                        + (f", {loss} {ORIGINAL_ONLY}" if loss != one_protocol(loss) else ""),
-                "verdict": conjunction(parts)}
+                        + (f", {loss} {ORIGINAL_ONLY}" if loss != runs_half else ""),
+                "verdict": conjunction([cache, runs_half])}
 
     def a2_row(self) -> dict:
         """A2, a conjunction per optimizer: MLA without RoPE is 3-5% worse than MHA, and with RoPE
@@ -220,10 +220,12 @@ class ArchitectureResults(LadderResults):
 
         return 100 * (active(setting) / active(dense) - 1)
 
-    def verdicts(self, decode: pd.DataFrame | None = None) -> pd.DataFrame:
+    def verdicts(self, decode: pd.DataFrame | None = None, capped: bool = True) -> pd.DataFrame:
         """M23 (MoE-MLA + Muon best in every measured column of Table 3), M24's perplexity half,
         E3, E4, E5, E7, E8, A1 and A2, each from the runs (E8 from the benchmark). E3 and A1's
-        second half claim small costs, which fail only by costing more (:meth:`cost_band`)."""
+        second half claim small costs, which fail only by costing more (:meth:`cost_band`).
+        ``capped``: as these runs alone judge them, one protocol's (:func:`~muonlib.results.rules.one_protocol`);
+        else as they found, for :class:`ArchitectureProtocols` to set beside another protocol's."""
         table = self.table3()
         rows = []
 
@@ -287,8 +289,63 @@ class ArchitectureResults(LadderResults):
 
         rows.append(self.e8_row())
 
-        rows.append(self.a1_row())
+        rows.append(self.a1_row(capped))
 
         rows.append(self.a2_row())
         verdicts = pd.DataFrame(rows).set_index("claim")
+        if not capped:
+            return verdicts
         return one_protocol_table(verdicts, claims=verdicts.index.drop(["E8", "A1"]))  # E8 from a benchmark; A1 above
+
+
+@dataclass
+class ArchitectureProtocols:
+    """The architectures' verdicts under each protocol whose runs are complete, side by side, and
+    how far each protocol's runs are. A verdict stands only where the paper's recipe and the
+    tuned protocol agree (:func:`~muonlib.results.rules.combine_verdicts`); until both are
+    complete the original protocol's runs judge alone, capped as one protocol's
+    (:func:`~muonlib.results.rules.one_protocol`)."""
+
+    results: dict[str, ArchitectureResults]  # protocol -> its results, for the complete ones
+    progress: pd.DataFrame  # per protocol: the GPU kind, the runs of its plan finished and those it wants now
+
+    @classmethod
+    def load(cls, name: str = "architectures", hardware: dict[str, str] | None = None) -> "ArchitectureProtocols":
+        from ..experiments import experiment, finished_runs, original_reader, result_folders, run_id
+        from .comparison import PROTOCOL_HARDWARE
+
+        hardware = hardware or PROTOCOL_HARDWARE
+        rows, complete = [], {}
+        for protocol, kind in hardware.items():
+            folders = [f for f in result_folders(name, None, protocol) if f.exists()]
+            finals = finished_runs(folders, original_reader(kind, protocol))
+            wanted, _ = experiment(name).plan_for(kind, protocol).plan(kind, finals)
+            ids = {run_id(c, kind) for c in wanted}
+            missing = len(ids - set(finals))
+            rows.append({"protocol": protocol, "GPU": kind.upper(), "runs finished": len(ids & set(finals)),
+                         "runs wanted now": missing})  # a sweep that ends at its grid's edge, or chosen rates' seeds, want more later
+            if not missing:
+                complete[protocol] = ArchitectureResults.load(name, kind, protocol=protocol)
+        return cls(complete, pd.DataFrame(rows).set_index("protocol"))
+
+    @property
+    def judged_by(self) -> tuple[str, ...]:
+        """The protocols whose verdicts are combined: the paper's and the tuned one's once both
+        are complete, else the original's alone."""
+        return ("paper", "tuned") if {"paper", "tuned"} <= set(self.results) else ("original",)
+
+    def verdicts(self, decode: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Per claim: each complete protocol's evidence and verdict, and the verdict that stands."""
+        if self.judged_by == ("original",):
+            return self.results["original"].verdicts(decode)
+        tables = {p: r.verdicts(decode, capped=False) for p, r in self.results.items()}
+        first = tables["paper"]
+        rows = []
+        for claim in first.index:
+            row = {"claim": claim, "paper": first.paper[claim]}
+            for protocol, table in tables.items():
+                row[f"{protocol}: ours"], row[f"{protocol}: verdict"] = table.ours[claim], table.verdict[claim]
+            row["verdict"] = combine_verdicts([tables[p].verdict[claim] for p in self.judged_by])
+            row["ours"] = "; ".join(f"{p}: {tables[p].ours[claim]}" for p in self.judged_by)
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("claim")

@@ -32,17 +32,18 @@ class LadderResults:
     settings: list[str]  # in the experiment's order; those where both optimizers have run at a chosen rate
 
     @classmethod
-    def load(cls, name: str, hardware: str = "h100", results: Path | None = None):
-        from ..experiments import finished_runs, read_run, result_files, result_folders, run_id
+    def load(cls, name: str, hardware: str = "h100", results: Path | None = None, protocol: str = "original"):
+        from ..experiments import finished_runs, original_reader, read_run, result_files, result_folders, run_id
 
-        folders = [f for f in result_folders(name, results) if f.exists()]
-        design = experiment(name).design(hardware)
-        wanted, decisions = design.plan(hardware, finished_runs(folders, hardware))
+        folders = [f for f in result_folders(name, results, protocol) if f.exists()]
+        reader = original_reader(hardware, protocol)
+        design = experiment(name).plan_for(hardware, protocol)
+        wanted, decisions = design.plan(hardware, finished_runs(folders, reader))
         setting_of = {run_id(c, hardware): design.setting_of(c) for c in wanted}
-        runs = pd.concat([load_results(f, hardware) for f in folders], ignore_index=True)
+        runs = pd.concat([load_results(f, reader) for f in folders], ignore_index=True)
         runs = runs[runs.run.isin(setting_of)].drop_duplicates(["run", "step"]).copy()
         runs["setting"] = runs.run.map(setting_of)
-        headers = {run: read_run(path)[0] for run, path in result_files(folders, hardware).items() if run in setting_of}
+        headers = {run: read_run(path)[0] for run, path in result_files(folders, reader).items() if run in setting_of}
         def chosen_ran(s, opt):
             return (s, opt) in decisions.rates and ((runs.setting == s) & (runs.optimizer == opt) & (runs.lr == decisions.rates[s, opt])).any()
 
