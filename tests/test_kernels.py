@@ -195,6 +195,9 @@ def test_latent_attention_is_softmax_attention_over_the_visible_cache(shape, dty
     assert y.dtype == torch.float32 and y.shape == (B, H, R)
     assert rel(y, truth) < TOL[dtype]  # bf16: the probabilities are rounded once before the value matmul
     assert rel(latent_attention_reference(q, q_rope, latent, k_rope, pos, 0.1), truth) < TOL[dtype]  # bf16 scores
+    # A cache with its last dimension strided is read as it is meant.
+    strided = torch.empty(B, L, 2 * R, dtype=dtype, device=DEVICE)[..., ::2].copy_(latent)
+    assert rel(latent_attention(q, q_rope, strided, k_rope, pos, 0.1, splits=splits), truth) < TOL[dtype]
     # Positions past `position` are never read: a cache full of NaN there changes nothing.
     latent[:, position + 1 :] = float("nan")
     assert rel(latent_attention(q, q_rope, latent, k_rope, pos, 0.1, splits=splits), truth) < TOL[dtype]

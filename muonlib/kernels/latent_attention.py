@@ -146,8 +146,9 @@ def latent_attention(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_
         splits = split_count(B, blocks, programs)
     per_split = triton.cdiv(blocks, splits)
     P = k_rope.size(-1) if k_rope is not None else 0
-    q_latent = q_latent.contiguous()
-    rotary = (q_rope.contiguous(), k_rope) if P else (q_latent, latent)  # unread stand-ins without RoPE
+    # The kernel steps along the last dimension one element at a time (a cache's prefix slice keeps that).
+    q_latent, latent = q_latent.contiguous(), latent if latent.stride(-1) == 1 else latent.contiguous()
+    rotary = (q_rope.contiguous(), k_rope if k_rope.stride(-1) == 1 else k_rope.contiguous()) if P else (q_latent, latent)  # unread without RoPE
     acc = torch.empty(B, splits, H, R, dtype=torch.float32, device=latent.device)
     maxima = torch.empty(B, splits, H, dtype=torch.float32, device=latent.device)
     sums = torch.empty_like(maxima)
