@@ -330,8 +330,8 @@ class ArchitectureProtocols:
 
     @property
     def judged_by(self) -> tuple[str, ...]:
-        """The protocols whose verdicts are combined: the paper's and the tuned one's once both
-        are complete, else the original's alone."""
+        """Which protocols' verdicts are combined, the paper's and the tuned one's once both are
+        complete, else the original's alone."""
         return ("paper", "tuned") if {"paper", "tuned"} <= set(self.results) else ("original",)
 
     def verdicts(self, decode: pd.DataFrame | None = None) -> pd.DataFrame:
