@@ -13,7 +13,7 @@ from ..analysis import SeedSpread, compare, tokens_to_target
 from ..data import data_root
 from .ladders import LadderResults
 from .paper import PAPER_QUALITY
-from .rules import ORIGINAL_ONLY, OPEN, band_verdict, combine_verdicts, conjunction, label, one_protocol, one_protocol_table, overhead_verdict, saving_band
+from .rules import ORIGINAL_ONLY, OPEN, band_verdict, conjunction, label, one_protocol, one_protocol_table, overhead_verdict, saving_band, side_by_side
 from .runs import OPTIMIZER_LABELS, OPTIMIZERS, final_rows, newton_schulz_share
 
 
@@ -339,13 +339,6 @@ class ArchitectureProtocols:
         if self.judged_by == ("original",):
             return self.results["original"].verdicts(decode)
         tables = {p: r.verdicts(decode, capped=False) for p, r in self.results.items()}
-        first = tables["paper"]
-        rows = []
-        for claim in first.index:
-            row = {"claim": claim, "paper": first.paper[claim]}
-            for protocol, table in tables.items():
-                row[f"{protocol}: ours"], row[f"{protocol}: verdict"] = table.ours[claim], table.verdict[claim]
-            row["verdict"] = combine_verdicts([tables[p].verdict[claim] for p in self.judged_by])
-            row["ours"] = "; ".join(f"{p}: {tables[p].ours[claim]}" for p in self.judged_by)
-            rows.append(row)
-        return pd.DataFrame(rows).set_index("claim")
+        verdicts = side_by_side(tables, self.judged_by)
+        verdicts["ours"] = ["; ".join(f"{p}: {tables[p].ours[claim]}" for p in self.judged_by) for claim in verdicts.index]
+        return verdicts

@@ -17,7 +17,7 @@ from ..analysis import Budget, compare, grad_norm_excursions, paired_spikes
 from ..experiments import Decisions, experiment, load_results
 from ..optim import Muon
 from .paper import PAPER, TABLE1_XS_RATE
-from .rules import band_verdict, combine_verdicts, gain_verdict, label
+from .rules import band_verdict, gain_verdict, label, side_by_side
 from .runs import (OPTIMIZERS, TARGET_OFFSETS, common_steps, final_rows, gap_row, newton_schulz_share, ratio_rows, spike_rows,
                    spread_text)
 
@@ -280,13 +280,4 @@ class ProtocolComparison:
 
     def verdicts(self) -> pd.DataFrame:
         """Per claim: each complete protocol's evidence and verdict, and the verdict that stands."""
-        tables = {p: r.verdicts() for p, r in self.results.items()}
-        paper = tables["paper"]
-        rows = []
-        for claim in paper.index:
-            row = {"claim": claim, "paper": paper.paper[claim]}
-            for protocol, table in tables.items():
-                row[f"{protocol}: ours"], row[f"{protocol}: verdict"] = table.ours[claim], table.verdict[claim]
-            row["verdict"] = combine_verdicts([paper.verdict[claim], tables[self.second].verdict[claim]])
-            rows.append(row)
-        return pd.DataFrame(rows).set_index("claim")
+        return side_by_side({p: r.verdicts() for p, r in self.results.items()}, ("paper", self.second))

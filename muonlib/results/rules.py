@@ -3,6 +3,8 @@ from the evidence's shape, the others are its common shapes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 
 from .paper import PAPER
@@ -84,6 +86,21 @@ def combine_verdicts(labels: list[str]) -> str:
     """One verdict from several: theirs if they agree, else the claim holds under some
     conditions (those of the verdicts that found it holding) only."""
     return labels[0] if len(set(labels)) == 1 else CONDITIONAL
+
+
+def side_by_side(tables: dict[str, pd.DataFrame], judged_by: Sequence[str]) -> pd.DataFrame:
+    """Per claim of the paper protocol's verdict table: each protocol's evidence and verdict
+    (``tables``: protocol -> its table), and the verdict that stands, :func:`combine_verdicts`
+    of the ``judged_by`` protocols'."""
+    first = tables["paper"]
+    rows = []
+    for claim in first.index:
+        row = {"claim": claim, "paper": first.paper[claim]}
+        for protocol, table in tables.items():
+            row[f"{protocol}: ours"], row[f"{protocol}: verdict"] = table.ours[claim], table.verdict[claim]
+        row["verdict"] = combine_verdicts([tables[p].verdict[claim] for p in judged_by])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("claim")
 
 
 def conjunction(parts: list[str]) -> str:
