@@ -277,8 +277,9 @@ def bench_graph_anchor(size: str, batch: int, prompt: int, new_tokens: int, cont
 def bench_hf_anchor(size: str, batch: int, prompt: int, new_tokens: int, context: int | None,
                     bandwidth: float, flop_rate: float) -> dict | None:
     """Hugging Face transformers' GPT-2 at the size's width, depth and heads (random weights),
-    greedy ``generate`` with a static cache: tokens/s of the second of two generations, prefill
-    included as in muonlib's rows; ``None`` where ``transformers`` is not importable."""
+    greedy ``generate`` with a static cache: tokens/s of the second of two generations, its
+    prefill included (``generate`` cannot time its steps apart; a 64-token prefill costs about
+    one step of 192); ``None`` where ``transformers`` is not importable."""
     try:
         import transformers
     except ImportError:
@@ -313,7 +314,8 @@ def bench_hf_anchor(size: str, batch: int, prompt: int, new_tokens: int, context
 def bench_decode(size: str, label: str, batch: int, prompt: int, new_tokens: int, context: int | None,
                  bandwidth: float, flop_rate: float) -> dict:
     """Greedy decoding through :class:`muonlib.models.decode.Decoder` (static cache, CUDA graphs):
-    tokens/s over ``new_tokens`` steps after a ``prompt``-token prefill, the second of two
+    tokens/s over ``new_tokens`` steps after a ``prompt``-token prefill (the steps timed, as the
+    plain-graph anchor's are; the prefill is the time to first token), the second of two
     generations (the first captures the graphs), against its roofline; time to the first
     token for a prompt filling the context; the cache's bytes measured and analytic."""
     from .models import Decoder
@@ -326,16 +328,16 @@ def bench_decode(size: str, label: str, batch: int, prompt: int, new_tokens: int
     decoder = Decoder(model, batch, prompt + new_tokens, **DECODER_OPTIONS.get(label, {}))
     cache_bytes = (torch.cuda.memory_allocated() - before) if torch.cuda.is_available() else decoder.cache.nbytes()
 
-    def generate():
-        logits = decoder.prefill(idx)
+    def steps(logits: Tensor) -> None:
         for _ in range(new_tokens):
             logits = decoder.step(logits.argmax(-1, keepdim=True))
 
-    generate()
+    steps(decoder.prefill(idx))
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    logits = decoder.prefill(idx)
     sync()
     start = time.perf_counter()
-    generate()
+    steps(logits)
     sync()
     seconds = time.perf_counter() - start
     full = Decoder(model, batch, config.context, **DECODER_OPTIONS.get(label, {}))
