@@ -83,16 +83,17 @@ def test_steps_through_the_latent_attention_kernel_give_the_full_forward_logits(
     assert not latent_kernel_fits(model_of(variant))  # a CPU model takes plain torch by default
 
 
-@pytest.mark.parametrize("variant", ["mha", "mla"])
+@pytest.mark.parametrize("variant, latent_kernel", [("mha", None), ("mla", False), ("mla", True)],
+                         ids=["mha", "mla-torch", "mla-kernel"])
 @torch.no_grad()
-def test_a_compiled_step_gives_the_eager_steps_logits_across_length_buckets(variant):
+def test_a_compiled_step_gives_the_eager_steps_logits_across_length_buckets(variant, latent_kernel):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model_of(variant, dtype=torch.float32, device=device)
     prompt_len, steps = LENGTH_BUCKET - 2, 4  # two lengths through one compilation
     tokens = torch.randint(0, 512, (2, prompt_len + steps), device=device)
     logits = {}
     for compiled in (False, True):
-        decoder = Decoder(model, 2, prompt_len + steps, compile=compiled)
+        decoder = Decoder(model, 2, prompt_len + steps, latent_kernel=latent_kernel, compile=compiled)
         decoder.prefill(tokens[:, :prompt_len])
         logits[compiled] = torch.stack([decoder.step(tokens[:, t : t + 1]) for t in range(prompt_len, prompt_len + steps)])
     assert torch.allclose(logits[True], logits[False], atol=1e-4, rtol=1e-4)

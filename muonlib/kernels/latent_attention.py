@@ -123,6 +123,9 @@ def _launch_config(rank: int, itemsize: int) -> dict:
     return dict(BLOCK_S=max(16, min(64, block)), num_warps=4, num_stages=2)
 
 
+# An operator of its own, so that torch.compile calls the kernel as it is instead of tracing into
+# its launch (Inductor fails on it under dynamic shapes).
+@torch.library.custom_op("muonlib::latent_attention", mutates_args=())
 def latent_attention(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_rope: Tensor | None, pos: Tensor,
                      scale: float, splits: int | None = None) -> Tensor:
     """Each head's ``sum_s p_s c_s`` ``(B, H, R)`` (float32) for the token at position ``pos``
@@ -164,6 +167,12 @@ def latent_attention(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_
             UPCAST=interpreting() and latent.dtype != torch.float32, IEEE=latent.dtype == torch.float32, **config,
         )
     return acc[:, 0] / sums[:, 0].unsqueeze(-1) if splits == 1 else combine(acc, maxima, sums)
+
+
+@latent_attention.register_fake
+def _(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_rope: Tensor | None, pos: Tensor,
+      scale: float, splits: int | None = None) -> Tensor:
+    return q_latent.new_empty(q_latent.shape, dtype=torch.float32)
 
 
 def latent_attention_reference(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_rope: Tensor | None,
