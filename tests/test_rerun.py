@@ -56,6 +56,8 @@ def test_a_readers_rerun_executes_the_chapter_top_to_bottom(path, tmp_path, monk
     data = reader_data(tmp_path)
     monkeypatch.setenv("MUONLIB_DATA", str(data))
     monkeypatch.setenv("MUONLIB_PRESET", "cpu")
+    # the kernel imports this checkout's muonlib, installed or not (a GPU machine's python may lack it)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     notebook = nbformat.read(path, as_version=4)
     (switch,) = [c for c in notebook.cells if c.cell_type == "code" and SWITCH in c.source]
     switch.source = switch.source.replace(SWITCH, ON)
