@@ -15,7 +15,7 @@ from .rules import saving_band, speedup_verdict
 
 #: the decode path's targets, this library's and not the papers', each a description and what
 #: its ratio or roofline share must reach at every cell it covers; each architecture is judged
-#: at its fastest decoder measured in the cell (eager or compiled; see :meth:`DecodeResults.fastest`)
+#: at its fastest decoder measured in the cell (eager or compiled; ``DecodeResults.fastest``)
 DECODE_TARGETS = {
     "mha_vs_graph_anchor": ("MHA's tokens/s over the plain CUDA-graph anchor's, every batch and cache", 1.0),
     "mha_vs_hf_anchor": ("MHA's tokens/s over Hugging Face's static cache, every batch and cache", 1.5),
