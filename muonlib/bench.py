@@ -6,6 +6,7 @@
     python -m muonlib.bench profile                   # GPU time of a Muon step by kind of kernel (GPU only)
     python -m muonlib.bench ddp --sizes L --optimizers adamw,muon,muon-redundant   # data-parallel scaling over 1, 2, 4 GPUs
     python -m muonlib.bench decode --sizes L          # tokens/s and roofline share per architecture and batch, beside two anchors
+    python -m muonlib.bench latent --sizes L,XL       # MLA's decode attention alone: the kernel's launch configurations' bandwidth
 
 Runs on a CPU too (with ``--sizes tiny``), which is how the tests keep it working.
 """
@@ -651,6 +652,61 @@ def bench_gram_configs(batch: int, width: int, iters: int) -> list[dict]:
     return rows
 
 
+#: launch configurations the latent-attention sweep tries beside the kernel's default one
+LATENT_CONFIGS = [dict(BLOCK_S=block, num_warps=warps, num_stages=stages)
+                  for block in (16, 32, 64) for warps in (4, 8) for stages in (2, 3, 4)]
+
+
+def graph_ms(fn: Callable[[], object], calls: int = 20, iters: int = 10) -> float:
+    """Median time of one ``fn`` in ms, ``calls`` of them replayed from one CUDA graph (on a CPU,
+    timed directly): a kernel as a decode step's graph runs it, without launch overheads."""
+    if not torch.cuda.is_available():
+        return median_ms(fn, warmup=1, iters=iters)
+    fn()  # compiles the kernel outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return median_ms(graph.replay, warmup=2, iters=iters) / calls
+
+
+@torch.no_grad()
+def bench_latent_configs(size: str, batch: int, context: int, bandwidth: float) -> list[dict]:
+    """MLA's decode attention alone at one size's heads and ranks, a full cache of ``context``
+    positions: plain torch, the kernel's default launch, and each of :data:`LATENT_CONFIGS` with
+    the default split of the cache and with twice as many splits; each as a share of the copy
+    bandwidth for the bytes it must read (the cache's latents and rotary keys)."""
+    from .kernels.latent_attention import launch_attention, latent_attention_reference, split_count
+
+    attn = decode_model(size, "mla", context).blocks[0].attn
+    H, R, P, dtype, device = attn.n_head, attn.rank, attn.rope_dim, attn.k_up.weight.dtype, _device()
+    q, q_rope = torch.randn(batch, H, R, device=device, dtype=dtype), torch.randn(batch, H, P, device=device, dtype=dtype)
+    latent = torch.randn(batch, context, R, device=device, dtype=dtype)
+    k_rope = torch.randn(batch, context, P, device=device, dtype=dtype)
+    pos = torch.tensor([context - 1], device=device)
+    cache_bytes = batch * context * (R + P) * latent.element_size()
+    programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count if torch.cuda.is_available() else 1
+    arms: list[tuple[str, dict | None, int | None]] = [("torch", None, None), ("default", None, None)]
+    for config in LATENT_CONFIGS if torch.cuda.is_available() else []:  # the interpreter knows one configuration
+        doubled = 2 * split_count(batch, -(-context // config["BLOCK_S"]), programs)
+        arms += [(str(config), config, None), (str(config), config, doubled)]
+    rows = []
+    for arm, config, splits in arms:
+        if arm == "torch":
+            call = lambda: latent_attention_reference(q, q_rope, latent, k_rope, pos, attn.scale)  # noqa: E731
+        else:
+            call = lambda: launch_attention(q, q_rope, latent, k_rope, pos, attn.scale, splits, config)  # noqa: E731
+        try:
+            ms = graph_ms(call)
+        except Exception as error:  # noqa: BLE001 - e.g. out of shared memory: recorded, not fatal
+            rows.append(dict(size=size, batch=batch, context=context, arm=arm, splits=splits, error=f"{type(error).__name__}: {error}"[:300]))
+            continue
+        rows.append(dict(size=size, batch=batch, context=context, heads=H, rank=R, rope=P, arm=arm, splits=splits, ms=ms,
+                         cache_bytes=cache_bytes, bandwidth_share=cache_bytes / (ms / 1e3) / bandwidth))
+    return rows
+
+
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:
     """``"48x768x768,1x4096x4096"`` -> ``[(48, 768, 768), (1, 4096, 4096)]`` (batch x rows x columns)."""
     try:
@@ -688,7 +744,7 @@ def remeasure(stem: str) -> Path:
 
 def command_line() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m muonlib.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["models", "optim", "ns", "profile", "ddp", "ddp-worker", "decode"])
+    parser.add_argument("what", choices=["models", "optim", "ns", "profile", "ddp", "ddp-worker", "decode", "latent"])
     parser.add_argument("--out", default=None, help="folder of the results (default: the data folder's bench/, where the book reads them)")
     parser.add_argument("--name", default=None, help="output file stem (default: the benchmark's name)")
     parser.add_argument("--parts", default="fwd_bwd,kv,moe,train", help="which model benchmarks to run")
@@ -703,8 +759,8 @@ def command_line() -> argparse.ArgumentParser:
     parser.add_argument("--gpu-counts", default="1,2,4", help="`ddp`: the numbers of GPUs to launch")
     parser.add_argument("--device", choices=["auto", "cpu"], default="auto",
                         help="`ddp`: cpu launches CPU processes (gloo) instead of one per GPU")
-    parser.add_argument("--batches", default="1,16,64,256", help="`decode`: batch sizes")
-    parser.add_argument("--long-context", type=int, default=2048, help="`decode`: the longer context MHA and MLA also run at")
+    parser.add_argument("--batches", default="1,16,64,256", help="`decode` and `latent`: batch sizes")
+    parser.add_argument("--long-context", type=int, default=2048, help="`decode`: the longer context MHA and MLA also run at; `latent`: the second cache length")
     return parser
 
 
@@ -719,7 +775,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) if args.out is not None else data_root() / "bench"
     config = vars(args)
     stems = {"optim": "optimizer_step", "profile": "optimizer_profile", "ns": "newton_schulz", "models": "models",
-             "ddp": "data_parallel", "decode": "decode"}
+             "ddp": "data_parallel", "decode": "decode", "latent": "latent_attention"}
     target = out / f"{args.name or stems[args.what]}.json"
     if args.force:
         target.unlink(missing_ok=True)
@@ -765,6 +821,22 @@ def main(argv: list[str] | None = None) -> None:
             write_json(target, rows, config)
             if on_gpu:
                 torch.cuda.empty_cache()
+        return
+    if args.what == "latent":
+        bandwidth = copy_bandwidth() if torch.cuda.is_available() else 50e9
+        config |= {"copy_bandwidth": bandwidth}
+        rows = []
+        for size in sizes:
+            for context in (preset(size).context, args.long_context):
+                for batch in (int(b) for b in args.batches.split(",")):
+                    new_rows = bench_latent_configs(size, batch, context, bandwidth)
+                    rows += new_rows
+                    write_json(target, rows, config)
+                    fastest = min((r for r in new_rows if "ms" in r), key=lambda r: r["ms"])
+                    default = next(r for r in new_rows if r["arm"] == "default")
+                    print(f"latent {size} batch {batch:>3} context {context:>5}: default {default['ms'] * 1e3:7.1f} us "
+                          f"({default['bandwidth_share']:.0%}), fastest {fastest['ms'] * 1e3:7.1f} us ({fastest['bandwidth_share']:.0%}) "
+                          f"{fastest['arm']} splits {fastest['splits']}", flush=True)
         return
     if args.what == "ddp":
         rows = data_parallel_scaling(sizes[0], args.optimizers.split(","), [int(n) for n in args.gpu_counts.split(",")],

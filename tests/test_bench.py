@@ -136,6 +136,21 @@ def test_decode_benchmark_measures_cache_bytes_and_a_roofline(tmp_path):
     assert per_token["mla"] < per_token["mla-full"] < per_token["mha"]
 
 
+def test_latent_attention_sweep_times_torch_and_the_kernel_against_the_bytes_they_read(tmp_path):
+    bench.main(["latent", "--out", str(tmp_path), "--sizes", "tiny", "--batches", "2", "--long-context", "96"])
+    rows = json.loads((tmp_path / "latent_attention.json").read_text())["results"]
+    assert not [r for r in rows if "error" in r]
+    configs = len(bench.LATENT_CONFIGS) if torch.cuda.is_available() else 0  # the interpreter knows one configuration
+    for context in (64, 96):  # the tiny preset's context, then the longer one
+        arms = [r for r in rows if r["context"] == context]
+        assert [r["arm"] for r in arms[:2]] == ["torch", "default"] and len(arms) == 2 + 2 * configs
+        for r in arms:
+            assert r["cache_bytes"] == 2 * context * (r["rank"] + r["rope"]) * (2 if torch.cuda.is_available() else 4)
+            assert r["ms"] > 0 and r["bandwidth_share"] > 0
+            if not torch.cuda.is_available():  # against the CPU's nominal 50 GB/s
+                assert r["bandwidth_share"] == pytest.approx(r["cache_bytes"] / (r["ms"] / 1e3) / 50e9)
+
+
 def test_a_saved_benchmark_is_remeasured_with_the_options_it_recorded(tmp_path, monkeypatch):
     monkeypatch.setenv("MUONLIB_DATA", str(tmp_path))
     bench.main(["ns", "--ns-shapes", "1x8x8,2x8x16", "--iters", "1", "--name", "ns_small"])

@@ -123,16 +123,10 @@ def _launch_config(rank: int, itemsize: int) -> dict:
     return dict(BLOCK_S=max(16, min(64, block)), num_warps=4, num_stages=2)
 
 
-# An operator of its own, so that torch.compile calls the kernel as it is instead of tracing into
-# its launch (Inductor fails on it under dynamic shapes).
-@torch.library.custom_op("muonlib::latent_attention", mutates_args=())
-def latent_attention(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_rope: Tensor | None, pos: Tensor,
-                     scale: float, splits: int | None = None) -> Tensor:
-    """Each head's ``sum_s p_s c_s`` ``(B, H, R)`` (float32) for the token at position ``pos``
-    (a ``(1,)`` device tensor): ``p = softmax(scale (q_latent . c_s + q_rope . k_rope_s))`` over
-    the cached positions ``s <= pos`` of ``latent`` ``(B, L, R)`` and ``k_rope`` ``(B, L, P)``
-    (or ``None`` with ``q_rope``, for MLA without RoPE). ``splits`` overrides how many programs
-    share one sequence's cache."""
+def launch_attention(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_rope: Tensor | None, pos: Tensor,
+                     scale: float, splits: int | None = None, config: dict | None = None) -> Tensor:
+    """The kernel behind :func:`latent_attention`, its launch ``config`` (``BLOCK_S``,
+    ``num_warps``, ``num_stages``; default: the kernel's own) open to a benchmark's sweep."""
     B, H, R = q_latent.shape
     L = latent.size(1)
     if latent.shape != (B, L, R) or (q_rope is None) != (k_rope is None):
@@ -142,7 +136,7 @@ def latent_attention(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_
     if not (latent.is_cuda or interpreting()):
         raise RuntimeError("the Triton kernels need a CUDA GPU; on a CPU run them in Triton's interpreter with "
                            "TRITON_INTERPRET=1 set before muonlib.kernels is imported, or use latent_attention_reference")
-    config = _launch_config(R, latent.element_size())
+    config = config or _launch_config(R, latent.element_size())
     blocks = triton.cdiv(L, config["BLOCK_S"])
     if splits is None:
         programs = 2 * torch.cuda.get_device_properties(latent.device).multi_processor_count if latent.is_cuda else 1
@@ -167,6 +161,19 @@ def latent_attention(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_
             UPCAST=interpreting() and latent.dtype != torch.float32, IEEE=latent.dtype == torch.float32, **config,
         )
     return acc[:, 0] / sums[:, 0].unsqueeze(-1) if splits == 1 else combine(acc, maxima, sums)
+
+
+# An operator of its own, so that torch.compile calls the kernel as it is instead of tracing into
+# its launch (Inductor fails on it under dynamic shapes).
+@torch.library.custom_op("muonlib::latent_attention", mutates_args=())
+def latent_attention(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_rope: Tensor | None, pos: Tensor,
+                     scale: float, splits: int | None = None) -> Tensor:
+    """Each head's ``sum_s p_s c_s`` ``(B, H, R)`` (float32) for the token at position ``pos``
+    (a ``(1,)`` device tensor): ``p = softmax(scale (q_latent . c_s + q_rope . k_rope_s))`` over
+    the cached positions ``s <= pos`` of ``latent`` ``(B, L, R)`` and ``k_rope`` ``(B, L, P)``
+    (or ``None`` with ``q_rope``, for MLA without RoPE). ``splits`` overrides how many programs
+    share one sequence's cache."""
+    return launch_attention(q_latent, q_rope, latent, k_rope, pos, scale, splits)
 
 
 @latent_attention.register_fake
