@@ -45,3 +45,18 @@ def detect_hardware() -> Hardware:
     major, _ = torch.cuda.get_device_capability(0)
     preset = ("h200" if "H200" in name else "h100") if major >= 9 else "a100" if major == 8 else "t4"
     return Hardware(chosen or preset, "cuda", name, bf16=major >= 8)
+
+
+#: HBM bandwidth in bytes/s from the vendors' datasheets, by a fragment of the name
+#: ``torch.cuda.get_device_name`` gives (the first that matches: PCIe cards before their SXM kin)
+DATASHEET_BANDWIDTH = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "A100-SXM4-80GB": 2.039e12,
+                       "A100 80GB PCIe": 1.935e12, "A100": 1.555e12, "L4": 300e9, "T4": 320e9}
+
+
+def datasheet_bandwidth(gpu: str) -> float:
+    """The datasheet HBM bandwidth (bytes/s) of the GPU named ``gpu``, for floors that must not
+    depend on a measurement: the time no kernel can beat when it moves a given number of bytes."""
+    for fragment, bandwidth in DATASHEET_BANDWIDTH.items():
+        if fragment in gpu:
+            return bandwidth
+    raise ValueError(f"no datasheet bandwidth for {gpu!r}: add its name and HBM bandwidth to muonlib.hardware.DATASHEET_BANDWIDTH")
