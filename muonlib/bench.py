@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
+from torch._dynamo.utils import counters
 
 from . import linalg
 from .data import data_root
@@ -328,9 +329,11 @@ def bench_decode(size: str, label: str, batch: int, prompt: int, new_tokens: int
     # Each arm compiles afresh: one process's arms recompile the step for every model and batch,
     # and past Dynamo's recompile limit a compiled arm would silently run eager.
     torch._dynamo.reset()
+    graphs = counters["stats"]["unique_graphs"]
     _peak_reset()
     before = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
-    decoder = Decoder(model, batch, prompt + new_tokens, **DECODER_OPTIONS.get(label, {}))
+    options = DECODER_OPTIONS.get(label, {})
+    decoder = Decoder(model, batch, prompt + new_tokens, **options)
     cache_bytes = (torch.cuda.memory_allocated() - before) if torch.cuda.is_available() else decoder.cache.nbytes()
 
     def steps(logits: Tensor) -> None:
@@ -345,14 +348,16 @@ def bench_decode(size: str, label: str, batch: int, prompt: int, new_tokens: int
     steps(logits)
     sync()
     seconds = time.perf_counter() - start
-    full = Decoder(model, batch, config.context, **DECODER_OPTIONS.get(label, {}))
+    if options.get("compile") and counters["stats"]["unique_graphs"] == graphs:
+        raise RuntimeError(f"{label} ran eager: Dynamo compiled no graph of its step")
+    full = Decoder(model, batch, config.context, **options)
     long_prompt = torch.randint(0, config.vocab_size, (batch, config.context), device=_device())
     ttft = median_ms(lambda: full.prefill(long_prompt).argmax(-1), warmup=1, iters=3)
     roofline = decode_roofline(model, batch, prompt + new_tokens / 2, bandwidth, flop_rate)
     tokens_per_s = batch * new_tokens / seconds
     result = dict(size=size, model=label, variant=DECODE_MODELS[label][0], batch=batch, prompt=prompt, new_tokens=new_tokens,
                   context=config.context, kv_rank=config.kv_rank if config.attention == "mla" else None,
-                  cuda_graphs=decoder.cuda_graphs, latent_kernel=decoder.latent_kernel, compiled="compile" in DECODER_OPTIONS.get(label, {}),
+                  cuda_graphs=decoder.cuda_graphs, latent_kernel=decoder.latent_kernel, compiled=bool(options.get("compile")),
                   tokens_per_s=tokens_per_s, step_ms=seconds / new_tokens * 1e3,
                   ttft_ms=ttft, ttft_prompt=config.context, peak_memory_gb=_peak_gb(),
                   kv_bytes_measured=cache_bytes, kv_bytes_analytic=kv_cache_bytes(config, batch, prompt + new_tokens, dtype),

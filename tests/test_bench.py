@@ -136,6 +136,14 @@ def test_decode_benchmark_measures_cache_bytes_and_a_roofline(tmp_path):
     assert per_token["mla"] < per_token["mla-full"] < per_token["mha"]
 
 
+def test_a_compiled_decode_arm_compiles_its_step_or_says_it_ran_eager(monkeypatch):
+    args = ("tiny", "mha-compiled", 2, 8, 8, None, 50e9, 1e12)
+    assert bench.bench_decode(*args)["compiled"]  # Dynamo starts afresh for each arm
+    monkeypatch.setattr(torch._dynamo.config, "disable", True)  # as past its recompile limit: the step runs eager
+    with pytest.raises(RuntimeError, match="ran eager"):
+        bench.bench_decode(*args)
+
+
 def test_latent_attention_sweep_times_torch_and_the_kernel_against_the_bytes_they_read(tmp_path):
     bench.main(["latent", "--out", str(tmp_path), "--sizes", "tiny", "--batches", "2", "--long-context", "96"])
     rows = json.loads((tmp_path / "latent_attention.json").read_text())["results"]
