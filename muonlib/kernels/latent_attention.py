@@ -166,6 +166,17 @@ def launch_attention(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_
 # An operator of its own, so that torch.compile calls the kernel as it is instead of tracing into
 # its launch (Inductor fails on it under dynamic shapes).
 @torch.library.custom_op("muonlib::latent_attention", mutates_args=())
+def _latent_attention_op(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_rope: Tensor | None, pos: Tensor,
+                         scale: float, splits: int | None = None) -> Tensor:
+    return launch_attention(q_latent, q_rope, latent, k_rope, pos, scale, splits)
+
+
+@_latent_attention_op.register_fake
+def _(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_rope: Tensor | None, pos: Tensor,
+      scale: float, splits: int | None = None) -> Tensor:
+    return q_latent.new_empty(q_latent.shape, dtype=torch.float32)
+
+
 def latent_attention(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_rope: Tensor | None, pos: Tensor,
                      scale: float, splits: int | None = None) -> Tensor:
     """Each head's ``sum_s p_s c_s`` ``(B, H, R)`` (float32) for the token at position ``pos``
@@ -173,13 +184,7 @@ def latent_attention(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_
     the cached positions ``s <= pos`` of ``latent`` ``(B, L, R)`` and ``k_rope`` ``(B, L, P)``
     (or ``None`` with ``q_rope``, for MLA without RoPE). ``splits`` overrides how many programs
     share one sequence's cache."""
-    return launch_attention(q_latent, q_rope, latent, k_rope, pos, scale, splits)
-
-
-@latent_attention.register_fake
-def _(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_rope: Tensor | None, pos: Tensor,
-      scale: float, splits: int | None = None) -> Tensor:
-    return q_latent.new_empty(q_latent.shape, dtype=torch.float32)
+    return _latent_attention_op(q_latent, q_rope, latent, k_rope, pos, scale, splits)
 
 
 def latent_attention_reference(q_latent: Tensor, q_rope: Tensor | None, latent: Tensor, k_rope: Tensor | None,
