@@ -663,8 +663,9 @@ LATENT_CONFIGS = [dict(BLOCK_S=block, num_warps=warps, num_stages=stages)
 
 
 def graph_ms(fn: Callable[[], object], calls: int = 20, iters: int = 10) -> float:
-    """Median time of one ``fn`` in ms, ``calls`` of them replayed from one CUDA graph (on a CPU,
-    timed directly): a kernel as a decode step's graph runs it, without launch overheads."""
+    """Median time of one ``fn`` in ms, ``calls`` of them replayed from one CUDA graph and timed
+    by CUDA events, so that neither launches nor the host count, as in a decode step's graph (on
+    a CPU, timed directly)."""
     if not torch.cuda.is_available():
         return median_ms(fn, warmup=1, iters=iters)
     fn()  # compiles the kernel outside the capture
@@ -673,7 +674,16 @@ def graph_ms(fn: Callable[[], object], calls: int = 20, iters: int = 10) -> floa
     with torch.cuda.graph(graph):
         for _ in range(calls):
             fn()
-    return median_ms(graph.replay, warmup=2, iters=iters) / calls
+    graph.replay()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times)
 
 
 @torch.no_grad()
@@ -696,6 +706,7 @@ def bench_latent_configs(size: str, batch: int, context: int, bandwidth: float) 
     for config in LATENT_CONFIGS if torch.cuda.is_available() else []:  # the interpreter knows one configuration
         doubled = 2 * split_count(batch, -(-context // config["BLOCK_S"]), programs)
         arms += [(str(config), config, None), (str(config), config, doubled)]
+    truth = latent_attention_reference(q.float(), q_rope.float(), latent.float(), k_rope.float(), pos, attn.scale)
     rows = []
     for arm, config, splits in arms:
         if arm == "torch":
@@ -703,12 +714,15 @@ def bench_latent_configs(size: str, batch: int, context: int, bandwidth: float) 
         else:
             call = lambda: launch_attention(q, q_rope, latent, k_rope, pos, attn.scale, splits, config)  # noqa: E731
         try:
+            relative = ((call().float() - truth).norm() / truth.norm()).item()
+            if not relative < 2e-2:  # bf16 scores and weights; a launch that computes something else is no candidate
+                raise ArithmeticError(f"relative error {relative:.2g} against the float32 reference")
             ms = graph_ms(call)
         except Exception as error:  # noqa: BLE001 - e.g. out of shared memory: recorded, not fatal
             rows.append(dict(size=size, batch=batch, context=context, arm=arm, splits=splits, error=f"{type(error).__name__}: {error}"[:300]))
             continue
         rows.append(dict(size=size, batch=batch, context=context, heads=H, rank=R, rope=P, arm=arm, splits=splits, ms=ms,
-                         cache_bytes=cache_bytes, bandwidth_share=cache_bytes / (ms / 1e3) / bandwidth))
+                         relative_error=relative, cache_bytes=cache_bytes, bandwidth_share=cache_bytes / (ms / 1e3) / bandwidth))
     return rows
 
 
@@ -832,16 +846,18 @@ def main(argv: list[str] | None = None) -> None:
         config |= {"copy_bandwidth": bandwidth}
         rows = []
         for size in sizes:
-            for context in (preset(size).context, args.long_context):
+            for context in sorted({preset(size).context, args.long_context}):
                 for batch in (int(b) for b in args.batches.split(",")):
                     new_rows = bench_latent_configs(size, batch, context, bandwidth)
                     rows += new_rows
                     write_json(target, rows, config)
-                    fastest = min((r for r in new_rows if "ms" in r), key=lambda r: r["ms"])
-                    default = next(r for r in new_rows if r["arm"] == "default")
-                    print(f"latent {size} batch {batch:>3} context {context:>5}: default {default['ms'] * 1e3:7.1f} us "
-                          f"({default['bandwidth_share']:.0%}), fastest {fastest['ms'] * 1e3:7.1f} us ({fastest['bandwidth_share']:.0%}) "
-                          f"{fastest['arm']} splits {fastest['splits']}", flush=True)
+                    timed = {r["arm"] if r["arm"] in ("torch", "default") else "fastest launch": r
+                             for r in sorted((r for r in new_rows if "ms" in r), key=lambda r: -r["ms"])}
+                    print(f"latent {size} batch {batch:>3} context {context:>5}: " + ", ".join(
+                        f"{name} {r['ms'] * 1e3:.1f} us ({r['bandwidth_share']:.0%})" for name, r in timed.items())
+                        + (f" = {timed['fastest launch']['arm']} splits {timed['fastest launch']['splits']}" if "fastest launch" in timed else "")
+                        + "".join(f"; {r['arm']}: {r['error']}" for r in new_rows if r["arm"] in ("torch", "default") and "error" in r),
+                        flush=True)
         return
     if args.what == "ddp":
         rows = data_parallel_scaling(sizes[0], args.optimizers.split(","), [int(n) for n in args.gpu_counts.split(",")],

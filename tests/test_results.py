@@ -335,6 +335,9 @@ def test_decode_goals_are_judged_at_every_cell_they_cover_and_only_where_measure
     goals = DecodeResults(pd.concat([rows, compiled]), {}, anchors).goals()
     assert goals["met"].tolist() == [True, True, True, True, False, True]
     assert goals["worst measured"].iloc[4] == pytest.approx(1.5 / 2.5)
+    # a slower compiled arm changes nothing: the eager one is its architecture's fastest
+    slower = compiled.assign(tokens_per_s=lambda r: r.tokens_per_s / 5)
+    assert DecodeResults(pd.concat([rows, slower]), {}, anchors).goals().equals(DecodeResults(rows, {}, anchors).goals())
     # without anchors the anchor goals are not judged
     assert DecodeResults(rows, {}).goals()["met"].tolist()[:2] == [None, None]
 
