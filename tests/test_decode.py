@@ -4,6 +4,7 @@ graph replays give the eager step's tokens."""
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from muonlib.models import GPT, VARIANTS, Decoder, preset
 from muonlib.models.decode import LENGTH_BUCKET, graph_safe, latent_kernel_fits
@@ -92,8 +93,12 @@ def test_a_compiled_step_gives_the_eager_steps_logits_across_length_buckets(vari
     prompt_len, steps = LENGTH_BUCKET - 2, 4  # two lengths through one compilation
     tokens = torch.randint(0, 512, (2, prompt_len + steps), device=device)
     logits = {}
+    torch._dynamo.reset()
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
     for compiled in (False, True):
         decoder = Decoder(model, 2, prompt_len + steps, latent_kernel=latent_kernel, compile=compiled)
         decoder.prefill(tokens[:, :prompt_len])
         logits[compiled] = torch.stack([decoder.step(tokens[:, t : t + 1]) for t in range(prompt_len, prompt_len + steps)])
     assert torch.allclose(logits[True], logits[False], atol=1e-4, rtol=1e-4)
+    # the step was compiled, and whole: no graph break (at the kernel's op or elsewhere)
+    assert counters["stats"]["unique_graphs"] > graphs and sum(counters["graph_break"].values()) == breaks

@@ -115,16 +115,15 @@ def graph_safe(model) -> bool:
 
 class Decoder:
     """A prompt's prefill, then one token per sequence per :meth:`step`, on a static cache of
-    ``batch`` sequences of up to ``max_len`` tokens. Use under ``torch.no_grad()`` with the
-    model in evaluation mode (``GPT.generate`` does both)::
+    ``batch`` sequences of up to ``max_len`` tokens, with the model in evaluation mode. Both
+    run without autograd: decoding needs no gradients, and the latent-attention kernel has none::
 
         >>> import torch
         >>> from muonlib.models import GPT, preset
         >>> model = GPT(preset("tiny", "mla")).eval()
-        >>> with torch.no_grad():
-        ...     decoder = Decoder(model, batch=2, max_len=16)
-        ...     logits = decoder.prefill(torch.zeros(2, 4, dtype=torch.long))
-        ...     logits = decoder.step(logits.argmax(-1, keepdim=True))
+        >>> decoder = Decoder(model, batch=2, max_len=16)
+        >>> logits = decoder.prefill(torch.zeros(2, 4, dtype=torch.long))
+        >>> logits = decoder.step(logits.argmax(-1, keepdim=True))
         >>> logits.shape, decoder.position
         (torch.Size([2, 512]), 5)
     """
@@ -152,6 +151,7 @@ class Decoder:
         """Tokens cached so far."""
         return self.cache.pos
 
+    @torch.no_grad()
     def prefill(self, idx: Tensor) -> Tensor:
         """Cache a ``(batch, T)`` prompt from position 0; returns the next token's logits ``(batch, vocab)``."""
         if idx.size(0) != self.tokens.size(0):
@@ -159,6 +159,7 @@ class Decoder:
         self.cache.pos = 0
         return self.model.lm_head(self.model.hidden(idx, self.cache)[:, -1])
 
+    @torch.no_grad()
     def step(self, tokens: Tensor) -> Tensor:
         """Cache one token per sequence (``(batch, 1)``); returns the next token's logits."""
         position = self.cache.pos
