@@ -48,15 +48,15 @@ def detect_hardware() -> Hardware:
 
 
 #: HBM bandwidth in bytes/s from the vendors' datasheets, by a fragment of the name
-#: ``torch.cuda.get_device_name`` gives (the first that matches: PCIe cards before their SXM kin)
-DATASHEET_BANDWIDTH = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "A100-SXM4-80GB": 2.039e12,
-                       "A100 80GB PCIe": 1.935e12, "A100": 1.555e12, "L4": 300e9, "T4": 320e9}
+#: ``torch.cuda.get_device_name`` gives; the first that matches counts, so the longer names of a
+#: family's variants come before its plain name
+DATASHEET_BANDWIDTH = {"GH200": 4.0e12, "H200": 4.8e12, "H100 NVL": 3.9e12, "H100 PCIe": 2.0e12, "H100": 3.35e12,
+                       "A100-SXM4-80GB": 2.039e12, "A100 80GB PCIe": 1.935e12, "A100": 1.555e12,
+                       "L40S": 864e9, "L40": 864e9, "L4": 300e9, "T4": 320e9}
 
 
-def datasheet_bandwidth(gpu: str) -> float:
-    """The datasheet HBM bandwidth (bytes/s) of the GPU named ``gpu``, for floors that must not
-    depend on a measurement: the time no kernel can beat when it moves a given number of bytes."""
-    for fragment, bandwidth in DATASHEET_BANDWIDTH.items():
-        if fragment in gpu:
-            return bandwidth
-    raise ValueError(f"no datasheet bandwidth for {gpu!r}: add its name and HBM bandwidth to muonlib.hardware.DATASHEET_BANDWIDTH")
+def datasheet_bandwidth(gpu: str) -> float | None:
+    """The datasheet HBM bandwidth (bytes/s) of the GPU named ``gpu``, or ``None`` for one not in
+    :data:`DATASHEET_BANDWIDTH`: for floors that must not depend on a measurement, the time no
+    kernel can beat when it moves a given number of bytes."""
+    return next((bandwidth for fragment, bandwidth in DATASHEET_BANDWIDTH.items() if fragment in gpu), None)
