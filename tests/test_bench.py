@@ -139,8 +139,8 @@ def test_decode_benchmark_measures_cache_bytes_and_a_roofline(tmp_path):
 def test_a_compiled_decode_arm_compiles_its_step_or_says_it_ran_eager(monkeypatch):
     args = ("tiny", "mha-compiled", 2, 8, 8, None, 50e9, 1e12)
     # Dynamo starts afresh for each arm: a second model compiles even where one recompilation is too many
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    assert bench.bench_decode(*args)["compiled"] and bench.bench_decode("tiny", "mla-compiled", *args[2:])["compiled"]
+    with torch._dynamo.config.patch(recompile_limit=1):
+        assert bench.bench_decode(*args)["compiled"] and bench.bench_decode("tiny", "mla-compiled", *args[2:])["compiled"]
     monkeypatch.setattr(torch, "compile", lambda fn, **options: fn)  # as past Dynamo's recompile limit: the step runs eager
     with pytest.raises(RuntimeError, match="ran eager"):
         bench.bench_decode(*args)
