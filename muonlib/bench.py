@@ -851,13 +851,13 @@ def main(argv: list[str] | None = None) -> None:
                     new_rows = bench_latent_configs(size, batch, context, bandwidth)
                     rows += new_rows
                     write_json(target, rows, config)
-                    timed = {r["arm"] if r["arm"] in ("torch", "default") else "fastest launch": r
-                             for r in sorted((r for r in new_rows if "ms" in r), key=lambda r: -r["ms"])}
+                    baselines = {r["arm"]: r for r in new_rows if r["arm"] in ("torch", "default")}
+                    launches = [r for r in new_rows if r["arm"] not in baselines and "ms" in r]
+                    if launches:
+                        baselines["fastest launch"] = min(launches, key=lambda r: r["ms"])
                     print(f"latent {size} batch {batch:>3} context {context:>5}: " + ", ".join(
-                        f"{name} {r['ms'] * 1e3:.1f} us ({r['bandwidth_share']:.0%})" for name, r in timed.items())
-                        + (f" = {timed['fastest launch']['arm']} splits {timed['fastest launch']['splits']}" if "fastest launch" in timed else "")
-                        + "".join(f"; {r['arm']}: {r['error']}" for r in new_rows if r["arm"] in ("torch", "default") and "error" in r),
-                        flush=True)
+                        f"{name} {r['ms'] * 1e3:.1f} us ({r['bandwidth_share']:.0%}, {r['arm']} splits {r['splits']})" if "ms" in r
+                        else f"{name} {r['error']}" for name, r in baselines.items()), flush=True)
         return
     if args.what == "ddp":
         rows = data_parallel_scaling(sizes[0], args.optimizers.split(","), [int(n) for n in args.gpu_counts.split(",")],
