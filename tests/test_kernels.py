@@ -5,6 +5,7 @@ Without a GPU they run in Triton's interpreter (``tests/conftest.py`` sets
 
 import pytest
 import torch
+import triton
 
 from muonlib import linalg
 from muonlib.kernels import gram, gram_reference
@@ -213,6 +214,19 @@ def test_latent_attention_splits_fill_the_gpu_without_empty_splits():
             splits = split_count(batch, blocks, 132)
             per_split = -(-blocks // splits)
             assert 1 <= splits <= blocks and (splits - 1) * per_split < blocks  # the last split has a block
+
+
+def test_latent_attention_launch_fits_each_gpus_shared_memory(monkeypatch):
+    from muonlib.kernels import latent_attention as kernel
+    monkeypatch.setattr(kernel, "interpreting", lambda: False)  # the GPU's launch, decided on any machine
+    h200, a100, l4 = 232448, 166912, 101376  # shared memory a block may claim
+    assert kernel._launch_config(512, 2, h200)["BLOCK_S"] == 64  # the sweep's fastest on an H200
+    assert kernel._launch_config(512, 2, a100)["BLOCK_S"] == 32
+    assert kernel._launch_config(512, 4, h200)["BLOCK_S"] == 32  # float32 latents: twice the bytes
+    for memory in (h200, a100, l4, 49152):
+        for rank, itemsize in ((384, 2), (512, 2), (512, 4)):
+            block = kernel._launch_config(rank, itemsize, memory)["BLOCK_S"]
+            assert 16 <= block <= 64 and (block == 16 or 2 * block * triton.next_power_of_2(rank) * itemsize <= memory * 3 // 4)
 
 
 def test_latent_attention_rejects_mismatched_input():
