@@ -184,5 +184,6 @@ def test_the_graph_anchor_decodes_greedily_against_its_own_roofline():
     assert row["anchor"] and row["tokens_per_s"] > 0 and 0 < row["roofline_share"]
     config = bench.preset("tiny", "mha")
     d, L = config.d_model, config.n_layer
-    assert row["weight_bytes"] == 4 * (config.vocab_size * d + L * 12 * d * d)  # float32 on a CPU: qkv, out, a 4d FFN
-    assert row["kv_bytes"] == 4 * 2 * L * 2 * d * (8 + 4 / 2)  # keys and values of the positions filled on average
+    itemsize = 2 if torch.cuda.is_available() else 4  # bfloat16 on a GPU, float32 on a CPU
+    assert row["weight_bytes"] == itemsize * (config.vocab_size * d + L * 12 * d * d)  # qkv, out, a 4d FFN
+    assert row["kv_bytes"] == itemsize * 2 * L * 2 * d * (8 + 4 / 2)  # keys and values of the positions filled on average
