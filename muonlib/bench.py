@@ -30,7 +30,7 @@ from . import linalg
 from .data import data_root
 from .models import GPT, MLP, MoE, kv_cache_bytes, preset
 from .optim import Muon, build_optimizer, classify_parameters
-from .provenance import check_replaceable, write_json
+from .provenance import check_replaceable, provenance, write_json
 from .train import flops_per_token
 
 
@@ -365,6 +365,36 @@ def bench_decode(size: str, label: str, batch: int, prompt: int, new_tokens: int
                   **roofline, roofline_share=tokens_per_s / roofline["ceiling_tokens_per_s"])
     del model, decoder, full
     return result
+
+
+def decode_runs(sizes: list[str], labels: list[str], batches: list[int], long_context: int) -> list[tuple[str, str, int, int]]:
+    """The decode benchmark's rows, (size, decoder, batch, cache length), a cache length at a
+    time, each opening with the two anchors: every goal compares rows of one cache length, so
+    each length's rows come from one job even where a job ends between lengths (``--resume``).
+    All sizes at their own context; MHA and MLA decoders of the first size at ``long_context``
+    too, for batches of 16 and more. The Hugging Face anchor where ``transformers`` is installed."""
+    import importlib.util
+
+    first = sizes[0]
+    anchors = (GRAPH_ANCHOR, HF_ANCHOR) if importlib.util.find_spec("transformers") else (GRAPH_ANCHOR,)
+    long_labels = [label for label in labels if DECODE_MODELS[label][0] in ("mha", "mla") and label != "mla-full"]
+    runs = [(first, anchor, b, preset(first).context) for anchor in anchors for b in batches]
+    runs += [(size, label, b, preset(size).context) for size in sizes for label in labels for b in batches]
+    runs += [(first, label, b, long_context) for label in (*anchors, *long_labels) for b in batches if b >= 16]
+    return runs
+
+
+def finished_contexts(path: Path, runs: list[tuple[str, str, int, int]]) -> list[dict]:
+    """The rows of ``path`` (a decode benchmark's file from this GPU) at each cache length all
+    of whose planned ``runs`` it holds, error rows included: what ``--resume`` keeps, so that a
+    job measures the lengths another job left unfinished, each one whole."""
+    if not path.exists():
+        return []
+    check_replaceable(path)
+    rows = {(r["size"], r["model"], r["batch"], r["context"]): r for r in json.loads(path.read_text())["results"]}
+    contexts = {run[3] for run in runs}
+    finished = [c for c in contexts if all(run in rows for run in runs if run[3] == c)]
+    return [rows[run] for run in runs if run[3] in finished]
 
 
 def bench_moe_layer(size: str, tokens: int, compile: bool) -> dict:
@@ -752,9 +782,15 @@ SMOKE_OPTIONS = {"decode": dict(sizes="tiny", batches="1,16", long_context=128),
                  "models": dict(batch=2, iters=2), "optim": dict(iters=2), "profile": dict(iters=2), "ns": dict(iters=2)}
 
 
+def smoke_options(config: dict) -> dict:
+    """A benchmark's saved options with :data:`SMOKE_OPTIONS` applied, counts never raised."""
+    smoke = SMOKE_OPTIONS.get(config["what"], {})
+    return config | {key: min(value, config.get(key, value)) if isinstance(value, int) else value for key, value in smoke.items()}
+
+
 def remeasure(stem: str) -> Path:
     """Measure ``data/bench/<stem>.json`` again on this machine, with the options its provenance
-    recorded (shrunk by :data:`SMOKE_OPTIONS` under the ``cpu`` preset), and replace it once the
+    recorded (shrunk by :func:`smoke_options` under the ``cpu`` preset), and replace it once the
     new measurement is complete (a failure leaves the saved file as it was): how a chapter
     reruns the benchmarks it reads."""
     import tempfile
@@ -764,11 +800,11 @@ def remeasure(stem: str) -> Path:
     saved = data_root() / "bench" / f"{stem}.json"
     config = json.loads(saved.read_text())["provenance"]["config"]
     if detect_hardware().preset == "cpu":
-        config |= SMOKE_OPTIONS.get(config["what"], {})
+        config = smoke_options(config)
     with tempfile.TemporaryDirectory(dir=saved.parent) as fresh:
         argv = [config["what"], "--out", fresh, "--name", stem]
         for action in command_line()._get_optional_actions():
-            if action.dest in config and action.dest not in ("help", "out", "name", "force") and config[action.dest] is not None:
+            if action.dest in config and action.dest not in ("help", "out", "name", "force", "resume") and config[action.dest] is not None:
                 argv += [action.option_strings[0], str(config[action.dest])]
         main(argv)
         (Path(fresh) / saved.name).replace(saved)
@@ -794,6 +830,8 @@ def command_line() -> argparse.ArgumentParser:
                         help="`ddp`: cpu launches CPU processes (gloo) instead of one per GPU")
     parser.add_argument("--batches", default="1,16,64,256", help="`decode` and `latent`: batch sizes")
     parser.add_argument("--long-context", type=int, default=2048, help="`decode`: the longer context MHA and MLA also run at; `latent`: the second cache length")
+    parser.add_argument("--resume", action="store_true",
+                        help="`decode`: keep the saved file's cache lengths that are complete, measure the others (a job of 10 minutes or less measures one length)")
     return parser
 
 
@@ -825,32 +863,30 @@ def main(argv: list[str] | None = None) -> None:
         on_gpu = torch.cuda.is_available()
         bandwidth, flop_rate = (copy_bandwidth(), matmul_rate()) if on_gpu else (50e9, 1e12)
         config |= {"copy_bandwidth": bandwidth, "bf16_matmul_rate": flop_rate}
-        batches = [int(b) for b in args.batches.split(",")]
-        # the anchors first: the yardsticks are in the file whatever stops the run
-        runs = [(sizes[0], anchor, b, context) for anchor in (GRAPH_ANCHOR, HF_ANCHOR)
-                for context in (None, args.long_context) for b in batches if context is None or b >= 16]
-        runs += [(size, label, b, None) for size in sizes for label in args.variants.split(",") for b in batches]
-        long_labels = [label for label in args.variants.split(",") if DECODE_MODELS[label][0] in ("mha", "mla") and label != "mla-full"]
-        runs += [(sizes[0], label, b, args.long_context) for label in long_labels for b in batches if b >= 16]
+        runs = decode_runs(sizes, args.variants.split(","), [int(b) for b in args.batches.split(",")], args.long_context)
+        job = {key: provenance(config)[key] for key in ("git_commit", "date")}
+        if args.resume:
+            rows = finished_contexts(target, runs)
+            runs = [run for run in runs if run[3] not in {row["context"] for row in rows}]
         anchors = {GRAPH_ANCHOR: bench_graph_anchor, HF_ANCHOR: bench_hf_anchor}
         for size, label, batch, context in runs:
-            length = context or preset(size).context
-            new_tokens = min(192, length // 2)  # the anchors' 64-token prompt and 192 new tokens where they fit
-            prompt = min(64, length - new_tokens) if context is None else length - new_tokens
+            long = context != preset(size).context
+            new_tokens = min(192, context // 2)  # the anchors' 64-token prompt and 192 new tokens where they fit
+            prompt = context - new_tokens if long else min(64, context - new_tokens)
             try:
                 if label in anchors:
-                    row = anchors[label](size, batch, prompt, new_tokens, context, bandwidth, flop_rate)
+                    row = anchors[label](size, batch, prompt, new_tokens, context if long else None, bandwidth, flop_rate)
                     if row is None:
                         continue  # transformers is not installed
                 else:
-                    row = bench_decode(size, label, batch, prompt, new_tokens, context, bandwidth, flop_rate)
+                    row = bench_decode(size, label, batch, prompt, new_tokens, context if long else None, bandwidth, flop_rate)
                 print(f"decode {size} {label:<10} batch {batch:>3} context {row['context']:>5}: {row['tokens_per_s']:>10,.0f} tok/s "
                       f"({100 * row['roofline_share']:.0f}% of roofline)" + (f", TTFT {row['ttft_ms']:.1f} ms" if "ttft_ms" in row else ""),
                       flush=True)
             except Exception as error:  # noqa: BLE001 - the error text is the result
                 row = dict(size=size, model=label, batch=batch, context=context, error=f"{type(error).__name__}: {error}"[:500])
                 print(row["error"], flush=True)
-            rows.append(row)
+            rows.append(row | {"job": job})
             write_json(target, rows, config)
             if on_gpu:
                 torch.cuda.empty_cache()

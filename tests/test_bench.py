@@ -136,6 +136,30 @@ def test_decode_benchmark_measures_cache_bytes_and_a_roofline(tmp_path):
     assert per_token["mla"] < per_token["mla-full"] < per_token["mha"]
 
 
+def test_a_resumed_decode_benchmark_measures_each_unfinished_cache_length_whole(tmp_path, monkeypatch):
+    options = ["decode", "--out", str(tmp_path), "--sizes", "tiny", "--variants", "mha", "--batches", "1,16", "--long-context", "128"]
+    bench.main(options)
+    path = tmp_path / "decode.json"
+    saved = json.loads(path.read_text())
+    first_job = saved["results"][0]["job"]
+    assert {tuple(r["job"].values()) for r in saved["results"]} == {tuple(first_job.values())}  # one job measured every row
+    # a job that ended during the long cache: its first row there is all it left
+    cut = next(i for i, r in enumerate(saved["results"]) if r["context"] == 128) + 1
+    path.write_text(json.dumps(saved | {"results": saved["results"][:cut]}))
+    measured = []
+    real = bench.bench_graph_anchor
+    monkeypatch.setattr(bench, "bench_graph_anchor", lambda *args: measured.append(args[1:3]) or real(*args))
+    monkeypatch.setattr(bench, "provenance", lambda config: {"git_commit": "second", "date": "later"})  # a job of its own
+    bench.main(options + ["--resume"])
+    rows = json.loads(path.read_text())["results"]
+    assert {(r["model"], r["batch"], r["context"]) for r in rows} == {(r["model"], r["batch"], r["context"]) for r in saved["results"]}
+    assert [r for r in rows if r["context"] == 64] == [r for r in saved["results"] if r["context"] == 64]  # the finished length kept
+    assert all(r["job"] != first_job for r in rows if r["context"] == 128)  # the unfinished one measured again, whole
+    assert measured == [(16, 128 - 64)]  # the graph anchor timed again at the long cache only (batch, prompt)
+    bench.main(options + ["--resume"])  # nothing left: the file stays as it was
+    assert json.loads(path.read_text())["results"] == rows
+
+
 def test_a_compiled_decode_arm_compiles_its_step_or_says_it_ran_eager(monkeypatch):
     args = ("tiny", "mha-compiled", 2, 8, 8, None, 50e9, 1e12)
     # Dynamo starts afresh for each arm: a second model compiles even where one recompilation is too many
