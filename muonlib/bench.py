@@ -773,11 +773,11 @@ NS_SHAPES = ("24x256x256,12x256x1024,48x512x512,24x512x2048,48x768x768,24x768x30
              "8x2048x2048,4x2048x8192,2x4096x4096,1x4096x16384,1x8192x8192")
 
 
-#: what a benchmark changes in its saved options under the ``cpu`` preset (a CPU, or
-#: ``MUONLIB_PRESET=cpu`` on a GPU): every arm and every row a chapter reads still measured, at
-#: the fewest repeats and the smallest batches (the decode benchmark at the tiny model, whose
-#: rows a chapter reads by what they hold, not by size): a check that a chapter's rerun runs,
-#: in minutes, not a measurement to read
+#: The options a benchmark's rerun changes under the ``cpu`` preset (a CPU, or
+#: ``MUONLIB_PRESET=cpu`` on a GPU), keeping every arm and every row a chapter reads, at the
+#: fewest repeats and the smallest batches (the decode benchmark at the tiny model, whose rows
+#: a chapter reads by what they hold, not by size). A check that a chapter's rerun runs, in
+#: minutes, not a measurement to read.
 SMOKE_OPTIONS = {"decode": dict(sizes="tiny", batches="1,16", long_context=128),
                  "models": dict(batch=2, iters=2), "optim": dict(iters=2), "profile": dict(iters=2), "ns": dict(iters=2)}
 

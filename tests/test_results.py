@@ -342,6 +342,27 @@ def test_decode_goals_are_judged_at_every_cell_they_cover_and_only_where_measure
     assert DecodeResults(rows, {}).goals()["met"].tolist()[:2] == [None, None]
 
 
+
+def test_latent_sweep_shows_the_launch_fastest_over_all_cells_not_any_cells_winner(tmp_path):
+    import json
+
+    from muonlib.results.decode import latent_sweep
+    fast, steady = "{'BLOCK_S': 16}", "{'BLOCK_S': 64}"
+    times = {(512, 1): {"torch": 4.0, fast: 1.0, steady: 1.1}, (512, 64): {"torch": 8.0, fast: 4.0, steady: 2.0},
+             (2048, 64): {"torch": 9.0, fast: 3.0, steady: 3.0}}
+    rows = [dict(size="L", context=c, batch=b, arm=arm, splits=None, ms=ms, bandwidth_share=0.1 / ms)
+            for (c, b), arms in times.items() for arm, ms in arms.items()]
+    rows += [dict(size="L", context=512, batch=1, arm=steady, splits=4, ms=0.5, bandwidth_share=0.2),  # another split: not read
+             dict(size="L", context=512, batch=64, arm="{'BLOCK_S': 32}", splits=None, error="wrong result")]
+    path = tmp_path / "latent_attention.json"
+    path.write_text(json.dumps({"provenance": {"gpu": "a GPU"}, "results": rows}))
+    table, chosen, provenance = latent_sweep(path)
+    # the 16-block wins one cell by 10% and loses another by 2x: the 64-block is the steady choice
+    assert chosen["launch"] == {"BLOCK_S": 64} and chosen["worst_over_best"] == pytest.approx(1.1)
+    assert table["kernel (us)"].tolist() == pytest.approx([1.1e3, 2e3, 3e3])
+    assert table["kernel's speed-up"].tolist() == pytest.approx([4 / 1.1, 4, 3])
+    assert provenance["gpu"] == "a GPU"
+
 # ---------------------------------------------------------------- the batch-size chapter
 
 from muonlib.results import (ADAMW_ARM, BASELINE, AblationResults, ArchitectureResults,  # noqa: E402

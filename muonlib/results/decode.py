@@ -157,3 +157,31 @@ class DecodeResults:
              "ours": f"{low_rank.min():.2f}-{low_rank.max():.2f}x (batch {batches}, context {self.base_context})" + beside("A3"),
              "verdict": a3},
         ]).set_index("claim")
+
+
+def latent_sweep(path: Path | None = None) -> tuple[pd.DataFrame, dict, dict]:
+    """The latent-attention sweep (``python -m muonlib.bench latent``): per size, cache length
+    and batch, MLA's decode attention in plain torch and through the kernel at the one launch
+    that is fastest over all cells (by the geometric mean of its time over each cell's best),
+    each as microseconds and a share of the copy bandwidth; that launch, with its worst ratio to
+    a cell's best launch; and the file's provenance."""
+    import ast
+
+    import numpy as np
+
+    data = json.loads((Path(path) if path is not None else data_root() / "bench" / "latent_attention.json").read_text())
+    rows = pd.DataFrame([r for r in data["results"] if "ms" in r])
+    rows = rows[rows.splits.isna()]  # the default split of the cache (the sweep also doubles it)
+    cell = ["size", "context", "batch"]
+    kernel = rows[rows.arm != "torch"].copy()
+    kernel["over_best"] = kernel.ms / kernel.groupby(cell).ms.transform("min")
+    ranking = kernel.groupby("arm").over_best.agg(lambda r: float(np.exp(np.log(r).mean())))
+    best = ranking.idxmin()  # a launch's arm is its configuration written out, or "default"
+    chosen = kernel[kernel.arm == best].set_index(cell)
+    torch_arm = rows[rows.arm == "torch"].set_index(cell)
+    table = pd.DataFrame({"torch (us)": 1e3 * torch_arm.ms, "kernel (us)": 1e3 * chosen.ms,
+                          "torch's share of the bandwidth (%)": 100 * torch_arm.bandwidth_share,
+                          "kernel's share of the bandwidth (%)": 100 * chosen.bandwidth_share}).sort_index()
+    table["kernel's speed-up"] = table["torch (us)"] / table["kernel (us)"]
+    launch = ast.literal_eval(best) if best.startswith("{") else None  # None: the kernel's default launch when measured
+    return table, {"launch": launch, "worst_over_best": float(chosen.over_best.max())}, data["provenance"]
