@@ -367,16 +367,30 @@ def bench_decode(size: str, label: str, batch: int, prompt: int, new_tokens: int
     return result
 
 
+#: the options a resumed decode benchmark must share with the file it resumes
+DECODE_OPTIONS = ("sizes", "variants", "batches", "long_context")
+
+
+def _transformers_imports() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def decode_runs(sizes: list[str], labels: list[str], batches: list[int], long_context: int) -> list[tuple[str, str, int, int]]:
     """The decode benchmark's rows, (size, decoder, batch, cache length), a cache length at a
-    time, each opening with the two anchors: every goal compares rows of one cache length, so
-    each length's rows come from one job even where a job ends between lengths (``--resume``).
-    All sizes at their own context; MHA and MLA decoders of the first size at ``long_context``
-    too, for batches of 16 and more. The Hugging Face anchor where ``transformers`` is installed."""
-    import importlib.util
-
+    time: the first size's context, opened by the anchors, then MHA and MLA decoders of the
+    first size at ``long_context`` (batches of 16 and more), opened by the anchors again. Every
+    goal compares rows of one cache length, so each length's rows come from one job even where a
+    job ends between lengths (``--resume``). Other sizes run at their own context, a length of
+    their own where it is not the first size's. The Hugging Face anchor where ``transformers``
+    imports."""
     first = sizes[0]
-    anchors = (GRAPH_ANCHOR, HF_ANCHOR) if importlib.util.find_spec("transformers") else (GRAPH_ANCHOR,)
+    if long_context == preset(first).context:
+        raise ValueError(f"--long-context {long_context} is {first}'s own context: choose a longer cache")
+    anchors = (GRAPH_ANCHOR, HF_ANCHOR) if _transformers_imports() else (GRAPH_ANCHOR,)
     long_labels = [label for label in labels if DECODE_MODELS[label][0] in ("mha", "mla") and label != "mla-full"]
     runs = [(first, anchor, b, preset(first).context) for anchor in anchors for b in batches]
     runs += [(size, label, b, preset(size).context) for size in sizes for label in labels for b in batches]
@@ -384,17 +398,27 @@ def decode_runs(sizes: list[str], labels: list[str], batches: list[int], long_co
     return runs
 
 
-def finished_contexts(path: Path, runs: list[tuple[str, str, int, int]]) -> list[dict]:
-    """The rows of ``path`` (a decode benchmark's file from this GPU) at each cache length all
-    of whose planned ``runs`` it holds, error rows included: what ``--resume`` keeps, so that a
-    job measures the lengths another job left unfinished, each one whole."""
+def finished_contexts(path: Path, runs: list[tuple[str, str, int, int]], options: dict) -> list[dict]:
+    """The rows of ``path`` (a decode benchmark's file from this GPU, measured with the same
+    :data:`DECODE_OPTIONS`) at each cache length all of whose planned ``runs`` it holds, error
+    rows included, each with the job that measured it (a row saved before rows named their job
+    gets the file's): what ``--resume`` keeps, so that a job measures the lengths another job
+    left unfinished, each one whole."""
     if not path.exists():
         return []
     check_replaceable(path)
-    rows = {(r["size"], r["model"], r["batch"], r["context"]): r for r in json.loads(path.read_text())["results"]}
-    contexts = {run[3] for run in runs}
-    finished = [c for c in contexts if all(run in rows for run in runs if run[3] == c)]
-    return [rows[run] for run in runs if run[3] in finished]
+    saved = json.loads(path.read_text())
+    theirs = saved["provenance"]["config"]
+    changed = {key: (theirs.get(key), options[key]) for key in DECODE_OPTIONS if theirs.get(key) != options[key]}
+    if changed:
+        raise ValueError(f"{path} was measured with other options ({', '.join(f'{k}: saved {a!r}, now {b!r}' for k, (a, b) in changed.items())}): "
+                         f"resume with the saved ones, or start afresh with --force")
+    file_job = {key: saved["provenance"][key] for key in ("git_commit", "date")} | \
+               {key: theirs.get(key) for key in ("copy_bandwidth", "bf16_matmul_rate")}
+    rows = [{"job": file_job} | r for r in saved["results"]]
+    measured = {(r["size"], r["model"], r["batch"], r["context"]) for r in rows}
+    finished = {c for c in {run[3] for run in runs} if all(run in measured for run in runs if run[3] == c)}
+    return [r for r in rows if r["context"] in finished]
 
 
 def bench_moe_layer(size: str, tokens: int, compile: bool) -> dict:
@@ -824,13 +848,14 @@ def command_line() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--optimizers", default="adamw,muon", help="train-step optimizers")
     parser.add_argument("--ns-shapes", default=NS_SHAPES, help="BATCHxROWSxCOLUMNS list for `ns`")
-    parser.add_argument("--force", action="store_true", help="replace results measured on another device")
+    fresh_or_resumed = parser.add_mutually_exclusive_group()
+    fresh_or_resumed.add_argument("--force", action="store_true", help="replace results measured on another device")
     parser.add_argument("--gpu-counts", default="1,2,4", help="`ddp`: the numbers of GPUs to launch")
     parser.add_argument("--device", choices=["auto", "cpu"], default="auto",
                         help="`ddp`: cpu launches CPU processes (gloo) instead of one per GPU")
     parser.add_argument("--batches", default="1,16,64,256", help="`decode` and `latent`: batch sizes")
     parser.add_argument("--long-context", type=int, default=2048, help="`decode`: the longer context MHA and MLA also run at; `latent`: the second cache length")
-    parser.add_argument("--resume", action="store_true",
+    fresh_or_resumed.add_argument("--resume", action="store_true",
                         help="`decode`: keep the saved file's cache lengths that are complete, measure the others (a job of 10 minutes or less measures one length)")
     return parser
 
@@ -864,9 +889,9 @@ def main(argv: list[str] | None = None) -> None:
         bandwidth, flop_rate = (copy_bandwidth(), matmul_rate()) if on_gpu else (50e9, 1e12)
         config |= {"copy_bandwidth": bandwidth, "bf16_matmul_rate": flop_rate}
         runs = decode_runs(sizes, args.variants.split(","), [int(b) for b in args.batches.split(",")], args.long_context)
-        job = {key: provenance(config)[key] for key in ("git_commit", "date")}
+        job = {key: provenance(config)[key] for key in ("git_commit", "date")} | {"copy_bandwidth": bandwidth, "bf16_matmul_rate": flop_rate}
         if args.resume:
-            rows = finished_contexts(target, runs)
+            rows = finished_contexts(target, runs, config)
             runs = [run for run in runs if run[3] not in {row["context"] for row in rows}]
         anchors = {GRAPH_ANCHOR: bench_graph_anchor, HF_ANCHOR: bench_hf_anchor}
         for size, label, batch, context in runs:
@@ -877,7 +902,7 @@ def main(argv: list[str] | None = None) -> None:
                 if label in anchors:
                     row = anchors[label](size, batch, prompt, new_tokens, context if long else None, bandwidth, flop_rate)
                     if row is None:
-                        continue  # transformers is not installed
+                        raise RuntimeError("transformers imported when the run was planned, and no longer does")
                 else:
                     row = bench_decode(size, label, batch, prompt, new_tokens, context if long else None, bandwidth, flop_rate)
                 print(f"decode {size} {label:<10} batch {batch:>3} context {row['context']:>5}: {row['tokens_per_s']:>10,.0f} tok/s "

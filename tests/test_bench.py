@@ -158,6 +158,17 @@ def test_a_resumed_decode_benchmark_measures_each_unfinished_cache_length_whole(
     assert measured == [(16, 128 - 64)]  # the graph anchor timed again at the long cache only (batch, prompt)
     bench.main(options + ["--resume"])  # nothing left: the file stays as it was
     assert json.loads(path.read_text())["results"] == rows
+    # a file from before rows named their job: its rows get the file's, and are kept
+    path.write_text(json.dumps(saved | {"results": [{k: v for k, v in r.items() if k != "job"} for r in saved["results"][:cut]]}))
+    bench.main(options + ["--resume"])
+    kept = [r for r in json.loads(path.read_text())["results"] if r["context"] == 64]
+    assert kept and [r["job"]["date"] for r in kept] == [saved["provenance"]["date"]] * len(kept)
+    with pytest.raises(ValueError, match="other options"):  # rows measured otherwise are not resumed
+        bench.main(options[:-2] + ["--long-context", "256", "--resume"])
+    with pytest.raises(SystemExit):  # --force deletes what --resume would keep
+        bench.main(options + ["--resume", "--force"])
+    with pytest.raises(ValueError, match="own context"):  # a long cache equal to the short one would be measured twice
+        bench.main(options[:-2] + ["--long-context", "64"])
 
 
 def test_a_compiled_decode_arm_compiles_its_step_or_says_it_ran_eager(monkeypatch):

@@ -354,11 +354,15 @@ def test_latent_sweep_shows_the_launch_fastest_over_all_cells_not_any_cells_winn
             for (c, b), arms in times.items() for arm, ms in arms.items()]
     rows += [dict(size="L", context=512, batch=1, arm=steady, splits=4, ms=0.5, bandwidth_share=0.2),  # another split: not read
              dict(size="L", context=512, batch=64, arm="{'BLOCK_S': 32}", splits=None, error="wrong result")]
+    # a launch that failed where it would lose is no choice, however fast where it ran
+    rows += [dict(size="L", context=c, batch=b, arm="{'BLOCK_S': 32}", splits=None, ms=0.9, bandwidth_share=0.1)
+             for c, b in ((512, 1), (2048, 64))]
     path = tmp_path / "latent_attention.json"
     path.write_text(json.dumps({"provenance": {"gpu": "a GPU"}, "results": rows}))
     table, chosen, provenance = latent_sweep(path)
     # the 16-block wins one cell by 10% and loses another by 2x: the 64-block is the steady choice
-    assert chosen["launch"] == {"BLOCK_S": 64} and chosen["worst_over_best"] == pytest.approx(1.1)
+    assert chosen["launch"] == {"BLOCK_S": 64}
+    assert chosen["worst_over_best"] == pytest.approx(3 / 0.9)  # against each cell's best, the partial launch's cells too
     assert table["kernel (us)"].tolist() == pytest.approx([1.1e3, 2e3, 3e3])
     assert table["kernel's speed-up"].tolist() == pytest.approx([4 / 1.1, 4, 3])
     assert provenance["gpu"] == "a GPU"

@@ -162,7 +162,8 @@ class DecodeResults:
 def latent_sweep(path: Path | None = None) -> tuple[pd.DataFrame, dict, dict]:
     """The latent-attention sweep (``python -m muonlib.bench latent``): per size, cache length
     and batch, MLA's decode attention in plain torch and through the kernel at the one launch
-    that is fastest over all cells (by the geometric mean of its time over each cell's best),
+    that is fastest over all cells (by the geometric mean of its time over each cell's best,
+    among the launches measured in every cell),
     each as microseconds and a share of the copy bandwidth; that launch, with its worst ratio to
     a cell's best launch; and the file's provenance."""
     import ast
@@ -175,7 +176,9 @@ def latent_sweep(path: Path | None = None) -> tuple[pd.DataFrame, dict, dict]:
     cell = ["size", "context", "batch"]
     kernel = rows[rows.arm != "torch"].copy()
     kernel["over_best"] = kernel.ms / kernel.groupby(cell).ms.transform("min")
-    ranking = kernel.groupby("arm").over_best.agg(lambda r: float(np.exp(np.log(r).mean())))
+    cells = kernel.groupby(cell).ngroups
+    everywhere = kernel.groupby("arm").filter(lambda arm: len(arm) == cells)  # a launch that failed somewhere is no choice
+    ranking = everywhere.groupby("arm").over_best.agg(lambda r: float(np.exp(np.log(r).mean())))
     best = ranking.idxmin()  # a launch's arm is its configuration written out, or "default"
     chosen = kernel[kernel.arm == best].set_index(cell)
     torch_arm = rows[rows.arm == "torch"].set_index(cell)
