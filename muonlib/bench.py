@@ -406,7 +406,6 @@ def finished_contexts(path: Path, runs: list[tuple[str, str, int, int]], options
     left unfinished, each one whole."""
     if not path.exists():
         return []
-    check_replaceable(path)
     saved = json.loads(path.read_text())
     theirs = saved["provenance"]["config"]
     changed = {key: (theirs.get(key), options[key]) for key in DECODE_OPTIONS if theirs.get(key) != options[key]}

@@ -163,9 +163,9 @@ def latent_sweep(path: Path | None = None) -> tuple[pd.DataFrame, dict, dict]:
     """The latent-attention sweep (``python -m muonlib.bench latent``): per size, cache length
     and batch, MLA's decode attention in plain torch and through the kernel at the one launch
     that is fastest over all cells (by the geometric mean of its time over each cell's best,
-    among the launches measured in every cell),
-    each as microseconds and a share of the copy bandwidth; that launch, with its worst ratio to
-    a cell's best launch; and the file's provenance."""
+    among the launches measured in every cell), each as microseconds and a share of the copy
+    bandwidth; that launch, with its worst ratio to a cell's best launch; and the file's
+    provenance."""
     import ast
 
     import numpy as np
