@@ -92,11 +92,19 @@ def muon_flops_per_token(model: GPT, tokens_per_step: int) -> float:
     return sum(linalg.newton_schulz_flops(*p.shape[-2:]) * (p.numel() // (p.shape[-2] * p.shape[-1])) for p in hidden) / tokens_per_step
 
 
+def compiled(module: torch.nn.Module) -> Callable:
+    """``torch.compile`` with Dynamo's caches cleared first: a benchmark compiles many models in
+    one process, and past Dynamo's recompile limit (8 graphs of one ``forward``) the next one
+    would run eager while its row says compiled."""
+    torch._dynamo.reset()
+    return torch.compile(module)
+
+
 def bench_forward_backward(size: str, variant: str, batch: int, compile: bool, iters: int, peak: float | None = None) -> dict:
     config = preset(size, variant)
     with torch.device(_device()):
         model = GPT(config).train()
-    step_model = torch.compile(model) if compile else model
+    step_model = compiled(model) if compile else model
     idx = torch.randint(0, config.vocab_size, (batch, config.context), device=_device())
 
     def fwd_bwd():
@@ -429,7 +437,7 @@ def bench_moe_layer(size: str, tokens: int, compile: bool) -> dict:
     x = torch.randn(tokens, config.d_model, device=_device())
     out = {}
     for name, layer in (("moe", moe), ("dense", dense)):
-        fn = torch.compile(layer) if compile else layer
+        fn = compiled(layer) if compile else layer
         with torch.no_grad(), _autocast():
             out[f"{name}_forward_ms"] = median_ms(lambda: fn(x), warmup=3, iters=20)
 
@@ -447,7 +455,7 @@ def bench_train_step(size: str, variant: str, optimizer: str, batch: int, compil
     config = preset(size, variant)
     with torch.device(_device()):
         model = GPT(config).train()
-    step_model = torch.compile(model) if compile else model
+    step_model = compiled(model) if compile else model
     opt = build_optimizer(model, optimizer, lr=1e-3)
     idx = torch.randint(0, config.vocab_size, (batch, config.context), device=_device())
 
@@ -565,7 +573,7 @@ def hidden_matrix_shapes(size: str, variant: str = "mha") -> list[tuple[int, ...
     return [tuple(p.shape) for _, p in classify_parameters(model)["hidden"]]
 
 
-def bench_optimizer_step(size: str, variant: str = "mha") -> list[dict]:
+def bench_optimizer_step(size: str, variant: str = "mha", iters: int = 20) -> list[dict]:
     """One optimizer step over a model's hidden matrices, gradients in place.
     ``torch.optim.Muon`` takes 2D parameters only, so it gets each expert as its own matrix."""
     shapes = hidden_matrix_shapes(size, variant)
@@ -591,7 +599,7 @@ def bench_optimizer_step(size: str, variant: str = "mha") -> list[dict]:
             opt.step()
 
         rows.append(dict(size=size, variant=variant, optimizer=name, n_matrices=len(flat),
-                         step_ms=median_ms(step, warmup=3, iters=20)))
+                         step_ms=median_ms(step, warmup=3, iters=iters)))
     base = next(r["step_ms"] for r in rows if r["optimizer"] == "torch.optim.Muon")
     for r in rows:
         r["speedup_vs_torch_muon"] = base / r["step_ms"]
@@ -796,19 +804,37 @@ NS_SHAPES = ("24x256x256,12x256x1024,48x512x512,24x512x2048,48x768x768,24x768x30
              "8x2048x2048,4x2048x8192,2x4096x4096,1x4096x16384,1x8192x8192")
 
 
+def _compiled_at_xs(saved: str) -> str:
+    return "XS" if "XS" in str(saved).split(",") else "none"
+
+
+def _ends_up_to_768_rows(saved: str) -> str:
+    """The first and the last of the saved Newton-Schulz shapes with at most 768 rows: a small
+    one and one the chapter's table of large shapes reads."""
+    small = [shape for shape in saved.split(",") if parse_shapes(shape)[0][1] <= 768]
+    return ",".join(dict.fromkeys([small[0], small[-1]])) if small else saved
+
+
 #: The options a benchmark's rerun changes under the ``cpu`` preset (a CPU, or
-#: ``MUONLIB_PRESET=cpu`` on a GPU), keeping every arm and every row a chapter reads, at the
-#: fewest repeats and the smallest batches (the decode benchmark at the tiny model, whose rows
-#: a chapter reads by what they hold, not by size). A check that a chapter's rerun runs, in
-#: minutes, not a measurement to read.
+#: ``MUONLIB_PRESET=cpu`` on a GPU), keeping every arm and every size a chapter reads, at the
+#: fewest repeats and the smallest batches: models compiled at XS only (the compile path
+#: exercised, not one compile per size), Newton-Schulz at two of its shapes, the decode
+#: benchmark at the tiny model (its rows are read by what they hold, not by size). Counts are
+#: upper bounds; a function maps the saved value to the smoke one. A check that a chapter's
+#: rerun runs, in minutes, not a measurement to read.
 SMOKE_OPTIONS = {"decode": dict(sizes="tiny", batches="1,16", long_context=128),
-                 "models": dict(batch=2, iters=2), "optim": dict(iters=2), "profile": dict(iters=2), "ns": dict(iters=2)}
+                 "models": dict(batch=2, iters=2, compile_sizes=_compiled_at_xs), "optim": dict(iters=2),
+                 "profile": dict(iters=2), "ns": dict(iters=2, ns_shapes=_ends_up_to_768_rows)}
 
 
 def smoke_options(config: dict) -> dict:
-    """A benchmark's saved options with :data:`SMOKE_OPTIONS` applied, counts never raised."""
-    smoke = SMOKE_OPTIONS.get(config["what"], {})
-    return config | {key: min(value, config.get(key, value)) if isinstance(value, int) else value for key, value in smoke.items()}
+    """A benchmark's saved options with :data:`SMOKE_OPTIONS` applied."""
+    def smoke(key, value):
+        if callable(value):
+            return value(config.get(key))
+        return min(value, config.get(key, value)) if isinstance(value, int) else value
+
+    return config | {key: smoke(key, value) for key, value in SMOKE_OPTIONS.get(config["what"], {}).items()}
 
 
 def remeasure(stem: str) -> Path:
@@ -842,7 +868,7 @@ def command_line() -> argparse.ArgumentParser:
     parser.add_argument("--parts", default="fwd_bwd,kv,moe,train", help="which model benchmarks to run")
     parser.add_argument("--sizes", default="XS,S,M,L,XL")
     parser.add_argument("--variants", default="mha,mla,mla-norope,moe-mla")
-    parser.add_argument("--compile-sizes", default="XS,L", help="sizes whose fwd+bwd is also measured compiled")
+    parser.add_argument("--compile-sizes", default="XS,L", help="sizes whose fwd+bwd is also measured compiled, and whose training step is compiled (on a GPU)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--optimizers", default="adamw,muon", help="train-step optimizers")
@@ -876,10 +902,10 @@ def main(argv: list[str] | None = None) -> None:
         target.unlink(missing_ok=True)
     check_replaceable(target)  # before minutes of measuring, not after
     per_model = {  # benchmark, output stem, one printed line per result row
-        "optim": (bench_optimizer_step, "optimizer_step",
+        "optim": (lambda size, variant: bench_optimizer_step(size, variant, args.iters), "optimizer_step",
                   lambda r: f"{r['size']:>4} {r['variant']:<8} {r['optimizer']:<20} {r['step_ms']:8.2f} ms  "
                             f"x{r['speedup_vs_torch_muon']:.1f} vs torch.optim.Muon"),
-        "profile": (profile_optimizer_step, "optimizer_profile",
+        "profile": (lambda size, variant: profile_optimizer_step(size, variant, args.iters), "optimizer_profile",
                     lambda r: f"{r['size']:>4} {r['variant']:<8} {r['part']:<30} {r['ms']:8.2f} ms"),
     }
     if args.what == "decode":
@@ -1008,9 +1034,10 @@ def main(argv: list[str] | None = None) -> None:
                              f"fwd+bwd x{r['fwd_bwd_ratio']:.2f} of dense",
                    size=kv_size, compiled=compiled)
     if "train" in parts:
-        for size in [s for s in sizes if s in compile_sizes] or sizes[:1]:
+        for size in sizes:
             for optimizer in args.optimizers.split(","):
-                record("train_step", lambda: bench_train_step(size, "mha", optimizer, args.batch, torch.cuda.is_available(), args.iters, peak),
+                compile = torch.cuda.is_available() and size in compile_sizes
+                record("train_step", lambda: bench_train_step(size, "mha", optimizer, args.batch, compile, args.iters, peak),
                        lambda r: f"train step {r['size']} {r['optimizer']}: {r['step_ms']:.1f} ms, {r['tokens_per_s']:,.0f} tok/s"
                                  + (f", MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""),
                        size=size, optimizer=optimizer)

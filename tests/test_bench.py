@@ -66,6 +66,39 @@ def test_model_benchmarks_run_on_cpu(tmp_path):
         assert r["kv_bytes_measured"] == r["kv_bytes_analytic"]
 
 
+def test_the_training_step_is_compiled_at_the_compile_sizes_only(tmp_path, monkeypatch):
+    compiles = []
+    monkeypatch.setattr(bench, "bench_train_step", lambda size, variant, optimizer, batch, compile, iters, peak:
+                        compiles.append((size, compile)) or dict(size=size, optimizer=optimizer, step_ms=1.0, tokens_per_s=1.0, mfu=None))
+    bench.main(["models", "--out", str(tmp_path), "--sizes", "tiny,XS", "--compile-sizes", "XS", "--parts", "train",
+                "--optimizers", "muon"])
+    assert compiles == [("tiny", False), ("XS", torch.cuda.is_available())]  # every size trains; XS compiled on a GPU
+
+
+def test_a_benchmark_compiles_each_model_anew_past_dynamos_recompile_limit(monkeypatch):
+    # the 9th model one process compiled used to run eager under a row saying "compiled"
+    eager_backend = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module: eager_backend(module, backend="eager"))
+    idx = torch.randint(0, 64, (2, 16))
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for variant in ("mha", "mla"):  # a second configuration: past a limit of one graph
+            model = bench.compiled(bench.GPT(bench.preset("tiny", variant)))
+            torch._dynamo.utils.counters.clear()
+            model(idx, idx)
+            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1, f"{variant} ran eager"
+    torch._dynamo.reset()
+
+
+def test_smoke_options_shrink_a_saved_run_without_widening_it():
+    models = {"what": "models", "batch": 32, "iters": 10, "compile_sizes": "XS,L,XL", "sizes": "XS,L,XL"}
+    assert bench.smoke_options(models) == models | {"batch": 2, "iters": 2, "compile_sizes": "XS"}
+    eager = bench.smoke_options(models | {"compile_sizes": "S,M", "iters": 1})
+    assert eager["compile_sizes"] == "none" and eager["iters"] == 1  # nothing compiled the saved run left eager; counts never raised
+    ns = bench.smoke_options({"what": "ns", "iters": 10, "ns_shapes": bench.NS_SHAPES})
+    assert ns["ns_shapes"] == "24x256x256,24x768x3072" and ns["iters"] == 2  # the chapter's large-shape table keeps a row
+    assert bench.smoke_options({"what": "ns", "iters": 1, "ns_shapes": "1x8x8,2x8x16"})["ns_shapes"] == "1x8x8,2x8x16"
+
+
 def test_profile_sorts_kernels_by_part_and_needs_a_gpu():
     import pytest
     import torch
