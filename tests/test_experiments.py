@@ -491,7 +491,11 @@ def test_probe_results_read_what_the_probing_runs_recorded(tmp_path, monkeypatch
     source = experiments.architectures("cpu")
     for variant in ("mha", "mla"):  # the architectures experiment's CPU settings, as attention_probes retrains them
         run_one(source.config(variant, "adamw", 2e-3), "cpu", tmp_path / "results" / "attention_probes", tmp_path / "runs", probes=True)
-    probes = ProbeResults.load(hardware="cpu", results=tmp_path / "results" / "attention_probes")
+    folder = tmp_path / "results" / "attention_probes"
+    first = sorted(folder.glob("cpu-*"))[0]
+    (folder / first.name.replace("cpu-", "h100-", 1)).write_bytes(first.read_bytes())  # another preset's run: not this plan's
+    probes = ProbeResults.load(hardware="cpu", results=folder)
+    assert len(probes.rows) == 2
     table = probes.entropy_table()
     assert list(table.index) == [("mha", "adamw"), ("mla", "adamw")]
     assert (table["lowest head"] <= table["mean"]).all() and (table["mean"] <= table["highest head"]).all()

@@ -462,6 +462,20 @@ def architectures():
     return ArchitectureResults.load("architectures")
 
 
+def test_a_plan_of_mha_and_mla_leaves_the_other_settings_claims_open(architectures):
+    import dataclasses
+
+    from muonlib.results.rules import OPEN
+
+    two = dataclasses.replace(architectures, settings=["mha", "mla"])  # what a T4's or an A100's rerun trains
+    verdicts, full = two.verdicts(), architectures.verdicts()
+    assert set(verdicts.index) == set(full.index)
+    for claim in ("M23", "M24", "E3", "E4", "E5", "E7", "A2"):
+        assert verdicts.verdict[claim] == OPEN, claim
+    for claim in ("A1", "E8"):  # MHA and MLA, and the benchmark, still judge these
+        assert verdicts.verdict[claim] == full.verdict[claim], claim
+
+
 def test_architectures_trained_with_both_optimizers_at_their_own_rates(architectures):
     assert architectures.settings == ["mha", "mla", "mla-norope", "moe-mla", "moe-mla unbalanced", "moe-mla small", "moe-mla flop-matched"]
     table = architectures.table3()

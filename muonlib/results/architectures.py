@@ -12,12 +12,16 @@ import pandas as pd
 from ..analysis import SeedSpread, compare, tokens_to_target
 from ..data import data_root
 from .ladders import LadderResults
-from .paper import PAPER_QUALITY
+from .paper import PAPER_QUALITY, QUOTES
 from .rules import ORIGINAL_ONLY, OPEN, band_verdict, conjunction, label, one_protocol, one_protocol_table, overhead_verdict, saving_band, side_by_side
 from .runs import OPTIMIZER_LABELS, OPTIMIZERS, final_rows, newton_schulz_share
 
 
 TABLE3_ARCHITECTURES = ("mha", "mla", "moe-mla")
+#: the setting a claim's runs need beyond MHA and MLA (a T4's or an A100's plan trains those two)
+CLAIM_NEEDS = {"M23": "moe-mla", "M24": "moe-mla", "E3": "moe-mla", "E4": "moe-mla", "E5": "moe-mla", "A2": "mla-norope"}
+E7_UNTRAINED = {"claim": "E7", "paper": "bias balancing keeps the experts balanced without an auxiliary loss",
+                "ours": "MoE-MLA without balancing is not trained yet", "verdict": OPEN}
 
 
 def training_throughput(size: str) -> pd.DataFrame:
@@ -106,7 +110,8 @@ class ArchitectureResults(LadderResults):
                              "final CV": SeedSpread(tuple(runs.sort_values("step").groupby("seed").moe_cv.last())),
                              "CV, last tenth": SeedSpread(tuple(last.groupby("seed").moe_cv.mean())),
                              "max violation, last tenth": SeedSpread(tuple(last.groupby("seed").moe_max_violation.mean()))})
-        return pd.DataFrame(rows).set_index(["setting", "optimizer"])
+        return pd.DataFrame(rows, columns=["setting", "optimizer", "final CV", "CV, last tenth", "max violation, last tenth"]
+                            ).set_index(["setting", "optimizer"])
 
     def balance_curves(self, setting: str, optimizer: str) -> pd.DataFrame:
         """The expert-load CV against the step (mean over seeds, smoothed over 25 steps)."""
@@ -224,10 +229,19 @@ class ArchitectureResults(LadderResults):
         """M23 (MoE-MLA + Muon best in every measured column of Table 3), M24's perplexity half,
         E3, E4, E5, E7, E8, A1 and A2, each from the runs (E8 from the benchmark). E3 and A1's
         second half claim small costs, which fail only by costing more (:meth:`cost_band`).
+        A claim whose settings the plan did not train (:data:`CLAIM_NEEDS`) is open.
         ``capped``: as these runs alone judge them, one protocol's (:func:`~muonlib.results.rules.one_protocol`);
         else as they found, for :class:`ArchitectureProtocols` to set beside another protocol's."""
         table = self.table3()
         rows = []
+        untrained = {c: s for c, s in CLAIM_NEEDS.items() if s not in self.settings}
+        for claim, setting in untrained.items():
+            rows.append({"claim": claim, "paper": f"{QUOTES[claim].what} ({QUOTES[claim].where})",
+                         "ours": f"not measured: this plan trains {', '.join(self.settings)}, not {setting}", "verdict": OPEN})
+        if "moe-mla" in untrained.values():  # MoE's claims open; what MHA and MLA show still judged
+            rows += [E7_UNTRAINED, self.e8_row(), self.a1_row(capped)] + ([] if "A2" in untrained else [self.a2_row()])
+            verdicts = pd.DataFrame(rows).set_index("claim")
+            return verdicts if not capped else one_protocol_table(verdicts, claims=verdicts.index.drop(["E8", "A1"]))
 
         three = table.loc[[(a, o) for a in TABLE3_ARCHITECTURES for o in OPTIMIZERS if a in self.settings]]
         lower_better = ["perplexity", "FLOPs to target (rel.)", "time to target (s)", "peak memory GB"]
@@ -286,12 +300,15 @@ class ArchitectureResults(LadderResults):
                                  + "; ".join(f"{OPTIMIZER_LABELS[o]} {b.mean:.2f} vs {u.mean:.2f}" for o, (b, u) in zip(OPTIMIZERS, pairs)),
                          "verdict": label([compare(b.values, u.values) == -1 for b, u in pairs],
                                           fails=[compare(b.values, u.values) == 1 for b, u in pairs])})
+        else:
+            rows.append(E7_UNTRAINED)
 
         rows.append(self.e8_row())
 
         rows.append(self.a1_row(capped))
 
-        rows.append(self.a2_row())
+        if "A2" not in untrained:
+            rows.append(self.a2_row())
         verdicts = pd.DataFrame(rows).set_index("claim")
         if not capped:
             return verdicts

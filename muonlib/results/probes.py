@@ -29,13 +29,15 @@ class ProbeResults:
 
     @classmethod
     def load(cls, name: str = "attention_probes", hardware: str = "h100", results: Path | None = None) -> "ProbeResults":
-        from ..experiments import RESULT, read_run
+        from ..experiments import RESULT, plan_name, read_run
         from ..train import TrainConfig
 
         folder = Path(results) if results is not None else data_root() / "results" / name
         source = experiment(experiment(name).design(hardware).source).design(hardware)
         rows = []
         for path in sorted(folder.glob(f"*{RESULT}")):
+            if not plan_name(path, hardware).startswith(f"{hardware}-"):
+                continue  # another preset's runs (a rerun's beside the saved ones)
             header, _, final = read_run(path)
             if final is None or "attention_entropy" not in final:
                 continue
