@@ -12,7 +12,9 @@ files as memory maps.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -291,6 +293,27 @@ def is_prepared(name: str, root: Path | None = None) -> bool:
     return (corpus_dir(name, root) / "manifest.json").exists()
 
 
+@contextlib.contextmanager
+def corpus_lock(name: str, root: Path | None = None) -> Iterator[None]:
+    """Held while a corpus is built: two processes preparing one corpus at once (two chapters
+    rerun side by side in one data folder) would write one staging folder."""
+    lock = corpus_dir(name, root).with_name(f".{name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+        yield
+
+
+def ensure_prepared(name: str, root: Path | None = None) -> None:
+    """Prepare ``name`` unless it is prepared; a process that finds another one preparing it
+    waits for that one instead of building it again."""
+    if is_prepared(name, root):
+        return
+    with corpus_lock(name, root):
+        if not is_prepared(name, root):
+            _build(name, root)
+
+
 def on_colab() -> bool:
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
@@ -332,7 +355,13 @@ def fetch_source(source: Source, root: Path | None, archive: str | Path | None) 
 def prepare(name: str, root: Path | None = None, archives: list[str | Path] | None = None, corpus: Corpus | None = None) -> dict:
     """Fetch every source (or take ``archives``, one per source), check their sha256, tokenize
     and write the token files. Returns the manifest. The corpus is built in a staging folder
-    and replaces the old one only when complete. ``corpus`` overrides the registry (tests)."""
+    and replaces the old one only when complete, one process at a time (:func:`corpus_lock`).
+    ``corpus`` overrides the registry (tests)."""
+    with corpus_lock(name, root):
+        return _build(name, root, archives, corpus)
+
+
+def _build(name: str, root: Path | None = None, archives: list[str | Path] | None = None, corpus: Corpus | None = None) -> dict:
     if corpus is None:
         if name not in CORPORA:
             raise KeyError(f"unknown corpus {name!r}; known: {', '.join(CORPORA)}")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from .analysis import SWEEP_FACTOR, choose_warmup, compare, loss_or_inf, sweep_rates, tune_setting
-from .data import data_root, gpt2_tokenizer, is_prepared, prepare
+from .data import data_root, ensure_prepared, gpt2_tokenizer
 from .hardware import HOPPER, PRESETS, detect_hardware
 from .runner import Job, Report, run_queue, slots, terminate_as_interrupt, worker_signals
 from .train import TrainConfig, TrainingDiverged, TrainingStopped, train
@@ -835,8 +835,7 @@ def run(name: str, hardware: str | None = None, results: Path | None = None, gpu
     if probes:
         gpt2_tokenizer()  # the probes decode text after training: fail now, not after every run has trained
     for corpus in sorted({c.corpus for d in designs.values() for c in d.plan(hardware, finals)[0]} if prepare_data else ()):
-        if not is_prepared(corpus):
-            prepare(corpus)
+        ensure_prepared(corpus)
 
     def is_finished(run: str) -> bool:
         for p in protocols:

@@ -125,6 +125,24 @@ def fail_midway(path):
     raise RuntimeError("tokenizing failed midway")
 
 
+def test_a_process_that_finds_a_corpus_being_prepared_waits_and_does_not_build_it_again(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    build, builds = data._build, []
+    monkeypatch.setattr(data, "_build", lambda *args: builds.append(args) or build(*args))
+    with data.corpus_lock("sample", tmp_path):  # another process is preparing it
+        waiting = threading.Thread(target=data.ensure_prepared, args=("sample", tmp_path))
+        waiting.start()
+        time.sleep(0.5)
+        assert waiting.is_alive() and builds == []  # it waits for the lock, not writes the same staging folder
+        build("sample", tmp_path)  # the other process finishes
+    waiting.join(timeout=60)
+    assert not waiting.is_alive() and builds == [] and data.is_prepared("sample", tmp_path)
+    data.ensure_prepared("sample", tmp_path)  # prepared: nothing to do
+    assert builds == []
+
+
 def test_a_verified_download_is_reused_and_a_damaged_one_replaced(tmp_path):
     archive = gutenberg_archive(tmp_path / "g.tgz")
     fetched = []

@@ -523,15 +523,12 @@ def test_colabs_gpus_train_on_tinystories_and_the_saved_runs_preset_on_their_own
         {"t4": "tinystories", "a100": "tinystories", "h100": "mix"}
 
 
-def test_a_run_prepares_the_corpora_it_needs_first_and_only_those_missing(toy, monkeypatch):
+def test_a_run_prepares_the_corpora_it_needs_first(toy, monkeypatch):
     prepared, queued = [], []
-    monkeypatch.setattr(experiments, "prepare", prepared.append)
+    monkeypatch.setattr(experiments, "ensure_prepared", prepared.append)  # which prepares only a missing one (test_data)
     monkeypatch.setattr(experiments, "run_queue", lambda *a, **k: queued.append(list(prepared)))
     run("toy", "cpu", progress=False)
-    assert prepared == []  # the fixture prepared the sample
-    monkeypatch.setattr(experiments, "is_prepared", lambda corpus: False)
-    run("toy", "cpu", progress=False)
-    assert queued == [[], ["sample"]]  # prepared before anything was queued
+    assert queued == [["sample"]]  # prepared before anything was queued
 
 
 def test_keep_results_packs_an_experiments_runs_and_colab_downloads_them(tmp_path, monkeypatch, colab):
