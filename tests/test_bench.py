@@ -209,9 +209,12 @@ def test_a_compiled_decode_arm_compiles_its_step_or_says_it_ran_eager(monkeypatc
     # Dynamo starts afresh for each arm: a second model compiles even where one recompilation is too many
     with torch._dynamo.config.patch(recompile_limit=1):
         assert bench.bench_decode(*args)["compiled"] and bench.bench_decode("tiny", "mla-compiled", *args[2:])["compiled"]
+    # an arm's batches share its compiled step: batch 1 and the first other batch compile, the rest reuse
+    rows = [bench.bench_decode("tiny", "mha-compiled", batch, *args[3:]) for batch in (1, 2, 4)]
+    assert [r["graphs_compiled"] > 0 for r in rows] == [True, True, False]
     monkeypatch.setattr(torch, "compile", lambda fn, **options: fn)  # as past Dynamo's recompile limit: the step runs eager
-    with pytest.raises(RuntimeError, match="ran eager"):
-        bench.bench_decode(*args)
+    with pytest.raises(RuntimeError, match="ran eager"):  # a fresh arm (the last one was MHA's)
+        bench.bench_decode("tiny", "mla-compiled", *args[2:])
 
 
 def test_latent_attention_sweep_times_torch_and_the_kernel_against_the_bytes_they_read(tmp_path):
