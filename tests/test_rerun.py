@@ -56,7 +56,7 @@ def test_a_readers_rerun_executes_the_chapter_top_to_bottom(path, tmp_path, monk
         if path.name in BENCHMARK_CHAPTERS:
             pytest.skip("these benchmarks compile and time L and XL models: make test-gpu reruns them")
         if not os.environ.get("MUONLIB_RERUN_ON_CPU"):
-            pytest.skip("a training chapter's rerun takes a quarter of an hour on a CPU: make test-gpu runs it (or MUONLIB_RERUN_ON_CPU=1)")
+            pytest.skip("a training chapter's rerun takes 20 minutes or more on a two-core CPU: make test-gpu runs it (or MUONLIB_RERUN_ON_CPU=1)")
     data = reader_data(tmp_path)
     monkeypatch.setenv("MUONLIB_DATA", str(data))
     monkeypatch.setenv("MUONLIB_PRESET", "cpu")

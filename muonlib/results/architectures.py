@@ -232,17 +232,21 @@ class ArchitectureResults(LadderResults):
         A claim whose settings the plan did not train (:data:`CLAIM_NEEDS`) is open.
         ``capped``: as these runs alone judge them, one protocol's (:func:`~muonlib.results.rules.one_protocol`);
         else as they found, for :class:`ArchitectureProtocols` to set beside another protocol's."""
+        untrained = {c: s for c, s in CLAIM_NEEDS.items() if s not in self.settings}
+        rows = [{"claim": claim, "paper": f"{QUOTES[claim].what} ({QUOTES[claim].where})",
+                 "ours": f"not measured: this plan trains {', '.join(self.settings)}, not {setting}", "verdict": OPEN}
+                for claim, setting in untrained.items()]
+        rows += self.moe_rows(decode) if "moe-mla" in self.settings else [E7_UNTRAINED]
+        rows += [self.e8_row(), self.a1_row(capped)] + ([] if "A2" in untrained else [self.a2_row()])
+        verdicts = pd.DataFrame(rows).set_index("claim")
+        if not capped:
+            return verdicts
+        return one_protocol_table(verdicts, claims=verdicts.index.drop(["E8", "A1"]))  # E8 from a benchmark; A1 above
+
+    def moe_rows(self, decode: pd.DataFrame | None) -> list[dict]:
+        """M23, M24, E3, E4, E5 and E7: the claims about MoE-MLA, from a plan that trained it."""
         table = self.table3()
         rows = []
-        untrained = {c: s for c, s in CLAIM_NEEDS.items() if s not in self.settings}
-        for claim, setting in untrained.items():
-            rows.append({"claim": claim, "paper": f"{QUOTES[claim].what} ({QUOTES[claim].where})",
-                         "ours": f"not measured: this plan trains {', '.join(self.settings)}, not {setting}", "verdict": OPEN})
-        if "moe-mla" in untrained.values():  # MoE's claims open; what MHA and MLA show still judged
-            rows += [E7_UNTRAINED, self.e8_row(), self.a1_row(capped)] + ([] if "A2" in untrained else [self.a2_row()])
-            verdicts = pd.DataFrame(rows).set_index("claim")
-            return verdicts if not capped else one_protocol_table(verdicts, claims=verdicts.index.drop(["E8", "A1"]))
-
         three = table.loc[[(a, o) for a in TABLE3_ARCHITECTURES for o in OPTIMIZERS if a in self.settings]]
         lower_better = ["perplexity", "FLOPs to target (rel.)", "time to target (s)", "peak memory GB"]
         best = {col: three[col].idxmin() for col in lower_better}
@@ -302,17 +306,7 @@ class ArchitectureResults(LadderResults):
                                           fails=[compare(b.values, u.values) == 1 for b, u in pairs])})
         else:
             rows.append(E7_UNTRAINED)
-
-        rows.append(self.e8_row())
-
-        rows.append(self.a1_row(capped))
-
-        if "A2" not in untrained:
-            rows.append(self.a2_row())
-        verdicts = pd.DataFrame(rows).set_index("claim")
-        if not capped:
-            return verdicts
-        return one_protocol_table(verdicts, claims=verdicts.index.drop(["E8", "A1"]))  # E8 from a benchmark; A1 above
+        return rows
 
 
 @dataclass
