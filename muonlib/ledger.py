@@ -52,9 +52,9 @@ def read_claims(path: Path = BOOK / "claims.yml") -> list[dict]:
 def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple[str, ...]]]:
     """Claim -> (verdict, evidence, chapters), from the saved results, as the chapters compute them."""
     from .results import (QUOTES, AblationResults, ArchitectureProtocols, BatchSizeResults, DecodeResults, ProbeResults,
-                          ProtocolComparison, ScalingResults, every_run_table, label, stability_verdict)
+                          ProtocolComparison, ScalingResults, every_run_table, label, runs_verdict, stability_verdict)
     from .results.comparison import PROTOCOL_HARDWARE
-    from .results.rules import ORIGINAL_ONLY, one_protocol
+    from .results.architectures import DECODE_PARTS
 
     protocols = ProtocolComparison.load("xs_muon_vs_adamw")
     xs = protocols.verdicts()
@@ -64,20 +64,17 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
     across = scaling.verdicts(xs.verdict)
     every = every_run_table()
     rows = {"M14": (xs.verdict["M14"], f"tested at XS only, Table 1's other sizes not swept under the paper's schedule: {xs.ours['M14']}",
-                    (XS_CHAPTER, PROTOCOLS_CHAPTER)),
-            "M16": (across.verdict["M16"], across.ours["M16"], (SCALING_CHAPTER,)),
-            "M21": (across.verdict["M21"], across.ours["M21"], (SCALING_CHAPTER,))}
+                    (XS_CHAPTER, PROTOCOLS_CHAPTER))}
+    for claim in ("M16", "M21", "M30", "M31"):
+        rows[claim] = (across.verdict[claim], across.ours[claim], (SCALING_CHAPTER,))
     for claim in ("M15", "M18"):
         rows[claim] = (across.verdict[claim],
                        f"across sizes: {across.ours[claim]}; at XS over three budgets: {xs.ours[claim]}",
                        (SCALING_CHAPTER, XS_CHAPTER, PROTOCOLS_CHAPTER))
     m17 = stability_verdict(every)
     rows["M17"] = (m17["verdict"], m17["ours"], (SCALING_CHAPTER,))
-    counts = every.optimizer.value_counts()
-    rows["M29"] = (label(None),
-                   f"the paper shows none of its runs; this book holds {len(every)} ({counts.get('muon', 0)} Muon, "
-                   f"{counts.get('adamw', 0)} AdamW) from {every.experiment.nunique()} experiments, every one read for "
-                   f"divergence and loss spikes", (SCALING_CHAPTER,))
+    m29 = runs_verdict(every)
+    rows["M29"] = (m29["verdict"], m29["ours"], (SCALING_CHAPTER,))
 
     from .models import expert_combinations, preset
 
@@ -96,25 +93,12 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
     ablations = AblationResults.load("ablations", hardware).verdicts()
     rows["M22"] = (ablations.verdict["M22"], ablations.ours["M22"], (ABLATIONS_CHAPTER,))
     architectures = ArchitectureProtocols.load("architectures", {**PROTOCOL_HARDWARE, "original": hardware}).verdicts(decode)
-    for claim in architectures.index.drop("M24"):
-        rows[claim] = (architectures.verdict[claim], architectures.ours[claim], (ARCHITECTURES_CHAPTER,))
+    for claim in architectures.index:
+        chapters = (ARCHITECTURES_CHAPTER, DECODE_CHAPTER) if claim in DECODE_PARTS else (ARCHITECTURES_CHAPTER,)
+        rows[claim] = (architectures.verdict[claim], architectures.ours[claim], chapters)
     probes = ProbeResults.load("attention_probes", hardware).verdicts()
     rows["M28"] = (probes.verdict["M28"], probes.ours["M28"], (ARCHITECTURES_CHAPTER,))
-    rows["M24"] = (architectures.verdict["M24"],
-                   f"perplexity: {architectures.ours['M24']} (S, over MHA + AdamW); KV memory: {decode.ours['E1']}; speed: {decode.ours['E2']}",
-                   (ARCHITECTURES_CHAPTER, DECODE_CHAPTER))
 
-    rates = scaling.decisions.rates
-    ratio = {size: rates[size, "muon"] / rates[size, "adamw"] for size in scaling.settings}
-    m30 = label([r == 1 for r in ratio.values()])
-    # two conditions: Muon's best rate never below AdamW's, and above it somewhere
-    m31 = label([min(ratio.values()) >= 1, max(ratio.values()) > 1], fails=[min(ratio.values()) < 1, max(ratio.values()) <= 1])
-    for claim, found, evidence in (("M30", m30, "Muon's best peak rate, swept per size on equal tokens, against AdamW's: "),
-                                   ("M31", m31, "Muon's best rate against AdamW's, size by size: ")):
-        evidence += ", ".join(f"{s} {r:g}x" for s, r in ratio.items())
-        if found != one_protocol(found):
-            evidence += f"; {found} {ORIGINAL_ONLY}"
-        rows[claim] = (one_protocol(found), evidence, (SCALING_CHAPTER,))
     return rows
 
 

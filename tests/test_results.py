@@ -135,13 +135,15 @@ def test_the_labels_follow_from_the_evidence_shape():
 def test_a_verdict_from_one_protocol_holds_only_under_its_conditions_and_says_what_it_found():
     import pandas as pd
 
-    from muonlib.results.rules import one_protocol, one_protocol_table
+    from muonlib.results.rules import ORIGINAL_ONLY, measured, one_protocol, one_protocol_table
 
     assert [one_protocol(v) for v in (VERIFIED, REFUTED, CONDITIONAL, UNTESTABLE)] == [CONDITIONAL, CONDITIONAL, CONDITIONAL, UNTESTABLE]
     table = pd.DataFrame({"ours": ["a", "b", "c"], "verdict": [VERIFIED, REFUTED, UNTESTABLE]}, index=["X1", "X2", "X3"])
     capped = one_protocol_table(table, claims=["X1", "X3"])
     assert list(capped.verdict) == [CONDITIONAL, REFUTED, UNTESTABLE]  # X2 not judged from runs: left alone
     assert found(capped, "X1") == VERIFIED and capped.ours["X3"] == "c"
+    assert measured(capped.ours["X1"]) == "a"  # prose quotes the measurement; the verdict stands beside it
+    assert measured(f"a; over the sizes {REFUTED} {ORIGINAL_ONLY}; speed (E2): b") == "a; speed (E2): b"
 
 
 def test_a_speedup_claim_is_judged_apart_from_our_kernels():
@@ -246,6 +248,14 @@ def test_m21_rates_do_not_transfer_but_muons_move_far_less(scaling):
     wide = experiment("scaling").design("h100").wide
     assert all(scaling.narrowed_choice(wide, o) == scaling.decisions.rates[wide, o] for o in ("adamw", "muon"))
     assert (scaling.decay_table().separated == 0).all()  # weight decay 0.05 vs 0.1: within the seed spread
+
+
+def test_m30_m31_muons_best_rate_matches_adamws_at_small_sizes_and_grows_above_it(scaling):
+    v = scaling.verdicts()
+    ratio = {s: scaling.decisions.rates[s, "muon"] / scaling.decisions.rates[s, "adamw"] for s in scaling.settings}
+    assert ratio["XS"] == 1 and min(ratio.values()) >= 1 and ratio["XL"] > 1  # never below AdamW's, above it at XL
+    assert v.verdict["M30"] == CONDITIONAL  # the same rate at some sizes only
+    assert v.verdict["M31"] == CONDITIONAL and found(v, "M31") == VERIFIED  # larger rates, in one protocol's runs
 
 
 def test_m16_m18_muon_lower_at_every_size_and_the_gain_rises_slightly(scaling):
@@ -474,6 +484,24 @@ def test_a_plan_of_mha_and_mla_leaves_the_other_settings_claims_open(architectur
         assert verdicts.verdict[claim] == OPEN, claim
     for claim in ("A1", "E8"):  # MHA and MLA, and the benchmark, still judge these
         assert verdicts.verdict[claim] == full.verdict[claim], claim
+
+
+def test_a_claim_that_also_claims_decode_speed_falls_with_the_benchmarks_verdict(architectures):
+    import dataclasses
+
+    import pandas as pd
+
+    from muonlib.results.rules import OPEN
+
+    decode = pd.DataFrame({"ours": {"E1": "fewer bytes", "E2": "slower"}, "verdict": {"E1": VERIFIED, "E2": REFUTED}})
+    joined, alone = architectures.verdicts(decode), architectures.verdicts()
+    for claim in ("M24", "E5"):  # the runs' part capped as one protocol's; the benchmark's refutes it under any protocol
+        assert alone.verdict[claim] == CONDITIONAL and joined.verdict[claim] == REFUTED, claim
+        assert "speed (E2, refuted): slower" in joined.ours[claim]
+    assert "KV memory (E1, verified): fewer bytes" in joined.ours["M24"] and "E1" not in joined.ours["E5"]
+    assert joined.drop(["M24", "E5"]).equals(alone.drop(["M24", "E5"]))
+    assert architectures.verdicts(decode.assign(verdict=[VERIFIED, VERIFIED])).verdict["E5"] == CONDITIONAL
+    assert dataclasses.replace(architectures, settings=["mha", "mla"]).verdicts(decode).verdict["M24"] == OPEN  # untrained stays open
 
 
 def test_architectures_trained_with_both_optimizers_at_their_own_rates(architectures):

@@ -24,6 +24,25 @@ E7_UNTRAINED = {"claim": "E7", "paper": "bias balancing keeps the experts balanc
                 "ours": "MoE-MLA without balancing is not trained yet", "verdict": OPEN}
 
 
+#: claims of the runs that also claim the decode benchmark's: claim -> {decode claim: what it adds}
+DECODE_PARTS = {"M24": {"E1": "KV memory", "E2": "speed"}, "E5": {"E2": "speed"}}
+
+
+def with_decode_parts(verdicts: pd.DataFrame, decode: pd.DataFrame | None) -> pd.DataFrame:
+    """The verdicts of claims that also claim decode memory or speed (:data:`DECODE_PARTS`)
+    joined with the decode chapter's (:func:`~muonlib.results.rules.conjunction`): a part the
+    benchmark refutes refutes the claim whichever protocol trained the runs. A claim the runs
+    left open stays open."""
+    if decode is None:
+        return verdicts
+    out = verdicts.copy()
+    for claim, parts in DECODE_PARTS.items():
+        if claim in out.index and out.at[claim, "verdict"] != OPEN:
+            out.at[claim, "verdict"] = conjunction([out.at[claim, "verdict"]] + [decode.verdict[p] for p in parts])
+            out.at[claim, "ours"] += "".join(f"; {what} ({p}, {decode.verdict[p]}): {decode.ours[p]}" for p, what in parts.items())
+    return out
+
+
 def training_throughput(size: str) -> pd.DataFrame:
     """Compiled training tokens/s (forward and backward, one GPU) per architecture at ``size``,
     from the newest saved model benchmark (``python -m muonlib.bench models``) that ran it,
@@ -236,14 +255,14 @@ class ArchitectureResults(LadderResults):
         rows = [{"claim": claim, "paper": f"{QUOTES[claim].what} ({QUOTES[claim].where})",
                  "ours": f"not measured: this plan trains {', '.join(self.settings)}, not {setting}", "verdict": OPEN}
                 for claim, setting in untrained.items()]
-        rows += self.moe_rows(decode) if "moe-mla" in self.settings else [E7_UNTRAINED]
+        rows += self.moe_rows() if "moe-mla" in self.settings else [E7_UNTRAINED]
         rows += [self.e8_row(), self.a1_row(capped)] + ([] if "A2" in untrained else [self.a2_row()])
         verdicts = pd.DataFrame(rows).set_index("claim")
-        if not capped:
-            return verdicts
-        return one_protocol_table(verdicts, claims=verdicts.index.drop(["E8", "A1"]))  # E8 from a benchmark; A1 above
+        if capped:
+            verdicts = one_protocol_table(verdicts, claims=verdicts.index.drop(["E8", "A1"]))  # E8 from a benchmark; A1 above
+        return with_decode_parts(verdicts, decode)
 
-    def moe_rows(self, decode: pd.DataFrame | None) -> list[dict]:
+    def moe_rows(self) -> list[dict]:
         """M23, M24, E3, E4, E5 and E7: the claims about MoE-MLA, from a plan that trained it."""
         table = self.table3()
         rows = []
@@ -264,9 +283,7 @@ class ArchitectureResults(LadderResults):
         low, high = PAPER_QUALITY["M24"]
         rows.append({"claim": "M24", "paper": f"MoE-MLA + Muon improves perplexity by {low}-{high}% (over MHA + AdamW)",
                      "ours": f"{-m24.mean:.1f}% lower perplexity (seeds {-m24.high:.1f} to {-m24.low:.1f})",
-                     # M24 also claims E1's memory and E2's speed: given the decode chapter's verdicts, all three parts
-                     "verdict": conjunction([band_verdict([low <= -m24.mean <= high])]
-                                            + ([] if decode is None else [decode.verdict["E1"], decode.verdict["E2"]]))})
+                     "verdict": band_verdict([low <= -m24.mean <= high])})
 
         e3 = {o: self.change("moe-mla", "mha", o) for o in OPTIMIZERS}
         rows.append({"claim": "E3", "paper": f"MoE-MLA-RoPE's perplexity {PAPER_QUALITY['E3']}% above dense",
@@ -349,7 +366,7 @@ class ArchitectureProtocols:
         """Per claim: each complete protocol's evidence and verdict, and the verdict that stands."""
         if self.judged_by == ("original",):
             return self.results["original"].verdicts(decode)
-        tables = {p: r.verdicts(decode, capped=False) for p, r in self.results.items()}
+        tables = {p: r.verdicts(capped=False) for p, r in self.results.items()}
         verdicts = side_by_side(tables, self.judged_by)
         verdicts["ours"] = ["; ".join(f"{p}: {tables[p].ours[claim]}" for p in self.judged_by) for claim in verdicts.index]
-        return verdicts
+        return with_decode_parts(verdicts, decode)

@@ -212,7 +212,7 @@ class ScalingResults(LadderResults):
     # ------------------------------------------------------------ verdicts
 
     def verdicts(self, xs: pd.Series | None = None) -> pd.DataFrame:
-        """M15, M16, M18 and M21 over the sizes, each with its evidence and a verdict label.
+        """M15, M16, M18, M21, M30 and M31 over the sizes, each with its evidence and a verdict label.
         M15 and M18 are also judged at XS over three budgets (``xs``: those claims' verdicts
         there, :meth:`~muonlib.results.comparison.ProtocolComparison.verdicts`); given them, the verdict is both chapters'
         (:func:`~muonlib.results.rules.combine_verdicts`), the one the ledger gives."""
@@ -252,6 +252,13 @@ class ScalingResults(LadderResults):
             return f"1/{1 / x:g}" if x < 1 else f"{x:g}x"
 
         adamw = transfer.xs("adamw", level="optimizer")
+        rates = self.decisions.rates
+        rate_ratio = {size: rates[size, "muon"] / rates[size, "adamw"] for size in self.settings}
+        found["M30"] = label([r == 1 for r in rate_ratio.values()])
+        # two conditions: Muon's best rate never below AdamW's, and above it somewhere
+        found["M31"] = label([min(rate_ratio.values()) >= 1, max(rate_ratio.values()) > 1],
+                             fails=[min(rate_ratio.values()) < 1, max(rate_ratio.values()) <= 1])
+        ratios_text = ", ".join(f"{s} {r:g}x" for s, r in rate_ratio.items())
         verdicts = pd.DataFrame([
             {"claim": "M15", "paper": f"Muon needs {PAPER['M15'][0]}-{PAPER['M15'][1]}% of AdamW's FLOPs to any loss",
              "ours": f"{share.min():.0f}-{share.max():.0f}% of AdamW's FLOPs (Newton-Schulz included) over "
@@ -274,6 +281,12 @@ class ScalingResults(LadderResults):
                      f"{fraction(adamw['shift'].iloc[1:].max())}; weight decay 0.05 against 0.1: "
                      + ("no difference beyond the seed spread" if (decay.separated == 0).all() else "a difference at some size"),
              "verdict": m21},
+            {"claim": "M30", "paper": "s = 0.2 sqrt(n) matches AdamW's update magnitude, enabling direct hyperparameter transfer from AdamW",
+             "ours": f"Muon's best peak rate, swept per size on equal tokens, against AdamW's: {ratios_text}",
+             "verdict": one_protocol(found["M30"])},
+            {"claim": "M31", "paper": "spectral normalisation of the updates enables larger learning rates",
+             "ours": f"Muon's best rate against AdamW's, size by size: {ratios_text}",
+             "verdict": one_protocol(found["M31"])},
         ]).set_index("claim")
         for claim, verdict in found.items():
             if verdict != one_protocol(verdict):
@@ -443,6 +456,7 @@ class BatchSizeResults(LadderResults):
         best = {opt: summary.groupby("target")[f"{name} steps"].min() for opt, name in (("adamw", "AdamW"), ("muon", "Muon"))}
 
         per_batch = summary.groupby("batch", sort=False).R.agg(lambda rs: np.mean([r.mean for r in rs]))
+        per_batch = per_batch.reindex([b for b in self.settings if b in per_batch.index])  # in batch order
         low, high = PAPER_R["section 3.1"]
         # the claim is about reaching "the same loss": the near-final one, the lowest target; the
         # higher ones are reached early in training, most of them during the warm-up
