@@ -579,6 +579,7 @@ class HybridOptimizer(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One step of every inner optimizer, after ``closure`` (if given) recomputes the loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -588,9 +589,11 @@ class HybridOptimizer(Optimizer):
         return loss
 
     def state_dict(self) -> dict:
+        """``{"optimizers": {name: that optimizer's state_dict()}}``, one entry per inner optimizer."""
         return {"optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()}}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Load what :meth:`state_dict` returned; refused if it holds other inner optimizers."""
         saved = state_dict.get("optimizers", {})
         if set(saved) != set(self.optimizers):
             raise ValueError(
