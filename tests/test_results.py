@@ -620,3 +620,6 @@ def test_m28_muon_spreads_attention_in_mha_and_mla_and_the_paper_shows_no_analys
     assert SHARP_HEAD == 1.0
     assert probes.verdicts().verdict["M28"] == UNTESTABLE  # the paper shows no analysis to compare with
     assert len(probes.continuation_table()) == 3 * len(pairs)
+    from muonlib.results.probes import shown_text
+
+    assert shown_text(" the\n" + " " * 30) == " the [then only whitespace]" and shown_text("a cat.\n") == "a cat.\n"

@@ -15,6 +15,13 @@ from ..experiments import experiment
 from .rules import label
 
 
+def shown_text(text: str) -> str:
+    """A continuation as a table shows it: a greedy model that falls into writing whitespace
+    would leave a cell that looks empty, so a trailing run of it is said, not shown."""
+    kept = text.rstrip()
+    return kept + " [then only whitespace]" if len(text) - len(kept) > 2 else text
+
+
 #: a head whose attention entropy is below this (nats) spreads over about e = 2.7 positions or fewer
 SHARP_HEAD = 1.0
 
@@ -85,7 +92,8 @@ class ProbeResults:
 
     def continuation_table(self) -> pd.DataFrame:
         """Every prompt's greedy and sampled continuation, by architecture and optimizer (the
-        first seed's model)."""
+        first seed's model), each as :func:`shown_text` shows it."""
         first = self.rows[self.rows.seed == self.rows.seed.min()]
-        return pd.DataFrame([{"architecture": r.architecture, "optimizer": r.optimizer, **c}
-                             for r in first.itertuples() for c in r.continuations]).set_index(["prompt", "architecture", "optimizer"])
+        table = pd.DataFrame([{"architecture": r.architecture, "optimizer": r.optimizer, **c}
+                              for r in first.itertuples() for c in r.continuations]).set_index(["prompt", "architecture", "optimizer"])
+        return table.map(shown_text)
