@@ -92,7 +92,7 @@ class ProbeResults:
 
     def continuation_table(self) -> pd.DataFrame:
         """Every prompt's greedy and sampled continuation, by architecture and optimizer (the
-        first seed's model), each as :func:`shown_text` shows it."""
+        first seed's model), each as ``shown_text`` shows it."""
         first = self.rows[self.rows.seed == self.rows.seed.min()]
         table = pd.DataFrame([{"architecture": r.architecture, "optimizer": r.optimizer, **c}
                               for r in first.itertuples() for c in r.continuations]).set_index(["prompt", "architecture", "optimizer"])
