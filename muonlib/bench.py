@@ -7,6 +7,7 @@
     python -m muonlib.bench ddp --sizes L --optimizers adamw,muon,muon-redundant   # data-parallel scaling over 1, 2, 4 GPUs
     python -m muonlib.bench decode --sizes L          # tokens/s and roofline share per architecture and batch, beside two anchors
     python -m muonlib.bench latent --sizes L,XL       # MLA's decode attention alone: the kernel's launch configurations' bandwidth
+    python -m muonlib.bench attention                 # MLA's training attention by route and SDPA backend, against MHA's
 
 Runs on a CPU too (with ``--sizes tiny``), which is how the tests keep it working.
 """
@@ -19,6 +20,7 @@ import functools
 import json
 import statistics
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Iterator
@@ -797,6 +799,75 @@ def bench_latent_configs(size: str, batch: int, context: int, bandwidth: float) 
     return rows
 
 
+#: SDPA backends an attention route can be pinned to ("auto" lets PyTorch choose)
+ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn")
+
+
+def attention_routes(head_dim: int, rope_dim: int) -> dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]]:
+    """Ways to compute MLA's training attention, causal over ``(B, H, T, D + P)`` queries and
+    keys and ``(B, H, T, D)`` values: as the model does (``unequal``: FlashAttention-2 takes
+    equal head dims only, so PyTorch must pick another kernel), and with the values zero-padded
+    to ``D + P`` and the output cut back (``padded``: flash-eligible, at (D + P) / D of the
+    value FLOPs)."""
+    scale = (head_dim + rope_dim) ** -0.5
+
+    def unequal(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+
+    def padded(q, k, v):
+        wide = torch.nn.functional.pad(v, (0, rope_dim))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, wide, is_causal=True, scale=scale)[..., :head_dim]
+
+    return {"unequal": unequal, "padded": padded}
+
+
+def bench_attention_routes(size: str, batch: int, iters: int) -> list[dict]:
+    """Forward and backward of one layer's training attention at ``size``'s heads and context:
+    MHA's (equal head dims) as the reference, then each of MLA's :func:`attention_routes` under
+    each of :data:`ATTENTION_BACKENDS`, with its time against MHA's and its distance from the
+    float32 result. A backend that refuses a route is recorded as an error row: which options
+    exist is part of what this measures, so that MLA's attention changes only for one that wins."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    config = preset(size, "mla")
+    H, D, P, T = config.n_head, config.head_dim, config.rope_head_dim, config.context
+    device, dtype = _device(), (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+
+    def inputs(qk_dim: int) -> list[Tensor]:
+        generator = torch.Generator(device).manual_seed(0)
+        return [torch.randn(batch, H, T, dim, device=device, generator=generator).to(dtype).requires_grad_()
+                for dim in (qk_dim, qk_dim, D)]
+
+    def timed(fn: Callable[[Tensor, Tensor, Tensor], Tensor], tensors: list[Tensor], backend: str) -> tuple[float, float]:
+        pinned = (lambda: sdpa_kernel([backends[backend]])) if backend != "auto" else contextlib.nullcontext
+        truth = fn(*(t.detach().float() for t in tensors))
+        with pinned(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a refused backend's reasons: its error row says it
+            error = ((fn(*tensors).float() - truth).norm() / truth.norm()).item()
+
+            def fwd_bwd():
+                fn(*tensors).float().square().mean().backward()
+
+            return median_ms(fwd_bwd, warmup=3, iters=iters), error
+
+    rows = []
+    mha_ms, _ = timed(attention_routes(D, 0)["unequal"], inputs(D), "auto")
+    rows.append(dict(size=size, batch=batch, context=T, heads=H, qk_dim=D, v_dim=D, attention="mha", route="equal", backend="auto",
+                     fwd_bwd_ms=mha_ms, vs_mha=1.0, relative_error=0.0))
+    mla = inputs(D + P)
+    for route, fn in attention_routes(D, P).items():
+        for backend in ATTENTION_BACKENDS:
+            key = dict(size=size, batch=batch, context=T, heads=H, qk_dim=D + P, v_dim=D, attention="mla", route=route, backend=backend)
+            try:
+                ms, error = timed(fn, mla, backend)
+            except RuntimeError as refused:  # "no available kernel": the backend does not take this route
+                rows.append(key | dict(error=f"{type(refused).__name__}: {refused}"[:300]))
+                continue
+            rows.append(key | dict(fwd_bwd_ms=ms, vs_mha=ms / mha_ms, relative_error=error))
+    return rows
+
+
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:
     """``"48x768x768,1x4096x4096"`` -> ``[(48, 768, 768), (1, 4096, 4096)]`` (batch x rows x columns)."""
     try:
@@ -872,7 +943,7 @@ def remeasure(stem: str) -> Path:
 
 def command_line() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m muonlib.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["models", "optim", "ns", "profile", "ddp", "ddp-worker", "decode", "latent"])
+    parser.add_argument("what", choices=["models", "optim", "ns", "profile", "ddp", "ddp-worker", "decode", "latent", "attention"])
     parser.add_argument("--out", default=None, help="folder of the results (default: the data folder's bench/, where the book reads them)")
     parser.add_argument("--name", default=None, help="output file stem (default: the benchmark's name)")
     parser.add_argument("--parts", default="fwd_bwd,kv,moe,train", help="which model benchmarks to run")
@@ -906,7 +977,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) if args.out is not None else data_root() / "bench"
     config = vars(args)
     stems = {"optim": "optimizer_step", "profile": "optimizer_profile", "ns": "newton_schulz", "models": "models",
-             "ddp": "data_parallel", "decode": "decode", "latent": "latent_attention"}
+             "ddp": "data_parallel", "decode": "decode", "latent": "latent_attention",
+             "attention": "attention_routes"}
     target = out / f"{args.name or stems[args.what]}.json"
     if args.force:
         target.unlink(missing_ok=True)
@@ -918,6 +990,16 @@ def main(argv: list[str] | None = None) -> None:
         "profile": (lambda size, variant: profile_optimizer_step(size, variant, args.iters), "optimizer_profile",
                     lambda r: f"{r['size']:>4} {r['variant']:<8} {r['part']:<30} {r['ms']:8.2f} ms"),
     }
+    if args.what == "attention":  # per size, not per variant: MLA's routes against MHA's attention
+        rows = []
+        for size in sizes:
+            new_rows = bench_attention_routes(size, args.batch, args.iters)
+            rows += new_rows
+            write_json(target, rows, config)
+            print("\n".join(f"{r['size']:>4} {r['attention']} {r['route']:<8} {r['backend']:<9} " +
+                            (r["error"][:80] if "error" in r else f"{r['fwd_bwd_ms']:8.3f} ms  x{r['vs_mha']:.2f} of MHA  error {r['relative_error']:.1e}")
+                            for r in new_rows), flush=True)
+        return
     if args.what == "decode":
         rows: list[dict] = []
         on_gpu = torch.cuda.is_available()

@@ -233,6 +233,37 @@ def test_latent_attention_sweep_times_torch_and_the_kernel_against_the_bytes_the
                 assert r["bandwidth_share"] == pytest.approx(r["cache_bytes"] / (r["ms"] / 1e3) / 50e9)
 
 
+
+def test_padding_the_values_computes_the_same_attention_as_unequal_head_dims():
+    q, k = torch.randn(2, 3, 10, 12, dtype=torch.float64), torch.randn(2, 3, 10, 12, dtype=torch.float64)
+    v = torch.randn(2, 3, 10, 8, dtype=torch.float64)
+    routes = bench.attention_routes(head_dim=8, rope_dim=4)
+    unequal, padded = routes["unequal"](q, k, v), routes["padded"](q, k, v)
+    assert padded.shape == unequal.shape == (2, 3, 10, 8)
+    torch.testing.assert_close(padded, unequal)
+    # causal, with the scale of the concatenated head: the last query sees every key, the first one only its own
+    torch.testing.assert_close(unequal[:, :, 0], v[:, :, 0])
+    weights = torch.softmax(q[:, :, -1:] @ k.mT / 12 ** 0.5, dim=-1)
+    torch.testing.assert_close(unequal[:, :, -1:], weights @ v)
+
+
+def test_attention_routes_benchmark_times_mla_against_mha_and_records_refused_backends(tmp_path):
+    bench.main(["attention", "--out", str(tmp_path), "--sizes", "tiny", "--batch", "2", "--iters", "1"])
+    rows = json.loads((tmp_path / "attention_routes.json").read_text())["results"]
+    config = bench.preset("tiny", "mla")
+    assert rows[0] | {"fwd_bwd_ms": None} == dict(size="tiny", batch=2, context=config.context, heads=config.n_head, qk_dim=config.head_dim,
+                                                   v_dim=config.head_dim, attention="mha", route="equal", backend="auto",
+                                                   fwd_bwd_ms=None, vs_mha=1.0, relative_error=0.0)
+    mla = rows[1:]
+    assert [(r["route"], r["backend"]) for r in mla] == [(route, backend) for route in ("unequal", "padded") for backend in bench.ATTENTION_BACKENDS]
+    measured = [r for r in mla if "error" not in r]
+    assert {(r["route"], r["backend"]) for r in measured} >= {("unequal", "auto"), ("padded", "auto")}  # PyTorch's own choice always runs
+    for r in measured:
+        assert r["qk_dim"] == config.head_dim + config.rope_head_dim and r["v_dim"] == config.head_dim
+        assert r["relative_error"] < 2e-2 and r["vs_mha"] == pytest.approx(r["fwd_bwd_ms"] / rows[0]["fwd_bwd_ms"])
+    # FlashAttention-2 takes equal head dims only: the route as the model runs it is refused there
+    assert "error" in next(r for r in mla if (r["route"], r["backend"]) == ("unequal", "flash"))
+
 def test_a_saved_benchmark_is_remeasured_with_the_options_it_recorded(tmp_path, monkeypatch):
     monkeypatch.setenv("MUONLIB_DATA", str(tmp_path))
     bench.main(["ns", "--ns-shapes", "1x8x8,2x8x16", "--iters", "1", "--name", "ns_small"])
