@@ -88,8 +88,10 @@ class ArchitectureResults(LadderResults):
         FLOPs (Newton-Schulz counted for Muon) to the target (MHA + AdamW's worst final test
         loss), training tokens/s from the compiled benchmark and the time to target they
         give (for Muon divided by one plus its Newton-Schulz share of the FLOPs: the benchmark
-        times forward and backward only), and peak training memory; ``NaN`` where a run does
-        not reach the target."""
+        times forward and backward only), the benchmark's model FLOPs utilisation (the same for
+        both optimizers, whose FLOPs and time grow alike), and peak training memory; FLOPs and
+        time to target also relative to MHA + AdamW's, so that the time a FLOP count predicts
+        sits beside the time measured. ``NaN`` where a run does not reach the target."""
         target = self.test_losses("mha", "adamw").max()
         throughput = training_throughput(self.size())
         rows = []
@@ -108,10 +110,11 @@ class ArchitectureResults(LadderResults):
                              "active parameters": header["active_parameters"],
                              "perplexity": float(np.exp(self.test_losses(setting, opt)).mean()),
                              "tokens to target": float(np.mean(tokens)), "FLOPs to target": flops,
-                             "training tokens/s": rate, "time to target (s)": float(np.mean(tokens)) / rate,
-                             "peak memory GB": runs.peak_memory_gb.max()})
+                             "training tokens/s": rate, "training MFU (%)": 100 * throughput.mfu.astype(float).get(variant, np.nan),
+                             "time to target (s)": float(np.mean(tokens)) / rate, "peak memory GB": runs.peak_memory_gb.max()})
         table = pd.DataFrame(rows).set_index(["architecture", "optimizer"])
-        table["FLOPs to target (rel.)"] = table["FLOPs to target"] / table.loc[("mha", "adamw"), "FLOPs to target"]
+        for column in ("FLOPs to target", "time to target (s)"):
+            table[f"{column.removesuffix(' (s)')} (rel.)"] = table[column] / table.loc[("mha", "adamw"), column]
         return table
 
     def balance_table(self) -> pd.DataFrame:
