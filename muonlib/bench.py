@@ -8,6 +8,7 @@
     python -m muonlib.bench decode --sizes L          # tokens/s and roofline share per architecture and batch, beside two anchors
     python -m muonlib.bench latent --sizes L,XL       # MLA's decode attention alone: the kernel's launch configurations' bandwidth
     python -m muonlib.bench attention                 # MLA's training attention by route and SDPA backend, against MHA's
+    python -m muonlib.bench kernels --sizes L         # where a compiled forward+backward spends its GPU time, per variant (GPU only)
 
 Runs on a CPU too (with ``--sizes tiny``), which is how the tests keep it working.
 """
@@ -653,6 +654,58 @@ def profile_optimizer_step(size: str, variant: str = "mha", steps: int = 5) -> l
     return rows
 
 
+#: the parts of a model's step, and the names their kernels carry, tried in this order (an
+#: attention kernel may be built on CUTLASS, a grouped GEMM is a GEMM)
+MODEL_KERNEL_KINDS = (("attention", ("flash", "fmha", "attention", "cudnn", "mem_eff")),
+                      ("grouped matmuls", ("grouped",)),
+                      ("matmuls", ("nvjet", "gemm", "xmma", "cutlass", "cublas")),
+                      ("sort, gather and scatter", ("sort", "scatter", "gather", "index", "radix")),
+                      ("compiled elementwise and reductions", ("triton_",)))
+
+
+def model_kernel_kind(name: str) -> str:
+    """The part of a training step a GPU kernel belongs to, from its name (:data:`MODEL_KERNEL_KINDS`)."""
+    lowered = name.lower()
+    return next((kind for kind, tags in MODEL_KERNEL_KINDS if any(tag in lowered for tag in tags)), "other kernels")
+
+
+def profile_forward_backward(size: str, variant: str, batch: int, steps: int = 3, top: int = 12) -> list[dict]:
+    """Where a compiled forward and backward spends its GPU time: per :func:`model_kernel_kind`,
+    then its ``top`` kernels by time, each in ms per step with its calls per step and its share
+    of the kernels' sum, and what the wall time adds to that sum. The profile that says which
+    of MLA's or MoE-MLA's parts to make faster before anything is changed."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("profiling a model's step needs a CUDA GPU (the kernels are what it measures)")
+    config = preset(size, variant)
+    with torch.device("cuda"):
+        model = GPT(config).train()
+    step_model = compiled(model)
+    idx = torch.randint(0, config.vocab_size, (batch, config.context), device="cuda")
+
+    def fwd_bwd():
+        with _autocast():
+            _, loss = step_model(idx, idx)
+        loss.backward()
+
+    wall = median_ms(fwd_bwd, warmup=3, iters=10)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fwd_bwd()
+        torch.cuda.synchronize()
+    kernels = sorted(((event.key, event.self_device_time_total / steps / 1e3, event.count / steps)
+                      for event in prof.key_averages() if event.self_device_time_total > 0), key=lambda k: -k[1])
+    total = sum(ms for _, ms, _ in kernels)
+    per_kind: dict[str, float] = defaultdict(float)
+    for name, ms, _ in kernels:
+        per_kind[model_kernel_kind(name)] += ms
+    key = dict(size=size, variant=variant, batch=batch, wall_ms=wall)
+    rows = [key | dict(part=kind, ms=ms, share=ms / total) for kind, ms in sorted(per_kind.items(), key=lambda kv: -kv[1])]
+    rows += [key | dict(part=model_kernel_kind(name), kernel=name[:160], ms=ms, calls=calls, share=ms / total)
+             for name, ms, calls in kernels[:top]]
+    rows.append(key | dict(part="host work and gaps", ms=wall - total, share=None))
+    return rows
+
+
 @contextlib.contextmanager
 def symmetric_kernels(enabled: bool) -> Iterator[None]:
     """Send every Newton-Schulz step through the Triton symmetric kernels, or none (on a CPU the
@@ -943,7 +996,7 @@ def remeasure(stem: str) -> Path:
 
 def command_line() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m muonlib.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["models", "optim", "ns", "profile", "ddp", "ddp-worker", "decode", "latent", "attention"])
+    parser.add_argument("what", choices=["models", "optim", "ns", "profile", "ddp", "ddp-worker", "decode", "latent", "attention", "kernels"])
     parser.add_argument("--out", default=None, help="folder of the results (default: the data folder's bench/, where the book reads them)")
     parser.add_argument("--name", default=None, help="output file stem (default: the benchmark's name)")
     parser.add_argument("--parts", default="fwd_bwd,kv,moe,train", help="which model benchmarks to run")
@@ -978,7 +1031,7 @@ def main(argv: list[str] | None = None) -> None:
     config = vars(args)
     stems = {"optim": "optimizer_step", "profile": "optimizer_profile", "ns": "newton_schulz", "models": "models",
              "ddp": "data_parallel", "decode": "decode", "latent": "latent_attention",
-             "attention": "attention_routes"}
+             "attention": "attention_routes", "kernels": "model_kernels"}
     target = out / f"{args.name or stems[args.what]}.json"
     if args.force:
         target.unlink(missing_ok=True)
@@ -989,6 +1042,8 @@ def main(argv: list[str] | None = None) -> None:
                             f"x{r['speedup_vs_torch_muon']:.1f} vs torch.optim.Muon"),
         "profile": (lambda size, variant: profile_optimizer_step(size, variant, args.iters), "optimizer_profile",
                     lambda r: f"{r['size']:>4} {r['variant']:<8} {r['part']:<30} {r['ms']:8.2f} ms"),
+        "kernels": (lambda size, variant: profile_forward_backward(size, variant, args.batch), "model_kernels",
+                    lambda r: f"{r['size']:>4} {r['variant']:<10} {r['part']:<36} {r['ms']:8.3f} ms  {r.get('kernel', '')[:70]}"),
     }
     if args.what == "attention":  # per size, not per variant: MLA's routes against MHA's attention
         rows = []

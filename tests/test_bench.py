@@ -114,6 +114,26 @@ def test_profile_sorts_kernels_by_part_and_needs_a_gpu():
             bench.profile_optimizer_step("tiny")
 
 
+
+def test_a_models_kernels_are_sorted_into_the_parts_of_its_step_and_profiling_needs_a_gpu():
+    import pytest
+    import torch
+
+    kinds = {"pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<96, 128>>": "attention",
+             "fmha_cutlassB_bf16_aligned_64x64_k128_sm80": "attention",  # CUTLASS-built, still attention
+             "cudnn_generated_fort_native_sdpa_sm90_flash_fprop": "attention",
+             "void cutlass::gemm::kernel::GemmUniversal<GroupProblemShape ... grouped>": "grouped matmuls",
+             "nvjet_sm90_tst_256x128_64x4_2x1_v_bz_coopA_TNT": "matmuls",
+             "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n": "matmuls",
+             "void at::native::(anonymous namespace)::radixSortKVInPlace<...>": "sort, gather and scatter",
+             "void at::native::indexFuncLargeIndex<c10::BFloat16, long>": "sort, gather and scatter",
+             "triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_1": "compiled elementwise and reductions",
+             "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>": "other kernels"}
+    assert {name: bench.model_kernel_kind(name) for name in kinds} == kinds
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA GPU"):
+            bench.profile_forward_backward("tiny", "mla", batch=1)
+
 def test_a_benchmark_never_silently_replaces_results_of_another_device(tmp_path):
     import pytest
 
