@@ -135,7 +135,7 @@ def test_the_labels_follow_from_the_evidence_shape():
 def test_a_verdict_from_one_protocol_holds_only_under_its_conditions_and_says_what_it_found():
     import pandas as pd
 
-    from muonlib.results.rules import ORIGINAL_ONLY, measured, one_protocol, one_protocol_table
+    from muonlib.results.rules import NOT_RUN, measured, one_protocol, one_protocol_table, original_only
 
     assert [one_protocol(v) for v in (VERIFIED, REFUTED, CONDITIONAL, UNTESTABLE)] == [CONDITIONAL, CONDITIONAL, CONDITIONAL, UNTESTABLE]
     table = pd.DataFrame({"ours": ["a", "b", "c"], "verdict": [VERIFIED, REFUTED, UNTESTABLE]}, index=["X1", "X2", "X3"])
@@ -143,7 +143,13 @@ def test_a_verdict_from_one_protocol_holds_only_under_its_conditions_and_says_wh
     assert list(capped.verdict) == [CONDITIONAL, REFUTED, UNTESTABLE]  # X2 not judged from runs: left alone
     assert found(capped, "X1") == VERIFIED and capped.ours["X3"] == "c"
     assert measured(capped.ours["X1"]) == "a"  # prose quotes the measurement; the verdict stands beside it
-    assert measured(f"a; over the sizes {REFUTED} {ORIGINAL_ONLY}; speed (E2): b") == "a; speed (E2): b"
+    assert capped.ours["X1"].endswith(f"; {VERIFIED} under the original protocol only (a 45% warm-up; Muon's momentum 0.95 with Nesterov): {NOT_RUN}")
+    assert measured(f"a; over the sizes {original_only(REFUTED)}; speed (E2): b") == "a; speed (E2): b"
+    running = one_protocol_table(table, claims=["X1", "X3"], why="the paper's recipe is still running (3 runs finished, 5 more wanted so far)")
+    assert running.ours["X1"].endswith("Nesterov): the paper's recipe is still running (3 runs finished, 5 more wanted so far)")
+    assert measured(running.ours["X1"]) == "a" and list(running.verdict) == list(capped.verdict)
+    with pytest.raises(ValueError, match="semicolon"):  # the notes of the evidence are separated by semicolons
+        original_only(VERIFIED, why="a; b")
 
 
 def test_a_speedup_claim_is_judged_apart_from_our_kernels():
@@ -527,8 +533,15 @@ def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agr
     progress = protocols.progress
     assert progress.loc["original", "runs wanted now"] == 0 and progress.loc["paper", "runs finished"] >= 49
     if protocols.judged_by == ("original",):
-        assert protocols.verdicts().equals(architectures.verdicts())
-        assert not set(architectures.verdicts().verdict.drop(["E8", "A1"])) & {VERIFIED, REFUTED}
+        alone, why = protocols.verdicts(), protocols.unfinished()
+        assert alone.verdict.equals(architectures.verdicts().verdict)
+        assert not set(alone.verdict.drop(["E8", "A1"])) & {VERIFIED, REFUTED}
+        # a capped claim's evidence says how far the other protocols' runs are, not that they never ran
+        others = progress.drop(index="original").query("`runs wanted now` > 0")
+        assert why.endswith(f"({' and '.join(map(str, others['runs finished']))} runs finished, "
+                            f"{' and '.join(map(str, others['runs wanted now']))} more wanted so far)")
+        capped = [claim for claim in alone.index if f"{found(alone, claim)} under the original protocol only" in alone.ours[claim]]
+        assert capped and all(why in alone.ours[claim] for claim in capped)
 
     class Found:  # a protocol's uncapped verdicts
         def __init__(self, **verdicts):

@@ -13,7 +13,7 @@ from ..analysis import SeedSpread, compare, tokens_to_target
 from ..data import data_root
 from .ladders import LadderResults
 from .paper import PAPER_QUALITY, QUOTES
-from .rules import ORIGINAL_ONLY, OPEN, band_verdict, conjunction, label, one_protocol, one_protocol_table, overhead_verdict, saving_band, side_by_side
+from .rules import NOT_RUN, OPEN, band_verdict, conjunction, label, one_protocol, one_protocol_table, original_only, overhead_verdict, saving_band, side_by_side
 from .runs import OPTIMIZER_LABELS, OPTIMIZERS, final_rows, newton_schulz_share
 
 
@@ -156,10 +156,11 @@ class ArchitectureResults(LadderResults):
             raise ValueError("no seed pair to judge the cost by: the compared settings share no seed")
         return label([v <= 2 * paper for c in changes for v in c.values])
 
-    def a1_row(self, capped: bool = True) -> dict:
+    def a1_row(self, capped: bool = True, why: str = NOT_RUN) -> dict:
         """A1, MLA with RoPE at r = d/2 against MHA, both halves: the cache saving (analytic; the
         decode chapter measures it within a fraction of a percent) by ``saving_band``, and the
-        test-loss cost by :meth:`cost_band` (``capped``: as one protocol's runs alone judge it)."""
+        test-loss cost by :meth:`cost_band` (``capped``: as one protocol's runs alone judge it,
+        for the reason ``why``)."""
         from ..models import kv_cache_elements_per_token, preset
 
         saving = 100 * (1 - kv_cache_elements_per_token(preset(self.size(), "mla")) / kv_cache_elements_per_token(preset(self.size(), "mha")))
@@ -171,7 +172,7 @@ class ArchitectureResults(LadderResults):
         return {"claim": "A1", "paper": f"MLA + RoPE at r = d/2: {paper_saving:.0f}% smaller KV cache for {paper_cost}% higher validation loss",
                 "ours": f"cache at {self.size()}: {saving:.1f}% fewer bytes per token than MHA (latent plus rotary key); test loss against MHA: "
                         + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.2f}% (seeds {c.low:+.2f} to {c.high:+.2f})" for o, c in cost.items())
-                        + (f", {loss} {ORIGINAL_ONLY}" if loss != runs_half else ""),
+                        + (f", {original_only(loss, why)}" if loss != runs_half else ""),
                 "verdict": conjunction([cache, runs_half])}
 
     def a2_row(self) -> dict:
@@ -247,22 +248,23 @@ class ArchitectureResults(LadderResults):
 
         return 100 * (active(setting) / active(dense) - 1)
 
-    def verdicts(self, decode: pd.DataFrame | None = None, capped: bool = True) -> pd.DataFrame:
+    def verdicts(self, decode: pd.DataFrame | None = None, capped: bool = True, why: str = NOT_RUN) -> pd.DataFrame:
         """M23 (MoE-MLA + Muon best in every measured column of Table 3), M24's perplexity half,
         E3, E4, E5, E7, E8, A1 and A2, each from the runs (E8 from the benchmark). E3 and A1's
         second half claim small costs, which fail only by costing more (:meth:`cost_band`).
         A claim whose settings the plan did not train (:data:`CLAIM_NEEDS`) is open.
         ``capped``: as these runs alone judge them, one protocol's (:func:`~muonlib.results.rules.one_protocol`);
-        else as they found, for :class:`ArchitectureProtocols` to set beside another protocol's."""
+        else as they found, for :class:`ArchitectureProtocols` to set beside another protocol's;
+        ``why`` the capped ones judge alone (:func:`~muonlib.results.rules.original_only`)."""
         untrained = {c: s for c, s in CLAIM_NEEDS.items() if s not in self.settings}
         rows = [{"claim": claim, "paper": f"{QUOTES[claim].what} ({QUOTES[claim].where})",
                  "ours": f"not measured: this plan trains {', '.join(self.settings)}, not {setting}", "verdict": OPEN}
                 for claim, setting in untrained.items()]
         rows += self.moe_rows() if "moe-mla" in self.settings else [E7_UNTRAINED]
-        rows += [self.e8_row(), self.a1_row(capped)] + ([] if "A2" in untrained else [self.a2_row()])
+        rows += [self.e8_row(), self.a1_row(capped, why)] + ([] if "A2" in untrained else [self.a2_row()])
         verdicts = pd.DataFrame(rows).set_index("claim")
         if capped:
-            verdicts = one_protocol_table(verdicts, claims=verdicts.index.drop(["E8", "A1"]))  # E8 from a benchmark; A1 above
+            verdicts = one_protocol_table(verdicts, claims=verdicts.index.drop(["E8", "A1"]), why=why)  # E8 from a benchmark; A1 above
         return with_decode_parts(verdicts, decode)
 
     def moe_rows(self) -> list[dict]:
@@ -359,6 +361,19 @@ class ArchitectureProtocols:
                 complete[protocol] = ArchitectureResults.load(name, kind, protocol=protocol)
         return cls(complete, pd.DataFrame(rows).set_index("protocol"))
 
+    def unfinished(self) -> str:
+        """Why the original protocol's runs still judge alone: the other protocols' runs are not
+        finished, with how many are and how many more their plans want so far (a sweep that
+        settles can want seeds it did not before)."""
+        others = self.progress.drop(index="original")
+        others = others[others["runs wanted now"] > 0]
+        if others.empty:
+            return NOT_RUN
+        names = {"paper": "the paper's recipe", "tuned": "the tuned protocol"}
+        return (f"{' and '.join(names.get(p, p) for p in others.index)} {'are' if len(others) > 1 else 'is'} still running "
+                f"({' and '.join(str(n) for n in others['runs finished'])} runs finished, "
+                f"{' and '.join(str(n) for n in others['runs wanted now'])} more wanted so far)")
+
     @property
     def judged_by(self) -> tuple[str, ...]:
         """Which protocols' verdicts are combined, the paper's and the tuned one's once both are
@@ -366,9 +381,10 @@ class ArchitectureProtocols:
         return ("paper", "tuned") if {"paper", "tuned"} <= set(self.results) else ("original",)
 
     def verdicts(self, decode: pd.DataFrame | None = None) -> pd.DataFrame:
-        """Per claim: each complete protocol's evidence and verdict, and the verdict that stands."""
+        """Per claim: each complete protocol's evidence and verdict, and the verdict that stands;
+        while the original protocol judges alone, its evidence says how far the others are."""
         if self.judged_by == ("original",):
-            return self.results["original"].verdicts(decode)
+            return self.results["original"].verdicts(decode, why=self.unfinished())
         tables = {p: r.verdicts(capped=False) for p, r in self.results.items()}
         verdicts = side_by_side(tables, self.judged_by)
         verdicts["ours"] = ["; ".join(f"{p}: {tables[p].ours[claim]}" for p in self.judged_by) for claim in verdicts.index]

@@ -14,7 +14,7 @@ import pandas as pd
 from ..analysis import SWEEP_FACTOR, Budget, SeedSpread, compare, rate_key, sweep_rates, tokens_to_target
 from ..experiments import ScalingDecisions, experiment, load_results
 from .paper import PAPER, PAPER_R, TABLE1_RATES
-from .rules import ORIGINAL_ONLY, band_distance, band_verdict, combine_verdicts, gain_verdict, label, one_protocol, one_protocol_table
+from .rules import band_distance, band_verdict, combine_verdicts, gain_verdict, label, one_protocol, one_protocol_table, original_only
 from .runs import (NOISE_SIGMAS, OPTIMIZERS, TARGET_OFFSETS, final_rows, gap_row, newton_schulz_share, ratio_rows, spike_rows,
                    spread_text)
 
@@ -290,7 +290,7 @@ class ScalingResults(LadderResults):
         ]).set_index("claim")
         for claim, verdict in found.items():
             if verdict != one_protocol(verdict):
-                verdicts.at[claim, "ours"] += f"; over the sizes {verdict} {ORIGINAL_ONLY}"
+                verdicts.at[claim, "ours"] += f"; over the sizes {original_only(verdict)}"
         return verdicts
 
 

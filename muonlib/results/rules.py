@@ -61,8 +61,17 @@ def gain_verdict(gaps: pd.DataFrame) -> str:
 
 
 #: the condition a verdict from the original protocol's runs alone holds under
-ORIGINAL_ONLY = ("under the original protocol only (a 45% warm-up; Muon's momentum 0.95 with Nesterov): "
-                 "the paper's recipe has not been run for it yet")
+ORIGINAL_ONLY = "under the original protocol only (a 45% warm-up; Muon's momentum 0.95 with Nesterov)"
+#: why the original protocol's runs judge alone, where the experiment has no other protocol
+NOT_RUN = "the paper's recipe has not been run for it yet"
+
+
+def original_only(found: str, why: str = NOT_RUN) -> str:
+    """The note a capped verdict's evidence carries: what the original protocol's runs found,
+    and why they judge alone (``why``, a clause without semicolons)."""
+    if ";" in why:
+        raise ValueError(f"why {why!r} has a semicolon: the notes of a verdict's evidence are separated by them")
+    return f"{found} {ORIGINAL_ONLY}: {why}"
 
 
 def one_protocol(verdict: str) -> str:
@@ -76,16 +85,17 @@ def measured(ours: str) -> str:
     """A verdict's evidence without the notes that say what one protocol's runs found
     (:func:`one_protocol_table` and the chapters add them): the measurement alone, for prose
     that gives the verdict beside it."""
-    return re.sub(rf"; [^;]*? {re.escape(ORIGINAL_ONLY)}", "", ours)
+    return re.sub(rf"; [^;]*? {re.escape(ORIGINAL_ONLY)}: [^;]*", "", ours)
 
 
-def one_protocol_table(verdicts: pd.DataFrame, claims=None) -> pd.DataFrame:
+def one_protocol_table(verdicts: pd.DataFrame, claims=None, why: str = NOT_RUN) -> pd.DataFrame:
     """:func:`one_protocol` on a verdict table's ``claims`` (all by default) judged from the
-    original protocol's runs alone; the evidence says what the runs found and under what."""
+    original protocol's runs alone; the evidence says what the runs found, under what, and why
+    they judge alone (:func:`original_only`)."""
     out = verdicts.copy()
     for claim in out.index if claims is None else claims:
         if (found := out.at[claim, "verdict"]) != one_protocol(found):
-            out.at[claim, "ours"] = f"{out.at[claim, 'ours']}; {found} {ORIGINAL_ONLY}"
+            out.at[claim, "ours"] = f"{out.at[claim, 'ours']}; {original_only(found, why)}"
             out.at[claim, "verdict"] = one_protocol(found)
     return out
 
