@@ -654,13 +654,13 @@ def profile_optimizer_step(size: str, variant: str = "mha", steps: int = 5) -> l
     return rows
 
 
-#: the parts of a model's step, and the names their kernels carry, tried in this order (an
-#: attention kernel may be built on CUTLASS, a grouped GEMM is a GEMM)
-MODEL_KERNEL_KINDS = (("attention", ("flash", "fmha", "attention", "cudnn", "mem_eff")),
-                      ("grouped matmuls", ("grouped",)),
+#: the parts of a model's step, and the names their kernels carry, tried in this order (a
+#: compiled kernel may fuse an index op, an attention kernel be built on CUTLASS, a grouped GEMM is a GEMM)
+MODEL_KERNEL_KINDS = (("compiled elementwise and reductions", ("triton_",)),  # Inductor names its kernels after the ops they fuse
+                      ("attention", ("flash", "fmha", "attention", "cudnn", "mem_eff")),
+                      ("grouped matmuls", ("grouped", "groupproblemshape", "ptrarray")),  # CUTLASS's grouped GEMM on sm90
                       ("matmuls", ("nvjet", "gemm", "xmma", "cutlass", "cublas")),
-                      ("sort, gather and scatter", ("sort", "scatter", "gather", "index", "radix")),
-                      ("compiled elementwise and reductions", ("triton_",)))
+                      ("sort, gather and scatter", ("sort", "scatter", "gather", "index", "radix")))
 
 
 def model_kernel_kind(name: str) -> str:
@@ -683,6 +683,7 @@ def profile_forward_backward(size: str, variant: str, batch: int, steps: int = 3
     idx = torch.randint(0, config.vocab_size, (batch, config.context), device="cuda")
 
     def fwd_bwd():
+        model.zero_grad(set_to_none=True)  # as a training step starts: no gradient accumulated
         with _autocast():
             _, loss = step_model(idx, idx)
         loss.backward()
@@ -897,17 +898,20 @@ def bench_attention_routes(size: str, batch: int, iters: int) -> list[dict]:
         truth = fn(*(t.detach().float() for t in tensors))
         with pinned(), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # a refused backend's reasons: its error row says it
-            error = ((fn(*tensors).float() - truth).norm() / truth.norm()).item()
+            out = fn(*tensors)
+            error = ((out.float() - truth).norm() / truth.norm()).item()
+            upstream = torch.randn_like(out)  # the backward alone, no loss around it and no gradient accumulated
 
             def fwd_bwd():
-                fn(*tensors).float().square().mean().backward()
+                torch.autograd.grad(fn(*tensors), tensors, upstream)
 
             return median_ms(fwd_bwd, warmup=3, iters=iters), error
 
     rows = []
-    mha_ms, _ = timed(attention_routes(D, 0)["unequal"], inputs(D), "auto")
+    spin_up()  # every ratio divides by MHA's time, measured first
+    mha_ms, mha_error = timed(attention_routes(D, 0)["unequal"], inputs(D), "auto")
     rows.append(dict(size=size, batch=batch, context=T, heads=H, qk_dim=D, v_dim=D, attention="mha", route="equal", backend="auto",
-                     fwd_bwd_ms=mha_ms, vs_mha=1.0, relative_error=0.0))
+                     fwd_bwd_ms=mha_ms, vs_mha=1.0, relative_error=mha_error))
     mla = inputs(D + P)
     for route, fn in attention_routes(D, P).items():
         for backend in ATTENTION_BACKENDS:

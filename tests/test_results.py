@@ -560,6 +560,19 @@ def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agr
     assert table.at["E4", "paper: verdict"] == REFUTED and table.at["E4", "tuned: verdict"] == VERIFIED
 
 
+def test_a1s_note_leaves_both_optimizers_costs_to_the_prose(architectures, monkeypatch):
+    import pandas as pd
+
+    from muonlib.results import ArchitectureResults
+    from muonlib.results.rules import measured
+
+    monkeypatch.setattr(ArchitectureResults, "cost_band", lambda self, *changes, paper: REFUTED)  # a cost the runs refute, capped
+    row = architectures.a1_row(capped=True)
+    assert row["verdict"] == CONDITIONAL and found(pd.DataFrame([row]).set_index("claim"), "A1") == REFUTED
+    prose = measured(row["ours"])
+    assert "AdamW +" in prose and "Muon " in prose and "original protocol" not in prose
+
+
 def test_companion_claims_as_the_chapter_states_them(architectures):
     v = architectures.verdicts()
     e3 = {o: architectures.change("moe-mla", "mha", o) for o in ("adamw", "muon")}

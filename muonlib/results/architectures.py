@@ -172,7 +172,7 @@ class ArchitectureResults(LadderResults):
         return {"claim": "A1", "paper": f"MLA + RoPE at r = d/2: {paper_saving:.0f}% smaller KV cache for {paper_cost}% higher validation loss",
                 "ours": f"cache at {self.size()}: {saving:.1f}% fewer bytes per token than MHA (latent plus rotary key); test loss against MHA: "
                         + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.2f}% (seeds {c.low:+.2f} to {c.high:+.2f})" for o, c in cost.items())
-                        + (f", {original_only(loss, why)}" if loss != runs_half else ""),
+                        + (f"; {original_only(loss, why)}" if loss != runs_half else ""),
                 "verdict": conjunction([cache, runs_half])}
 
     def a2_row(self) -> dict:
