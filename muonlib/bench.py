@@ -630,6 +630,17 @@ def kernel_kind(name: str) -> str:
     return "other kernels"
 
 
+def kernel_times(fn: Callable[[], object], steps: int) -> list[tuple[str, float, float]]:
+    """The GPU kernels of ``fn`` under the profiler, longest first: (name, ms per call of ``fn``,
+    launches per call), over ``steps`` calls."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    return sorted(((event.key, event.self_device_time_total / steps / 1e3, event.count / steps)
+                   for event in prof.key_averages() if event.self_device_time_total > 0), key=lambda k: -k[1])
+
+
 def profile_optimizer_step(size: str, variant: str = "mha", steps: int = 5) -> list[dict]:
     """GPU time per :func:`kernel_kind` of one (fused) ``muonlib.Muon`` step over a model's
     hidden matrices, and what the step's wall time adds to the sum of its kernels (host work
@@ -641,14 +652,9 @@ def profile_optimizer_step(size: str, variant: str = "mha", steps: int = 5) -> l
         p.grad = torch.randn_like(p)
     opt = Muon(params, lr=0.02)
     wall = median_ms(opt.step, warmup=5, iters=20)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            opt.step()
-        torch.cuda.synchronize()
     per_kind: dict[str, float] = defaultdict(float)
-    for event in prof.key_averages():
-        if event.self_device_time_total > 0:
-            per_kind[kernel_kind(event.key)] += event.self_device_time_total / steps / 1e3
+    for name, ms, _ in kernel_times(opt.step, steps):
+        per_kind[kernel_kind(name)] += ms
     rows = [dict(size=size, variant=variant, part=kind, ms=ms) for kind, ms in sorted(per_kind.items())]
     rows.append(dict(size=size, variant=variant, part="host work and gaps", ms=wall - sum(per_kind.values())))
     return rows
@@ -689,12 +695,7 @@ def profile_forward_backward(size: str, variant: str, batch: int, steps: int = 3
         loss.backward()
 
     wall = median_ms(fwd_bwd, warmup=3, iters=10)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            fwd_bwd()
-        torch.cuda.synchronize()
-    kernels = sorted(((event.key, event.self_device_time_total / steps / 1e3, event.count / steps)
-                      for event in prof.key_averages() if event.self_device_time_total > 0), key=lambda k: -k[1])
+    kernels = kernel_times(fwd_bwd, steps)
     total = sum(ms for _, ms, _ in kernels)
     per_kind: dict[str, float] = defaultdict(float)
     for name, ms, _ in kernels:
