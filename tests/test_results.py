@@ -655,3 +655,46 @@ def test_m28_muon_spreads_attention_in_mha_and_mla_and_the_paper_shows_no_analys
     from muonlib.results.probes import shown_text
 
     assert shown_text(" the\n" + " " * 30) == " the [then only whitespace]" and shown_text("a cat.\n") == "a cat.\n"
+
+
+def test_repeat_table_pairs_each_copy_with_the_kept_run_and_its_seeds(tmp_path):
+    from muonlib.experiments import compact
+    from muonlib.results import repeat_table
+
+    def run(path, val_loss, seed=0, lr=1e-3):
+        config = {"variant": "mla", "model_changes": {}, "optimizer": "adamw", "lr": lr, "steps": 10, "seed": seed}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(compact([{"provenance": {"config": config}}, {"step": 10, "loss": 5.0},
+                                  {"final": True, "step": 10, "val_loss": val_loss}]))
+
+    kept = tmp_path / "tuned" / "architectures"
+    for seed, loss in enumerate((4.00, 4.01, 4.05)):
+        run(kept / f"h200-S-mla-adamw-abc-seed{seed}.jsonl.gz", loss, seed)
+    run(kept / "h200-S-mla-adamw-def-seed0.jsonl.gz", 3.0, lr=2e-3)  # another rate: not one of the seeds
+    run(tmp_path / "repeats" / "1" / "tuned" / "architectures" / "h200-S-mla-adamw-abc-seed0.jsonl.gz", 4.02)
+    run(tmp_path / "repeats" / "2" / "tuned" / "architectures" / "h200-S-mla-adamw-abc-seed0.jsonl.gz", 3.99)
+    row = repeat_table(tmp_path).iloc[0]
+    assert (row["copies"], row["val loss, kept"], row["protocol"]) == (3, 4.00, "tuned")
+    assert row["largest difference"] == pytest.approx(0.03) and row["seed range"] == pytest.approx(0.05)
+
+    run(tmp_path / "repeats" / "1" / "paper" / "architectures" / "h200-S-lost-seed0.jsonl.gz", 4.0)
+    with pytest.raises(FileNotFoundError, match="not saved"):
+        repeat_table(tmp_path)
+
+
+def test_the_saved_kernel_profile_says_what_the_architectures_chapter_says():
+    # the chapter: most of MLA's extra step time lies outside its kernels; MoE-MLA spends more in
+    # compiled elementwise kernels than in its grouped matmuls; padding MLA's values never wins
+    import json
+
+    bench = Path(__file__).resolve().parents[1] / "data" / "bench"
+    rows = json.loads((bench / "model_kernels.json").read_text())["results"]
+    parts = {(r["variant"], r["part"]): r["ms"] for r in rows if "kernel" not in r}
+    wall = {v: sum(ms for (variant, _), ms in parts.items() if variant == v) for v in ("mha", "mla")}
+    gaps = {v: parts[v, "host work and gaps"] for v in ("mha", "mla")}
+    assert (gaps["mla"] - gaps["mha"]) / (wall["mla"] - wall["mha"]) > 0.5
+    assert parts["moe-mla", "compiled elementwise and reductions"] > parts["moe-mla", "grouped matmuls"]
+    routes = [r for r in json.loads((bench / "attention_routes.json").read_text())["results"] if r["attention"] == "mla" and "vs_mha" in r]
+    for size in {r["size"] for r in routes}:
+        best = {route: min(r["vs_mha"] for r in routes if r["size"] == size and r["route"] == route) for route in ("unequal", "padded")}
+        assert best["padded"] > best["unequal"], size

@@ -281,3 +281,36 @@ class ProtocolComparison:
     def verdicts(self) -> pd.DataFrame:
         """Per claim: each complete protocol's evidence and verdict, and the verdict that stands."""
         return side_by_side({p: r.verdicts() for p, r in self.results.items()}, ("paper", self.second))
+
+
+def repeat_table(results: Path | None = None) -> pd.DataFrame:
+    """Runs made more than once from one configuration and seed, each copy on a fresh machine
+    of the same GPU kind, beside the copy the book keeps (``results/PROTOCOL/EXPERIMENT/RUN``;
+    the others under ``results/repeats/N/``, same path): every copy's final validation loss and
+    the largest difference between them, and the range over the kept run's seeds where they
+    exist. Nothing but the GPU's nondeterministic kernels (atomic reductions in the backward
+    pass, autotuned kernel choices) separates the copies, so two points of a rate sweep closer
+    than this are a tie whichever the sweep picks."""
+    from ..experiments import data_root, read_run
+
+    results = results or data_root() / "results"
+    copies: dict[Path, list[Path]] = {}
+    for copy in sorted((results / "repeats").glob("*/*/*/*.jsonl.gz")):
+        copies.setdefault(results / copy.parent.parent.name / copy.parent.name / copy.name, []).append(copy)
+    rows = []
+    for kept, others in copies.items():
+        if not kept.exists():
+            raise FileNotFoundError(f"{others[0]} repeats {kept}, which is not saved: restore it or delete the repeat")
+        finals = [read_run(path)[2] for path in (kept, *others)]
+        config = read_run(kept)[0]["provenance"]["config"]
+        stem = kept.name.removesuffix(".jsonl.gz").rsplit("-seed", 1)[0]
+        seeds = [read_run(p)[2] for p in sorted(kept.parent.glob(f"{stem}-seed*.jsonl.gz"))]
+        seed_losses = [f["val_loss"] for f in seeds if f is not None]
+        losses = [f["val_loss"] for f in finals]
+        changes = ", ".join(f"{k} {v}" for k, v in config.get("model_changes", {}).items())
+        rows.append({"protocol": kept.parent.parent.name, "experiment": kept.parent.name,
+                     "variant": config["variant"] + (f" ({changes})" if changes else ""),
+                     "optimizer": config["optimizer"], "lr": config["lr"], "steps": config["steps"], "seed": config["seed"],
+                     "copies": len(losses), "val loss, kept": losses[0], "largest difference": max(losses) - min(losses),
+                     "seed range": max(seed_losses) - min(seed_losses) if len(seed_losses) > 1 else np.nan})
+    return pd.DataFrame(rows)
