@@ -96,22 +96,38 @@ def muon_flops_per_token(model: GPT, tokens_per_step: int) -> float:
     return sum(linalg.newton_schulz_flops(*p.shape[-2:]) * (p.numel() // (p.shape[-2] * p.shape[-1])) for p in hidden) / tokens_per_step
 
 
-def compiled(module: torch.nn.Module) -> Callable:
+#: torch.compile's modes the model benchmarks compile with (``--compile-mode``): ``reduce-overhead``
+#: replays each compiled graph as a CUDA graph, which takes the launch of every kernel off the
+#: host, where a small model's step of many short kernels can spend more time than on the GPU
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
+def compiled(module: torch.nn.Module, mode: str = "default") -> Callable:
     """``torch.compile`` with Dynamo's caches cleared first: a benchmark compiles many models in
     one process, and past Dynamo's recompile limit (8 graphs of one ``forward``) the next one
     would run eager while its row says compiled."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r}: choose one of {list(COMPILE_MODES)}")
     torch._dynamo.reset()
-    return torch.compile(module)
+    return torch.compile(module, mode=None if mode == "default" else mode)
 
 
-def bench_forward_backward(size: str, variant: str, batch: int, compile: bool, iters: int, peak: float | None = None) -> dict:
+def new_step() -> None:
+    """Mark the start of a training step: a CUDA-graph replay (``reduce-overhead``) may then
+    reuse the memory of the last step's outputs, which the step has consumed."""
+    torch.compiler.cudagraph_mark_step_begin()
+
+
+def bench_forward_backward(size: str, variant: str, batch: int, compile: bool, iters: int, peak: float | None = None,
+                           mode: str = "default") -> dict:
     config = preset(size, variant)
     with torch.device(_device()):
         model = GPT(config).train()
-    step_model = compiled(model) if compile else model
+    step_model = compiled(model, mode) if compile else model
     idx = torch.randint(0, config.vocab_size, (batch, config.context), device=_device())
 
     def fwd_bwd():
+        new_step()
         with _autocast():
             _, loss = step_model(idx, idx)
         loss.backward()
@@ -120,7 +136,7 @@ def bench_forward_backward(size: str, variant: str, batch: int, compile: bool, i
     ms = median_ms(fwd_bwd, warmup=3, iters=iters)
     tokens = batch * config.context
     flops = flops_per_token(model)
-    result = dict(size=size, variant=variant, compiled=compile, batch=batch, context=config.context,
+    result = dict(size=size, variant=variant, compiled=compile, compile_mode=mode if compile else None, batch=batch, context=config.context,
                   params=model.num_parameters(), active_params=model.num_parameters(active=True),
                   fwd_bwd_ms=ms, tokens_per_s=tokens / ms * 1e3, flops_per_token=flops,
                   mfu=utilisation(tokens / ms * 1e3, flops, peak), peak_memory_gb=_peak_gb())
@@ -441,7 +457,7 @@ def finished_contexts(path: Path, runs: list[tuple[str, str, int, int]], options
     return [r for r in rows if r["context"] in finished]
 
 
-def bench_moe_layer(size: str, tokens: int, compile: bool) -> dict:
+def bench_moe_layer(size: str, tokens: int, compile: bool, mode: str = "default") -> dict:
     """The MoE FFN against a dense GELU MLP of the same active width ((shared + top_k) * h)."""
     config = preset(size, "moe-mla")
     with torch.device(_device()):
@@ -450,29 +466,37 @@ def bench_moe_layer(size: str, tokens: int, compile: bool) -> dict:
     x = torch.randn(tokens, config.d_model, device=_device())
     out = {}
     for name, layer in (("moe", moe), ("dense", dense)):
-        fn = compiled(layer) if compile else layer
+        fn = compiled(layer, mode) if compile else layer
+
+        def forward():
+            new_step()
+            fn(x)
+
         with torch.no_grad(), _autocast():
-            out[f"{name}_forward_ms"] = median_ms(lambda: fn(x), warmup=3, iters=20)
+            out[f"{name}_forward_ms"] = median_ms(forward, warmup=3, iters=20)
 
         def fwd_bwd():
+            new_step()
             with _autocast():
                 fn(x).float().square().mean().backward()
 
         out[f"{name}_fwd_bwd_ms"] = median_ms(fwd_bwd, warmup=3, iters=20)
-    return dict(size=size, tokens=tokens, compiled=compile, d_model=config.d_model, expert_hidden=config.expert_hidden, **out,
+    return dict(size=size, tokens=tokens, compiled=compile, compile_mode=mode if compile else None, d_model=config.d_model, expert_hidden=config.expert_hidden, **out,
                 forward_ratio=out["moe_forward_ms"] / out["dense_forward_ms"],
                 fwd_bwd_ratio=out["moe_fwd_bwd_ms"] / out["dense_fwd_bwd_ms"])
 
 
-def bench_train_step(size: str, variant: str, optimizer: str, batch: int, compile: bool, iters: int, peak: float | None = None) -> dict:
+def bench_train_step(size: str, variant: str, optimizer: str, batch: int, compile: bool, iters: int, peak: float | None = None,
+                     mode: str = "default") -> dict:
     config = preset(size, variant)
     with torch.device(_device()):
         model = GPT(config).train()
-    step_model = compiled(model) if compile else model
+    step_model = compiled(model, mode) if compile else model
     opt = build_optimizer(model, optimizer, lr=1e-3)
     idx = torch.randint(0, config.vocab_size, (batch, config.context), device=_device())
 
     def step():
+        new_step()
         with _autocast():
             _, loss = step_model(idx, idx)
         loss.backward()
@@ -486,7 +510,7 @@ def bench_train_step(size: str, variant: str, optimizer: str, batch: int, compil
     tokens = batch * config.context
     # Newton-Schulz counts: it is work Muon does that AdamW does not
     flops = flops_per_token(model) + (muon_flops_per_token(model, tokens) if optimizer == "muon" else 0.0)
-    return dict(size=size, variant=variant, optimizer=optimizer, compiled=compile, batch=batch, step_ms=ms,
+    return dict(size=size, variant=variant, optimizer=optimizer, compiled=compile, compile_mode=mode if compile else None, batch=batch, step_ms=ms,
                 tokens_per_s=tokens / ms * 1e3, flops_per_token=flops, mfu=utilisation(tokens / ms * 1e3, flops, peak),
                 peak_memory_gb=_peak_gb())
 
@@ -675,7 +699,7 @@ def model_kernel_kind(name: str) -> str:
     return next((kind for kind, tags in MODEL_KERNEL_KINDS if any(tag in lowered for tag in tags)), "other kernels")
 
 
-def profile_forward_backward(size: str, variant: str, batch: int, steps: int = 3, top: int = 12) -> list[dict]:
+def profile_forward_backward(size: str, variant: str, batch: int, steps: int = 3, top: int = 12, mode: str = "default") -> list[dict]:
     """Where a compiled forward and backward spends its GPU time: per :func:`model_kernel_kind`,
     then its ``top`` kernels by time, each in ms per step with its calls per step and its share
     of the kernels' sum, and what the wall time adds to that sum. The profile that says which
@@ -685,10 +709,11 @@ def profile_forward_backward(size: str, variant: str, batch: int, steps: int = 3
     config = preset(size, variant)
     with torch.device("cuda"):
         model = GPT(config).train()
-    step_model = compiled(model)
+    step_model = compiled(model, mode)
     idx = torch.randint(0, config.vocab_size, (batch, config.context), device="cuda")
 
     def fwd_bwd():
+        new_step()
         model.zero_grad(set_to_none=True)  # as a training step starts: no gradient accumulated
         with _autocast():
             _, loss = step_model(idx, idx)
@@ -700,7 +725,7 @@ def profile_forward_backward(size: str, variant: str, batch: int, steps: int = 3
     per_kind: dict[str, float] = defaultdict(float)
     for name, ms, _ in kernels:
         per_kind[model_kernel_kind(name)] += ms
-    key = dict(size=size, variant=variant, batch=batch, wall_ms=wall)
+    key = dict(size=size, variant=variant, batch=batch, compile_mode=mode, wall_ms=wall)
     rows = [key | dict(part=kind, ms=ms, share=ms / total) for kind, ms in sorted(per_kind.items(), key=lambda kv: -kv[1])]
     rows += [key | dict(part=model_kernel_kind(name), kernel=name[:160], ms=ms, calls=calls, share=ms / total)
              for name, ms, calls in kernels[:top]]
@@ -1008,6 +1033,8 @@ def command_line() -> argparse.ArgumentParser:
     parser.add_argument("--sizes", default="XS,S,M,L,XL")
     parser.add_argument("--variants", default="mha,mla,mla-norope,moe-mla")
     parser.add_argument("--compile-sizes", default="XS,L", help="sizes whose fwd+bwd is also measured compiled, and whose training step is compiled (on a GPU)")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                        help="`models` and `kernels`: torch.compile's mode for what they compile (reduce-overhead: CUDA graphs)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--optimizers", default="adamw,muon", help="train-step optimizers")
@@ -1047,7 +1074,7 @@ def main(argv: list[str] | None = None) -> None:
                             f"x{r['speedup_vs_torch_muon']:.1f} vs torch.optim.Muon"),
         "profile": (lambda size, variant: profile_optimizer_step(size, variant, args.iters), "optimizer_profile",
                     lambda r: f"{r['size']:>4} {r['variant']:<8} {r['part']:<30} {r['ms']:8.2f} ms"),
-        "kernels": (lambda size, variant: profile_forward_backward(size, variant, args.batch), "model_kernels",
+        "kernels": (lambda size, variant: profile_forward_backward(size, variant, args.batch, mode=args.compile_mode), "model_kernels",
                     lambda r: f"{r['size']:>4} {r['variant']:<10} {r['part']:<36} {r['ms']:8.3f} ms  {r.get('kernel', '')[:70]}"),
     }
     if args.what == "attention":  # per size, not per variant: MLA's routes against MHA's attention
@@ -1166,7 +1193,7 @@ def main(argv: list[str] | None = None) -> None:
         for size in sizes:
             for variant in variants:
                 for compiled in [False] + ([True] if size in compile_sizes else []):
-                    record("forward_backward", lambda: bench_forward_backward(size, variant, args.batch, compiled, args.iters, peak),
+                    record("forward_backward", lambda: bench_forward_backward(size, variant, args.batch, compiled, args.iters, peak, args.compile_mode),
                            lambda r: f"fwd+bwd {r['size']:>4} {r['variant']:<10} compiled={r['compiled']!s:<5} {r['fwd_bwd_ms']:8.1f} ms "
                                      f"{r['tokens_per_s']:>10,.0f} tok/s peak {r['peak_memory_gb']}"
                                      + (f" MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""),
@@ -1181,7 +1208,7 @@ def main(argv: list[str] | None = None) -> None:
                    size=kv_size, variant=variant)
     if "moe" in parts:
         for compiled in (False, True):
-            record("moe_layer", lambda: bench_moe_layer(kv_size, tokens=16384 if kv_size != "tiny" else 256, compile=compiled),
+            record("moe_layer", lambda: bench_moe_layer(kv_size, tokens=16384 if kv_size != "tiny" else 256, compile=compiled, mode=args.compile_mode),
                    lambda r: f"moe layer {r['size']} compiled={r['compiled']}: forward x{r['forward_ratio']:.2f}, "
                              f"fwd+bwd x{r['fwd_bwd_ratio']:.2f} of dense",
                    size=kv_size, compiled=compiled)
@@ -1189,7 +1216,7 @@ def main(argv: list[str] | None = None) -> None:
         for size in sizes:
             for optimizer in args.optimizers.split(","):
                 compile = torch.cuda.is_available() and size in compile_sizes
-                record("train_step", lambda: bench_train_step(size, "mha", optimizer, args.batch, compile, args.iters, peak),
+                record("train_step", lambda: bench_train_step(size, "mha", optimizer, args.batch, compile, args.iters, peak, args.compile_mode),
                        lambda r: f"train step {r['size']} {r['optimizer']}: {r['step_ms']:.1f} ms, {r['tokens_per_s']:,.0f} tok/s"
                                  + (f", MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""),
                        size=size, optimizer=optimizer)

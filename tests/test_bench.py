@@ -68,7 +68,7 @@ def test_model_benchmarks_run_on_cpu(tmp_path):
 
 def test_the_training_step_is_compiled_at_the_compile_sizes_only(tmp_path, monkeypatch):
     compiles = []
-    monkeypatch.setattr(bench, "bench_train_step", lambda size, variant, optimizer, batch, compile, iters, peak:
+    monkeypatch.setattr(bench, "bench_train_step", lambda size, variant, optimizer, batch, compile, iters, peak, mode:
                         compiles.append((size, compile)) or dict(size=size, optimizer=optimizer, step_ms=1.0, tokens_per_s=1.0, mfu=None))
     bench.main(["models", "--out", str(tmp_path), "--sizes", "tiny,XS", "--compile-sizes", "XS", "--parts", "train",
                 "--optimizers", "muon"])
@@ -311,3 +311,19 @@ def test_the_graph_anchor_decodes_greedily_against_its_own_roofline():
     itemsize = 2 if torch.cuda.is_available() else 4  # bfloat16 on a GPU, float32 on a CPU
     assert row["weight_bytes"] == itemsize * (config.vocab_size * d + L * 12 * d * d)  # qkv, out, a 4d FFN
     assert row["kv_bytes"] == itemsize * 2 * L * 2 * d * (8 + 4 / 2)  # keys and values of the positions filled on average
+
+
+def test_the_compile_mode_reaches_torch_compile_and_every_compiled_row(tmp_path, monkeypatch):
+    import pytest
+
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: modes.append(mode) or module)
+    bench.main(["models", "--out", str(tmp_path), "--sizes", "tiny", "--variants", "mha", "--compile-sizes", "tiny",
+                "--parts", "fwd_bwd", "--batch", "2", "--iters", "1", "--compile-mode", "reduce-overhead"])
+    rows = json.loads((tmp_path / "models.json").read_text())["results"]["forward_backward"]
+    assert modes == ["reduce-overhead"]  # the eager row compiles nothing
+    assert [(r["compiled"], r["compile_mode"]) for r in rows] == [(False, None), (True, "reduce-overhead")]
+    bench.compiled(torch.nn.Linear(2, 2))
+    assert modes[-1] is None  # torch.compile's own default
+    with pytest.raises(ValueError, match="reduce-overhead"):
+        bench.compiled(torch.nn.Linear(2, 2), "fast")
