@@ -78,7 +78,7 @@ def test_the_training_step_is_compiled_at_the_compile_sizes_only(tmp_path, monke
 def test_a_benchmark_compiles_each_model_anew_past_dynamos_recompile_limit(monkeypatch):
     # the 9th model one process compiled used to run eager under a row saying "compiled"
     eager_backend = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda module: eager_backend(module, backend="eager"))
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: eager_backend(module, backend="eager"))
     idx = torch.randint(0, 64, (2, 16))
     with torch._dynamo.config.patch(recompile_limit=1):
         for variant in ("mha", "mla"):  # a second configuration: past a limit of one graph
