@@ -988,7 +988,8 @@ def _ends_up_to_768_rows(saved: str) -> str:
 #: rerun runs, in minutes, not a measurement to read.
 SMOKE_OPTIONS = {"decode": dict(sizes="tiny", batches="1,16", long_context=128),
                  "models": dict(batch=2, iters=2, compile_sizes=_compiled_at_xs), "optim": dict(iters=2),
-                 "profile": dict(iters=2), "ns": dict(iters=2, ns_shapes=_ends_up_to_768_rows)}
+                 "profile": dict(iters=2), "ns": dict(iters=2, ns_shapes=_ends_up_to_768_rows),
+                 "attention": dict(sizes="XS,L", batch=2, iters=2), "kernels": dict(sizes="XS", batch=2)}
 
 
 def smoke_options(config: dict) -> dict:
