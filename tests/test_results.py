@@ -657,9 +657,9 @@ def test_m28_muon_spreads_attention_in_mha_and_mla_and_the_paper_shows_no_analys
     assert shown_text(" the\n" + " " * 30) == " the [then only whitespace]" and shown_text("a cat.\n") == "a cat.\n"
 
 
-def test_repeat_table_pairs_each_copy_with_the_kept_run_and_its_seeds(tmp_path):
+def test_repeats_pair_each_copy_with_the_kept_run_and_a_sweep_the_copies_can_tip_is_a_tie(tmp_path):
     from muonlib.experiments import compact
-    from muonlib.results import repeat_table
+    from muonlib.results import repeat_sweeps, repeat_table
 
     def run(path, val_loss, seed=0, lr=1e-3):
         config = {"variant": "mla", "model_changes": {}, "optimizer": "adamw", "lr": lr, "steps": 10, "seed": seed}
@@ -670,12 +670,14 @@ def test_repeat_table_pairs_each_copy_with_the_kept_run_and_its_seeds(tmp_path):
     kept = tmp_path / "tuned" / "architectures"
     for seed, loss in enumerate((4.00, 4.01, 4.05)):
         run(kept / f"h200-S-mla-adamw-abc-seed{seed}.jsonl.gz", loss, seed)
-    run(kept / "h200-S-mla-adamw-def-seed0.jsonl.gz", 3.0, lr=2e-3)  # another rate: not one of the seeds
+    run(kept / "h200-S-mla-adamw-def-seed0.jsonl.gz", 4.01, lr=2e-3)  # another rate of the sweep, not one of the seeds
     run(tmp_path / "repeats" / "1" / "tuned" / "architectures" / "h200-S-mla-adamw-abc-seed0.jsonl.gz", 4.02)
     run(tmp_path / "repeats" / "2" / "tuned" / "architectures" / "h200-S-mla-adamw-abc-seed0.jsonl.gz", 3.99)
     row = repeat_table(tmp_path).iloc[0]
     assert (row["copies"], row["val loss, kept"], row["protocol"]) == (3, 4.00, "tuned")
     assert row["largest difference"] == pytest.approx(0.03) and row["seed range"] == pytest.approx(0.05)
+    (sweep,) = repeat_sweeps(tmp_path).to_dict("records")  # 4.00 beats 4.01, but its copy at 4.02 does not: a tie
+    assert (sweep["chosen"], sweep["chosen by some copies"], sweep["rates swept"], sweep["repeated points"]) == (1e-3, [1e-3, 2e-3], 2, 1)
 
     run(tmp_path / "repeats" / "1" / "paper" / "architectures" / "h200-S-lost-seed0.jsonl.gz", 4.0)
     with pytest.raises(FileNotFoundError, match="not saved"):

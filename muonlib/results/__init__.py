@@ -18,7 +18,7 @@ the losses reported are on the test split.
 
 from .ablations import AblationResults, optimizer_state_bytes
 from .architectures import TABLE3_ARCHITECTURES, ArchitectureProtocols, ArchitectureResults, training_throughput
-from .comparison import PROTOCOL_HARDWARE, ComparisonResults, ProtocolComparison, repeat_table
+from .comparison import PROTOCOL_HARDWARE, ComparisonResults, ProtocolComparison, repeat_sweeps, repeat_table
 from .decode import DecodeResults
 from .ladders import BatchSizeResults, LadderResults, ScalingResults
 from .paper import (ADAMW_ARM, BASELINE, PAPER, PAPER_INFERENCE, PAPER_QUALITY, PAPER_R, PAPER_TABLE2, PAPER_TABLE3, QUOTES,
@@ -32,5 +32,5 @@ __all__ = ["ADAMW_ARM", "BASELINE", "CONDITIONAL", "NOISE_SIGMAS", "OPEN", "REFU
            "PAPER_R", "PAPER_TABLE2", "PAPER_TABLE3", "PROTOCOL_HARDWARE", "QUOTES", "SHARP_HEAD", "TABLE1_RATES", "TABLE1_XS_RATE",
            "TABLE3_ARCHITECTURES", "TARGET_OFFSETS", "AblationResults", "ArchitectureProtocols", "ArchitectureResults", "BatchSizeResults", "ComparisonResults",
            "DecodeResults", "LadderResults", "ProbeResults", "ProtocolComparison", "Quote", "ScalingResults", "band_verdict",
-           "combine_verdicts", "conjunction", "every_run_table", "gain_verdict", "label", "measured", "optimizer_state_bytes", "repeat_table", "runs_verdict", "saving_band", "stability_table",
+           "combine_verdicts", "conjunction", "every_run_table", "gain_verdict", "label", "measured", "optimizer_state_bytes", "repeat_sweeps", "repeat_table", "runs_verdict", "saving_band", "stability_table",
            "stability_verdict", "training_throughput"]

@@ -283,6 +283,27 @@ class ProtocolComparison:
         return side_by_side({p: r.verdicts() for p, r in self.results.items()}, ("paper", self.second))
 
 
+def repeated_runs(results: Path | None = None) -> dict[Path, list[Path]]:
+    """Each kept run (``results/PROTOCOL/EXPERIMENT/RUN``) that has copies, with its copies
+    (``results/repeats/N/`` and the same path)."""
+    from ..experiments import data_root
+
+    results = results or data_root() / "results"
+    copies: dict[Path, list[Path]] = {}
+    for copy in sorted((results / "repeats").glob("*/*/*/*.jsonl.gz")):
+        copies.setdefault(results / copy.parent.parent.name / copy.parent.name / copy.name, []).append(copy)
+    for kept, others in copies.items():
+        if not kept.exists():
+            raise FileNotFoundError(f"{others[0]} repeats {kept}, which is not saved: restore it or delete the repeat")
+    return copies
+
+
+def setting_label(config: dict) -> str:
+    """A run's model as a table names it: the variant, and what its run changed of it."""
+    changes = ", ".join(f"{k} {v}" for k, v in config.get("model_changes", {}).items())
+    return config["variant"] + (f" ({changes})" if changes else "")
+
+
 def repeat_table(results: Path | None = None) -> pd.DataFrame:
     """Runs made more than once from one configuration and seed, each copy on a fresh machine
     of the same GPU kind, beside the copy the book keeps (``results/PROTOCOL/EXPERIMENT/RUN``;
@@ -291,26 +312,48 @@ def repeat_table(results: Path | None = None) -> pd.DataFrame:
     exist. Nothing but the GPU's nondeterministic kernels (atomic reductions in the backward
     pass, autotuned kernel choices) separates the copies, so two points of a rate sweep closer
     than this are a tie whichever the sweep picks."""
-    from ..experiments import data_root, read_run
+    from ..experiments import read_run
 
-    results = results or data_root() / "results"
-    copies: dict[Path, list[Path]] = {}
-    for copy in sorted((results / "repeats").glob("*/*/*/*.jsonl.gz")):
-        copies.setdefault(results / copy.parent.parent.name / copy.parent.name / copy.name, []).append(copy)
     rows = []
-    for kept, others in copies.items():
-        if not kept.exists():
-            raise FileNotFoundError(f"{others[0]} repeats {kept}, which is not saved: restore it or delete the repeat")
+    for kept, others in repeated_runs(results).items():
         finals = [read_run(path)[2] for path in (kept, *others)]
         config = read_run(kept)[0]["provenance"]["config"]
         stem = kept.name.removesuffix(".jsonl.gz").rsplit("-seed", 1)[0]
         seeds = [read_run(p)[2] for p in sorted(kept.parent.glob(f"{stem}-seed*.jsonl.gz"))]
         seed_losses = [f["val_loss"] for f in seeds if f is not None]
         losses = [f["val_loss"] for f in finals]
-        changes = ", ".join(f"{k} {v}" for k, v in config.get("model_changes", {}).items())
-        rows.append({"protocol": kept.parent.parent.name, "experiment": kept.parent.name,
-                     "variant": config["variant"] + (f" ({changes})" if changes else ""),
+        rows.append({"protocol": kept.parent.parent.name, "experiment": kept.parent.name, "variant": setting_label(config),
                      "optimizer": config["optimizer"], "lr": config["lr"], "steps": config["steps"], "seed": config["seed"],
                      "copies": len(losses), "val loss, kept": losses[0], "largest difference": max(losses) - min(losses),
                      "seed range": max(seed_losses) - min(seed_losses) if len(seed_losses) > 1 else np.nan})
+    return pd.DataFrame(rows)
+
+
+def repeat_sweeps(results: Path | None = None) -> pd.DataFrame:
+    """The rate sweeps (seed 0 of one setting, optimizer and budget) with a repeated point: the
+    rate the kept copies choose, and every rate that some choice of copies would choose. A
+    sweep with more than one is a tie between those rates: the runs cannot tell them apart."""
+    import itertools
+
+    from ..experiments import read_run
+
+    copies = repeated_runs(results)
+    rows = []
+    for folder in sorted({kept.parent for kept in copies}):
+        sweeps: dict[tuple, dict[float, list[float]]] = {}
+        for kept in sorted(folder.glob("*-seed0.jsonl.gz")):
+            header, _, final = read_run(kept)
+            if final is None:
+                continue
+            config = header["provenance"]["config"]
+            key = (setting_label(config), config["optimizer"], config["steps"])
+            sweeps.setdefault(key, {})[config["lr"]] = [final["val_loss"]] + [read_run(c)[2]["val_loss"] for c in copies.get(kept, [])]
+        for (setting, optimizer, steps), points in sweeps.items():
+            if len(points) < 2 or all(len(losses) == 1 for losses in points.values()):
+                continue
+            rates = sorted(points)
+            choices = {rates[int(np.argmin(pick))] for pick in itertools.product(*(points[lr] for lr in rates))}
+            rows.append({"protocol": folder.parent.name, "experiment": folder.name, "variant": setting, "optimizer": optimizer,
+                         "steps": steps, "rates swept": len(rates), "repeated points": sum(len(points[lr]) > 1 for lr in rates),
+                         "chosen": min(rates, key=lambda lr: points[lr][0]), "chosen by some copies": sorted(choices)})
     return pd.DataFrame(rows)
