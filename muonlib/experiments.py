@@ -487,8 +487,8 @@ class Ablations:
 
     def baseline(self, decisions: Decisions) -> TrainConfig:
         """Muon's run at the chosen rates, seed 0."""
-        return self.comparison.config("muon", self.steps, decisions.warmup, decisions.rates[self.steps, "muon"],
-                                      adamw_lr=decisions.rates[self.steps, "adamw"])
+        return self.comparison.config("muon", self.steps, decisions.warmups["muon"], decisions.rates[self.steps, "muon"],
+                                      adamw_lr=decisions.rates[self.steps, "adamw"], muon_options=decisions.muon_options)
 
     def arm_config(self, baseline: TrainConfig, arm: str) -> TrainConfig:
         changes = dict(self.arms[arm])
@@ -590,18 +590,19 @@ BATCH_SEQUENCES = (16, 32, 64, 128, 256, 512)
 MAX_MICRO_BATCH = 64
 
 
-def batch_sizes(hardware: str) -> Scaling:
+def batch_sizes(hardware: str, protocol: str = "original") -> Scaling:
     """XS with MHA at batches of 8K to 256K tokens (16 to 512 sequences of 512), every batch
     on the same 2^24 tokens (2.85 epochs of the offline mixture: 2048 steps at the smallest
     batch, 64 at the largest), each optimizer's rate swept at every batch (narrowed around the
-    smallest batch's optimum, the whole grid again at the largest). The warm-up is the XS
-    comparison's fraction of the steps. A T4 or an A100 runs the three smallest batches; a CPU
-    the tiny model at two."""
+    smallest batch's optimum, the whole grid again at the largest). Under the original protocol
+    the warm-up is the XS comparison's fraction of the steps; under the others it and Muon's
+    momentum are the protocol's (:func:`under_protocol`). A T4 or an A100 runs the three
+    smallest batches; a CPU the tiny model at two."""
     xs = xs_comparison(hardware)
     if hardware == "cpu":
         base = dataclasses.replace(xs.base, steps=40)
-        return Scaling(base, settings={"8": {}, "16": {"batch_size": 16, "steps": 20}}, warmups=both(0.2), grids=xs.grids, wide="16",
-                       evaluations=xs.evaluations)
+        return under_protocol(Scaling(base, settings={"8": {}, "16": {"batch_size": 16, "steps": 20}}, warmups=both(0.2),
+                                      grids=xs.grids, wide="16", evaluations=xs.evaluations), hardware, protocol)
     tokens = 2**24
     ladder = BATCH_SEQUENCES if hardware in HOPPER else BATCH_SEQUENCES[:3]
     context = xs.base.model_config().context
@@ -611,9 +612,9 @@ def batch_sizes(hardware: str) -> Scaling:
         settings[f"{sequences * context // 1024}K"] = {"batch_size": micro, "grad_accum": sequences // micro,
                                                         "steps": tokens // (sequences * context)}
     base = dataclasses.replace(xs.base, **next(iter(settings.values())))
-    return Scaling(base, settings={label: {} if i == 0 else changes for i, (label, changes) in enumerate(settings.items())},
-                   warmups=both(XS_WARMUP.get(hardware, XS_WARMUP["h100"])), grids=xs.grids, wide=list(settings)[-1],
-                   evaluations=xs.evaluations)
+    return under_protocol(Scaling(base, settings={label: {} if i == 0 else changes for i, (label, changes) in enumerate(settings.items())},
+                                  warmups=both(XS_WARMUP.get(hardware, XS_WARMUP["h100"])), grids=xs.grids, wide=list(settings)[-1],
+                                  evaluations=xs.evaluations), hardware, protocol)
 
 
 #: Table 2's rows that change Muon itself, and the variants the issue adds beside them
@@ -632,13 +633,14 @@ ABLATION_ARMS = {
 }
 
 
-def ablations(hardware: str) -> Ablations:
+def ablations(hardware: str, protocol: str = "original") -> Ablations:
     """Table 2's rows at XS (the paper uses M; XS is where three seeds of every row fit this
     machine's budget, and where the XS comparison measured the seed spread the rows are
     judged against) at that comparison's 1200-step budget and chosen rates, whose runs are
-    the baseline and AdamW's row. The batch-size rows are the batch-size experiment's. A CPU
-    runs the tiny model's arms at 40 steps."""
-    xs = xs_comparison(hardware)
+    the baseline and AdamW's row, under the same protocol (its warm-ups and Muon's momentum).
+    The batch-size rows are the batch-size experiment's. A CPU runs the tiny model's arms at 40
+    steps."""
+    xs = xs_comparison(hardware, protocol)
     return Ablations(xs, steps=xs.budgets[0] if hardware == "cpu" else 1200, arms=ABLATION_ARMS)
 
 
@@ -699,14 +701,25 @@ def architectures(hardware: str, protocol: str = "original") -> Scaling:
     if "mla-norope" in sizes.settings:
         sizes = dataclasses.replace(sizes, settings=sizes.settings | {NO_POSITIONS: {"variant": "mla-norope", "model_changes": {"position": "none"}}},
                                     narrowed_from=sizes.narrowed_from | {NO_POSITIONS: "mla-norope"})
+    return under_protocol(sizes, hardware, protocol)
+
+
+def under_protocol(plan: Scaling, hardware: str, protocol: str) -> Scaling:
+    """``plan`` with the settings a protocol (:data:`PROTOCOLS`) holds fixed while the rates are
+    swept: as the plan has them under the original protocol; the paper's warm-up and Muon's
+    momentum under the paper's; under the tuned protocol, each optimizer's warm-up and Muon's
+    momentum as the XS comparison tuned them on this hardware (which must have finished)."""
+    check_protocol(protocol)
+    if protocol == "original":
+        return plan
     if protocol == "paper":
-        return dataclasses.replace(sizes, warmups=both(PAPER_WARMUP), muon_options=dict(PAPER_MUON))
+        return dataclasses.replace(plan, warmups=both(PAPER_WARMUP), muon_options=dict(PAPER_MUON))
     tuned = decisions("xs_muon_vs_adamw", hardware, protocol="tuned")
     if tuned.muon_options is None or len(tuned.warmups) < 2:
         raise ValueError(f"the tuned protocol takes its warm-ups and Muon's momentum from the XS comparison's tuning on "
                          f"{hardware!r}, which is not finished: run `python -m muonlib.experiments run xs_muon_vs_adamw "
                          f"--protocol tuned` first")
-    return dataclasses.replace(sizes, warmups=dict(tuned.warmups), muon_options=dict(tuned.muon_options))
+    return dataclasses.replace(plan, warmups=dict(tuned.warmups), muon_options=dict(tuned.muon_options))
 
 
 def attention_probes(hardware: str) -> Retrain:
@@ -729,8 +742,9 @@ class Experiment:
     def plan_for(self, hardware: str, protocol: str = "original") -> Comparison | Scaling | Ablations | Retrain:
         check_protocol(protocol)
         if protocol not in self.protocols:
+            moved = [e.name for e in EXPERIMENTS.values() if len(e.protocols) > 1]
             raise ValueError(f"{self.name} runs under the protocols {list(self.protocols)}, not {protocol!r}: "
-                             f"so far the XS comparison and the architectures have been moved to the paper's and the tuned protocol")
+                             f"so far {', '.join(moved)} run under the paper's and the tuned protocol too")
         return self.design(hardware) if protocol == "original" else self.design(hardware, protocol)
 
 
@@ -741,10 +755,10 @@ EXPERIMENTS = {
                    xs_comparison, protocols=tuple(PROTOCOLS)),
         Experiment("batch_sizes",
                    "XS MHA at 8K to 256K tokens per step on the same 2^24 tokens: Muon vs AdamW, each rate swept per batch, three seeds",
-                   batch_sizes),
+                   batch_sizes, protocols=tuple(PROTOCOLS)),
         Experiment("ablations",
                    "Table 2 at XS: Muon's Newton-Schulz steps, coefficients, orthogonalisation, weight decay and RMS rules, one at a time, three seeds",
-                   ablations, reads=("xs_muon_vs_adamw",)),
+                   ablations, reads=("xs_muon_vs_adamw",), protocols=tuple(PROTOCOLS)),
         Experiment("architectures",
                    "Table 3's MHA, MLA, MLA-noRoPE and MoE-MLA at S: Muon vs AdamW on the scaling experiment's tokens, rates swept per architecture, three seeds",
                    architectures, reads=("scaling",), protocols=tuple(PROTOCOLS)),
@@ -791,10 +805,11 @@ def results_folder(name: str, protocol: str = "original") -> Path:
 def result_folders(name: str, results: Path | None = None, protocol: str = "original") -> list[Path]:
     """Where an experiment's finished runs are: its own folder (``results``, by default
     :func:`results_folder`), then those of the experiments it reads, beside it; under the
-    tuned protocol also the paper protocol's folder, whose first sweeps it starts from."""
+    tuned protocol also the paper protocol's folders of both, whose first sweeps it starts from."""
     own = Path(results) if results is not None else results_folder(name, protocol)
-    reads = [own.parent / other for other in experiment(name).reads]
-    return [own, *reads, *([own.parent.parent / "paper" / name] if protocol == "tuned" else [])]
+    names = (name, *experiment(name).reads)
+    return [own, *(own.parent / other for other in names[1:]),
+            *(own.parent.parent / "paper" / other for other in names if protocol == "tuned")]
 
 
 def finished_runs(folders: list[Path], as_hardware: str | None = None) -> dict[str, dict]:

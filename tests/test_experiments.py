@@ -117,9 +117,9 @@ def test_the_tuned_protocol_brackets_each_setting_and_keeps_the_papers_within_th
     assert sorted(decisions.warmup_at_longest["adamw"]) == [0.1, 0.2, 0.4]  # the chosen one and its neighbours
 
 
-def test_only_the_xs_comparison_runs_under_the_new_protocols():
+def test_the_scaling_ladder_runs_under_the_original_protocol_only():
     assert experiments.experiment("xs_muon_vs_adamw").plan_for("h200", "tuned").protocol == "tuned"
-    with pytest.raises(ValueError, match="scaling runs under the protocols \\['original'\\], not 'paper'"):
+    with pytest.raises(ValueError, match="scaling runs under the protocols \\['original'\\], not 'paper'.*batch_sizes"):
         experiments.experiment("scaling").plan_for("h200", "paper")
     with pytest.raises(ValueError, match="protocol must be one of"):
         experiments.results_folder("xs_muon_vs_adamw", "best")
@@ -572,3 +572,40 @@ def test_the_architectures_under_the_paper_protocol_run_every_arm_and_sweep_the_
     monkeypatch.setenv("MUONLIB_DATA", str(tmp_path))  # no XS tuning saved: the tuned protocol says what to run first
     with pytest.raises(ValueError, match="run xs_muon_vs_adamw --protocol tuned"):
         experiments.architectures("h200", "tuned")
+
+
+def test_the_batch_sizes_and_the_ablations_take_each_protocols_warmup_and_momentum():
+    from muonlib.experiments import PAPER_MUON, PAPER_WARMUP, Decisions
+
+    original, paper = experiments.batch_sizes("h200"), experiments.batch_sizes("h200", "paper")
+    assert original.warmups == experiments.both(experiments.XS_WARMUP["h100"]) and not original.muon_options  # the saved runs' plan
+    assert paper.settings == original.settings and paper.warmups == experiments.both(PAPER_WARMUP)
+    muon = paper.config("256K", "muon", 1e-2, adamw_lr=1e-3)
+    assert (muon.warmup, muon.optimizer_options, muon.steps) == (PAPER_WARMUP, PAPER_MUON, 64)
+    assert experiments.results_folder("batch_sizes", "paper").parts[-2:] == ("paper", "batch_sizes")
+
+    ablations = experiments.ablations("h200", "paper")
+    assert ablations.comparison.protocol == "paper"
+    decided = Decisions(warmups={"adamw": 0.3, "muon": 0.1}, muon_options={"momentum": 0.8, "nesterov": True},
+                        rates={(1200, "adamw"): 1e-3, (1200, "muon"): 1e-2})
+    baseline = ablations.baseline(decided)  # Muon at the protocol's warm-up and momentum, and the arms on top of them
+    assert (baseline.warmup, baseline.optimizer_options, baseline.lr, baseline.adamw_lr) == (0.1, decided.muon_options, 1e-2, 1e-3)
+    assert ablations.arm_config(baseline, "K = 3").optimizer_options == {**decided.muon_options, "ns_steps": 3}
+    shared = Decisions(warmup=0.45, warmups=experiments.both(0.45), muon_options={}, rates=decided.rates)
+    assert experiments.ablations("h200").baseline(shared).optimizer_options == {}  # the original protocol's, as its runs have it
+
+
+def test_the_ablations_under_a_new_protocol_read_its_xs_runs_and_want_every_arm():
+    # the saved XS comparisons under the paper's and the tuned protocol have chosen their rates;
+    # the tuned one also reads the paper protocol's first sweeps
+    for protocol in ("paper", "tuned"):
+        folders = experiments.result_folders("ablations", protocol=protocol)
+        assert folders[1].parts[-2:] == (protocol, "xs_muon_vs_adamw")
+        finals = experiments.finished_runs([f for f in folders if f.exists()], experiments.original_reader("h200", protocol))
+        design = experiments.experiment("ablations").plan_for("h200", protocol)
+        wanted, decided = design.plan("h200", finals)
+        baseline = design.baseline(decided)
+        arms = [c for c in wanted if design.arm_of(c, baseline) is not None]
+        assert len(arms) == 3 * len(experiments.ABLATION_ARMS)
+        assert all(c.warmup == decided.warmups["muon"] and c.lr == decided.rates[1200, "muon"] for c in arms)
+        assert baseline.optimizer_options == decided.muon_options and run_id(baseline, "h200") in finals  # the XS comparison's run
