@@ -112,10 +112,12 @@ def compiled(module: torch.nn.Module, mode: str = "default") -> Callable:
     return torch.compile(module, mode=None if mode == "default" else mode)
 
 
-def new_step() -> None:
-    """Mark the start of a training step: a CUDA-graph replay (``reduce-overhead``) may then
-    reuse the memory of the last step's outputs, which the step has consumed."""
+def new_step(model: torch.nn.Module) -> None:
+    """Start a training step as the trainer does, gradients set to None: under
+    ``reduce-overhead`` the last step's outputs and gradients live in CUDA-graph memory that
+    this step's replay overwrites, so none may be carried over (accumulated into)."""
     torch.compiler.cudagraph_mark_step_begin()
+    model.zero_grad(set_to_none=True)
 
 
 def bench_forward_backward(size: str, variant: str, batch: int, compile: bool, iters: int, peak: float | None = None,
@@ -127,7 +129,7 @@ def bench_forward_backward(size: str, variant: str, batch: int, compile: bool, i
     idx = torch.randint(0, config.vocab_size, (batch, config.context), device=_device())
 
     def fwd_bwd():
-        new_step()
+        new_step(model)
         with _autocast():
             _, loss = step_model(idx, idx)
         loss.backward()
@@ -469,14 +471,14 @@ def bench_moe_layer(size: str, tokens: int, compile: bool, mode: str = "default"
         fn = compiled(layer, mode) if compile else layer
 
         def forward():
-            new_step()
+            new_step(layer)
             fn(x)
 
         with torch.no_grad(), _autocast():
             out[f"{name}_forward_ms"] = median_ms(forward, warmup=3, iters=20)
 
         def fwd_bwd():
-            new_step()
+            new_step(layer)
             with _autocast():
                 fn(x).float().square().mean().backward()
 
@@ -496,12 +498,11 @@ def bench_train_step(size: str, variant: str, optimizer: str, batch: int, compil
     idx = torch.randint(0, config.vocab_size, (batch, config.context), device=_device())
 
     def step():
-        new_step()
+        new_step(model)
         with _autocast():
             _, loss = step_model(idx, idx)
         loss.backward()
         opt.step()
-        opt.zero_grad(set_to_none=True)
 
     _peak_reset()
     # Ten warm-up steps: the model's compilation and the Muon step's CUDA-graph recording stay
@@ -713,8 +714,7 @@ def profile_forward_backward(size: str, variant: str, batch: int, steps: int = 3
     idx = torch.randint(0, config.vocab_size, (batch, config.context), device="cuda")
 
     def fwd_bwd():
-        new_step()
-        model.zero_grad(set_to_none=True)  # as a training step starts: no gradient accumulated
+        new_step(model)
         with _autocast():
             _, loss = step_model(idx, idx)
         loss.backward()
@@ -972,6 +972,13 @@ def _compiled_at_xs(saved: str) -> str:
     return "XS" if "XS" in str(saved).split(",") else "none"
 
 
+def _xs_and_l(saved: str) -> str:
+    """Of the saved sizes, XS and L (the architectures chapter reads MLA's head widths at L),
+    else the first: never a size the saved run did not measure."""
+    sizes = str(saved).split(",")
+    return ",".join(s for s in sizes if s in ("XS", "L")) or sizes[0]
+
+
 def _ends_up_to_768_rows(saved: str) -> str:
     """The first and the last of the saved Newton-Schulz shapes with at most 768 rows: a small
     one and one the chapter's table of large shapes reads."""
@@ -989,7 +996,7 @@ def _ends_up_to_768_rows(saved: str) -> str:
 SMOKE_OPTIONS = {"decode": dict(sizes="tiny", batches="1,16", long_context=128),
                  "models": dict(batch=2, iters=2, compile_sizes=_compiled_at_xs), "optim": dict(iters=2),
                  "profile": dict(iters=2), "ns": dict(iters=2, ns_shapes=_ends_up_to_768_rows),
-                 "attention": dict(sizes="XS,L", batch=2, iters=2), "kernels": dict(sizes="XS", batch=2)}
+                 "attention": dict(sizes=_xs_and_l, batch=2, iters=2), "kernels": dict(sizes=lambda saved: str(saved).split(",")[0], batch=2)}
 
 
 def smoke_options(config: dict) -> dict:
@@ -1198,7 +1205,7 @@ def main(argv: list[str] | None = None) -> None:
                            lambda r: f"fwd+bwd {r['size']:>4} {r['variant']:<10} compiled={r['compiled']!s:<5} {r['fwd_bwd_ms']:8.1f} ms "
                                      f"{r['tokens_per_s']:>10,.0f} tok/s peak {r['peak_memory_gb']}"
                                      + (f" MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""),
-                           size=size, variant=variant, compiled=compiled)
+                           size=size, variant=variant, compiled=compiled, compile_mode=args.compile_mode if compiled else None)
     kv_size = "L" if "L" in sizes else sizes[0]
     if "kv" in parts:
         for variant in variants:

@@ -661,25 +661,28 @@ def test_repeats_pair_each_copy_with_the_kept_run_and_a_sweep_the_copies_can_tip
     from muonlib.experiments import compact
     from muonlib.results import repeat_sweeps, repeat_table
 
-    def run(path, val_loss, seed=0, lr=1e-3):
-        config = {"variant": "mla", "model_changes": {}, "optimizer": "adamw", "lr": lr, "steps": 10, "seed": seed}
+    def run(path, val_loss, seed=0, lr=1e-3, warmup=0.02):
+        config = {"variant": "mla", "model_changes": {}, "optimizer": "adamw", "lr": lr, "steps": 10, "seed": seed, "warmup": warmup}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(compact([{"provenance": {"config": config}}, {"step": 10, "loss": 5.0},
                                   {"final": True, "step": 10, "val_loss": val_loss}]))
 
-    kept = tmp_path / "tuned" / "architectures"
+    kept, copies = tmp_path / "tuned" / "toy", [tmp_path / "repeats" / n / "tuned" / "toy" for n in ("1", "2")]
     for seed, loss in enumerate((4.00, 4.01, 4.05)):
-        run(kept / f"h200-S-mla-adamw-abc-seed{seed}.jsonl.gz", loss, seed)
-    run(kept / "h200-S-mla-adamw-def-seed0.jsonl.gz", 4.01, lr=2e-3)  # another rate of the sweep, not one of the seeds
-    run(tmp_path / "repeats" / "1" / "tuned" / "architectures" / "h200-S-mla-adamw-abc-seed0.jsonl.gz", 4.02)
-    run(tmp_path / "repeats" / "2" / "tuned" / "architectures" / "h200-S-mla-adamw-abc-seed0.jsonl.gz", 3.99)
-    row = repeat_table(tmp_path).iloc[0]
-    assert (row["copies"], row["val loss, kept"], row["protocol"]) == (3, 4.00, "tuned")
-    assert row["largest difference"] == pytest.approx(0.03) and row["seed range"] == pytest.approx(0.05)
-    (sweep,) = repeat_sweeps(tmp_path).to_dict("records")  # 4.00 beats 4.01, but its copy at 4.02 does not: a tie
-    assert (sweep["chosen"], sweep["chosen by some copies"], sweep["rates swept"], sweep["repeated points"]) == (1e-3, [1e-3, 2e-3], 2, 1)
+        run(kept / f"h200-mla-abc-seed{seed}.jsonl.gz", loss, seed)
+    run(copies[0] / "h200-mla-abc-seed0.jsonl.gz", 4.02)
+    run(copies[1] / "h200-mla-abc-seed0.jsonl.gz", 3.99)
+    run(kept / "h200-mla-def-seed0.jsonl.gz", 4.01, lr=2e-3)  # another rate of the sweep, not one of the seeds
+    run(copies[0] / "h200-mla-def-seed0.jsonl.gz", None, lr=2e-3)  # a copy that diverged
+    run(kept / "h200-mla-ghi-seed0.jsonl.gz", 3.5, warmup=0.2)  # another sweep at the same rate: not a point of this one
+    rows = repeat_table(tmp_path).set_index("lr")
+    assert (rows.loc[1e-3, "copies"], rows.loc[1e-3, "val loss, kept"], rows.loc[1e-3, "protocol"]) == (3, 4.00, "tuned")
+    assert rows.loc[1e-3, "largest difference"] == pytest.approx(0.03) and rows.loc[1e-3, "seed range"] == pytest.approx(0.05)
+    assert rows.loc[2e-3, "diverged copies"] == 1 and np.isnan(rows.loc[2e-3, "largest difference"])
+    (sweep,) = repeat_sweeps(tmp_path).to_dict("records")  # 4.00 beats 4.01, its copy at 4.02 does not: a tie
+    assert (sweep["chosen"], sweep["chosen by some copies"], sweep["rates swept"], sweep["repeated points"]) == (1e-3, [1e-3, 2e-3], 2, 2)
 
-    run(tmp_path / "repeats" / "1" / "paper" / "architectures" / "h200-S-lost-seed0.jsonl.gz", 4.0)
+    run(tmp_path / "repeats" / "1" / "paper" / "toy" / "h200-lost-seed0.jsonl.gz", 4.0)
     with pytest.raises(FileNotFoundError, match="not saved"):
         repeat_table(tmp_path)
 

@@ -65,7 +65,7 @@ class AblationResults:
         design = experiment(name).design(hardware)
         wanted, decisions = design.plan(hardware, finished_runs(folders, hardware))
         baseline = design.baseline(decisions)
-        adamw = design.comparison.config("adamw", design.steps, decisions.warmup, decisions.rates[design.steps, "adamw"])
+        adamw = design.comparison.config("adamw", design.steps, decisions.warmups["adamw"], decisions.rates[design.steps, "adamw"])
         arm_of = {run_id(dataclasses.replace(c, seed=s), hardware): arm
                   for c, arm in ((baseline, BASELINE), (adamw, ADAMW_ARM)) for s in design.seeds}
         arm_of |= {run_id(c, hardware): design.arm_of(c, baseline) for c in wanted if design.arm_of(c, baseline)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -284,8 +285,9 @@ class ProtocolComparison:
 
 
 def repeated_runs(results: Path | None = None) -> dict[Path, list[Path]]:
-    """Each kept run (``results/PROTOCOL/EXPERIMENT/RUN``) that has copies, with its copies
-    (``results/repeats/N/`` and the same path)."""
+    """Each kept run of the paper's or the tuned protocol (``results/PROTOCOL/EXPERIMENT/RUN``)
+    that has copies, with its copies (``results/repeats/N/`` and the same path); the original
+    protocol's runs, saved before copies were kept, have none."""
     from ..experiments import data_root
 
     results = results or data_root() / "results"
@@ -298,62 +300,93 @@ def repeated_runs(results: Path | None = None) -> dict[Path, list[Path]]:
     return copies
 
 
-def setting_label(config: dict) -> str:
-    """A run's model as a table names it: the variant, and what its run changed of it."""
-    changes = ", ".join(f"{k} {v}" for k, v in config.get("model_changes", {}).items())
-    return config["variant"] + (f" ({changes})" if changes else "")
+def final_losses(paths) -> list[float]:
+    """The final validation loss of each finished run of ``paths`` (infinite where it diverged);
+    an unfinished one is left out."""
+    from ..experiments import read_run
+
+    finals = (read_run(path)[2] for path in paths)
+    return [math.inf if final.get("val_loss") is None else final["val_loss"] for final in finals if final is not None]
+
+
+class SettingNames:
+    """What a run's plan calls its setting (``moe-mla flop-matched``, not only ``moe-mla``),
+    else its variant and the model changes it runs with."""
+
+    def __init__(self):
+        self.plans: dict[tuple[str, str, str], object] = {}
+
+    def __call__(self, run: Path, config: dict) -> str:
+        from ..experiments import experiment
+        from ..train import TrainConfig
+
+        name, protocol, hardware = run.parent.name, run.parent.parent.name, run.name.split("-")[0]
+        try:
+            if (name, protocol, hardware) not in self.plans:
+                self.plans[name, protocol, hardware] = experiment(name).plan_for(hardware, protocol)
+            return self.plans[name, protocol, hardware].setting_of(TrainConfig(**config))
+        except (AttributeError, KeyError, TypeError, ValueError):  # no such plan, or it names no settings
+            pass
+        changes = ", ".join(f"{k} {v}" for k, v in config.get("model_changes", {}).items())
+        return config["variant"] + (f" ({changes})" if changes else "")
 
 
 def repeat_table(results: Path | None = None) -> pd.DataFrame:
     """Runs made more than once from one configuration and seed, each copy on a fresh machine
-    of the same GPU kind, beside the copy the book keeps (``results/PROTOCOL/EXPERIMENT/RUN``;
-    the others under ``results/repeats/N/``, same path): every copy's final validation loss and
-    the largest difference between them, and the range over the kept run's seeds where they
-    exist. Nothing but the GPU's nondeterministic kernels (atomic reductions in the backward
-    pass, autotuned kernel choices) separates the copies, so two points of a rate sweep closer
-    than this are a tie whichever the sweep picks."""
+    of the same GPU kind, beside the copy the book keeps (:func:`repeated_runs`): every
+    finished copy's final validation loss, the largest difference between those that did not
+    diverge (and how many did), and the range over the kept run's seeds where they exist.
+    Nothing but the GPU's nondeterministic kernels (atomic reductions in the backward pass,
+    autotuned kernel choices) separates the copies, so two points of a rate sweep closer than
+    this are a tie whichever the sweep picks."""
     from ..experiments import read_run
 
+    setting = SettingNames()
     rows = []
     for kept, others in repeated_runs(results).items():
-        finals = [read_run(path)[2] for path in (kept, *others)]
+        losses = final_losses([kept, *others])
+        finite = [loss for loss in losses if math.isfinite(loss)]
         config = read_run(kept)[0]["provenance"]["config"]
         stem = kept.name.removesuffix(".jsonl.gz").rsplit("-seed", 1)[0]
-        seeds = [read_run(p)[2] for p in sorted(kept.parent.glob(f"{stem}-seed*.jsonl.gz"))]
-        seed_losses = [f["val_loss"] for f in seeds if f is not None]
-        losses = [f["val_loss"] for f in finals]
-        rows.append({"protocol": kept.parent.parent.name, "experiment": kept.parent.name, "variant": setting_label(config),
+        seed_losses = [loss for loss in final_losses(sorted(kept.parent.glob(f"{stem}-seed*.jsonl.gz"))) if math.isfinite(loss)]
+        rows.append({"protocol": kept.parent.parent.name, "experiment": kept.parent.name, "setting": setting(kept, config),
                      "optimizer": config["optimizer"], "lr": config["lr"], "steps": config["steps"], "seed": config["seed"],
-                     "copies": len(losses), "val loss, kept": losses[0], "largest difference": max(losses) - min(losses),
+                     "copies": len(losses), "diverged copies": len(losses) - len(finite), "val loss, kept": losses[0],
+                     "largest difference": max(finite) - min(finite) if len(finite) > 1 else np.nan,
                      "seed range": max(seed_losses) - min(seed_losses) if len(seed_losses) > 1 else np.nan})
     return pd.DataFrame(rows)
 
 
 def repeat_sweeps(results: Path | None = None) -> pd.DataFrame:
-    """The rate sweeps (seed 0 of one setting, optimizer and budget) with a repeated point: the
-    rate the kept copies choose, and every rate that some choice of copies would choose. A
-    sweep with more than one is a tie between those rates: the runs cannot tell them apart."""
+    """The rate sweeps (seed 0 of runs alike in all but their rate) with a repeated point: the
+    rate the kept copies choose, and every rate that some choice of copies would choose (a
+    diverged copy never wins). A sweep with more than one is a tie between those rates: the
+    runs cannot tell them apart."""
     import itertools
 
     from ..experiments import read_run
 
     copies = repeated_runs(results)
+    setting = SettingNames()
     rows = []
     for folder in sorted({kept.parent for kept in copies}):
-        sweeps: dict[tuple, dict[float, list[float]]] = {}
+        sweeps: dict[str, dict[float, list[float]]] = {}
+        names: dict[str, str] = {}
         for kept in sorted(folder.glob("*-seed0.jsonl.gz")):
-            header, _, final = read_run(kept)
-            if final is None:
+            losses = final_losses([kept, *copies.get(kept, [])])
+            if not losses or read_run(kept)[2] is None:
                 continue
-            config = header["provenance"]["config"]
-            key = (setting_label(config), config["optimizer"], config["steps"])
-            sweeps.setdefault(key, {})[config["lr"]] = [final["val_loss"]] + [read_run(c)[2]["val_loss"] for c in copies.get(kept, [])]
-        for (setting, optimizer, steps), points in sweeps.items():
+            config = read_run(kept)[0]["provenance"]["config"]
+            key = json.dumps({k: v for k, v in config.items() if k not in ("lr", "seed")}, sort_keys=True)
+            names[key] = setting(kept, config)
+            sweeps.setdefault(key, {})[config["lr"]] = losses
+        for key, points in sweeps.items():
             if len(points) < 2 or all(len(losses) == 1 for losses in points.values()):
                 continue
             rates = sorted(points)
+            config = json.loads(key)
             choices = {rates[int(np.argmin(pick))] for pick in itertools.product(*(points[lr] for lr in rates))}
-            rows.append({"protocol": folder.parent.name, "experiment": folder.name, "variant": setting, "optimizer": optimizer,
-                         "steps": steps, "rates swept": len(rates), "repeated points": sum(len(points[lr]) > 1 for lr in rates),
+            rows.append({"protocol": folder.parent.name, "experiment": folder.name, "setting": names[key], "optimizer": config["optimizer"],
+                         "steps": config["steps"], "rates swept": len(rates), "repeated points": sum(len(points[lr]) > 1 for lr in rates),
                          "chosen": min(rates, key=lambda lr: points[lr][0]), "chosen by some copies": sorted(choices)})
     return pd.DataFrame(rows)
