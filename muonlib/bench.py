@@ -979,6 +979,10 @@ def _xs_and_l(saved: str) -> str:
     return ",".join(s for s in sizes if s in ("XS", "L")) or sizes[0]
 
 
+def _first_size(saved: str) -> str:
+    return str(saved).split(",")[0]
+
+
 def _ends_up_to_768_rows(saved: str) -> str:
     """The first and the last of the saved Newton-Schulz shapes with at most 768 rows: a small
     one and one the chapter's table of large shapes reads."""
@@ -996,7 +1000,7 @@ def _ends_up_to_768_rows(saved: str) -> str:
 SMOKE_OPTIONS = {"decode": dict(sizes="tiny", batches="1,16", long_context=128),
                  "models": dict(batch=2, iters=2, compile_sizes=_compiled_at_xs), "optim": dict(iters=2),
                  "profile": dict(iters=2), "ns": dict(iters=2, ns_shapes=_ends_up_to_768_rows),
-                 "attention": dict(sizes=_xs_and_l, batch=2, iters=2), "kernels": dict(sizes=lambda saved: str(saved).split(",")[0], batch=2)}
+                 "attention": dict(sizes=_xs_and_l, batch=2, iters=2), "kernels": dict(sizes=_first_size, batch=2)}
 
 
 def smoke_options(config: dict) -> dict:

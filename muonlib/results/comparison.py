@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..analysis import Budget, compare, grad_norm_excursions, paired_spikes
+from ..analysis import Budget, compare, grad_norm_excursions, loss_or_inf, paired_spikes
 from ..experiments import Decisions, experiment, load_results
 from ..optim import Muon
 from .paper import PAPER, TABLE1_XS_RATE
@@ -306,7 +306,7 @@ def final_losses(paths) -> list[float]:
     from ..experiments import read_run
 
     finals = (read_run(path)[2] for path in paths)
-    return [math.inf if final.get("val_loss") is None else final["val_loss"] for final in finals if final is not None]
+    return [loss_or_inf(final.get("val_loss")) for final in finals if final is not None]
 
 
 class SettingNames:
@@ -344,9 +344,12 @@ def repeat_table(results: Path | None = None) -> pd.DataFrame:
     setting = SettingNames()
     rows = []
     for kept, others in repeated_runs(results).items():
+        header, _, final = read_run(kept)
+        if final is None:  # still running: nothing to compare yet
+            continue
         losses = final_losses([kept, *others])
         finite = [loss for loss in losses if math.isfinite(loss)]
-        config = read_run(kept)[0]["provenance"]["config"]
+        config = header["provenance"]["config"]
         stem = kept.name.removesuffix(".jsonl.gz").rsplit("-seed", 1)[0]
         seed_losses = [loss for loss in final_losses(sorted(kept.parent.glob(f"{stem}-seed*.jsonl.gz"))) if math.isfinite(loss)]
         rows.append({"protocol": kept.parent.parent.name, "experiment": kept.parent.name, "setting": setting(kept, config),
@@ -373,10 +376,11 @@ def repeat_sweeps(results: Path | None = None) -> pd.DataFrame:
         sweeps: dict[str, dict[float, list[float]]] = {}
         names: dict[str, str] = {}
         for kept in sorted(folder.glob("*-seed0.jsonl.gz")):
-            losses = final_losses([kept, *copies.get(kept, [])])
-            if not losses or read_run(kept)[2] is None:
+            header, _, final = read_run(kept)
+            if final is None:
                 continue
-            config = read_run(kept)[0]["provenance"]["config"]
+            losses = final_losses([kept, *copies.get(kept, [])])
+            config = header["provenance"]["config"]
             key = json.dumps({k: v for k, v in config.items() if k not in ("lr", "seed")}, sort_keys=True)
             names[key] = setting(kept, config)
             sweeps.setdefault(key, {})[config["lr"]] = losses
