@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from muonlib.models import GPT, PAPER_PARAMS, VARIANTS, ModelConfig, expert_combinations, grouped_mm, kv_cache_bytes, preset
+from muonlib.models.attention import fused_linear
 from muonlib.optim import build_optimizer, classify_parameters
 
 
@@ -89,6 +90,20 @@ def test_absorbed_mla_equals_naive(variant):
         a = attn(x[:, pos:], cache_a, pos, absorbed=True)
         b = attn(x[:, pos:], cache_b, pos, absorbed=False)
         assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_fused_projections_equal_the_separate_layers_and_keep_each_weight_its_own_gradient():
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(8, width, bias=False) for width in (6, 3, 5)]
+    x = torch.randn(2, 4, 8)
+    fused = fused_linear(x, layers)
+    for out, layer in zip(fused, layers, strict=True):
+        torch.testing.assert_close(out, layer(x))
+    sum(out.square().sum() * (i + 1) for i, out in enumerate(fused)).backward()
+    for i, layer in enumerate(layers):
+        w = layer.weight.detach().requires_grad_()
+        ((x @ w.T).square().sum() * (i + 1)).backward()
+        torch.testing.assert_close(layer.weight.grad, w.grad)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

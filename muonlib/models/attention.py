@@ -10,7 +10,7 @@ caller passes ``pos``, the position of the first new token.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -92,6 +92,13 @@ def attend(q: Tensor, k: Tensor, v: Tensor, pos: int, scale: float | None = None
     return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, pos, q.device), scale=scale)
 
 
+def fused_linear(x: Tensor, layers: Sequence[nn.Linear]) -> tuple[Tensor, ...]:
+    """Several bias-free projections of one input in one matmul. The weights are concatenated
+    for the call only: each stays its own parameter, so Muon still orthogonalises each alone."""
+    weights = [layer.weight for layer in layers]
+    return F.linear(x, torch.cat(weights)).split([w.shape[0] for w in weights], dim=-1)
+
+
 def _init_linear(module: nn.Linear, std: float) -> nn.Linear:
     nn.init.normal_(module.weight, std=std)
     return module
@@ -164,13 +171,12 @@ class MultiHeadLatentAttention(nn.Module):
     def _project(self, x: Tensor, pos: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """Per-head queries ``(B, T, H, D)``, latent ``(B, T, R)`` and the rotary parts."""
         B, T, _ = x.shape
-        q = self.q(x).view(B, T, self.n_head, self.head_dim)
-        latent = self.kv_norm(self.kv_down(x))
         if not self.rope_dim:
-            return q, latent, None, None
-        q_rope = self.rotary(self.q_rope(x).view(B, T, self.n_head, self.rope_dim), pos)
-        k_rope = self.rotary(self.k_rope(x), pos)
-        return q, latent, q_rope, k_rope
+            q, down = fused_linear(x, (self.q, self.kv_down))
+            return q.view(B, T, self.n_head, self.head_dim), self.kv_norm(down), None, None
+        q, down, q_rope, k_rope = fused_linear(x, (self.q, self.kv_down, self.q_rope, self.k_rope))
+        q_rope = self.rotary(q_rope.view(B, T, self.n_head, self.rope_dim), pos)
+        return q.view(B, T, self.n_head, self.head_dim), self.kv_norm(down), q_rope, self.rotary(k_rope, pos)
 
     def forward(self, x: Tensor, cache: Cache | None = None, pos: int = 0, absorbed: bool | None = None) -> Tensor:
         """``absorbed`` defaults to True when decoding from a non-empty cache."""
@@ -190,8 +196,7 @@ class MultiHeadLatentAttention(nn.Module):
 
     def _naive(self, q, latent, q_rope, k_rope, pos) -> Tensor:
         B, S, _ = latent.shape
-        k = self.k_up(latent).view(B, S, self.n_head, self.head_dim)
-        v = self.v_up(latent).view(B, S, self.n_head, self.head_dim)
+        k, v = (t.view(B, S, self.n_head, self.head_dim) for t in fused_linear(latent, (self.k_up, self.v_up)))
         if self.rope_dim:
             q = torch.cat((q, q_rope), dim=-1)
             k = torch.cat((k, k_rope.unsqueeze(2).expand(B, S, self.n_head, self.rope_dim)), dim=-1)
