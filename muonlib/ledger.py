@@ -51,7 +51,7 @@ def read_claims(path: Path = BOOK / "claims.yml") -> list[dict]:
 
 def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple[str, ...]]]:
     """Claim -> (verdict, evidence, chapters), from the saved results, as the chapters compute them."""
-    from .results import (QUOTES, AblationResults, ArchitectureProtocols, BatchSizeResults, DecodeResults, ProbeResults,
+    from .results import (QUOTES, AblationProtocols, ArchitectureProtocols, BatchSizeProtocols, DecodeResults, ProbeResults,
                           ProtocolComparison, ScalingResults, every_run_table, label, runs_verdict, stability_verdict)
     from .results.comparison import PROTOCOL_HARDWARE
     from .results.architectures import DECODE_PARTS
@@ -87,12 +87,13 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
     for claim in decode.index:
         rows[claim] = (decode.verdict[claim], decode.ours[claim], (DECODE_CHAPTER,))
 
-    batches = BatchSizeResults.load("batch_sizes", hardware).verdicts()
+    kinds = {**PROTOCOL_HARDWARE, "original": hardware}
+    batches = BatchSizeProtocols.load("batch_sizes", kinds).verdicts()
     for claim in batches.index:
         rows[claim] = (batches.verdict[claim], batches.ours[claim], (BATCH_CHAPTER,))
-    ablations = AblationResults.load("ablations", hardware).verdicts()
+    ablations = AblationProtocols.load("ablations", kinds).verdicts()
     rows["M22"] = (ablations.verdict["M22"], ablations.ours["M22"], (ABLATIONS_CHAPTER,))
-    architectures = ArchitectureProtocols.load("architectures", {**PROTOCOL_HARDWARE, "original": hardware}).verdicts(decode)
+    architectures = ArchitectureProtocols.load("architectures", kinds).verdicts(decode)
     for claim in architectures.index:
         chapters = (ARCHITECTURES_CHAPTER, DECODE_CHAPTER) if claim in DECODE_PARTS else (ARCHITECTURES_CHAPTER,)
         rows[claim] = (architectures.verdict[claim], architectures.ours[claim], chapters)

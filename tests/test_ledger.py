@@ -61,7 +61,7 @@ def test_write_out_puts_the_pages_elsewhere_and_leaves_the_book_alone(claims, tm
 def test_every_chapter_shows_the_verdict_the_ledger_gives(claims):
     """One verdict per claim: each chapter's verdict table, computed as the chapter computes it,
     against the ledger's."""
-    from muonlib.results import (AblationResults, ArchitectureProtocols, BatchSizeResults, DecodeResults, ProbeResults,
+    from muonlib.results import (AblationProtocols, ArchitectureProtocols, BatchSizeProtocols, DecodeResults, ProbeResults,
                                  ProtocolComparison, ScalingResults, every_run_table, runs_verdict, stability_verdict)
 
     xs = ProtocolComparison.load("xs_muon_vs_adamw").verdicts().verdict
@@ -71,8 +71,8 @@ def test_every_chapter_shows_the_verdict_the_ledger_gives(claims):
         "XS": xs,
         "scaling": ScalingResults.load("scaling").verdicts(xs).verdict,
         "stability": pd.Series({row["claim"]: row["verdict"] for row in (stability_verdict(every), runs_verdict(every))}),
-        "batch sizes": BatchSizeResults.load("batch_sizes").verdicts().verdict,
-        "ablations": AblationResults.load("ablations").verdicts().verdict,
+        "batch sizes": BatchSizeProtocols.load().verdicts().verdict,
+        "ablations": AblationProtocols.load().verdicts().verdict,
         "architectures": ArchitectureProtocols.load("architectures").verdicts(decode).verdict,
         "probes": ProbeResults.load("attention_probes").verdicts().verdict,
         "decode": decode.verdict,

@@ -462,6 +462,7 @@ def test_m22_orthogonalisation_and_the_scale_rule_matter_steps_and_coefficients_
     assert abs(table.change["dynamic RMS (per layer)"]) < 0.01
     assert table.change["no orthogonalisation"] > 10 * table.change["K = 3"]  # by far the largest cost
     assert ablations.verdicts().verdict["M22"] == CONDITIONAL
+    assert ablations.verdicts(capped=False).verdict["M22"] == found(ablations.verdicts(), "M22")  # as found, for another protocol's beside it
     resolvable = ablations.resolvable()
     assert not resolvable.resolvable[["K = 3", "K = 10", "Taylor coefficients", "dynamic RMS (per layer)"]].any()
     assert resolvable.resolvable[["no weight decay", ADAMW_ARM]].all()
@@ -558,6 +559,35 @@ def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agr
     assert table.verdict.to_dict() == {"E3": VERIFIED, "E4": CONDITIONAL}  # the original protocol no longer counts
     assert list(table.columns[:3]) == ["paper", "original: ours", "original: verdict"]
     assert table.at["E4", "paper: verdict"] == REFUTED and table.at["E4", "tuned: verdict"] == VERIFIED
+
+
+@pytest.mark.parametrize("experiment", ["batch_sizes", "ablations"])
+def test_the_batch_sizes_and_the_ablations_are_judged_under_each_protocol_as_the_architectures_are(experiment):
+    import pandas as pd
+
+    from muonlib.results import AblationProtocols, BatchSizeProtocols
+
+    kind = {"batch_sizes": BatchSizeProtocols, "ablations": AblationProtocols}[experiment]
+    protocols = kind.load()
+    progress = protocols.progress
+    assert list(progress.index) == ["original", "paper", "tuned"] and progress.loc["original", "runs wanted now"] == 0
+    if protocols.judged_by == ("original",):  # the others still running: the original protocol judges alone, capped, and says why
+        alone = protocols.verdicts()
+        assert alone.verdict.equals(protocols.results["original"].verdicts().verdict)
+        assert all(protocols.unfinished() in alone.ours[claim] for claim in alone.index if found(alone, claim) != alone.verdict[claim])
+
+    class Found:  # a protocol's uncapped verdicts
+        def __init__(self, verdict):
+            self.table = pd.DataFrame({"paper": ["claimed"], "ours": ["measured"], "verdict": [verdict]}, index=pd.Index(["M22"], name="claim"))
+
+        def verdicts(self, capped=True, why=None):
+            assert not capped
+            return self.table
+
+    agree = kind({"original": Found(REFUTED), "paper": Found(VERIFIED), "tuned": Found(VERIFIED)}, progress)
+    disagree = kind({"original": Found(VERIFIED), "paper": Found(REFUTED), "tuned": Found(VERIFIED)}, progress)
+    assert agree.verdicts().verdict["M22"] == VERIFIED and disagree.verdicts().verdict["M22"] == CONDITIONAL
+    assert agree.verdicts().ours["M22"] == "paper: measured; tuned: measured"
 
 
 def test_a1s_note_leaves_both_optimizers_costs_to_the_prose(architectures, monkeypatch):
@@ -703,6 +733,18 @@ def test_the_saved_kernel_profile_says_what_the_architectures_chapter_says():
     for size in {r["size"] for r in routes}:
         best = {route: min(r["vs_mha"] for r in routes if r["size"] == size and r["route"] == route) for route in ("unequal", "padded")}
         assert best["padded"] > best["unequal"], size
+
+
+def test_the_saved_projections_job_says_fusing_them_sped_mla_beyond_the_jobs_noise():
+    # the chapter: MLA's compiled step fell by more than MHA's (unchanged code) moved between the halves
+    import json
+
+    bench = Path(__file__).resolve().parents[1] / "data" / "bench"
+    ms = {name: {(r["variant"], r["compiled"]): r["fwd_bwd_ms"] for r in json.loads((bench / f"projections_{name}.json").read_text())
+                 ["results"]["forward_backward"] if r["size"] == "L" and "fwd_bwd_ms" in r} for name in ("separate", "fused")}
+    mla_gain = 1 - ms["fused"]["mla", True] / ms["separate"]["mla", True]
+    mha_change = abs(1 - ms["fused"]["mha", True] / ms["separate"]["mha", True])
+    assert mla_gain > 2 * mha_change
 
 
 def test_the_saved_repeats_say_what_the_protocols_page_says():

@@ -11,16 +11,17 @@ its chapter is:
 - :mod:`~muonlib.results.decode`: decoding (E1, E2, A3);
 
 and beside them :mod:`~muonlib.results.paper` (every number quoted from the papers),
-:mod:`~muonlib.results.rules` (the verdict labels as code) and :mod:`~muonlib.results.runs`
+:mod:`~muonlib.results.rules` (the verdict labels as code), :mod:`~muonlib.results.protocols`
+(an experiment's verdicts under each protocol, side by side) and :mod:`~muonlib.results.runs`
 (the rows every comparison's tables are made of). Rates were chosen on the validation split;
 the losses reported are on the test split.
 """
 
-from .ablations import AblationResults, optimizer_state_bytes
+from .ablations import AblationProtocols, AblationResults, optimizer_state_bytes
 from .architectures import TABLE3_ARCHITECTURES, ArchitectureProtocols, ArchitectureResults, training_throughput
 from .comparison import PROTOCOL_HARDWARE, ComparisonResults, ProtocolComparison, repeat_sweeps, repeat_table
 from .decode import DecodeResults
-from .ladders import BatchSizeResults, LadderResults, ScalingResults
+from .ladders import BatchSizeProtocols, BatchSizeResults, LadderResults, ScalingResults
 from .paper import (ADAMW_ARM, BASELINE, PAPER, PAPER_INFERENCE, PAPER_QUALITY, PAPER_R, PAPER_TABLE2, PAPER_TABLE3, QUOTES,
                     TABLE1_RATES, TABLE1_XS_RATE, Quote)
 from .probes import SHARP_HEAD, ProbeResults
@@ -30,7 +31,7 @@ from .stability import every_run_table, runs_verdict, stability_table, stability
 
 __all__ = ["ADAMW_ARM", "BASELINE", "CONDITIONAL", "NOISE_SIGMAS", "OPEN", "REFUTED", "UNTESTABLE", "VERIFIED", "OPTIMIZERS", "OPTIMIZER_LABELS", "PAPER", "PAPER_INFERENCE", "PAPER_QUALITY",
            "PAPER_R", "PAPER_TABLE2", "PAPER_TABLE3", "PROTOCOL_HARDWARE", "QUOTES", "SHARP_HEAD", "TABLE1_RATES", "TABLE1_XS_RATE",
-           "TABLE3_ARCHITECTURES", "TARGET_OFFSETS", "AblationResults", "ArchitectureProtocols", "ArchitectureResults", "BatchSizeResults", "ComparisonResults",
+           "TABLE3_ARCHITECTURES", "TARGET_OFFSETS", "AblationProtocols", "AblationResults", "ArchitectureProtocols", "ArchitectureResults", "BatchSizeProtocols", "BatchSizeResults", "ComparisonResults",
            "DecodeResults", "LadderResults", "ProbeResults", "ProtocolComparison", "Quote", "ScalingResults", "band_verdict",
            "combine_verdicts", "conjunction", "every_run_table", "gain_verdict", "label", "measured", "optimizer_state_bytes", "repeat_sweeps", "repeat_table", "runs_verdict", "saving_band", "stability_table",
            "stability_verdict", "training_throughput"]

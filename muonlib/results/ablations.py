@@ -15,7 +15,8 @@ import pandas as pd
 from ..analysis import SeedSpread, compare, paired_spikes, tokens_to_target
 from ..experiments import experiment, load_results
 from .paper import ADAMW_ARM, BASELINE, PAPER_TABLE2
-from .rules import label, one_protocol_table
+from .protocols import Protocols
+from .rules import NOT_RUN, label, one_protocol_table
 from .runs import NOISE_SIGMAS, common_steps
 
 
@@ -58,21 +59,22 @@ class AblationResults:
     arms: list[str]  # the baseline, the ablations, AdamW
 
     @classmethod
-    def load(cls, name: str = "ablations", hardware: str = "h100", results: Path | None = None) -> "AblationResults":
-        from ..experiments import finished_runs, read_run, result_files, result_folders, run_id
+    def load(cls, name: str = "ablations", hardware: str = "h100", results: Path | None = None, protocol: str = "original") -> "AblationResults":
+        from ..experiments import finished_runs, original_reader, read_run, result_files, result_folders, run_id
 
-        folders = [f for f in result_folders(name, results) if f.exists()]
-        design = experiment(name).design(hardware)
-        wanted, decisions = design.plan(hardware, finished_runs(folders, hardware))
+        folders = [f for f in result_folders(name, results, protocol) if f.exists()]
+        reader = original_reader(hardware, protocol)
+        design = experiment(name).plan_for(hardware, protocol)
+        wanted, decisions = design.plan(hardware, finished_runs(folders, reader))
         baseline = design.baseline(decisions)
         adamw = design.comparison.config("adamw", design.steps, decisions.warmups["adamw"], decisions.rates[design.steps, "adamw"])
         arm_of = {run_id(dataclasses.replace(c, seed=s), hardware): arm
                   for c, arm in ((baseline, BASELINE), (adamw, ADAMW_ARM)) for s in design.seeds}
         arm_of |= {run_id(c, hardware): design.arm_of(c, baseline) for c in wanted if design.arm_of(c, baseline)}
-        runs = pd.concat([load_results(f, hardware) for f in folders], ignore_index=True)
+        runs = pd.concat([load_results(f, reader) for f in folders], ignore_index=True)
         runs = runs[runs.run.isin(arm_of)].drop_duplicates(["run", "step"]).copy()
         runs["arm"] = runs.run.map(arm_of)
-        headers = {run: read_run(path)[0] for run, path in result_files(folders, hardware).items() if run in arm_of}
+        headers = {run: read_run(path)[0] for run, path in result_files(folders, reader).items() if run in arm_of}
         finished = set(runs.arm)
         arms = [a for a in (BASELINE, *design.arms, ADAMW_ARM) if a in finished]
         return cls(runs, headers, arms)
@@ -135,11 +137,14 @@ class AblationResults:
                               "resolvable": abs(math.log(row[0] / full)) > NOISE_SIGMAS * std}
                              for arm, row in PAPER_TABLE2.items() if arm != BASELINE]).set_index("arm")
 
-    def verdicts(self) -> pd.DataFrame:
+    def verdicts(self, capped: bool = True, why: str = NOT_RUN) -> pd.DataFrame:
         """M22: every change the paper's Table 2 lists makes Muon worse, and AdamW is worse still
         than Muon (as the paper's rows all say), judged over those arms (ours that stand for its
         rows; the extra arms are shown, not judged) and AdamW: each worse beyond the seed
-        spread, or at least most of them (see :func:`~muonlib.results.rules.label`)."""
+        spread, or at least most of them (see :func:`~muonlib.results.rules.label`).
+        ``capped``: as these runs alone judge it, one protocol's, ``why`` they judge alone
+        (:func:`~muonlib.results.rules.one_protocol_table`); else as they found, for
+        :class:`AblationProtocols` to set beside another protocol's."""
         table = self.arm_table()
         arms = [a for a in self.arms if a in PAPER_TABLE2 and a != BASELINE]
         worse = [a for a in arms if table.separated[a] == 1]
@@ -149,9 +154,16 @@ class AblationResults:
         # two conditions: every row worse, and most rows worse (a table of rows at three seeds each
         # shows a spurious separation now and then, so one row does not decide it)
         verdict = label([len(worse) == len(arms), len(worse) >= len(better)], fails=[False, len(better) > len(worse)])
-        return one_protocol_table(pd.DataFrame([{
+        verdicts = pd.DataFrame([{
             "claim": "M22", "paper": "every ablated component costs validation perplexity; AdamW is worse than Muon",
             "ours": f"of the paper's rows at XS, test loss higher beyond the seed spread: {', '.join(worse) or 'none'}; within it: {', '.join(level) or 'none'}; "
                     f"better: {', '.join(better) or 'none'}; the paper's changes our seed spread can resolve: "
                     f"{int(resolvable.resolvable.sum())} of {len(resolvable)}",
-            "verdict": verdict}]).set_index("claim"))
+            "verdict": verdict}]).set_index("claim")
+        return one_protocol_table(verdicts, why=why) if capped else verdicts
+
+
+class AblationProtocols(Protocols):
+    """Table 2's verdict under each protocol (:class:`~muonlib.results.protocols.Protocols`)."""
+
+    experiment, results_type = "ablations", AblationResults

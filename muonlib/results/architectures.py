@@ -13,7 +13,8 @@ from ..analysis import SeedSpread, compare, tokens_to_target
 from ..data import data_root
 from .ladders import LadderResults
 from .paper import PAPER_QUALITY, QUOTES
-from .rules import NOT_RUN, OPEN, band_verdict, conjunction, label, one_protocol, one_protocol_table, original_only, overhead_verdict, saving_band, side_by_side
+from .protocols import Protocols
+from .rules import NOT_RUN, OPEN, band_verdict, conjunction, label, one_protocol, one_protocol_table, original_only, overhead_verdict, saving_band
 from .runs import OPTIMIZER_LABELS, OPTIMIZERS, final_rows, newton_schulz_share
 
 
@@ -331,61 +332,13 @@ class ArchitectureResults(LadderResults):
         return rows
 
 
-@dataclass
-class ArchitectureProtocols:
-    """The architectures' verdicts under each protocol whose runs are complete, side by side, and
-    how far each protocol's runs are. A verdict stands only where the paper's recipe and the
-    tuned protocol agree (:func:`~muonlib.results.rules.combine_verdicts`); until both are
-    complete the original protocol's runs judge alone, capped as one protocol's
-    (:func:`~muonlib.results.rules.one_protocol`)."""
+class ArchitectureProtocols(Protocols):
+    """The architectures' verdicts under each protocol (:class:`~muonlib.results.protocols.Protocols`),
+    with the decoding benchmark's parts of the claims that have them."""
 
-    results: dict[str, ArchitectureResults]  # protocol -> its results, for the complete ones
-    progress: pd.DataFrame  # per protocol: the GPU kind, the runs of its plan finished and those it wants now
-
-    @classmethod
-    def load(cls, name: str = "architectures", hardware: dict[str, str] | None = None) -> "ArchitectureProtocols":
-        from ..experiments import experiment, finished_runs, original_reader, result_folders, run_id
-        from .comparison import PROTOCOL_HARDWARE
-
-        hardware = hardware or PROTOCOL_HARDWARE
-        rows, complete = [], {}
-        for protocol, kind in hardware.items():
-            folders = [f for f in result_folders(name, None, protocol) if f.exists()]
-            finals = finished_runs(folders, original_reader(kind, protocol))
-            wanted, _ = experiment(name).plan_for(kind, protocol).plan(kind, finals)
-            ids = {run_id(c, kind) for c in wanted}
-            missing = len(ids - set(finals))
-            rows.append({"protocol": protocol, "GPU": kind.upper(), "runs finished": len(ids & set(finals)),
-                         "runs wanted now": missing})  # a sweep that ends at its grid's edge, or chosen rates' seeds, want more later
-            if not missing:
-                complete[protocol] = ArchitectureResults.load(name, kind, protocol=protocol)
-        return cls(complete, pd.DataFrame(rows).set_index("protocol"))
-
-    def unfinished(self) -> str:
-        """Why the original protocol's runs still judge alone: the other protocols' runs are not
-        finished, with how many are and how many more their plans want so far (a sweep that
-        settles can want seeds it did not before)."""
-        others = self.progress.drop(index="original")
-        others = others[others["runs wanted now"] > 0]
-        if others.empty:
-            return NOT_RUN
-        names = {"paper": "the paper's recipe", "tuned": "the tuned protocol"}
-        return (f"{' and '.join(names.get(p, p) for p in others.index)} {'are' if len(others) > 1 else 'is'} still running "
-                f"({' and '.join(str(n) for n in others['runs finished'])} runs finished, "
-                f"{' and '.join(str(n) for n in others['runs wanted now'])} more wanted so far)")
-
-    @property
-    def judged_by(self) -> tuple[str, ...]:
-        """Which protocols' verdicts are combined, the paper's and the tuned one's once both are
-        complete, else the original's alone."""
-        return ("paper", "tuned") if {"paper", "tuned"} <= set(self.results) else ("original",)
+    experiment, results_type = "architectures", ArchitectureResults
 
     def verdicts(self, decode: pd.DataFrame | None = None) -> pd.DataFrame:
-        """Per claim: each complete protocol's evidence and verdict, and the verdict that stands;
-        while the original protocol judges alone, its evidence says how far the others are."""
         if self.judged_by == ("original",):
             return self.results["original"].verdicts(decode, why=self.unfinished())
-        tables = {p: r.verdicts(capped=False) for p, r in self.results.items()}
-        verdicts = side_by_side(tables, self.judged_by)
-        verdicts["ours"] = ["; ".join(f"{p}: {tables[p].ours[claim]}" for p in self.judged_by) for claim in verdicts.index]
-        return with_decode_parts(verdicts, decode)
+        return with_decode_parts(super().verdicts(), decode)

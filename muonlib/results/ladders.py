@@ -14,7 +14,8 @@ import pandas as pd
 from ..analysis import SWEEP_FACTOR, Budget, SeedSpread, compare, rate_key, sweep_rates, tokens_to_target
 from ..experiments import ScalingDecisions, experiment, load_results
 from .paper import PAPER, PAPER_R, TABLE1_RATES
-from .rules import band_distance, band_verdict, combine_verdicts, gain_verdict, label, one_protocol, one_protocol_table, original_only
+from .protocols import Protocols
+from .rules import NOT_RUN, band_distance, band_verdict, combine_verdicts, gain_verdict, label, one_protocol, one_protocol_table, original_only
 from .runs import (NOISE_SIGMAS, OPTIMIZERS, TARGET_OFFSETS, final_rows, gap_row, newton_schulz_share, ratio_rows, spike_rows,
                    spread_text)
 
@@ -428,12 +429,15 @@ class BatchSizeResults(LadderResults):
                  for earlier, later in zip(g.R.iloc[:-1], g.R.iloc[1:])]
         return steps.count(-1), steps.count(1)
 
-    def verdicts(self) -> pd.DataFrame:
+    def verdicts(self, capped: bool = True, why: str = NOT_RUN) -> pd.DataFrame:
         """M19 (R > 1 and non-decreasing in B), M20 (Muon's steps-against-batch frontier
         dominates), M26 (which of the paper's two statements of R ours resembles) and M27
         (the token difference grows superlinearly in B), each judged at targets both optimizers
         reach after their warm-ups (:meth:`after_warmup_targets`): a target reached during a
-        warm-up measures the ramp, not the optimizer."""
+        warm-up measures the ramp, not the optimizer. ``capped``: as these runs alone judge
+        them, one protocol's, ``why`` they judge alone
+        (:func:`~muonlib.results.rules.one_protocol_table`); else as they found, for
+        :class:`BatchSizeProtocols` to set beside another protocol's."""
         summary = self.ratio_summary(after_warmup=True)
         ranges = self.after_warmup_ranges()
         every_target = self.ratio_summary()
@@ -473,7 +477,7 @@ class BatchSizeResults(LadderResults):
             if len(g) >= 3:
                 slopes[target] = float(np.polyfit(np.log(g["tokens per step"]), np.log(g.difference), 1)[0])
         m27 = label([s > 1 for s in slopes.values()])  # no target reached at enough batches: nothing measured
-        return one_protocol_table(pd.DataFrame([
+        verdicts = pd.DataFrame([
             {"claim": "M19", "paper": "R_L(B) > 1 and non-decreasing in the batch size",
              "ours": f"R from {means.min():.2f} to {means.max():.2f} over {summary.batch.nunique()} batches "
                      f"({', '.join(b for b in self.settings if b in set(summary.batch))} tokens) and {summary.target.nunique()} targets; "
@@ -496,4 +500,11 @@ class BatchSizeResults(LadderResults):
              "ours": "log-log slope of the token difference against the batch: "
                      + (", ".join(f"{s:.2f} at target {t:.2f}" for t, s in slopes.items()) or "too few batches reach a target"),
              "verdict": m27},
-        ]).set_index("claim"))
+        ]).set_index("claim")
+        return one_protocol_table(verdicts, why=why) if capped else verdicts
+
+
+class BatchSizeProtocols(Protocols):
+    """The batch-size claims' verdicts under each protocol (:class:`~muonlib.results.protocols.Protocols`)."""
+
+    experiment, results_type = "batch_sizes", BatchSizeResults

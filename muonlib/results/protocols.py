@@ -1,0 +1,80 @@
+"""An experiment's verdicts under each protocol its runs are complete for, side by side: a
+verdict stands only where the paper's recipe and the tuned protocol agree. Each chapter whose
+experiment runs under several protocols names its results class here once
+(:class:`~muonlib.results.architectures.ArchitectureProtocols` and the others)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pandas as pd
+
+from .rules import NOT_RUN, side_by_side
+
+PROTOCOL_NAMES = {"paper": "the paper's recipe", "tuned": "the tuned protocol"}
+
+
+@dataclass
+class Protocols:
+    """The verdicts under each protocol whose runs are complete, and how far each protocol's
+    runs are. A verdict stands only where the paper's recipe and the tuned protocol agree
+    (:func:`~muonlib.results.rules.combine_verdicts`); until both are complete the original
+    protocol's runs judge alone, capped as one protocol's
+    (:func:`~muonlib.results.rules.one_protocol`), their evidence saying how far the others are.
+
+    A subclass names its ``experiment`` and ``results_type``: a class with
+    ``load(name, hardware, protocol=...)`` and ``verdicts(capped=..., why=...)``."""
+
+    experiment: ClassVar[str]
+    results_type: ClassVar[type]
+    results: dict  # protocol -> its results, for the complete ones
+    progress: pd.DataFrame  # per protocol: the GPU kind, the runs of its plan finished and those it wants now
+
+    @classmethod
+    def load(cls, name: str | None = None, hardware: dict[str, str] | None = None) -> "Protocols":
+        """``name``: the experiment's results folder, :attr:`experiment`'s by default."""
+        from ..experiments import experiment, finished_runs, original_reader, result_folders, run_id
+        from .comparison import PROTOCOL_HARDWARE
+
+        name, hardware = name or cls.experiment, hardware or PROTOCOL_HARDWARE
+        rows, complete = [], {}
+        for protocol, kind in hardware.items():
+            folders = [f for f in result_folders(name, None, protocol) if f.exists()]
+            finals = finished_runs(folders, original_reader(kind, protocol))
+            wanted, _ = experiment(name).plan_for(kind, protocol).plan(kind, finals)
+            ids = {run_id(c, kind) for c in wanted}
+            missing = len(ids - set(finals))
+            rows.append({"protocol": protocol, "GPU": kind.upper(), "runs finished": len(ids & set(finals)),
+                         "runs wanted now": missing})  # a sweep that ends at its grid's edge, or chosen rates' seeds, want more later
+            if not missing:
+                complete[protocol] = cls.results_type.load(name, kind, protocol=protocol)
+        return cls(complete, pd.DataFrame(rows).set_index("protocol"))
+
+    def unfinished(self) -> str:
+        """Why the original protocol's runs still judge alone: the other protocols' runs are not
+        finished, with how many are and how many more their plans want so far (a sweep that
+        settles can want seeds it did not before)."""
+        others = self.progress.drop(index="original")
+        others = others[others["runs wanted now"] > 0]
+        if others.empty:
+            return NOT_RUN
+        return (f"{' and '.join(PROTOCOL_NAMES.get(p, p) for p in others.index)} {'are' if len(others) > 1 else 'is'} still running "
+                f"({' and '.join(str(n) for n in others['runs finished'])} runs finished, "
+                f"{' and '.join(str(n) for n in others['runs wanted now'])} more wanted so far)")
+
+    @property
+    def judged_by(self) -> tuple[str, ...]:
+        """Which protocols' verdicts are combined, the paper's and the tuned one's once both are
+        complete, else the original's alone."""
+        return ("paper", "tuned") if {"paper", "tuned"} <= set(self.results) else ("original",)
+
+    def verdicts(self) -> pd.DataFrame:
+        """Per claim: each complete protocol's evidence and verdict, and the verdict that stands;
+        while the original protocol judges alone, its evidence says how far the others are."""
+        if self.judged_by == ("original",):
+            return self.results["original"].verdicts(why=self.unfinished())
+        tables = {p: r.verdicts(capped=False) for p, r in self.results.items()}
+        verdicts = side_by_side(tables, self.judged_by)
+        verdicts["ours"] = ["; ".join(f"{p}: {tables[p].ours[claim]}" for p in self.judged_by) for claim in verdicts.index]
+        return verdicts
