@@ -566,22 +566,32 @@ def both(warmup: float) -> dict[str, float]:
 XS_WARMUP = {"h100": 0.45}
 
 
-def scaling(hardware: str) -> Scaling:
+#: the sizes the scaling ladder climbs under the paper's and the tuned protocol on a Hopper GPU:
+#: L and XL's sweeps under two more protocols exceed what one GPU's sessions allow
+PROTOCOL_SIZES = ("XS", "S", "M")
+
+
+def scaling(hardware: str, protocol: str = "original") -> Scaling:
     """XS to XL with MHA, each at the XS comparison's middle budget (1200 steps of 16 x 512
     tokens on the offline mixture, 1.7 epochs), so that XS is that comparison's runs; L is
     the wide size (Table 1's width grows 256, 512, 512, 768, 1024; L is three times XS's),
-    weight decay 0.05 beside 0.1 at XS and L. A T4 or an A100 reruns XS and S; a CPU the
-    tiny model at two widths in a few minutes."""
+    weight decay 0.05 beside 0.1 at XS and L. Under the paper's and the tuned protocol
+    (:func:`under_protocol`) the ladder stops at M (:data:`PROTOCOL_SIZES`), the wide size
+    there. A T4 or an A100 reruns XS and S; a CPU the tiny model at two widths in a few minutes."""
     xs = xs_comparison(hardware)
     if hardware == "cpu":
         wider = {"model_changes": {"vocab_size": 50257, "d_model": 128, "n_head": 4, "d_ff": 512}}
-        return Scaling(dataclasses.replace(xs.base, steps=xs.budgets[0]), settings={"tiny": {}, "tiny-wide": wider}, warmups=both(0.2),
+        plan = Scaling(dataclasses.replace(xs.base, steps=xs.budgets[0]), settings={"tiny": {}, "tiny-wide": wider}, warmups=both(0.2),
                        grids=xs.grids, wide="tiny-wide", decays=(0.05,), decay_settings=("tiny",), evaluations=xs.evaluations)
+        return under_protocol(plan, hardware, protocol)
     sizes = ("XS", "S", "M", "L", "XL") if hardware in HOPPER else ("XS", "S")
-    wide = "L" if "L" in sizes else "S"
-    return Scaling(dataclasses.replace(xs.base, steps=1200), settings={size: {} if size == "XS" else {"model": size} for size in sizes},
+    if protocol != "original":
+        sizes = tuple(s for s in sizes if s in PROTOCOL_SIZES)
+    wide = next(s for s in ("L", "M", "S") if s in sizes)
+    plan = Scaling(dataclasses.replace(xs.base, steps=1200), settings={size: {} if size == "XS" else {"model": size} for size in sizes},
                    warmups=both(XS_WARMUP.get(hardware, XS_WARMUP["h100"])), grids=xs.grids, wide=wide, decays=(0.05,),
                    decay_settings=("XS", wide), evaluations=xs.evaluations)
+    return under_protocol(plan, hardware, protocol)
 
 
 #: the batch-size experiment's ladder: sequences per step, from 16 (8K tokens) doubling to 512 (256K)
@@ -766,8 +776,8 @@ EXPERIMENTS = {
                    "Table 3's architectures at S trained again at their chosen rates (MHA and MLA at three seeds, the others at one), each measured: attention entropy per head, continuations of fixed prompts",
                    attention_probes, probes=True),
         Experiment("scaling",
-                   "XS to XL MHA: Muon vs AdamW on the same tokens, rates swept at XS and transferred (checked by a wide sweep at L), three seeds",
-                   scaling, reads=("xs_muon_vs_adamw",)),
+                   "XS to XL MHA (to M under the paper's and the tuned protocol): Muon vs AdamW on the same tokens, rates swept at XS and transferred (checked by a wide sweep at L, or M), three seeds",
+                   scaling, reads=("xs_muon_vs_adamw", "architectures"), protocols=tuple(PROTOCOLS)),
     )
 }
 
@@ -828,49 +838,53 @@ def original_reader(hardware: str, protocol: str) -> str | None:
 TINY_RUNS_PER_GPU = 8
 
 
-def run(name: str, hardware: str | None = None, results: Path | None = None, gpus: int | None = None, per_gpu: int | None = None,
-        workers: int = 1, progress: bool = True, deadline: float | None = None, prepare_data: bool = True,
-        protocols: Sequence[str] = ("original",)) -> Report:
-    """Run (or finish) an experiment under one or more protocols (:data:`PROTOCOLS`) over
-    every visible GPU (``gpus`` of them, ``per_gpu`` runs sharing each: by default one, or
-    :data:`TINY_RUNS_PER_GPU` for the CPU preset's plans) or ``workers`` CPU processes; returns
-    what happened. New results go to the experiment's own folder (a run
-    that several protocols want, to the first one's); runs another experiment it reads has
+def run(names: str | Sequence[str], hardware: str | None = None, results: Path | None = None, gpus: int | None = None,
+        per_gpu: int | None = None, workers: int = 1, progress: bool = True, deadline: float | None = None,
+        prepare_data: bool = True, protocols: Sequence[str] = ("original",)) -> Report:
+    """Run (or finish) one or more experiments under one or more protocols (:data:`PROTOCOLS`)
+    in one queue over every visible GPU (``gpus`` of them, ``per_gpu`` runs sharing each: by
+    default one, or :data:`TINY_RUNS_PER_GPU` for the CPU preset's plans) or ``workers`` CPU
+    processes; returns what happened. One queue keeps every slot busy while one experiment's
+    sweep waits for its optimum. New results go to each experiment's own folder (a run that
+    several experiments or protocols want, to the first one's); runs another experiment has
     finished are used. With ``prepare_data`` the corpora its runs need are prepared first
     where they are not."""
-    if results is not None and len(protocols) != 1:
-        raise ValueError("a result folder holds one protocol's runs: pass one protocol with it")
+    names = [names] if isinstance(names, str) else list(names)
+    if results is not None and (len(protocols) != 1 or len(names) != 1):
+        raise ValueError("a result folder holds one experiment's runs under one protocol: pass one of each with it")
     hardware = hardware or detect_hardware().preset
     check_preset(hardware)
-    designs = {p: experiment(name).plan_for(hardware, p) for p in protocols}
-    folders = {p: result_folders(name, results, p) for p in protocols}
-    checkpoints = data_root() / "cache" / "runs" / name
-    finals = {run: final for p in protocols for run, final in finished_runs(folders[p], original_reader(hardware, p)).items()}
-    probes = ("--probes",) if experiment(name).probes else ()
-    if probes:
+    keys = [(name, p) for name in names for p in protocols]
+    designs = {key: experiment(key[0]).plan_for(hardware, key[1]) for key in keys}
+    folders = {key: result_folders(key[0], results, key[1]) for key in keys}
+    finals = {run: final for key in keys for run, final in finished_runs(folders[key], original_reader(hardware, key[1])).items()}
+    if any(experiment(name).probes for name in names):
         gpt2_tokenizer()  # the probes decode text after training: fail now, not after every run has trained
     for corpus in sorted({c.corpus for d in designs.values() for c in d.plan(hardware, finals)[0]} if prepare_data else ()):
         ensure_prepared(corpus)
 
     def is_finished(run: str) -> bool:
-        for p in protocols:
-            if run not in finals and (path := result_path(folders[p][0], run)).exists() and (final := read_run(path)[2]) is not None:
+        for key in keys:
+            if run not in finals and (path := result_path(folders[key][0], run)).exists() and (final := read_run(path)[2]) is not None:
                 finals[run] = final
         return run in finals
 
     def plan() -> list[Job]:
-        wanted: dict[str, tuple[TrainConfig, Path]] = {}
-        for p, design in designs.items():
+        wanted: dict[str, tuple[TrainConfig, Path, str]] = {}
+        for (name, p), design in designs.items():
             for c in design.plan(hardware, finals)[0]:
-                wanted.setdefault(run_id(c, hardware), (c, folders[p][0]))
-        return [Job(run, c.steps,
-                    ("muonlib.experiments", "worker", "--hardware", hardware, "--results", str(own),
-                     "--checkpoints", str(checkpoints), "--config", json.dumps(c.to_dict()), *probes),
-                    checkpoints / run / "log.txt", checkpoints / run / "metrics.jsonl", work=run_work(c))
-                for run, (c, own) in wanted.items()]
+                wanted.setdefault(run_id(c, hardware), (c, folders[name, p][0], name))
+        jobs = []
+        for run, (c, own, name) in wanted.items():
+            checkpoints = data_root() / "cache" / "runs" / name
+            probes = ("--probes",) if experiment(name).probes else ()
+            jobs.append(Job(run, c.steps, ("muonlib.experiments", "worker", "--hardware", hardware, "--results", str(own),
+                                           "--checkpoints", str(checkpoints), "--config", json.dumps(c.to_dict()), *probes),
+                            checkpoints / run / "log.txt", checkpoints / run / "metrics.jsonl", work=run_work(c)))
+        return jobs
 
     environments = slots(gpus, per_gpu or (TINY_RUNS_PER_GPU if hardware == "cpu" else 1), workers)
-    return run_queue(plan, is_finished, environments, progress=progress, deadline=deadline, description=name)
+    return run_queue(plan, is_finished, environments, progress=progress, deadline=deadline, description="+".join(names))
 
 
 def decisions(name: str, hardware: str, results: Path | None = None, protocol: str = "original") -> Decisions | ScalingDecisions:
@@ -971,10 +985,10 @@ def load_results(folder: str | Path, as_hardware: str | None = None):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m muonlib.experiments", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    go = sub.add_parser("run", help="run an experiment (skips finished runs, resumes interrupted ones)")
-    go.add_argument("name", choices=sorted(EXPERIMENTS))
+    go = sub.add_parser("run", help="run experiments in one queue (skips finished runs, resumes interrupted ones)")
+    go.add_argument("name", choices=sorted(EXPERIMENTS), nargs="+")
     go.add_argument("--preset", choices=PRESETS, help="hardware preset (default: detected)")
-    go.add_argument("--results", type=Path, help="result folder (default: data/results/NAME)")
+    go.add_argument("--results", type=Path, help="result folder of one experiment under one protocol (default: data/results/[PROTOCOL/]NAME)")
     go.add_argument("--gpus", default="all", help="'all' (default) or how many GPUs to use")
     go.add_argument("--per-gpu", type=int, help=f"runs sharing each GPU (small models leave a GPU idle; default 1, {TINY_RUNS_PER_GPU} for the cpu preset's plans)")
     go.add_argument("--workers", type=int, default=1, help="CPU processes where there is no GPU")

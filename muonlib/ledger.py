@@ -52,7 +52,7 @@ def read_claims(path: Path = BOOK / "claims.yml") -> list[dict]:
 def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple[str, ...]]]:
     """Claim -> (verdict, evidence, chapters), from the saved results, as the chapters compute them."""
     from .results import (QUOTES, AblationProtocols, ArchitectureProtocols, BatchSizeProtocols, DecodeResults, ProbeResults,
-                          ProtocolComparison, ScalingResults, every_run_table, label, runs_verdict, stability_verdict)
+                          ProtocolComparison, ScalingProtocols, every_run_table, label, runs_verdict, stability_verdict)
     from .results.comparison import PROTOCOL_HARDWARE
     from .results.architectures import DECODE_PARTS
 
@@ -60,8 +60,8 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
     xs = protocols.verdicts()
     xs["ours"] = [f"under the paper's recipe, {row['paper: ours']}; under our {protocols.second} protocol, {row[f'{protocols.second}: ours']}"
                   for _, row in xs.iterrows()]
-    scaling = ScalingResults.load("scaling", hardware)
-    across = scaling.verdicts(xs.verdict)
+    kinds = {**PROTOCOL_HARDWARE, "original": hardware}
+    across = ScalingProtocols.load("scaling", kinds).verdicts(xs.verdict)
     every = every_run_table()
     rows = {"M14": (xs.verdict["M14"], f"tested at XS only, Table 1's other sizes not swept under the paper's schedule: {xs.ours['M14']}",
                     (XS_CHAPTER, PROTOCOLS_CHAPTER))}
@@ -87,7 +87,6 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
     for claim in decode.index:
         rows[claim] = (decode.verdict[claim], decode.ours[claim], (DECODE_CHAPTER,))
 
-    kinds = {**PROTOCOL_HARDWARE, "original": hardware}
     batches = BatchSizeProtocols.load("batch_sizes", kinds).verdicts()
     for claim in batches.index:
         rows[claim] = (batches.verdict[claim], batches.ours[claim], (BATCH_CHAPTER,))

@@ -117,10 +117,10 @@ def test_the_tuned_protocol_brackets_each_setting_and_keeps_the_papers_within_th
     assert sorted(decisions.warmup_at_longest["adamw"]) == [0.1, 0.2, 0.4]  # the chosen one and its neighbours
 
 
-def test_the_scaling_ladder_runs_under_the_original_protocol_only():
+def test_the_attention_probes_run_under_the_original_protocol_only():
     assert experiments.experiment("xs_muon_vs_adamw").plan_for("h200", "tuned").protocol == "tuned"
-    with pytest.raises(ValueError, match="scaling runs under the protocols \\['original'\\], not 'paper'.*batch_sizes"):
-        experiments.experiment("scaling").plan_for("h200", "paper")
+    with pytest.raises(ValueError, match="attention_probes runs under the protocols \\['original'\\], not 'paper'.*batch_sizes.*scaling"):
+        experiments.experiment("attention_probes").plan_for("h200", "paper")
     with pytest.raises(ValueError, match="protocol must be one of"):
         experiments.results_folder("xs_muon_vs_adamw", "best")
 
@@ -232,6 +232,17 @@ def test_two_cpu_workers_run_the_plan_and_a_second_call_skips_finished_runs(toy)
     assert (runs.tokens == runs.step * 64).all() and set(runs.lr) == {1e-3} and "scheduled_lr" in runs
     again = run("toy", "cpu", workers=2, progress=False)
     assert again.finished == [] and not again.failed
+
+
+def test_two_experiments_share_one_queue_and_each_keeps_its_runs(toy, monkeypatch):
+    comparison = experiments.EXPERIMENTS["toy"].design("cpu")
+    other = dataclasses.replace(comparison, base=dataclasses.replace(comparison.base, weight_decay=0.05))
+    monkeypatch.setitem(experiments.EXPERIMENTS, "toy2", Experiment("toy2", "test", lambda hardware: other))
+    report = run(["toy", "toy2"], "cpu", workers=2, progress=False)
+    assert not report.failed and not report.waiting and len(report.finished) == 8
+    assert len(list(toy.glob("*.jsonl.gz"))) == 4 and len(list((toy.parent / "toy2").glob("*.jsonl.gz"))) == 4
+    with pytest.raises(ValueError, match="one experiment's runs under one protocol"):
+        run(["toy", "toy2"], "cpu", results=toy)
 
 
 def test_a_crashing_run_is_reported_and_the_others_go_on(toy, monkeypatch):
@@ -593,6 +604,21 @@ def test_the_batch_sizes_and_the_ablations_take_each_protocols_warmup_and_moment
     assert ablations.arm_config(baseline, "K = 3").optimizer_options == {**decided.muon_options, "ns_steps": 3}
     shared = Decisions(warmup=0.45, warmups=experiments.both(0.45), muon_options={}, rates=decided.rates)
     assert experiments.ablations("h200").baseline(shared).optimizer_options == {}  # the original protocol's, as its runs have it
+
+
+def test_the_scaling_ladder_under_a_new_protocol_stops_at_m_and_shares_the_architectures_mha_runs():
+    from muonlib.experiments import PAPER_MUON, PAPER_WARMUP
+
+    original, paper = experiments.scaling("h200"), experiments.scaling("h200", "paper")
+    assert list(original.settings) == ["XS", "S", "M", "L", "XL"] and original.wide == "L"  # the saved runs' plan
+    assert list(paper.settings) == list(experiments.PROTOCOL_SIZES) and paper.wide == "M" and paper.decay_settings == ("XS", "M")
+    muon = paper.config("S", "muon", 1e-2, adamw_lr=1e-3)
+    assert (muon.warmup, muon.optimizer_options) == (PAPER_WARMUP, PAPER_MUON)
+    # MHA at S is one run in both plans, and each experiment reads the other's folder
+    arch = experiments.architectures("h200", "paper")
+    assert experiments.run_id(arch.config("mha", "muon", 1e-2, adamw_lr=1e-3), "h200") == experiments.run_id(muon, "h200")
+    folders = experiments.result_folders("scaling", protocol="paper")
+    assert experiments.results_folder("architectures", "paper") in folders and experiments.results_folder("xs_muon_vs_adamw", "paper") in folders
 
 
 def test_the_ablations_under_a_new_protocol_read_its_xs_runs_and_want_every_arm():

@@ -62,14 +62,14 @@ def test_every_chapter_shows_the_verdict_the_ledger_gives(claims):
     """One verdict per claim: each chapter's verdict table, computed as the chapter computes it,
     against the ledger's."""
     from muonlib.results import (AblationProtocols, ArchitectureProtocols, BatchSizeProtocols, DecodeResults, ProbeResults,
-                                 ProtocolComparison, ScalingResults, every_run_table, runs_verdict, stability_verdict)
+                                 ProtocolComparison, ScalingProtocols, every_run_table, runs_verdict, stability_verdict)
 
     xs = ProtocolComparison.load("xs_muon_vs_adamw").verdicts().verdict
     decode = DecodeResults.load().verdicts()
     every = every_run_table()
     chapters = {
         "XS": xs,
-        "scaling": ScalingResults.load("scaling").verdicts(xs).verdict,
+        "scaling": ScalingProtocols.load().verdicts(xs).verdict,
         "stability": pd.Series({row["claim"]: row["verdict"] for row in (stability_verdict(every), runs_verdict(every))}),
         "batch sizes": BatchSizeProtocols.load().verdicts().verdict,
         "ablations": AblationProtocols.load().verdicts().verdict,

@@ -561,13 +561,13 @@ def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agr
     assert table.at["E4", "paper: verdict"] == REFUTED and table.at["E4", "tuned: verdict"] == VERIFIED
 
 
-@pytest.mark.parametrize("experiment", ["batch_sizes", "ablations"])
-def test_the_batch_sizes_and_the_ablations_are_judged_under_each_protocol_as_the_architectures_are(experiment):
+@pytest.mark.parametrize("experiment", ["scaling", "batch_sizes", "ablations"])
+def test_the_sizes_batch_sizes_and_ablations_are_judged_under_each_protocol_as_the_architectures_are(experiment):
     import pandas as pd
 
-    from muonlib.results import AblationProtocols, BatchSizeProtocols
+    from muonlib.results import AblationProtocols, BatchSizeProtocols, ScalingProtocols
 
-    kind = {"batch_sizes": BatchSizeProtocols, "ablations": AblationProtocols}[experiment]
+    kind = {"scaling": ScalingProtocols, "batch_sizes": BatchSizeProtocols, "ablations": AblationProtocols}[experiment]
     protocols = kind.load()
     progress = protocols.progress
     assert list(progress.index) == ["original", "paper", "tuned"] and progress.loc["original", "runs wanted now"] == 0

@@ -212,11 +212,14 @@ class ScalingResults(LadderResults):
 
     # ------------------------------------------------------------ verdicts
 
-    def verdicts(self, xs: pd.Series | None = None) -> pd.DataFrame:
+    def verdicts(self, xs: pd.Series | None = None, capped: bool = True, why: str = NOT_RUN) -> pd.DataFrame:
         """M15, M16, M18, M21, M30 and M31 over the sizes, each with its evidence and a verdict label.
         M15 and M18 are also judged at XS over three budgets (``xs``: those claims' verdicts
         there, :meth:`~muonlib.results.comparison.ProtocolComparison.verdicts`); given them, the verdict is both chapters'
-        (:func:`~muonlib.results.rules.combine_verdicts`), the one the ledger gives."""
+        (:func:`~muonlib.results.rules.combine_verdicts`), the one the ledger gives. ``capped``: as
+        these runs alone judge them, one protocol's, ``why`` they judge alone
+        (:func:`~muonlib.results.rules.original_only`); else as they found, for
+        :class:`ScalingProtocols` to set beside another protocol's."""
         ratios = self.ratio_table()
         share = ratios.groupby(["setting", "offset"])["Muon's share %"].mean()
         low, high = PAPER["M15"]
@@ -236,7 +239,8 @@ class ScalingResults(LadderResults):
 
         m18 = gain_verdict(gaps)
         found = {"M15": m15, "M16": m16, "M18": m18}  # the sizes' runs alone, before XS's protocols join them
-        m15, m16, m18 = (one_protocol(v) for v in (m15, m16, m18))
+        cap = one_protocol if capped else (lambda verdict: verdict)
+        m15, m16, m18 = (cap(v) for v in (m15, m16, m18))
         if xs is not None:
             m15, m18 = combine_verdicts([m15, xs["M15"]]), combine_verdicts([m18, xs["M18"]])
 
@@ -284,14 +288,29 @@ class ScalingResults(LadderResults):
              "verdict": m21},
             {"claim": "M30", "paper": "s = 0.2 sqrt(n) matches AdamW's update magnitude, enabling direct hyperparameter transfer from AdamW",
              "ours": f"Muon's best peak rate, swept per size on equal tokens, against AdamW's: {ratios_text}",
-             "verdict": one_protocol(found["M30"])},
+             "verdict": cap(found["M30"])},
             {"claim": "M31", "paper": "spectral normalisation of the updates enables larger learning rates",
              "ours": f"Muon's best rate against AdamW's, size by size: {ratios_text}",
-             "verdict": one_protocol(found["M31"])},
+             "verdict": cap(found["M31"])},
         ]).set_index("claim")
         for claim, verdict in found.items():
-            if verdict != one_protocol(verdict):
-                verdicts.at[claim, "ours"] += f"; over the sizes {original_only(verdict)}"
+            if verdict != cap(verdict):
+                verdicts.at[claim, "ours"] += f"; over the sizes {original_only(verdict, why)}"
+        return verdicts
+
+
+class ScalingProtocols(Protocols):
+    """The scaling claims' verdicts under each protocol (:class:`~muonlib.results.protocols.Protocols`);
+    M15 and M18 joined by their verdicts at XS, as :meth:`ScalingResults.verdicts` joins them."""
+
+    experiment, results_type = "scaling", ScalingResults
+
+    def verdicts(self, xs: pd.Series | None = None) -> pd.DataFrame:
+        if self.judged_by == ("original",):
+            return self.results["original"].verdicts(xs, why=self.unfinished())
+        verdicts = super().verdicts()
+        for claim in ("M15", "M18") if xs is not None else ():
+            verdicts.at[claim, "verdict"] = combine_verdicts([verdicts.verdict[claim], xs[claim]])
         return verdicts
 
 
