@@ -140,7 +140,9 @@ class MultiHeadLatentAttention(nn.Module):
     ``k_R = RoPE(W_kR x)``. Per head, ``k_h = W_uk^h c`` and ``v_h = W_uv^h c``, and the score
     is ``(q_h . k_h + q_R^h . k_R) / sqrt(D + P)``.
 
-    * Training and prefill decompress ``k_h, v_h`` (the matmul-efficient "naive" path).
+    * Training and prefill decompress ``k_h, v_h`` (the matmul-efficient "naive" path). The
+      projections of one input run as one matmul (:func:`fused_linear`), which measured faster
+      than one matmul each (``data/bench/projections_*.json``, read by the architectures chapter).
     * Decoding absorbs the up-projections: ``q_h . W_uk^h c = (W_uk^h^T q_h) . c``, and
       ``sum_s p_s W_uv^h c_s = W_uv^h (sum_s p_s c_s)``: attention runs in latent space over
       the cache ``(c, k_R)``, which is never decompressed.
