@@ -845,41 +845,55 @@ def run(names: str | Sequence[str], hardware: str | None = None, results: Path |
     in one queue over every visible GPU (``gpus`` of them, ``per_gpu`` runs sharing each: by
     default one, or :data:`TINY_RUNS_PER_GPU` for the CPU preset's plans) or ``workers`` CPU
     processes; returns what happened. One queue keeps every slot busy while one experiment's
-    sweep waits for its optimum. New results go to each experiment's own folder (a run that
-    several experiments or protocols want, to the first one's); runs another experiment has
-    finished are used. With ``prepare_data`` the corpora its runs need are prepared first
-    where they are not."""
+    sweep waits for its optimum. New results go to each experiment's own folder; a run that
+    several plans want, to the first of their own folders that all of them read (plans that
+    would share a run none of the others reads are refused). A run counts as finished for a
+    plan only in the folders it reads (its own, and the experiments' it reads). With
+    ``prepare_data`` the corpora its runs need are prepared first where they are not."""
     names = [names] if isinstance(names, str) else list(names)
     if results is not None and (len(protocols) != 1 or len(names) != 1):
         raise ValueError("a result folder holds one experiment's runs under one protocol: pass one of each with it")
+    if len(names) > 1 and (probing := [name for name in names if experiment(name).probes]):
+        raise ValueError(f"{', '.join(probing)} trains again runs the others have finished: run it alone")
     hardware = hardware or detect_hardware().preset
     check_preset(hardware)
     keys = [(name, p) for name in names for p in protocols]
     designs = {key: experiment(key[0]).plan_for(hardware, key[1]) for key in keys}
     folders = {key: result_folders(key[0], results, key[1]) for key in keys}
-    finals = {run: final for key in keys for run, final in finished_runs(folders[key], original_reader(hardware, key[1])).items()}
+    # a run counts as finished for a plan only in the folders that plan reads, as its chapter reads them
+    finals = {key: finished_runs(folders[key], original_reader(hardware, key[1])) for key in keys}
     if any(experiment(name).probes for name in names):
         gpt2_tokenizer()  # the probes decode text after training: fail now, not after every run has trained
-    for corpus in sorted({c.corpus for d in designs.values() for c in d.plan(hardware, finals)[0]} if prepare_data else ()):
+    for corpus in sorted({c.corpus for key, d in designs.items() for c in d.plan(hardware, finals[key])[0]} if prepare_data else ()):
         ensure_prepared(corpus)
 
     def is_finished(run: str) -> bool:
         for key in keys:
-            if run not in finals and (path := result_path(folders[key][0], run)).exists() and (final := read_run(path)[2]) is not None:
-                finals[run] = final
-        return run in finals
+            for folder in folders[key]:
+                if run not in finals[key] and (path := result_path(folder, run)).exists() and (final := read_run(path)[2]) is not None:
+                    finals[key][run] = final
+        return any(run in f for f in finals.values())
 
     def plan() -> list[Job]:
-        wanted: dict[str, tuple[TrainConfig, Path, str]] = {}
-        for (name, p), design in designs.items():
-            for c in design.plan(hardware, finals)[0]:
-                wanted.setdefault(run_id(c, hardware), (c, folders[name, p][0], name))
+        wanting: dict[str, list[tuple[str, str]]] = {}
+        configs: dict[str, TrainConfig] = {}
+        for key, design in designs.items():
+            for c in design.plan(hardware, finals[key])[0]:
+                configs.setdefault(run := run_id(c, hardware), c)
+                wanting.setdefault(run, []).append(key)
         jobs = []
-        for run, (c, own, name) in wanted.items():
-            checkpoints = data_root() / "cache" / "runs" / name
-            probes = ("--probes",) if experiment(name).probes else ()
-            jobs.append(Job(run, c.steps, ("muonlib.experiments", "worker", "--hardware", hardware, "--results", str(own),
-                                           "--checkpoints", str(checkpoints), "--config", json.dumps(c.to_dict()), *probes),
+        for run, c in configs.items():
+            # into the first own folder that every plan wanting the run reads, so that each finds it there
+            common = [k for k in wanting[run] if all(folders[k][0] in folders[other] for other in wanting[run])]
+            if not common:
+                raise ValueError(f"{' and '.join(f'{n} ({p})' for n, p in wanting[run])} all want {run}, but none reads the "
+                                 f"others' results: run them one after the other")
+            name, _ = common[0]
+            root = data_root() / "cache" / "runs"
+            checkpoints = next((root / n for n, _ in wanting[run] if (root / n / run).exists()), root / name)  # resume where it began
+            jobs.append(Job(run, c.steps, ("muonlib.experiments", "worker", "--hardware", hardware, "--results", str(folders[common[0]][0]),
+                                           "--checkpoints", str(checkpoints), "--config", json.dumps(c.to_dict()),
+                                           *(("--probes",) if experiment(name).probes else ())),
                             checkpoints / run / "log.txt", checkpoints / run / "metrics.jsonl", work=run_work(c)))
         return jobs
 

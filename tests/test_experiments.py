@@ -245,6 +245,22 @@ def test_two_experiments_share_one_queue_and_each_keeps_its_runs(toy, monkeypatc
         run(["toy", "toy2"], "cpu", results=toy)
 
 
+def test_experiments_that_want_one_run_share_it_only_through_a_folder_both_read(toy, monkeypatch):
+    comparison = experiments.EXPERIMENTS["toy"].design("cpu")
+    monkeypatch.setitem(experiments.EXPERIMENTS, "reader", Experiment("reader", "test", lambda hardware: comparison, reads=("toy",)))
+    monkeypatch.setitem(experiments.EXPERIMENTS, "stranger", Experiment("stranger", "test", lambda hardware: comparison))
+    with pytest.raises(ValueError, match="none reads the others' results"):
+        run(["toy", "stranger"], "cpu", workers=2, progress=False, prepare_data=False)
+    report = run(["reader", "toy"], "cpu", workers=2, progress=False)  # the reader first: the runs still go where both read them
+    assert not report.failed and len(report.finished) == 4 and len(list(toy.glob("*.jsonl.gz"))) == 4
+    assert not (toy.parent / "reader").exists()
+    assert run("toy", "cpu", workers=2, progress=False).finished == []  # alone, each finds them finished
+    assert run("reader", "cpu", workers=2, progress=False).finished == []
+    monkeypatch.setitem(experiments.EXPERIMENTS, "probes", Experiment("probes", "test", lambda hardware: comparison, probes=True))
+    with pytest.raises(ValueError, match="probes trains again runs the others have finished: run it alone"):
+        run(["toy", "probes"], "cpu")
+
+
 def test_a_crashing_run_is_reported_and_the_others_go_on(toy, monkeypatch):
     real_plan = Comparison.plan
 

@@ -589,6 +589,15 @@ def test_the_sizes_batch_sizes_and_ablations_are_judged_under_each_protocol_as_t
     assert agree.verdicts().verdict["M22"] == VERIFIED and disagree.verdicts().verdict["M22"] == CONDITIONAL
     assert agree.verdicts().ours["M22"] == "paper: measured; tuned: measured"
 
+    class Unfinished:  # a rerun's original plan that has not finished: shown in its chapter, not set beside the others
+        def verdicts(self, capped=True, why=None):
+            raise AssertionError("an unfinished plan's verdicts were read")
+
+    partial = progress.copy()
+    partial.loc["original", "runs wanted now"] = 3
+    alongside = kind({"original": Unfinished(), "paper": Found(VERIFIED), "tuned": Found(REFUTED)}, partial).verdicts()
+    assert alongside.verdict["M22"] == CONDITIONAL and "original: verdict" not in alongside.columns
+
 
 def test_a1s_note_leaves_both_optimizers_costs_to_the_prose(architectures, monkeypatch):
     import pandas as pd

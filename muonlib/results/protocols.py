@@ -28,7 +28,7 @@ class Protocols:
 
     experiment: ClassVar[str]
     results_type: ClassVar[type]
-    results: dict  # protocol -> its results, for the complete ones
+    results: dict  # protocol -> its results: the complete ones, and the original protocol's always (its chapter shows what has run)
     progress: pd.DataFrame  # per protocol: the GPU kind, the runs of its plan finished and those it wants now
 
     @classmethod
@@ -47,7 +47,7 @@ class Protocols:
             missing = len(ids - set(finals))
             rows.append({"protocol": protocol, "GPU": kind.upper(), "runs finished": len(ids & set(finals)),
                          "runs wanted now": missing})  # a sweep that ends at its grid's edge, or chosen rates' seeds, want more later
-            if not missing:
+            if not missing or protocol == "original":
                 complete[protocol] = cls.results_type.load(name, kind, protocol=protocol)
         return cls(complete, pd.DataFrame(rows).set_index("protocol"))
 
@@ -74,7 +74,8 @@ class Protocols:
         while the original protocol judges alone, its evidence says how far the others are."""
         if self.judged_by == ("original",):
             return self.results["original"].verdicts(why=self.unfinished())
-        tables = {p: r.verdicts(capped=False) for p, r in self.results.items()}
+        shown = [p for p in self.results if p in self.judged_by or not self.progress.loc[p, "runs wanted now"]]  # not an unfinished original plan
+        tables = {p: self.results[p].verdicts(capped=False) for p in shown}
         verdicts = side_by_side(tables, self.judged_by)
         verdicts["ours"] = ["; ".join(f"{p}: {tables[p].ours[claim]}" for p in self.judged_by) for claim in verdicts.index]
         return verdicts
