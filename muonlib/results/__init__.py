@@ -25,7 +25,7 @@ from .ladders import BatchSizeProtocols, BatchSizeResults, LadderResults, Scalin
 from .paper import (ADAMW_ARM, BASELINE, PAPER, PAPER_INFERENCE, PAPER_QUALITY, PAPER_R, PAPER_TABLE2, PAPER_TABLE3, QUOTES,
                     TABLE1_RATES, TABLE1_XS_RATE, Quote)
 from .probes import SHARP_HEAD, ProbeResults
-from .rules import CONDITIONAL, OPEN, REFUTED, UNTESTABLE, VERIFIED, band_verdict, combine_verdicts, conjunction, gain_verdict, label, measured, saving_band
+from .rules import CONDITIONAL, OPEN, REFUTED, UNTESTABLE, VERIFIED, band_verdict, combine_verdicts, conjunction, gain_verdict, label, saving_band
 from .runs import NOISE_SIGMAS, OPTIMIZER_LABELS, OPTIMIZERS, TARGET_OFFSETS
 from .stability import every_run_table, runs_verdict, stability_table, stability_verdict
 
@@ -33,5 +33,5 @@ __all__ = ["ADAMW_ARM", "BASELINE", "CONDITIONAL", "NOISE_SIGMAS", "OPEN", "REFU
            "PAPER_R", "PAPER_TABLE2", "PAPER_TABLE3", "PROTOCOL_HARDWARE", "QUOTES", "SHARP_HEAD", "TABLE1_RATES", "TABLE1_XS_RATE",
            "TABLE3_ARCHITECTURES", "TARGET_OFFSETS", "AblationProtocols", "AblationResults", "ArchitectureProtocols", "ArchitectureResults", "BatchSizeProtocols", "BatchSizeResults", "ComparisonResults",
            "DecodeResults", "LadderResults", "ProbeResults", "ProtocolComparison", "Quote", "ScalingProtocols", "ScalingResults", "band_verdict",
-           "combine_verdicts", "conjunction", "every_run_table", "gain_verdict", "label", "measured", "optimizer_state_bytes", "repeat_sweeps", "repeat_table", "runs_verdict", "saving_band", "stability_table",
+           "combine_verdicts", "conjunction", "every_run_table", "gain_verdict", "label", "optimizer_state_bytes", "repeat_sweeps", "repeat_table", "runs_verdict", "saving_band", "stability_table",
            "stability_verdict", "training_throughput"]

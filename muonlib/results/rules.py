@@ -3,7 +3,6 @@ from the evidence's shape, the others are its common shapes."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import pandas as pd
@@ -79,13 +78,6 @@ def one_protocol(verdict: str) -> str:
     recipe and a second protocol agree, so one that one protocol verifies or refutes holds only
     under that protocol's conditions."""
     return CONDITIONAL if verdict in (VERIFIED, REFUTED) else verdict
-
-
-def measured(ours: str) -> str:
-    """A verdict's evidence without the notes that say what one protocol's runs found
-    (:func:`one_protocol_table` and the chapters add them): the measurement alone, for prose
-    that gives the verdict beside it."""
-    return re.sub(rf"; [^;]*? {re.escape(ORIGINAL_ONLY)}: [^;]*", "", ours)
 
 
 def one_protocol_table(verdicts: pd.DataFrame, claims=None, why: str = NOT_RUN) -> pd.DataFrame:
