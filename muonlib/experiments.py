@@ -885,7 +885,9 @@ def run(names: str | Sequence[str], hardware: str | None = None, results: Path |
         for run, c in configs.items():
             # into the first own folder that every plan wanting the run reads, so that each finds it there
             common = [k for k in wanting[run] if all(folders[k][0] in folders[other] for other in wanting[run])]
-            if not common:
+            if not common and any(run in finals[k] for k in wanting[run]):
+                common = wanting[run]  # finished where some plan reads it: never written again
+            elif not common:
                 raise ValueError(f"{' and '.join(f'{n} ({p})' for n, p in wanting[run])} all want {run}, but none reads the "
                                  f"others' results: run them one after the other")
             name, _ = common[0]

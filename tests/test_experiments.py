@@ -256,6 +256,8 @@ def test_experiments_that_want_one_run_share_it_only_through_a_folder_both_read(
     assert not (toy.parent / "reader").exists()
     assert run("toy", "cpu", workers=2, progress=False).finished == []  # alone, each finds them finished
     assert run("reader", "cpu", workers=2, progress=False).finished == []
+    monkeypatch.setitem(experiments.EXPERIMENTS, "other_reader", Experiment("other_reader", "test", lambda hardware: comparison, reads=("toy",)))
+    assert run(["reader", "other_reader"], "cpu", workers=2, progress=False).finished == []  # finished where both read them: no conflict
     monkeypatch.setitem(experiments.EXPERIMENTS, "probes", Experiment("probes", "test", lambda hardware: comparison, probes=True))
     with pytest.raises(ValueError, match="probes trains again runs the others have finished: run it alone"):
         run(["toy", "probes"], "cpu")
