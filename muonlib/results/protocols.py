@@ -33,7 +33,7 @@ class Protocols:
 
     @classmethod
     def load(cls, name: str | None = None, hardware: dict[str, str] | None = None) -> "Protocols":
-        """``name``: the experiment's results folder, :attr:`experiment`'s by default."""
+        """``name``: the experiment's results folder, the class's ``experiment`` by default."""
         from ..experiments import experiment, finished_runs, original_reader, result_folders, run_id
         from .comparison import PROTOCOL_HARDWARE
 
