@@ -1072,7 +1072,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     sizes, variants = args.sizes.split(","), args.variants.split(",")
     out = Path(args.out) if args.out is not None else data_root() / "bench"
-    config = vars(args)
+    config = {key: value for key, value in vars(args).items() if key != "out"}  # the file's place says where it went; a path of the measuring machine would not
     stems = {"optim": "optimizer_step", "profile": "optimizer_profile", "ns": "newton_schulz", "models": "models",
              "ddp": "data_parallel", "decode": "decode", "latent": "latent_attention",
              "attention": "attention_routes", "kernels": "model_kernels"}

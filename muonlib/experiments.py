@@ -868,9 +868,10 @@ def run(names: str | Sequence[str], hardware: str | None = None, results: Path |
         ensure_prepared(corpus)
 
     def is_finished(run: str) -> bool:
-        for key in keys:
-            for folder in folders[key]:
-                if run not in finals[key] and (path := result_path(folder, run)).exists() and (final := read_run(path)[2]) is not None:
+        for own in {folders[key][0] for key in keys}:  # new results go to own folders only
+            readers = [key for key in keys if own in folders[key] and run not in finals[key]]
+            if readers and (path := result_path(own, run)).exists() and (final := read_run(path)[2]) is not None:
+                for key in readers:
                     finals[key][run] = final
         return any(run in f for f in finals.values())
 

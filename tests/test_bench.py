@@ -275,7 +275,9 @@ def test_padding_the_values_computes_the_same_attention_as_unequal_head_dims():
 
 def test_attention_routes_benchmark_times_mla_against_mha_and_records_refused_backends(tmp_path):
     bench.main(["attention", "--out", str(tmp_path), "--sizes", "tiny", "--batch", "2", "--iters", "1"])
-    rows = json.loads((tmp_path / "attention_routes.json").read_text())["results"]
+    saved = json.loads((tmp_path / "attention_routes.json").read_text())
+    assert "out" not in saved["provenance"]["config"]  # no path of the measuring machine in a file meant to travel
+    rows = saved["results"]
     config = bench.preset("tiny", "mla")
     assert rows[0] | {"fwd_bwd_ms": None, "relative_error": None} == dict(
         size="tiny", batch=2, context=config.context, heads=config.n_head, qk_dim=config.head_dim, v_dim=config.head_dim,
