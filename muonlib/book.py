@@ -30,6 +30,7 @@ from .data import Source, fetch_source, npm_pack
 OPTIMIZER_NAMES = {"adamw": "AdamW", "muon": "Muon"}
 OPTIMIZER_COLORS = {"adamw": "#4C72B0", "muon": "#DD8452"}  # seaborn's first two, fixed per optimizer
 PAPER_COLOR = "#7f7f7f"  # the paper's numbers, drawn beside ours
+PROTOCOL_LINES = {"original": "-", "paper": "--", "tuned": ":"}  # line styles: a protocol's runs, whatever the colour
 
 
 def glue(name: str, value: Any) -> Any:

@@ -22,10 +22,12 @@ import warnings
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -90,6 +92,19 @@ class TrainConfig:
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+def not_finite(named_tensors: Iterable[tuple[str, Tensor | None]]) -> list[str]:
+    """The names of the tensors that hold a NaN or an infinity (``None`` ones skipped)."""
+    return [name for name, t in named_tensors if t is not None and not bool(torch.isfinite(t).all())]
+
+
+def named_few(names: list[str], shown: int = 3) -> str:
+    """``"no"``, or the first ``shown`` names and how many more."""
+    if not names:
+        return "no"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{len(names)} ({', '.join(names[:shown])}{more})"
 
 
 class TrainingStopped(RuntimeError):
@@ -373,11 +388,16 @@ def _train(config: TrainConfig, out_dir: Path, progress: bool, should_stop: Call
         torch.cuda.reset_peak_memory_stats(device)
 
     def diverged(what: str, value: float, step: int) -> TrainingDiverged:
+        # which tensors broke tells an overflow in one layer's kernel from a run that blew up whole
+        weights = not_finite(model.named_parameters())
+        grads = not_finite((name, p.grad) for name, p in model.named_parameters())
         if run.main:
-            log.append({"final": True, "diverged": True, "step": step, "val_loss": None, "test_loss": None})
+            log.append({"final": True, "diverged": True, "step": step, "val_loss": None, "test_loss": None,
+                        "not_finite_weights": weights, "not_finite_grads": grads})
         saved = f"the last good checkpoint is {checkpoint.path} (step {saved_step})" if saved_step else "no checkpoint was saved yet"
-        return TrainingDiverged(f"the {what} became {value} at step {step + 1}; {saved}. Lower the learning rate "
-                                f"or raise the warm-up; resuming from the checkpoint would diverge the same way.")
+        return TrainingDiverged(f"the {what} became {value} at step {step + 1} (not finite: {named_few(weights)} weights, "
+                                f"{named_few(grads)} gradients); {saved}. Lower the learning rate or raise the warm-up; "
+                                f"resuming from the checkpoint would diverge the same way.")
 
     bar = tqdm(total=config.steps, initial=start, desc=f"{config.optimizer} lr={config.lr:g}", disable=not progress)
     for step in range(start, config.steps):
@@ -406,7 +426,7 @@ def _train(config: TrainConfig, out_dir: Path, progress: bool, should_stop: Call
         skipped = not math.isfinite(grad_norm)
         if skipped and not scaler.is_enabled():
             raise diverged("gradient norm", grad_norm, step)
-        if skipped:  # fp16 loss scaling expects overflows: the scaler skips the step and lowers its scale  # fp16 loss scaling expects overflows: the scaler skips the step and lowers its scale
+        if skipped:  # fp16 loss scaling expects overflows: the scaler skips the step and lowers its scale
             warnings.warn(f"step {step + 1}: the fp16 gradients overflowed (norm {grad_norm}); the loss scaler skips "
                           f"this step and lowers its scale", RuntimeWarning, stacklevel=2)
         scaler.step(optimizer)

@@ -1,5 +1,7 @@
 """Models: Table 1 sizes, causality, cached decoding, absorbed MLA, MoE routing and balancing."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -155,6 +157,29 @@ def test_grouped_mm_on_a_gpu_takes_any_width(width):
     offsets = torch.tensor([3, 3, 10], dtype=torch.int32, device="cuda")
     expected = torch.cat([x[:3] @ w[0], x[3:] @ w[2]])
     assert torch.allclose(grouped_mm(x, w, offsets).float(), expected.float(), rtol=2e-2, atol=2e-1)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the grouped kernel runs on a GPU"))])
+def test_an_expert_no_token_reaches_gets_a_zero_gradient_whatever_memory_it_is_given(device):
+    # torch._grouped_mm writes only what its groups cover (pytorch#154557): an expert without
+    # tokens must still get an exact zero, not what a recycled block of the allocator held
+    # (here NaN, left behind in blocks of the gradients' sizes)
+    torch.manual_seed(0)
+    moe = tiny("moe-mla").blocks[0].ffn.to(device)
+    starved = torch.zeros(moe.routed_up.size(0), dtype=torch.bool)
+    starved[[1, 4]] = True
+    with torch.no_grad():
+        moe.router.bias[starved.to(device)] = -1e4  # never among a token's top k
+    x = torch.randn(64, moe.routed_up.size(-1), device=device)
+    for _ in range(2):
+        [torch.full_like(p, math.nan, dtype=dtype) for p in (moe.routed_up, moe.routed_down) for dtype in (torch.bfloat16, torch.float32)]
+        moe.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            moe(x).float().square().sum().backward()
+        for p in (moe.routed_up, moe.routed_down):
+            reached = p.grad.flatten(1).abs().sum(1).cpu() > 0
+            assert torch.isfinite(p.grad).all() and torch.equal(reached, ~starved)
 
 
 def test_moe_layer_matches_dense_reference():

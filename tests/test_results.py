@@ -2,12 +2,13 @@
 saying what the chapters say (the notebooks show; these tests guard). A test here fails when
 new runs change the direction of the evidence, not only its label."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from muonlib.experiments import RESULT, experiment, read_finals, read_run, run_id
+from muonlib.experiments import PAPER_MUON, RESULT, experiment, read_finals, read_run, run_id
 from muonlib.results import CONDITIONAL, PAPER, REFUTED, TABLE1_XS_RATE, UNTESTABLE, VERIFIED, ComparisonResults
 
 NAME = "xs_muon_vs_adamw"
@@ -209,7 +210,9 @@ def test_diverged_runs_are_counted_never_averaged():
 
 # ---------------------------------------------------------------- the scaling chapter
 
-from muonlib.results import ScalingResults, every_run_table, stability_table, stability_verdict  # noqa: E402
+from muonlib.results import ScalingResults, every_run_table, runs_verdict, stability_table, stability_verdict  # noqa: E402
+from muonlib.results.protocols import PROTOCOL_NAMES  # noqa: E402
+from muonlib.results.stability import is_ablation, stability_by_protocol  # noqa: E402
 
 SCALING = Path(__file__).resolve().parents[1] / "data" / "results" / "scaling"
 
@@ -288,16 +291,42 @@ def test_m15_muons_share_of_adamws_flops_is_far_above_half_and_all_of_it_at_xl(s
 
 
 def test_m17_no_run_of_either_optimizer_spikes_so_there_is_nothing_to_compare(every_run):
-    assert len(every_run) >= 100 and not every_run.diverged.any()
+    assert set(every_run.protocol) == {"original", "paper", "tuned"} and (every_run.protocol == "original").sum() >= 300
     m17 = stability_verdict(every_run)
     # the paired detector once flagged the reference's drops; counted as rises of the run's own
-    # loss beyond the other optimizer's on the same batch, no run has one
-    assert m17["verdict"] == UNTESTABLE and every_run["paired spikes"].sum() == 0
+    # loss beyond the other optimizer's on the same batch, a few of AdamW's runs have one, far
+    # above its best rate, and no protocol shows either optimizer with fewer beyond chance
+    assert m17["verdict"] == UNTESTABLE and m17["judged by"] == ("paper", "tuned")
+    by_protocol = stability_by_protocol(every_run)
+    assert (by_protocol.verdict == UNTESTABLE).all() and (by_protocol["p overall"] > 0.05).all()
+    spiky = every_run[every_run["paired spikes"] > 0]
+    assert 0 < len(spiky) <= 5 and (spiky.optimizer == "adamw").all() and (spiky["log2 lr / optimum"] >= 1).all()
     assert every_run["raw spikes"].sum() > 100  # hard batches, which the pairing removes
     table = stability_table(every_run)
     # 10x while the book held the XS and scaling runs only; the batch-size ladder's short, large-batch
     # runs at 4x Muon's optimum have excursions too, and AdamW's are still several times as many
-    assert table.loc[("adamw", 4), "excursions_per_run"] > 4 * table.loc[("muon", 4), "excursions_per_run"]
+    assert table.loc[("original", "adamw", 4), "excursions_per_run"] > 4 * table.loc[("original", "muon", 4), "excursions_per_run"]
+
+
+def test_the_runs_that_diverged_are_muons_on_moe_under_a_short_warmup_and_ended_calm(every_run):
+    diverged = every_run[every_run.diverged]
+    assert len(diverged) >= 5 and (diverged.optimizer == "muon").all() and (diverged.variant == "moe-mla").all()
+    assert (diverged.protocol != "original").all()  # the 45% warm-up let none go
+    # one step from calm to not finite: the last recorded loss within 10% of the 50 before
+    assert ((diverged["last loss jump"] - 1).abs() < 0.1).all()
+    assert "runs that diverged: Muon 0, AdamW 0" in stability_verdict(every_run)["ours"].split(";")[0]
+
+
+def test_a_run_changes_muon_itself_beyond_the_momentum_a_protocol_sets():
+    assert not is_ablation(json.dumps(PAPER_MUON), False) and not is_ablation("{}", False)
+    assert is_ablation(json.dumps({"momentum": 0.9, "ns_steps": 3}), False) and is_ablation("{}", True)
+
+
+def test_m29_counts_the_runs_of_every_protocol(every_run):
+    m29 = runs_verdict(every_run)
+    assert m29["verdict"] == UNTESTABLE
+    for protocol, runs in every_run.groupby("protocol"):
+        assert f"{len(runs)} under {PROTOCOL_NAMES[protocol]}" in m29["ours"]
 
 
 # ---------------------------------------------------------------- the inference chapter

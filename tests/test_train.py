@@ -10,6 +10,7 @@ import torch
 
 from muonlib import train as train_module
 from muonlib.data import prepare
+from muonlib.models import GPT, preset
 from muonlib.train import Checkpoint, MetricsLog, TrainConfig, TrainingDiverged, TrainingStopped, lr_factor, train
 
 
@@ -85,12 +86,16 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
         return logits, loss * (math.nan if calls["n"] > 6 else 1.0)
 
     monkeypatch.setattr(train_module.GPT, "forward", nan_after_six_steps)
-    with pytest.raises(TrainingDiverged, match=r"training loss became nan at step 7.*checkpoint.pt \(step 4\)"):
+    # the loss times NaN: every gradient is NaN, while the weights the step began with are still finite
+    with pytest.raises(TrainingDiverged, match=r"training loss became nan at step 7 \(not finite: no weights, "
+                                               r"\d+ \(tok_emb.weight, .* more\) gradients\).*checkpoint.pt \(step 4\)"):
         train(tiny(), tmp_path, progress=False)
     assert Checkpoint(tmp_path / "checkpoint.pt").read()["step"] == 4
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()[1:]]
     assert [r["step"] for r in records[:-1]] == [1, 2, 3, 4, 5, 6]
-    assert records[-1] == {"final": True, "diverged": True, "step": 6, "val_loss": None, "test_loss": None}
+    names = [name for name, p in GPT(preset("tiny")).named_parameters()]
+    assert records[-1] == {"final": True, "diverged": True, "step": 6, "val_loss": None, "test_loss": None,
+                           "not_finite_weights": [], "not_finite_grads": names}
     assert len(train(tiny(), tmp_path, progress=False)) == 6  # a diverged run is over: it is not retried
 
 

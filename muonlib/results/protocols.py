@@ -12,7 +12,7 @@ import pandas as pd
 
 from .rules import NOT_RUN, side_by_side
 
-PROTOCOL_NAMES = {"paper": "the paper's recipe", "tuned": "the tuned protocol"}
+PROTOCOL_NAMES = {"original": "the original protocol", "paper": "the paper's recipe", "tuned": "the tuned protocol"}
 
 
 @dataclass
