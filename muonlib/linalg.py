@@ -59,7 +59,9 @@ POLAR_EXPRESS_COEFFICIENTS: tuple[Coefficients, ...] = tuple(
 
 # Guards the division by ||X||_F only against an exact zero. A larger epsilon (1e-7, as
 # in torch.optim.Muon) silently under-scales matrices whose norm is near it, so the
-# "orthogonalised" update of a tiny gradient would not be orthogonal.
+# "orthogonalised" update of a tiny gradient would not be orthogonal. The norm itself is
+# taken so that it cannot underflow (frobenius_norm), else the floor would be reached by
+# matrices far above it.
 NORM_FLOOR = 1e-30
 
 #: Aspect ratio (long side / short side) from which :func:`newton_schulz` iterates on the
@@ -123,6 +125,20 @@ def msign_by_gram(G: Tensor, rtol: float | None = None) -> Tensor:
     return U.mT if tall else U
 
 
+def frobenius_norm(X: Tensor) -> Tensor:
+    """``||X||_F`` of each matrix of a batch (dimensions kept), as ``max|X|`` times the norm of
+    ``X / max|X|``, so that it cannot underflow.
+
+    Why: squared directly, float32 entries below about 1e-19 square to zero (1e-23 with
+    subnormals). A momentum that decays geometrically, as an MoE expert's does while no token
+    reaches it, gets there within a few hundred steps; its norm then comes out as zero, the
+    division by the floor blows the matrix up past float16's range, and Newton-Schulz returns
+    NaN. Scaled first, the norm is exact down to float32's smallest numbers, as the paper's
+    ``M / ||M||_F`` assumes."""
+    scale = X.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(X.dtype).tiny)
+    return torch.linalg.matrix_norm(X / scale, keepdim=True) * scale
+
+
 def frobenius_scaled(G: Tensor, eps: float = NORM_FLOOR) -> Tensor:
     """``G`` scaled to ``sqrt(min(m, n))``, the Frobenius norm of a full-rank ``msign(G)``
     (never divided by less than ``eps``): an update of an orthogonalised update's size in
@@ -130,8 +146,7 @@ def frobenius_scaled(G: Tensor, eps: float = NORM_FLOOR) -> Tensor:
     orthogonalisation. Batched over leading dimensions, in float32 or wider."""
     _check_matrix(G, "frobenius_scaled")
     X = G.to(torch.promote_types(G.dtype, torch.float32))
-    norm = torch.linalg.matrix_norm(X, keepdim=True).clamp_min(eps)
-    return X * (min(G.shape[-2:]) ** 0.5 / norm)
+    return X * (min(G.shape[-2:]) ** 0.5 / frobenius_norm(X).clamp_min(eps))
 
 
 def rms_scaled(G: Tensor, rms: float, eps: float = NORM_FLOOR) -> Tensor:
@@ -140,7 +155,7 @@ def rms_scaled(G: Tensor, rms: float, eps: float = NORM_FLOOR) -> Tensor:
     rule, which measures the update's RMS instead of assuming a full-rank ``msign``'s."""
     _check_matrix(G, "rms_scaled")
     X = G.to(torch.promote_types(G.dtype, torch.float32))
-    return X * (rms / X.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt().clamp_min(eps))
+    return X * (rms / (frobenius_norm(X) / math.sqrt(X.size(-2) * X.size(-1))).clamp_min(eps))
 
 
 def coefficient_schedule(coefficients: CoefficientSpec, steps: int) -> list[Coefficients]:
@@ -184,8 +199,8 @@ def newton_schulz(
 ) -> Tensor:
     """Approximate ``msign(G)`` with ``steps`` odd-polynomial iterations (Algorithm 1).
 
-    Each matrix is first divided by its own Frobenius norm (computed in float32, or in
-    float64 for a float64 ``dtype``; never by less than ``eps``), so every singular value
+    Each matrix is first divided by its own Frobenius norm (:func:`frobenius_norm`, in
+    float32, or in float64 for a float64 ``dtype``; never by less than ``eps``), so every singular value
     lies in [0, 1]; then
     ``X <- a X + b (X X^T) X + c (X X^T)^2 X`` is applied
     ``steps`` times in ``dtype``. The iteration runs on the wide orientation (``X X^T`` is the
@@ -207,7 +222,7 @@ def newton_schulz(
     X = G.mT if transpose else G
     batch_shape = X.shape[:-2]
     X = X.reshape(-1, *X.shape[-2:]).to(torch.promote_types(dtype, torch.float32))
-    norm = torch.linalg.matrix_norm(X, keepdim=True) * normalization_safety(coefficients)
+    norm = frobenius_norm(X) * normalization_safety(coefficients)
     X = X / norm.clamp_min(eps)
     if gram is None:
         gram = prefers_gram(*X.shape[-2:])

@@ -129,6 +129,27 @@ def test_momentum_and_normalize_passes_match_the_reference(nesterov, grad_dtype)
         assert rel(s, e) < TOL[torch.float16]
 
 
+@pytest.mark.parametrize("scale", [1e-25, 1e25])
+def test_the_normalize_pass_is_scale_free_where_squares_underflow_or_overflow(scale):
+    """A momentum of entries near 1e-25 (an expert no token reached for a few hundred steps)
+    squares to float32 zero: summed plainly its norm is zero, the floor blows it up past float16
+    and Newton-Schulz returns NaN. The passes normalise it as they do the same momentum at scale 1."""
+    from muonlib.kernels.muon_passes import momentum_pass, normalize_pass
+
+    sources = {}
+    for s in (1.0, scale):
+        _, grads, buffers, out, _, _, tables = pass_inputs(torch.float32)
+        for g, b in zip(grads, buffers):
+            g.zero_()
+            b.mul_(s)
+        scalars = torch.tensor([0.0, 0.9, 0.0], dtype=F64, device=DEVICE)
+        momentum_pass(tables, scalars, torch.float32, False)
+        normalize_pass(tables, scalars, torch.float32, False, safety=1.0)
+        sources[s] = out
+    for unit, scaled in zip(sources[1.0], sources[scale]):
+        assert torch.isfinite(scaled).all() and rel(scaled, unit) < TOL[torch.float16]
+
+
 @pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16])
 def test_update_pass_is_apply_updates(param_dtype):
     from muonlib.kernels.muon_passes import update_pass

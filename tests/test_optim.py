@@ -137,6 +137,23 @@ def test_muon_3d_stack_is_orthogonalised_per_expert():
         assert torch.allclose(W[e], -newton_schulz(G[e]).float(), atol=1e-6)
 
 
+def test_an_expert_no_token_reaches_keeps_stepping_along_its_decaying_momentum_without_nan():
+    """An MoE expert that gets no tokens has zero gradients: its EMA momentum decays by beta a
+    step, its squares underflow float32 within a few hundred steps (here beta = 0.5, 150 steps,
+    down to ~1e-45), and a norm summed plainly turned to zero and the update to NaN."""
+    torch.manual_seed(5)
+    live = torch.randn(150, 3, 8, 16)
+    live[1:, 1] = 0.0  # expert 1 is starved after the first step
+    W = run_steps(lambda p: Muon(p, lr=0.01, momentum=0.5, nesterov=False, weight_decay=0.0, adjust_lr=None, fused=False),
+                  torch.zeros(3, 8, 16), list(live))
+    assert torch.isfinite(W).all()
+    # while its momentum is above the floor, msign of the shrinking matrix is one matrix: the
+    # expert moves along it, a full step each time (about 100 steps from norm ~5 to 1e-30)
+    step = 0.01 * newton_schulz(live[0, 1]).float()
+    assert torch.nn.functional.cosine_similarity(W[1].flatten(), -step.flatten(), dim=0) > 0.999
+    assert 90 < W[1].norm() / step.norm() < 115
+
+
 def test_orthogonalize_groups_shapes_without_mixing():
     torch.manual_seed(5)
     mats = [torch.randn(6, 10), torch.randn(10, 6), torch.randn(6, 10), torch.randn(2, 6, 10)]

@@ -7,8 +7,8 @@ float32 weight. Compiled torch spreads this over four or more passes and many la
 it takes three:
 
 1. :func:`momentum_pass`: ``M <- lerp(M, G, 1 - beta)`` and the look-ahead
-   ``D = lerp(G, M, beta)``, plus the sum of ``D^2`` over each tile (read ``G`` and ``M``,
-   write ``M``);
+   ``D = lerp(G, M, beta)``, plus each tile's largest ``|D|`` and the sum of ``(D / that)^2``
+   over the tile, so that no square underflows (read ``G`` and ``M``, write ``M``);
 2. :func:`normalize_pass`: ``D / ||D||_F`` in float16, written straight into its slot of the
    Newton-Schulz batch of its shape, transposed for a tall matrix (``D`` is recomputed from
    ``G`` and ``M``, which costs the same traffic as storing it);
@@ -19,7 +19,7 @@ Each program handles one tile of one matrix and finds its matrix's addresses in 
 (:class:`PassTables`), the way a grouped GEMM finds its operands. The addresses are data, not
 kernel arguments, so a CUDA graph that replays these launches reads gradients wherever the
 autograd engine put them this step: only the table is rewritten when they move. The norm is
-the sum of the tile sums in a fixed order, so a step is deterministic.
+the tile sums combined in a fixed order, so a step is deterministic.
 
 :func:`muon_passes_reference` is what the three passes compute, in plain torch, matrix by
 matrix. Under ``TRITON_INTERPRET=1`` the kernels run on a CPU (slowly): that is how the
@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..linalg import NORM_FLOOR
+from ..linalg import NORM_FLOOR, frobenius_norm
 from .symmetric import interpreting, on_device, round_bfloat16
 
 # Columns of the matrix table (int64): addresses, then shape.
@@ -45,6 +45,8 @@ COLUMNS = tl.constexpr(7)
 # may change them without a new CUDA graph.
 LR, BETA, WEIGHT_DECAY = (tl.constexpr(i) for i in range(3))
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+#: float32's smallest normal number: a tile's scale never goes below it, so a zero tile divides safely
+FLOAT32_TINY = tl.constexpr(torch.finfo(torch.float32).tiny)
 
 
 @triton.jit
@@ -80,7 +82,7 @@ def _address(matrices, matrix, column, dtype: tl.constexpr):
 
 
 @triton.jit
-def _momentum_kernel(tiles, matrices, scalars, tile_sums, GRAD_DTYPE: tl.constexpr, NESTEROV: tl.constexpr,
+def _momentum_kernel(tiles, matrices, scalars, tile_maxima, tile_sums, GRAD_DTYPE: tl.constexpr, NESTEROV: tl.constexpr,
                      TILE_R: tl.constexpr, TILE_C: tl.constexpr):
     tile, matrix, rows, cols, r, c, offsets, inside = _locate(tiles, matrices, TILE_R, TILE_C)
     buffer = _address(matrices, matrix, BUFFER, tl.float32)
@@ -91,11 +93,15 @@ def _momentum_kernel(tiles, matrices, scalars, tile_sums, GRAD_DTYPE: tl.constex
     d = m
     if NESTEROV:
         d = _lerp(g, m, beta.to(tl.float32))
-    tl.store(tile_sums + tile, tl.sum(tl.sum(d * d, axis=1), axis=0))
+    # squares of entries below ~1e-19 underflow: the tile's sum is taken of d over its largest |d|
+    largest = tl.max(tl.max(tl.abs(d), axis=1), axis=0)
+    scaled = d / tl.maximum(largest, FLOAT32_TINY)
+    tl.store(tile_maxima + tile, largest)
+    tl.store(tile_sums + tile, tl.sum(tl.sum(scaled * scaled, axis=1), axis=0))
 
 
 @triton.jit
-def _normalize_kernel(tiles, matrices, scalars, tile_sums, first_tiles, safety, norm_floor,
+def _normalize_kernel(tiles, matrices, scalars, tile_maxima, tile_sums, first_tiles, safety, norm_floor,
                       GRAD_DTYPE: tl.constexpr, NESTEROV: tl.constexpr, OUT_DTYPE: tl.constexpr,
                       TILE_R: tl.constexpr, TILE_C: tl.constexpr, SUM_BLOCK: tl.constexpr, SUM_BLOCKS: tl.constexpr):
     tile, matrix, rows, cols, r, c, offsets, inside = _locate(tiles, matrices, TILE_R, TILE_C)
@@ -105,14 +111,22 @@ def _normalize_kernel(tiles, matrices, scalars, tile_sums, first_tiles, safety, 
     if NESTEROV:
         g = tl.load(_address(matrices, matrix, GRAD, GRAD_DTYPE) + offsets, mask=inside, other=0.0).to(tl.float32)
         d = _lerp(g, d, tl.load(scalars + BETA).to(tl.float32))
-    # Every program of a matrix adds the tile sums in the same order, so all see the same norm.
+    # Every program of a matrix combines the tiles in the same order, so all see the same norm:
+    # ||D||^2 = largest^2 * sum over tiles of sum_t (largest_t / largest)^2, with largest the
+    # running maximum, the sum rescaled whenever it grows (as an online softmax does).
     first = tl.load(first_tiles + matrix)
     last = tl.load(first_tiles + matrix + 1)
-    sums = tl.zeros((SUM_BLOCK,), dtype=tl.float32)
+    largest = tl.zeros((), dtype=tl.float32)
+    total = tl.zeros((), dtype=tl.float32)
     for block in range(SUM_BLOCKS):  # a fixed count: the interpreter cannot loop over loaded bounds
         k = first + block * SUM_BLOCK + tl.arange(0, SUM_BLOCK)
-        sums += tl.load(tile_sums + k, mask=k < last, other=0.0)
-    norm = tl.maximum(tl.sqrt(tl.sum(sums, axis=0)) * safety, norm_floor)
+        maxima = tl.load(tile_maxima + k, mask=k < last, other=0.0)
+        grown = tl.maximum(largest, tl.max(maxima, axis=0))
+        scale = tl.maximum(grown, FLOAT32_TINY)
+        ratio = maxima / scale
+        total = total * (largest / scale) * (largest / scale) + tl.sum(tl.load(tile_sums + k, mask=k < last, other=0.0) * ratio * ratio, axis=0)
+        largest = grown
+    norm = tl.maximum(tl.sqrt(total) * largest * safety, norm_floor)
     x = (d / norm).to(OUT_DTYPE)
     source = _address(matrices, matrix, SOURCE, OUT_DTYPE)
     if rows > cols:  # the batch holds tall matrices transposed: element (r, c) goes to [c, r]
@@ -188,6 +202,7 @@ class PassTables:
         self.tiles = torch.tensor(tiles, dtype=torch.int32, device=self.device)
         self.first_tiles = torch.tensor(first_tiles, dtype=torch.int32, device=self.device)
         self.factors = torch.tensor(factors, dtype=torch.float64, device=self.device)
+        self.tile_maxima = torch.empty(len(tiles), dtype=torch.float32, device=self.device)
         self.tile_sums = torch.empty(len(tiles), dtype=torch.float32, device=self.device)
         self.matrices = torch.empty(len(self._rows), COLUMNS, dtype=torch.int64, device=self.device)
         self._addresses: tuple[int, ...] = ()
@@ -234,10 +249,11 @@ def _address_of(t: Tensor, expert: int) -> int:
 
 
 def momentum_pass(tables: PassTables, scalars: Tensor, grad_dtype: torch.dtype, nesterov: bool) -> None:
-    """Pass 1: momenta updated in place, tile sums of the squared directions into ``tables.tile_sums``."""
+    """Pass 1: momenta updated in place; each tile's largest ``|D|`` into ``tables.tile_maxima`` and
+    its sum of ``(D / largest)^2`` into ``tables.tile_sums``."""
     with on_device(tables.tiles):
         _momentum_kernel[(tables.n_tiles,)](
-            tables.tiles, tables.matrices, scalars, tables.tile_sums,
+            tables.tiles, tables.matrices, scalars, tables.tile_maxima, tables.tile_sums,
             GRAD_DTYPE=_TRITON_DTYPES[grad_dtype], NESTEROV=nesterov, **tables.config,
         )
 
@@ -249,7 +265,7 @@ def normalize_pass(tables: PassTables, scalars: Tensor, grad_dtype: torch.dtype,
     sum_block = min(512, triton.next_power_of_2(tables.largest_matrix_tiles))
     with on_device(tables.tiles):
         _normalize_kernel[(tables.n_tiles,)](
-            tables.tiles, tables.matrices, scalars, tables.tile_sums, tables.first_tiles, safety, eps,
+            tables.tiles, tables.matrices, scalars, tables.tile_maxima, tables.tile_sums, tables.first_tiles, safety, eps,
             GRAD_DTYPE=_TRITON_DTYPES[grad_dtype], NESTEROV=nesterov, OUT_DTYPE=_TRITON_DTYPES[out_dtype],
             SUM_BLOCK=sum_block, SUM_BLOCKS=triton.cdiv(tables.largest_matrix_tiles, sum_block), **tables.config,
         )
@@ -278,7 +294,7 @@ def muon_passes_reference(
         m.lerp_(g, 1 - beta)
         d = torch.lerp(g, m, beta) if nesterov else m
         d = d.reshape(-1, *d.shape[-2:])
-        norm = torch.linalg.matrix_norm(d, keepdim=True) * safety
+        norm = frobenius_norm(d) * safety
         d = (d / norm.clamp_min(eps)).to(out_dtype)
         sources.append(d.mT if d.size(-2) > d.size(-1) else d)
     return sources
