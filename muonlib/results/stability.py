@@ -84,12 +84,24 @@ def every_run_table(root: Path | None = None) -> pd.DataFrame:
                 paired = int(flags.sum())
                 first = a.step.values[flags][0] / f.steps if paired else np.nan
             rows.append({"protocol": protocol, "experiment": folder.name, "run": run, "optimizer": f.optimizer, "model": f.model,
-                         "variant": f.variant, "steps": f.steps, "seed": f.seed, "lr": f.lr,
+                         "variant": f.variant, "model_changes": f.model_changes, "steps": f.steps, "seed": f.seed, "lr": f.lr,
                          "log2 lr / optimum": round(math.log2(f.lr / optimum)) if optimum > 0 else np.nan,
                          "diverged": bool(f.diverged), "ablation": bool(f.ablation), "paired spikes": paired, "first paired spike": first,
                          "raw spikes": int(raw_spikes(mine.loss.values).sum()), "last loss jump": last_loss_jump(mine.loss.values),
                          "grad-norm excursions": int(grad_norm_excursions(mine.grad_norm.values).sum())})
     return pd.DataFrame(rows)
+
+
+#: runs withdrawn from the evidence because the code that made them was wrong (``data/README.md`` says which and why)
+WITHDRAWN = "withdrawn"
+
+
+def withdrawn_run_table(root: Path | None = None) -> pd.DataFrame:
+    """The withdrawn runs (``root/withdrawn/PROTOCOL/EXPERIMENT/``, ``root`` being
+    ``data/results/``) as :func:`every_run_table` reads the others; no plan reads them, so their
+    plans want them again."""
+    root = Path(root) if root is not None else data_root() / "results"
+    return every_run_table(root / WITHDRAWN)
 
 
 def stability_table(every_run: pd.DataFrame) -> pd.DataFrame:
