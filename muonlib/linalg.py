@@ -126,16 +126,20 @@ def msign_by_gram(G: Tensor, rtol: float | None = None) -> Tensor:
 
 
 def frobenius_norm(X: Tensor) -> Tensor:
-    """``||X||_F`` of each matrix of a batch (dimensions kept), as ``max|X|`` times the norm of
-    ``X / max|X|``, so that it cannot underflow.
+    """``||X||_F`` of each matrix of a batch (dimensions kept), taken of ``X`` divided by the
+    power of two at its largest entry (an exact division), so that no square underflows or
+    overflows.
 
     Why: squared directly, float32 entries below about 1e-19 square to zero (1e-23 with
     subnormals). A momentum that decays geometrically, as an MoE expert's does while no token
-    reaches it, gets there within a few hundred steps; its norm then comes out as zero, the
-    division by the floor blows the matrix up past float16's range, and Newton-Schulz returns
-    NaN. Scaled first, the norm is exact down to float32's smallest numbers, as the paper's
+    reaches it, gets there within a few hundred steps; its norm then came out as zero, the
+    division by the floor blew the matrix up past float16's range, and Newton-Schulz returned
+    NaN. Scaled first, the norm is right down to float32's smallest numbers, as the paper's
     ``M / ||M||_F`` assumes."""
-    scale = X.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(X.dtype).tiny)
+    if not X.numel():
+        return X.new_zeros(*X.shape[:-2], 1, 1)
+    _, exponent = torch.frexp(X.abs().amax(dim=(-2, -1), keepdim=True))
+    scale = torch.ldexp(torch.ones_like(exponent, dtype=X.dtype), exponent)
     return torch.linalg.matrix_norm(X / scale, keepdim=True) * scale
 
 
@@ -431,6 +435,7 @@ __all__ = [
     "POLAR_EXPRESS_SAFETY",
     "SYMMETRIC_MIN_WIDTH",
     "coefficient_schedule",
+    "frobenius_norm",
     "frobenius_scaled",
     "gram_dtype",
     "gram_newton_schulz",

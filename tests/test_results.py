@@ -294,8 +294,8 @@ def test_m17_no_run_of_either_optimizer_spikes_so_there_is_nothing_to_compare(ev
     assert set(every_run.protocol) == {"original", "paper", "tuned"} and (every_run.protocol == "original").sum() >= 300
     m17 = stability_verdict(every_run)
     # the paired detector once flagged the reference's drops; counted as rises of the run's own
-    # loss beyond the other optimizer's on the same batch, a few of AdamW's runs have one, far
-    # above its best rate, and no protocol shows either optimizer with fewer beyond chance
+    # loss beyond the other optimizer's on the same batch, a few of AdamW's runs have one, at
+    # twice its best rate or more, and no protocol shows either optimizer with fewer beyond chance
     assert m17["verdict"] == UNTESTABLE and m17["judged by"] == ("paper", "tuned")
     by_protocol = stability_by_protocol(every_run)
     assert (by_protocol.verdict == UNTESTABLE).all() and (by_protocol["p overall"] > 0.05).all()
@@ -317,7 +317,13 @@ def test_no_run_of_the_evidence_diverged_and_the_withdrawn_ones_went_from_calm_t
     assert len(withdrawn) == 8 and withdrawn.diverged.all()
     assert (withdrawn.optimizer == "muon").all() and (withdrawn.variant == "moe-mla").all() and (withdrawn.protocol != "original").all()
     assert ((withdrawn["last loss jump"] - 1).abs() < 0.1).all()
-    assert not set(withdrawn.run) & set(every_run.run)  # no plan reads them: they are wanted again
+    # no plan reads them, so the sweeps they belonged to run on without them: several are wanted again now
+    from muonlib.experiments import finished_runs, original_reader, result_folders
+    for protocol in ("paper", "tuned"):
+        finals = finished_runs([f for f in result_folders("architectures", None, protocol) if f.exists()], original_reader("h200", protocol))
+        wanted, _ = experiment("architectures").plan_for("h200", protocol).plan("h200", finals)
+        mine = set(withdrawn[withdrawn.protocol == protocol].run)
+        assert not mine & set(finals) and mine & {run_id(c, "h200") for c in wanted}
 
 
 def test_a_run_changes_muon_itself_beyond_the_momentum_a_protocol_sets():

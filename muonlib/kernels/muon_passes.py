@@ -94,8 +94,8 @@ def _momentum_kernel(tiles, matrices, scalars, tile_maxima, tile_sums, GRAD_DTYP
     if NESTEROV:
         d = _lerp(g, m, beta.to(tl.float32))
     # squares of entries below ~1e-19 underflow: the tile's sum is taken of d over its largest |d|
-    largest = tl.max(tl.max(tl.abs(d), axis=1), axis=0)
-    scaled = d / tl.maximum(largest, FLOAT32_TINY)
+    largest = tl.maximum(tl.max(tl.max(tl.abs(d), axis=1), axis=0), FLOAT32_TINY)
+    scaled = d * (1.0 / largest)
     tl.store(tile_maxima + tile, largest)
     tl.store(tile_sums + tile, tl.sum(tl.sum(scaled * scaled, axis=1), axis=0))
 
@@ -116,17 +116,17 @@ def _normalize_kernel(tiles, matrices, scalars, tile_maxima, tile_sums, first_ti
     # running maximum, the sum rescaled whenever it grows (as an online softmax does).
     first = tl.load(first_tiles + matrix)
     last = tl.load(first_tiles + matrix + 1)
-    largest = tl.zeros((), dtype=tl.float32)
+    largest = tl.full((), FLOAT32_TINY, dtype=tl.float32)  # tiles store at least this
     total = tl.zeros((), dtype=tl.float32)
     for block in range(SUM_BLOCKS):  # a fixed count: the interpreter cannot loop over loaded bounds
         k = first + block * SUM_BLOCK + tl.arange(0, SUM_BLOCK)
         maxima = tl.load(tile_maxima + k, mask=k < last, other=0.0)
         grown = tl.maximum(largest, tl.max(maxima, axis=0))
-        scale = tl.maximum(grown, FLOAT32_TINY)
-        ratio = maxima / scale
-        total = total * (largest / scale) * (largest / scale) + tl.sum(tl.load(tile_sums + k, mask=k < last, other=0.0) * ratio * ratio, axis=0)
+        ratio = maxima / grown
+        total = total * (largest / grown) * (largest / grown) + tl.sum(tl.load(tile_sums + k, mask=k < last, other=0.0) * ratio * ratio, axis=0)
         largest = grown
-    norm = tl.maximum(tl.sqrt(total) * largest * safety, norm_floor)
+    # a NaN momentum gives a NaN norm, as in torch (a GPU's maximum would drop it for the floor)
+    norm = tl.maximum(tl.sqrt(total) * largest * safety, norm_floor, propagate_nan=tl.PropagateNan.ALL)
     x = (d / norm).to(OUT_DTYPE)
     source = _address(matrices, matrix, SOURCE, OUT_DTYPE)
     if rows > cols:  # the batch holds tall matrices transposed: element (r, c) goes to [c, r]

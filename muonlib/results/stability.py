@@ -24,6 +24,12 @@ SAME_TRAINING = ["model", "variant", "model_changes", "steps", "batch_size", "gr
 SAME_SWEEP = [*SAME_TRAINING, "warmup", "optimizer_options"]
 
 
+#: the columns of :func:`every_run_table`, also when there is no run
+EVERY_RUN_COLUMNS = ["protocol", "experiment", "run", "optimizer", "model", "variant", "model_changes", "steps", "seed", "lr",
+                     "log2 lr / optimum", "diverged", "ablation", "paired spikes", "first paired spike", "raw spikes",
+                     "last loss jump", "grad-norm excursions"]
+
+
 def protocol_folders(root: Path) -> list[tuple[str, Path]]:
     """Each experiment's folder under ``root`` with the protocol its runs ran under: the
     original protocol's ``root/NAME``, the others' ``root/PROTOCOL/NAME``."""
@@ -89,7 +95,7 @@ def every_run_table(root: Path | None = None) -> pd.DataFrame:
                          "diverged": bool(f.diverged), "ablation": bool(f.ablation), "paired spikes": paired, "first paired spike": first,
                          "raw spikes": int(raw_spikes(mine.loss.values).sum()), "last loss jump": last_loss_jump(mine.loss.values),
                          "grad-norm excursions": int(grad_norm_excursions(mine.grad_norm.values).sum())})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=EVERY_RUN_COLUMNS)
 
 
 #: runs withdrawn from the evidence because the code that made them was wrong (``data/README.md`` says which and why)
