@@ -447,8 +447,10 @@ def _train(config: TrainConfig, out_dir: Path, progress: bool, should_stop: Call
         if device.type == "cuda":
             record["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
         if moe := model.moe_layers():
-            cv, violation = torch.stack([torch.stack([s["cv"], s["max_violation"]]) for s in map(MoE.load_statistics, moe)]).T.tolist()
-            record["moe_cv"], record["moe_max_violation"] = sum(cv) / len(cv), max(violation)  # one transfer for all layers
+            keys = ("cv", "max_violation", "starved")
+            cv, violation, starved = torch.stack([torch.stack([s[k] for k in keys]) for s in map(MoE.load_statistics, moe)]).T.tolist()
+            # one transfer for all layers: the mean CV, the worst violation, the experts of every layer no token reached
+            record["moe_cv"], record["moe_max_violation"], record["moe_starved"] = sum(cv) / len(cv), max(violation), int(sum(starved))
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             for split, eval_set in held_out.items():
                 record[f"{split}_loss"] = evaluate(step_model, eval_set, device, autocast)

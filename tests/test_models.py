@@ -242,6 +242,10 @@ def test_bias_rule_balances_a_skewed_stream():
         moe.update_bias()
     after = max_violation_over(50)
     assert before > 2.0 and after < 0.15, (before, after)
+    assert moe.load_statistics()["starved"] == 0
+    moe.router.bias[:4] = -1e4  # four experts never among a token's top k
+    max_violation_over(50)
+    assert moe.load_statistics()["starved"] == 4
 
 
 def test_balancing_state_stays_fp32_in_a_bf16_model():

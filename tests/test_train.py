@@ -66,8 +66,9 @@ def test_a_killed_run_resumes_bit_for_bit(tmp_path, data_env, monkeypatch, varia
     assert len(lines) == 1 + 6  # header + steps 1..6 (the checkpoint is at step 4)
     resumed = train(config, tmp_path / "resumed", progress=False)
 
-    keys = ("step", "loss", "grad_norm", "lr", "val_loss", "test_loss", "moe_cv")
+    keys = ("step", "loss", "grad_norm", "lr", "val_loss", "test_loss", "moe_cv", "moe_starved")
     assert [{k: r.get(k) for k in keys} for r in resumed] == [{k: r.get(k) for k in keys} for r in straight]
+    assert all(isinstance(r.get("moe_starved"), int) for r in straight) == (variant == "moe-mla")
     a = Checkpoint(tmp_path / "straight" / "checkpoint.pt").read()
     b = Checkpoint(tmp_path / "resumed" / "checkpoint.pt").read()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

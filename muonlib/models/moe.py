@@ -133,8 +133,10 @@ class MoE(nn.Module):
         self.router.update_bias(self.rate)
 
     def load_statistics(self) -> dict[str, Tensor]:
-        """Of the last bias update: loads ``f_i``, their coefficient of variation, and the
-        max violation ``max_i f_i / mean - 1`` (0 is perfect balance)."""
+        """Of the last bias update: loads ``f_i``, their coefficient of variation, the max
+        violation ``max_i f_i / mean - 1`` (0 is perfect balance), and how many experts no
+        token reached (their gradients are zero, and Muon's momentum of them decays)."""
         load = self.router.load
         mean = load.mean()
-        return {"load": load, "cv": load.std() / mean.clamp_min(1e-12), "max_violation": load.max() / mean.clamp_min(1e-12) - 1}
+        return {"load": load, "cv": load.std() / mean.clamp_min(1e-12), "max_violation": load.max() / mean.clamp_min(1e-12) - 1,
+                "starved": (load == 0).sum().to(load.dtype)}
