@@ -76,6 +76,32 @@ def test_build_optimizer_on_a_gpu_model_fuses_its_muon_part():
     assert muon._fused_steps
 
 
+def test_muon_steps_an_expert_no_token_reaches_without_nan():
+    """The fused passes once summed each norm from float32 squares: an expert that stops
+    getting tokens has zero gradients, its momentum decays by beta a step (here 0.5, through
+    float32's underflow within 120 steps), its norm came out as zero and its update as NaN."""
+    torch.manual_seed(0)
+    model = GPT(preset("tiny", "moe-mla", bias_update_rate=0.0)).cuda()
+    opt = build_optimizer(model, "muon", lr=1e-3, momentum=0.5, nesterov=False)
+    muon = next(child for child in opt.optimizers.values() if isinstance(child, Muon))
+    experts = model.blocks[0].ffn.routed_up
+    idx = torch.randint(0, model.config.vocab_size, (4, model.config.context), device="cuda")
+    for step in range(125):
+        if step == 5:  # from now on experts 0 and 1 are never among a token's top k
+            assert muon.state[experts]["momentum_buffer"][:2].abs().max() > 0
+            with torch.no_grad():
+                for block in model.blocks:
+                    block.ffn.router.bias[:2] = -1e4
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = model(idx, idx)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    assert muon._fused_steps  # the Triton passes took these steps
+    assert muon.state[experts]["momentum_buffer"][:2].abs().max() < 1e-30  # its momentum went through the underflow
+    assert torch.isfinite(loss) and all(torch.isfinite(p).all() for p in model.parameters())
+
+
 @pytest.mark.parametrize("size", ["L", "XL"])
 @pytest.mark.parametrize("batch", [1, 64])
 def test_latent_attention_at_the_papers_shapes_in_bf16(size, batch):
