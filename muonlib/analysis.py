@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 #: neighbouring rates of a sweep
 SWEEP_FACTOR = 2.0
@@ -200,15 +201,24 @@ class Budget:
 # ---------------------------------------------------------------- loss spikes
 
 
+def trailing_medians(x: Sequence[float], window: int, start: int) -> np.ndarray:
+    """``median(x[max(0, t - window) : t])`` for every step ``t`` from ``start`` (``nan`` before
+    it): the recent history each spike detector compares a step with, all windows at once."""
+    x = np.asarray(x, float)
+    medians = np.full(len(x), np.nan)
+    for t in range(start, min(window, len(x))):  # the first steps' shorter histories
+        medians[t] = np.median(x[:t])
+    if len(x) > max(window, start):
+        medians[max(window, start):] = np.median(sliding_window_view(x[:-1], window), axis=1)[max(window, start) - window:]
+    return medians
+
+
 def loss_jumps(losses: Sequence[float], window: int = SPIKE_WINDOW) -> np.ndarray:
     """``log(loss_t / median of the previous `window` losses)`` for every step (``nan`` for
     the first ten, which have too little history). A median ignores earlier spikes; while
     the loss falls it lies above the loss and the jump is negative."""
     losses = np.asarray(losses, float)
-    jumps = np.full(len(losses), np.nan)
-    for t in range(10, len(losses)):
-        jumps[t] = math.log(losses[t] / np.median(losses[max(0, t - window) : t]))
-    return jumps
+    return np.log(losses / trailing_medians(losses, window, 10))
 
 
 def raw_spikes(losses: Sequence[float]) -> np.ndarray:
@@ -227,20 +237,15 @@ def paired_spikes(losses: Sequence[float], reference: Sequence[float], window: i
     of the run does."""
     own = np.log(np.asarray(losses, float))
     ratio = own - np.log(np.asarray(reference, float))
-    flags = np.zeros(len(ratio), bool)
-    for t in range(window, len(ratio)):
-        flags[t] = min(own[t] - np.median(own[t - window : t]), ratio[t] - np.median(ratio[t - window : t])) > math.log(SPIKE_RATIO)
-    return flags
+    rise = np.minimum(own - trailing_medians(own, window, window), ratio - trailing_medians(ratio, window, window))
+    return np.nan_to_num(rise, nan=-np.inf) > math.log(SPIKE_RATIO)
 
 
 def grad_norm_excursions(grad_norms: Sequence[float], window: int = SPIKE_WINDOW) -> np.ndarray:
     """Steps whose gradient norm (before clipping) exceeds :data:`GRAD_NORM_RATIO` times the
     median of the previous ``window`` steps."""
     norms = np.asarray(grad_norms, float)
-    flags = np.zeros(len(norms), bool)
-    for t in range(10, len(norms)):
-        flags[t] = norms[t] > GRAD_NORM_RATIO * np.median(norms[max(0, t - window) : t])
-    return flags
+    return np.nan_to_num(norms - GRAD_NORM_RATIO * trailing_medians(norms, window, 10), nan=-np.inf) > 0
 
 
 # ---------------------------------------------------------------- tokens to a target
