@@ -8,7 +8,7 @@ import pytest
 
 from muonlib.analysis import (
     SWEEP_EXTENSIONS, Budget, SeedSpread, at_edge, choose_warmup, compare, grad_norm_excursions, loss_jumps, paired_spikes,
-    raw_spikes, sweep_rates, token_consumption_ratio, tokens_to_target, warmup_handicaps,
+    raw_spikes, sweep_rates, token_consumption_ratio, tokens_to_target, trailing_medians, warmup_handicaps,
 )
 
 GRID = (1e-3, 2e-3, 4e-3)
@@ -132,3 +132,11 @@ def test_the_shared_warmup_holds_back_neither_optimizer_much_and_extends_past_th
     losses["adamw"][0.3], losses["muon"][0.3] = 5.22, 5.10  # Muon would lose 0.16 at 0.3: AdamW's 0.01 at 0.2 is less
     assert choose_warmup((0.02, 0.1, 0.2), losses) == ([0.02, 0.1, 0.2, 0.3], 0.2)
     assert choose_warmup((0.02, 0.1), {"adamw": {0.02: 5.0}, "muon": {0.02: 4.0, 0.1: 4.1}}) == ([0.02, 0.1], None)  # waits
+
+
+@pytest.mark.parametrize("length", [0, 3, 10, 50, 51, 137])
+@pytest.mark.parametrize("window,start", [(50, 10), (10, 10), (8, 3)])
+def test_trailing_medians_are_each_steps_median_of_the_window_before_it(length, window, start):
+    x = np.random.default_rng(length).lognormal(size=length)
+    expected = [np.median(x[max(0, t - window):t]) if t >= start else np.nan for t in range(length)]
+    np.testing.assert_array_equal(trailing_medians(x, window, start), expected)
