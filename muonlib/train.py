@@ -19,10 +19,10 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Iterable
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any, Callable
 
 import torch

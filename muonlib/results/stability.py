@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..analysis import grad_norm_excursions, paired_spikes, raw_spikes
+from ..analysis import SPIKE_WINDOW, grad_norm_excursions, paired_spikes, raw_spikes
 from ..data import data_root
 from ..experiments import EXPERIMENTS, PAPER_MUON, PROTOCOLS, Ablations, experiment, load_results
 from .protocols import PROTOCOL_NAMES
@@ -47,7 +47,7 @@ def is_ablation(options: str, in_ablations: bool) -> bool:
     return in_ablations or bool(set(json.loads(options)) - set(PAPER_MUON))
 
 
-def last_loss_jump(losses, window: int = 50) -> float:
+def last_loss_jump(losses, window: int = SPIKE_WINDOW) -> float:
     """A run's last recorded training loss over the median of the ``window`` before it: how
     far its loss had risen when it ended (about 1 for a run that ends calmly)."""
     losses = np.asarray(losses, float)
