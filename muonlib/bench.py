@@ -1036,6 +1036,25 @@ def remeasure(stem: str) -> Path:
     return saved
 
 
+#: the options that list what a benchmark measures
+LISTED_OPTIONS = ("parts", "sizes", "variants", "compile_sizes", "optimizers", "ns_shapes", "gpu_counts", "batches")
+
+
+def check_covers(path: Path, config: dict) -> None:
+    """Refuse to replace a saved benchmark by a run that measures less of it: ``--sizes L``
+    over a file holding XS to XL would drop the rows the book reads."""
+    try:
+        saved = json.loads(path.read_text())["provenance"]["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no file, or not one of ours: nothing measured to lose
+    dropped = {key: sorted(set(str(saved[key]).split(",")) - set(str(config[key]).split(",")))
+               for key in LISTED_OPTIONS if saved.get(key) is not None and config.get(key) is not None}
+    if dropped := {key: values for key, values in dropped.items() if values}:
+        missing = "; ".join(f"--{key.replace('_', '-')} {','.join(values)}" for key, values in dropped.items())
+        raise FileExistsError(f"{path} holds what this run would not measure ({missing}): write a partial run "
+                              f"elsewhere (--out), or replace the file deliberately (--force)")
+
+
 def command_line() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m muonlib.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["models", "optim", "ns", "profile", "ddp", "ddp-worker", "decode", "latent", "attention", "kernels"])
@@ -1080,6 +1099,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.force:
         target.unlink(missing_ok=True)
     check_replaceable(target)  # before minutes of measuring, not after
+    check_covers(target, config)
     per_model = {  # benchmark, output stem, one printed line per result row
         "optim": (lambda size, variant: bench_optimizer_step(size, variant, args.iters), "optimizer_step",
                   lambda r: f"{r['size']:>4} {r['variant']:<8} {r['optimizer']:<20} {r['step_ms']:8.2f} ms  "

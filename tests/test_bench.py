@@ -157,6 +157,19 @@ def test_a_benchmark_never_silently_replaces_results_of_another_device(tmp_path)
     assert json.loads(path.read_text())["results"] != ["measured there"]
 
 
+def test_a_partial_run_never_replaces_a_benchmark_that_measured_more(tmp_path):
+    path = tmp_path / "optimizer_step.json"
+    args = ["optim", "--out", str(tmp_path), "--variants", "mha", "--iters", "1"]
+    bench.main(args + ["--sizes", "tiny"])
+    bench.main(args + ["--sizes", "tiny"])  # the same options: replaced, as a rerun should
+    bench.main(args + ["--sizes", "tiny", "--variants", "mha,mla"])  # more: replaced
+    with pytest.raises(FileExistsError, match="--variants mla.*--out.*--force"):
+        bench.main(args + ["--sizes", "tiny"])  # fewer: refused before measuring
+    assert json.loads(path.read_text())["provenance"]["config"]["variants"] == "mha,mla"
+    bench.main(args + ["--sizes", "tiny", "--force"])
+    assert json.loads(path.read_text())["provenance"]["config"]["variants"] == "mha"
+
+
 def test_data_parallel_scaling_launches_torchrun_per_gpu_count(tmp_path):
     bench.main(["ddp", "--out", str(tmp_path), "--sizes", "tiny", "--optimizers", "adamw,muon", "--gpu-counts", "1,2",
                 "--batch", "2", "--iters", "2", "--device", "cpu"])  # CPU processes: two on any machine
