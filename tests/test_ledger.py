@@ -81,3 +81,18 @@ def test_every_chapter_shows_the_verdict_the_ledger_gives(claims):
     shown = [(chapter, claim, verdict) for chapter, table in chapters.items() for claim, verdict in table.items()]
     assert {claim for _, claim, _ in shown} >= {"M14", "M15", "M16", "M17", "M18", "M22", "M23", "M24", "M28", "M29", "M30", "M31", "E1", "E2", "E3", "E5"}
     assert [(chapter, claim, verdict, ledger_verdicts[claim]) for chapter, claim, verdict in shown if verdict != ledger_verdicts[claim]] == []
+
+
+def test_m15_is_refuted_where_both_protocols_refute_it_at_xs_and_no_size_finds_it_holding(claims):
+    from muonlib.results import REFUTED, ProtocolComparison
+    from muonlib.results.paper import PAPER
+
+    xs = ProtocolComparison.load("xs_muon_vs_adamw")
+    table = xs.verdicts()
+    assert table["paper: verdict"]["M15"] == table[f"{xs.second}: verdict"]["M15"] == REFUTED
+    # under the paper's recipe some targets lie in the band, but at no budget every one: the claim is "any threshold"
+    paper = xs.results["paper"]
+    share = paper.ratio_table().groupby(["steps", "offset"])["Muon's share %"].mean() * (1 + paper.newton_schulz_share())
+    inside = share.between(*PAPER["M15"])
+    assert inside.any() and not inside.groupby(level="steps").all().any()
+    assert {c.id: c.verdict for c in claims}["M15"] == REFUTED

@@ -132,6 +132,29 @@ def test_the_labels_follow_from_the_evidence_shape():
         label([True], fails=[True, False])
 
 
+def test_a_claim_about_any_threshold_holds_at_a_budget_only_where_every_target_does():
+    import pandas as pd
+
+    from muonlib.results.rules import every_target_verdict
+
+    index = pd.MultiIndex.from_product([[400, 1200], [0.1, 0.2]], names=["steps", "offset"])
+    assert every_target_verdict(pd.Series([True, True, True, True], index), by="steps") == VERIFIED
+    assert every_target_verdict(pd.Series([True, True, True, False], index), by="steps") == CONDITIONAL
+    assert every_target_verdict(pd.Series([True, False, False, True], index), by="steps") == REFUTED  # in part at each: at none
+
+
+def test_a_claim_no_part_found_holding_is_refuted_by_one_part_both_protocols_refute():
+    from muonlib.results.rules import across_parts
+
+    # the sizes refute it under one protocol (capped), XS's budgets under both
+    assert across_parts([REFUTED, REFUTED], [CONDITIONAL, REFUTED]) == REFUTED
+    # a part found it holding, if under one protocol only: it holds under some conditions
+    assert across_parts([VERIFIED, REFUTED], [CONDITIONAL, REFUTED]) == CONDITIONAL
+    # no part's refutation stands under both protocols yet
+    assert across_parts([REFUTED, REFUTED], [CONDITIONAL, CONDITIONAL]) == CONDITIONAL
+    assert across_parts([VERIFIED, VERIFIED], [VERIFIED, VERIFIED]) == VERIFIED
+
+
 
 def test_a_verdict_from_one_protocol_holds_only_under_its_conditions_and_says_what_it_found():
     import pandas as pd
@@ -147,6 +170,9 @@ def test_a_verdict_from_one_protocol_holds_only_under_its_conditions_and_says_wh
     running = one_protocol_table(table, claims=["X1", "X3"], why="the paper's recipe is still running (3 runs finished, 5 more wanted so far)")
     assert running.ours["X1"].endswith("Nesterov): the paper's recipe is still running (3 runs finished, 5 more wanted so far)")
     assert running.ours["X1"].startswith("a; ") and list(running.verdict) == list(capped.verdict)  # the measurement, then the note
+    # a finding the cap leaves as it is is still said, with its protocol
+    partly = one_protocol_table(pd.DataFrame({"ours": ["d"], "verdict": [CONDITIONAL]}, index=["X4"]))
+    assert partly.verdict["X4"] == CONDITIONAL and partly.ours["X4"].startswith("d; held in part under the original protocol only")
     with pytest.raises(ValueError, match="semicolon"):  # the notes of the evidence are separated by semicolons
         original_only(VERIFIED, why="a; b")
 
@@ -265,18 +291,27 @@ def test_m30_m31_muons_best_rate_matches_adamws_at_small_sizes_and_grows_above_i
     assert v.verdict["M31"] == CONDITIONAL and found(v, "M31") == VERIFIED  # larger rates, in one protocol's runs
 
 
-def test_m16_m18_muon_lower_at_every_size_and_the_gain_rises_slightly(scaling):
-    v = scaling.verdicts().verdict
-    # M16 holds on equal tokens, where the larger sizes are the less trained: size and
-    # under-training move together, so the rise is not the size's alone
-    assert v["M16"] == CONDITIONAL and v["M18"] == CONDITIONAL
+def test_m16_m18_on_equal_tokens_the_gain_rises_with_size_at_equal_compute_and_to_a_target_it_falls(scaling):
+    verdicts = scaling.verdicts()
+    v = verdicts.verdict
+    assert v["M16"] == CONDITIONAL and v["M18"] == CONDITIONAL  # one protocol's runs
     per_parameter = scaling.size_table()["tokens per parameter"]
     assert per_parameter.max() > 10 * per_parameter.min()
+    # on equal tokens Muon is lower at every size, and more so at XL than at XS, seed by seed...
     gaps = scaling.gap_table()
     assert (gaps.separated == -1).all()
-    means = [g.mean for g in gaps["gain %"]]
-    assert max(gaps["gain %"].iloc[0].values) < min(gaps["gain %"].iloc[-1].values)  # XL's gain beyond XS's, seed by seed
-    assert means[0] == min(means) and max(means) > PAPER["M18"][1] and min(means) > PAPER["M18"][0]
+    assert max(gaps["gain %"].iloc[0].values) < min(gaps["gain %"].iloc[-1].values)
+    # ...but the claim is at equal compute: with Newton-Schulz counted the gain falls with size,
+    # and at XL it is out of the paper's band, so M18 holds at some sizes only
+    compute = scaling.equal_compute_gap_table()["gain %"]
+    assert all(c.mean < g.mean for c, g in zip(compute, gaps["gain %"]))
+    assert PAPER["M18"][0] <= compute["XS"].mean <= PAPER["M18"][1] and compute["XL"].mean < PAPER["M18"][0]
+    assert found(verdicts, "M18") == CONDITIONAL
+    # M16's "efficiency gain" is M15's: Muon's share of AdamW's FLOPs to the targets rises with
+    # size, above AdamW's own at XL: the gain is neither consistent nor rising
+    share = scaling.ratio_table().groupby(["setting", "seed"])["Muon's share %"].mean()
+    assert share["XS"].max() < share["XL"].min() and share["XL"].min() > 100
+    assert found(verdicts, "M16") == REFUTED
 
 
 def test_m15_muons_share_of_adamws_flops_is_far_above_half_and_all_of_it_at_xl(scaling):
@@ -324,6 +359,12 @@ def test_no_run_of_the_evidence_diverged_and_the_withdrawn_ones_went_from_calm_t
         wanted, _ = experiment("architectures").plan_for("h200", protocol).plan("h200", finals)
         mine = set(withdrawn[withdrawn.protocol == protocol].run)
         assert not mine & set(finals) and mine & {run_id(c, "h200") for c in wanted}
+    # M17's evidence counts them apart, under their protocols, not as runs that did not diverge
+    ours = stability_verdict(every_run, withdrawn)["ours"]
+    for protocol, name in (("paper", "the paper's recipe"), ("tuned", "the tuned protocol")):
+        said = ours.split(f"under {name}, ")[1].split("; under ")[0]
+        assert said.endswith(f"their reruns pending, so no count above holds them): Muon {(withdrawn.protocol == protocol).sum()}")
+    assert "withdrawn" not in ours.split("under the paper's recipe, ")[0]  # the original protocol's runs have none
 
 
 def test_a_run_changes_muon_itself_beyond_the_momentum_a_protocol_sets():
@@ -470,13 +511,16 @@ def test_m19_m20_muon_needs_fewer_tokens_and_steps_at_every_batch_and_more_so_at
     assert set(verdicts.verdict) == {CONDITIONAL}  # one protocol's runs
     # at the targets reached after both warm-ups R rises with the batch wherever a target is shared
     assert v["M19"] == VERIFIED and v["M20"] == VERIFIED
-    # M26 at the near-final target (the others lie early, mostly in the warm-up): R's seeds
-    # reach into section 3.1's band
-    final_target = summary[summary.target == summary.target.min()]
+    # M26, "consistently" 10-15% fewer tokens: the mean R per batch lies in section 3.1's band
+    # at the smallest batch only
+    after = batches.ratio_summary(after_warmup=True)
+    after = after.groupby("batch").R.agg(lambda rs: np.mean([r.mean for r in rs]))
+    after = after.reindex([b for b in batches.settings if b in after.index])  # smallest batch first
     low, high = PAPER_R["section 3.1"]
-    assert all(r.low <= high and r.high >= low for r in final_target.R)
+    assert low <= after.iloc[0] <= high and (after.iloc[1:] > high).all()
+    assert v["M26"] == CONDITIONAL
     # after the warm-ups the token difference grows more slowly than the batch
-    assert v["M26"] == VERIFIED and v["M27"] == REFUTED
+    assert v["M27"] == REFUTED
 
 
 # ---------------------------------------------------------------- the ablations chapter

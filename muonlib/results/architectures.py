@@ -14,7 +14,8 @@ from ..data import data_root
 from .ladders import LadderResults
 from .paper import PAPER_QUALITY, QUOTES
 from .protocols import Protocols
-from .rules import NOT_RUN, OPEN, band_verdict, conjunction, label, one_protocol, one_protocol_table, original_only, overhead_verdict, saving_band
+from .rules import (NOT_RUN, OPEN, band_verdict, conjunction, judged, label, one_protocol, one_protocol_table, original_only, overhead_verdict,
+                    saving_band)
 from .runs import OPTIMIZER_LABELS, OPTIMIZERS, final_rows, newton_schulz_share
 
 
@@ -173,7 +174,7 @@ class ArchitectureResults(LadderResults):
         return {"claim": "A1", "paper": f"MLA + RoPE at r = d/2: {paper_saving:.0f}% smaller KV cache for {paper_cost}% higher validation loss",
                 "ours": f"cache at {self.size()}: {saving:.1f}% fewer bytes per token than MHA (latent plus rotary key); test loss against MHA: "
                         + "; ".join(f"{OPTIMIZER_LABELS[o]} {c.mean:+.2f}% (seeds {c.low:+.2f} to {c.high:+.2f})" for o, c in cost.items())
-                        + (f"; {original_only(loss, why)}" if loss != runs_half else ""),
+                        + (f"; {original_only(loss, why)}" if capped and judged(loss) else ""),
                 "verdict": conjunction([cache, runs_half])}
 
     def a2_row(self) -> dict:

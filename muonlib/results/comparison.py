@@ -18,9 +18,9 @@ from ..analysis import Budget, compare, grad_norm_excursions, loss_or_inf, paire
 from ..experiments import Decisions, experiment, load_results
 from ..optim import Muon
 from .paper import PAPER, TABLE1_XS_RATE
-from .rules import band_verdict, gain_verdict, label, side_by_side
-from .runs import (OPTIMIZERS, TARGET_OFFSETS, common_steps, final_rows, gap_row, newton_schulz_share, ratio_rows, spike_rows,
-                   spread_text)
+from .rules import every_target_verdict, gain_verdict, label, side_by_side
+from .runs import (OPTIMIZERS, TARGET_OFFSETS, common_steps, equal_compute_gap_row, final_rows, gap_row, newton_schulz_share, ratio_rows,
+                   spike_rows, spread_text)
 
 
 @dataclass
@@ -121,23 +121,11 @@ class ComparisonResults:
         return pd.DataFrame([{"steps": steps, **gap_row(group)} for steps, group in final.groupby("steps")]).set_index("steps")
 
     def equal_compute_gap_table(self) -> pd.DataFrame:
-        """Muon's gain on AdamW's training FLOPs, Newton-Schulz counted (:meth:`gap_table` compares
-        equal tokens): per budget and seed pair, Muon's test loss read off its curve at
-        ``1 / (1 + s)`` of the budget's tokens (``s`` the Newton-Schulz share, linearly between
-        evaluations) against AdamW's final one. Muon's schedule has not finished decaying there,
-        so this gain is a lower bound on that of a run planned for those FLOPs."""
+        """Muon's gain per budget on AdamW's training FLOPs, Newton-Schulz counted
+        (:func:`~muonlib.results.runs.equal_compute_gap_row`; :meth:`gap_table` compares equal tokens)."""
         share = self.newton_schulz_share()
-        rows = []
-        for steps in self.budgets:
-            final = []
-            for opt in OPTIMIZERS:
-                for seed, run in self.chosen(steps, opt).groupby("seed"):
-                    curve = run.dropna(subset=["test_loss"]).sort_values("tokens")
-                    tokens = curve.tokens.iloc[-1] / (1 + share) if opt == "muon" else curve.tokens.iloc[-1]
-                    final.append({"optimizer": opt, "seed": seed, "diverged": bool(run.diverged.iloc[0]),
-                                  "test_loss": float(np.interp(tokens, curve.tokens, curve.test_loss))})
-            rows.append({"steps": steps, **gap_row(pd.DataFrame(final))})
-        return pd.DataFrame(rows).set_index("steps")
+        return pd.DataFrame([{"steps": steps, **equal_compute_gap_row({opt: self.chosen(steps, opt) for opt in OPTIMIZERS}, share)}
+                             for steps in self.budgets]).set_index("steps")
 
     def ratio_table(self, offsets=TARGET_OFFSETS) -> pd.DataFrame:
         """Tokens to test-loss targets and ``R_L`` per budget and seed pair (see :func:`~muonlib.results.runs.ratio_rows`)."""
@@ -190,7 +178,7 @@ class ComparisonResults:
         newton_schulz = self.newton_schulz_share()
         flops_share = share * (1 + newton_schulz)  # the claim counts FLOPs: Muon's carry its Newton-Schulz iterations
         low, high = PAPER["M15"]
-        m15 = band_verdict(flops_share.between(low, high))
+        m15 = every_target_verdict(flops_share.between(low, high), by="steps")
 
         spikes = self.spike_table()
         paired = {opt: spikes[spikes.optimizer == opt]["paired spikes"] for opt in OPTIMIZERS}
@@ -210,7 +198,7 @@ class ComparisonResults:
             {"claim": "M15", "paper": f"Muon needs {PAPER['M15'][0]}-{PAPER['M15'][1]}% of AdamW's FLOPs to any loss",
              "ours": f"{flops_share.min():.0f}-{flops_share.max():.0f}% of AdamW's FLOPs with Newton-Schulz counted "
                      f"({share.min():.0f}-{share.max():.0f}% of its tokens; Newton-Schulz adds {100 * newton_schulz:.1f}%) "
-                     f"over {len(share)} targets",
+                     f"over {len(share)} targets, {int(flops_share.between(low, high).sum())} in the band",
              "verdict": m15},
             {"claim": "M17", "paper": "fewer loss spikes with Muon",
              "ours": f"paired spikes per run: AdamW {paired['adamw'].mean():.2f}, Muon {paired['muon'].mean():.2f} "

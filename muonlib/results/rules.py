@@ -50,6 +50,12 @@ def band_verdict(inside) -> str:
     return label(inside)
 
 
+def every_target_verdict(inside: pd.Series, by: str) -> str:
+    """A claim about *any* loss threshold, one condition per level ``by`` of ``inside``'s index
+    (a budget, a size): it holds there only where every target's value lies in the paper's band."""
+    return label(list(inside.groupby(level=by).all()))
+
+
 def gain_verdict(gaps: pd.DataFrame) -> str:
     """M18 from a gap table, one condition per row (budget or size): it holds where Muon's mean
     gain lies in the paper's 2-4% band and Muon is better beyond the seed spread, and fails
@@ -65,12 +71,16 @@ ORIGINAL_ONLY = "under the original protocol only (a 45% warm-up; Muon's momentu
 NOT_RUN = "the paper's recipe has not been run for it yet"
 
 
+#: how the evidence says what one protocol's runs found, where the label alone would not read as a finding
+FOUND = {CONDITIONAL: "held in part"}
+
+
 def original_only(found: str, why: str = NOT_RUN) -> str:
     """The note a capped verdict's evidence carries: what the original protocol's runs found,
     and why they judge alone (``why``, a clause without semicolons)."""
     if ";" in why:
         raise ValueError(f"why {why!r} has a semicolon: the notes of a verdict's evidence are separated by them")
-    return f"{found} {ORIGINAL_ONLY}: {why}"
+    return f"{FOUND.get(found, found)} {ORIGINAL_ONLY}: {why}"
 
 
 def one_protocol(verdict: str) -> str:
@@ -80,13 +90,19 @@ def one_protocol(verdict: str) -> str:
     return CONDITIONAL if verdict in (VERIFIED, REFUTED) else verdict
 
 
+def judged(found: str) -> bool:
+    """Whether runs found something about a claim (not "not testable here", not "open"): what one
+    protocol's runs found is then said, with the protocol, whether or not the cap changes the label."""
+    return found in (VERIFIED, CONDITIONAL, REFUTED)
+
+
 def one_protocol_table(verdicts: pd.DataFrame, claims=None, why: str = NOT_RUN) -> pd.DataFrame:
     """:func:`one_protocol` on a verdict table's ``claims`` (all by default) judged from the
     original protocol's runs alone; the evidence says what the runs found, under what, and why
     they judge alone (:func:`original_only`)."""
     out = verdicts.copy()
     for claim in out.index if claims is None else claims:
-        if (found := out.at[claim, "verdict"]) != one_protocol(found):
+        if judged(found := out.at[claim, "verdict"]):
             out.at[claim, "ours"] = f"{out.at[claim, 'ours']}; {original_only(found, why)}"
             out.at[claim, "verdict"] = one_protocol(found)
     return out
@@ -96,6 +112,16 @@ def combine_verdicts(labels: list[str]) -> str:
     """One verdict from several: theirs if they agree, else the claim holds under some
     conditions (those of the verdicts that found it holding) only."""
     return labels[0] if len(set(labels)) == 1 else CONDITIONAL
+
+
+def across_parts(found: list[str], verdicts: list[str]) -> str:
+    """One verdict for a claim judged in parts (the sizes' runs, XS's budgets): ``found`` what
+    each part's runs found, ``verdicts`` each part's verdict as it stands (capped where one
+    protocol's runs judge alone). A claim no part found holding is refuted by one part whose
+    refutation both protocols agree on; else :func:`combine_verdicts` of the standing verdicts."""
+    if all(f == REFUTED for f in found) and REFUTED in verdicts:
+        return REFUTED
+    return combine_verdicts(verdicts)
 
 
 def side_by_side(tables: dict[str, pd.DataFrame], judged_by: Sequence[str]) -> pd.DataFrame:

@@ -51,6 +51,22 @@ def gap_row(final: pd.DataFrame) -> dict:
             "separated": compare(loss["muon"], loss["adamw"]), "diverged": int(final.diverged.sum())}
 
 
+def equal_compute_gap_row(chosen: dict[str, pd.DataFrame], newton_schulz: float) -> dict:
+    """:func:`gap_row` on AdamW's training FLOPs, Newton-Schulz counted (``newton_schulz``, its
+    share of a step's FLOPs): Muon's test loss read off its curve at ``1 / (1 + newton_schulz)``
+    of the tokens (linearly between evaluations) against AdamW's final one. Muon's schedule has
+    not finished decaying there, so this gain is a lower bound on that of a run planned for
+    those FLOPs."""
+    final = []
+    for opt in OPTIMIZERS:
+        for seed, run in chosen[opt].groupby("seed"):
+            curve = run.dropna(subset=["test_loss"]).sort_values("tokens")
+            tokens = curve.tokens.iloc[-1] / (1 + newton_schulz) if opt == "muon" else curve.tokens.iloc[-1]
+            final.append({"optimizer": opt, "seed": seed, "diverged": bool(run.diverged.iloc[0]),
+                          "test_loss": float(np.interp(tokens, curve.tokens, curve.test_loss))})
+    return gap_row(pd.DataFrame(final))
+
+
 def ratio_rows(chosen: dict[str, pd.DataFrame], offsets) -> list[dict]:
     """Tokens each optimizer needs to reach a test-loss target, per seed pair (same seed, same
     batches), and ``R_L = T_AdamW / T_Muon``; targets are the highest final test loss of

@@ -14,8 +14,8 @@ from ..analysis import SPIKE_WINDOW, grad_norm_excursions, paired_spikes, raw_sp
 from ..data import data_root
 from ..experiments import EXPERIMENTS, PAPER_MUON, PROTOCOLS, Ablations, experiment, load_results
 from .protocols import PROTOCOL_NAMES
-from .rules import ORIGINAL_ONLY, combine_verdicts, label, one_protocol
-from .runs import common_steps
+from .rules import ORIGINAL_ONLY, combine_verdicts, judged, label, one_protocol
+from .runs import OPTIMIZER_LABELS, common_steps
 
 
 #: what makes two runs train on identical batches with the same model and schedule
@@ -151,19 +151,28 @@ def stability_by_protocol(every_run: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({p: spike_test(plain[plain.protocol == p]) for p in PROTOCOLS if (plain.protocol == p).any()}).T.rename_axis("protocol")
 
 
-def stability_verdict(every_run: pd.DataFrame) -> dict:
+def stability_verdict(every_run: pd.DataFrame, withdrawn: pd.DataFrame | None = None) -> dict:
     """M17, judged as the experiments are (:class:`~muonlib.results.protocols.Protocols`): by the
     paper's recipe and the tuned protocol where the book holds both optimizers' runs under
     both, the verdict standing only where they agree; else by the original protocol's runs
     alone, capped as one protocol's (:func:`~muonlib.results.rules.one_protocol`). The evidence
-    gives each protocol's counts (:func:`stability_by_protocol`)."""
+    gives each protocol's counts (:func:`stability_by_protocol`), and the runs withdrawn after
+    diverging (``withdrawn``, :func:`withdrawn_run_table` by default), which no count holds
+    until their reruns finish."""
     by_protocol = stability_by_protocol(every_run)
+    withdrawn = withdrawn_run_table() if withdrawn is None else withdrawn
+    pending = withdrawn[withdrawn.diverged & ~withdrawn.ablation].groupby(["protocol", "optimizer"]).size() if len(withdrawn) else pd.Series(dtype=int)
     plain = every_run[~every_run.ablation]
     both = all({"adamw", "muon"} <= set(plain[plain.protocol == p].optimizer) for p in ("paper", "tuned"))
     judged_by = ("paper", "tuned") if both else ("original",)
     verdict = combine_verdicts(list(by_protocol.verdict[list(judged_by)]))
-    ours = "; ".join(f"under {PROTOCOL_NAMES[p]}, {row.ours}" for p, row in by_protocol.iterrows())
-    if not both and verdict != one_protocol(verdict):
+    def withdrawn_text(protocol: str) -> str:
+        counts = {OPTIMIZER_LABELS[o]: n for (p, o), n in pending.items() if p == protocol}
+        return (f", and withdrawn after diverging under a fault of Muon's norm, since fixed (their reruns pending, so no count above "
+                f"holds them): {', '.join(f'{o} {n}' for o, n in counts.items())}") if counts else ""
+
+    ours = "; ".join(f"under {PROTOCOL_NAMES[p]}, {row.ours}{withdrawn_text(p)}" for p, row in by_protocol.iterrows())
+    if not both and judged(verdict):
         verdict, ours = one_protocol(verdict), f"{ours}; judged {ORIGINAL_ONLY}"
     return {"claim": "M17", "paper": "Muon's curves are smoother, with fewer loss spikes", "ours": ours, "verdict": verdict,
             "judged by": judged_by}
