@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..analysis import SWEEP_FACTOR, Budget, SeedSpread, compare, rate_key, sweep_rates, tokens_to_target
 from ..experiments import ScalingDecisions, experiment, load_results
-from .paper import PAPER, PAPER_R, TABLE1_RATES
+from .paper import PAPER, PAPER_BATCHES, PAPER_R, TABLE1_RATES
 from .protocols import Protocols
 from .rules import (NOT_RUN, across_parts, band_distance, combine_verdicts, every_target_verdict, gain_verdict, judged, label, one_protocol,
                     one_protocol_table, original_only)
@@ -517,7 +517,9 @@ class BatchSizeResults(LadderResults):
                      f"({', '.join(b for b in self.settings if b in set(summary.batch))} tokens) and {summary.target.nunique()} targets; "
                      + ("above 1 at every seed" if above else "not above 1 at every seed")
                      + f"; {only['Muon only']} target-batch cells reached by Muon alone, {only['AdamW only']} by AdamW alone"
-                     + f"; {drops} drop(s) and {rises} rise(s) beyond the seed spread from one batch to the next; " + judged_at,
+                     + f"; {drops} drop(s) and {rises} rise(s) beyond the seed spread from one batch to the next; " + judged_at
+                     + f"; the paper's Figure 2 spans {PAPER_BATCHES[0] // 1024}K to {PAPER_BATCHES[1] // 2**20}M tokens per step, "
+                       "so ours test the claim at and below its smallest batch",
              "verdict": m19},
             {"claim": "M20", "paper": "Muon's devices-against-time frontier strictly dominates AdamW's",
              "ours": ("Muon needs fewer steps at every batch and target, every seed, and reaches every target AdamW reaches" if above else

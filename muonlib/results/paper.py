@@ -29,6 +29,7 @@ QUOTES: dict[str, Quote] = {
                  "recommended peak learning rate LR_max per size, one rate for both optimizers"),
     "M15": Quote((48, 52), f"{MUON}, abstract and section 5.1", "Muon's share of AdamW's FLOPs to any loss threshold, %"),
     "M18": Quote((2, 4), f"{MUON}, section 5.1", "final loss lower with Muon at equal compute, %"),
+    "M19": Quote((2**17, 2**23), f"{MUON}, section 3.1", "the batch sizes Figure 2's token ratio is measured at, tokens per step"),
     "M22": Quote({BASELINE: (8.462, 17, 0, 2.1), "no orthogonalisation": (8.521, 22, 3, 2.1), "K = 3": (8.471, 18, 0, 2.1),
                   "K = 10": (8.465, 17, 0, 2.2), "Taylor coefficients": (8.478, 18, 1, 2.1), "no weight decay": (8.612, 25, 5, 2.1),
                   "no RMS matching (lr unscaled)": (8.543, 23, 7, 2.1), "no RMS matching (Keller Jordan's scale)": (8.543, 23, 7, 2.1),
@@ -61,6 +62,7 @@ TABLE1_RATES = QUOTES["M14"].value
 TABLE1_XS_RATE = TABLE1_RATES["XS"]
 PAPER = {"M15": QUOTES["M15"].value, "M18": QUOTES["M18"].value}
 PAPER_R = QUOTES["M26"].value
+PAPER_BATCHES = QUOTES["M19"].value
 PAPER_TABLE2 = QUOTES["M22"].value
 PAPER_TABLE3 = QUOTES["M23"].value
 #: the companion papers' quality claims, in % (a positive change is a higher loss or perplexity)
