@@ -254,7 +254,7 @@ class ScalingResults(LadderResults):
         cap = one_protocol if capped else (lambda verdict: verdict)
         m15, m16, m18 = (cap(v) for v in (m15, m16, m18))
         if xs is not None:
-            m15, m18 = (across_parts([found[claim], xs[claim]], [judged, xs[claim]]) for claim, judged in (("M15", m15), ("M18", m18)))
+            m15, m18 = (across_parts([found[claim], xs[claim]], [standing, xs[claim]]) for claim, standing in (("M15", m15), ("M18", m18)))
 
         transfer = self.transfer_table().set_index(["setting", "optimizer"])
         muon = transfer.xs("muon", level="optimizer").iloc[1:]
