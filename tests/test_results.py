@@ -143,6 +143,28 @@ def test_a_claim_about_any_threshold_holds_at_a_budget_only_where_every_target_d
     assert every_target_verdict(pd.Series([True, False, False, True], index), by="steps") == REFUTED  # in part at each: at none
 
 
+def test_the_gain_at_equal_compute_is_judged_between_its_bounds():
+    import pandas as pd
+
+    from muonlib.results.rules import INSIDE, OUTSIDE, UNDETERMINED, gain_bounds, gain_verdict
+    from muonlib.results.runs import SeedSpread
+
+    def gaps(gains, separated):
+        return pd.DataFrame({"gain %": [SeedSpread((g,)) for g in gains], "separated": separated}, index=list("abcdef")[:len(gains)])
+
+    # rows: both bounds in 2-4%; lower in, upper above; both above; both below; bounds straddling
+    # the band; in the band but Muon not beyond the spread at equal FLOPs
+    flops = gaps([2.5, 3.0, 4.5, 0.5, 1.0, 2.5], [-1, -1, -1, -1, -1, 0])
+    tokens = gaps([3.5, 4.2, 5.0, 1.5, 5.0, 3.0], [-1, -1, -1, -1, -1, -1])
+    assert list(gain_bounds(tokens, flops)) == [INSIDE, UNDETERMINED, OUTSIDE, OUTSIDE, UNDETERMINED, UNDETERMINED]
+    # Muon worse beyond the spread even on equal tokens: outside whatever the gains read
+    assert list(gain_bounds(gaps([3.0], [1]), gaps([2.5], [1]))) == [OUTSIDE]
+    assert gain_verdict(tokens.iloc[:1], flops.iloc[:1]) == VERIFIED
+    assert gain_verdict(tokens.iloc[:2], flops.iloc[:2]) == CONDITIONAL  # in the band at one, undetermined at the other
+    assert gain_verdict(tokens.iloc[1:2], flops.iloc[1:2]) == UNTESTABLE  # nothing measured tells
+    assert gain_verdict(tokens.iloc[1:4], flops.iloc[1:4]) == REFUTED
+
+
 def test_a_claim_no_part_found_holding_is_refuted_by_one_part_both_protocols_refute():
     from muonlib.results.rules import across_parts
 
@@ -238,6 +260,7 @@ def test_diverged_runs_are_counted_never_averaged():
 
 from muonlib.results import ScalingResults, every_run_table, runs_verdict, stability_table, stability_verdict  # noqa: E402
 from muonlib.results.protocols import PROTOCOL_NAMES  # noqa: E402
+from muonlib.results.rules import INSIDE, OUTSIDE, UNDETERMINED, gain_bounds  # noqa: E402
 from muonlib.results.stability import is_ablation, stability_by_protocol, withdrawn_run_table  # noqa: E402
 
 SCALING = Path(__file__).resolve().parents[1] / "data" / "results" / "scaling"
@@ -306,6 +329,10 @@ def test_m16_m18_on_equal_tokens_the_gain_rises_with_size_at_equal_compute_and_t
     compute = scaling.equal_compute_gap_table()["gain %"]
     assert all(c.mean < g.mean for c, g in zip(compute, gaps["gain %"]))
     assert PAPER["M18"][0] <= compute["XS"].mean <= PAPER["M18"][1] and compute["XL"].mean < PAPER["M18"][0]
+    # but that reading is a lower bound and the equal-token gain an upper one: at XL the band
+    # lies between them, so XL tells neither way, while XS lies in the band on both
+    bounds = gain_bounds(gaps, scaling.equal_compute_gap_table())
+    assert bounds["XS"] == INSIDE and bounds["XL"] == UNDETERMINED and OUTSIDE not in set(bounds)
     assert found(verdicts, "M18") == CONDITIONAL
     # M16's "efficiency gain" is M15's: Muon's share of AdamW's FLOPs to the targets rises with
     # size, above AdamW's own at XL: the gain is neither consistent nor rising

@@ -15,7 +15,7 @@ from ..analysis import SWEEP_FACTOR, Budget, SeedSpread, compare, rate_key, swee
 from ..experiments import ScalingDecisions, experiment, load_results
 from .paper import PAPER, PAPER_BATCHES, PAPER_R, TABLE1_RATES
 from .protocols import Protocols
-from .rules import (NOT_RUN, across_parts, band_distance, combine_verdicts, every_target_verdict, gain_verdict, judged, label, one_protocol,
+from .rules import (NOT_RUN, across_parts, band_distance, combine_verdicts, every_target_verdict, gain_bounds, gain_bounds_text, gain_verdict, judged, label, one_protocol,
                     one_protocol_table, original_only)
 from .runs import (NOISE_SIGMAS, OPTIMIZERS, TARGET_OFFSETS, equal_compute_gap_row, final_rows, gap_row, newton_schulz_share, ratio_rows,
                    spike_rows, spread_text)
@@ -249,7 +249,7 @@ class ScalingResults(LadderResults):
         m16 = label([consistent, rising, alike], fails=[any(seed_share[s].min() > 100 for s in self.settings), falling, False])
 
         gaps, compute_gaps = self.gap_table(), self.equal_compute_gap_table()
-        m18 = gain_verdict(compute_gaps)  # the claim is at equal compute
+        m18 = gain_verdict(gaps, compute_gaps)  # the claim is at equal compute: between the two
         found = {"M15": m15, "M16": m16, "M18": m18}  # the sizes' runs alone, before XS's protocols join them
         cap = one_protocol if capped else (lambda verdict: verdict)
         m15, m16, m18 = (cap(v) for v in (m15, m16, m18))
@@ -291,7 +291,8 @@ class ScalingResults(LadderResults):
             {"claim": "M18", "paper": f"final loss {PAPER['M18'][0]}-{PAPER['M18'][1]}% lower with Muon",
              "ours": "on equal FLOPs with Newton-Schulz counted (Muon's loss read where its FLOPs reach AdamW's, before its "
                      "schedule ends: a lower bound), " + "; ".join(f"{s} {spread_text(g)}" for s, g in compute_gaps["gain %"].items())
-                     + "; on equal tokens, " + "; ".join(f"{s} {spread_text(g)}" for s, g in gaps["gain %"].items()),
+                     + "; on equal tokens (an upper bound), " + "; ".join(f"{s} {spread_text(g)}" for s, g in gaps["gain %"].items())
+                     + f"; the gain at equal compute, between the two, is {gain_bounds_text(gain_bounds(gaps, compute_gaps))}",
              "verdict": m18},
             {"claim": "M21", "paper": "learning rate and weight decay transfer across widths with s = 0.2 sqrt(n)",
              "ours": "not muP, which muonlib lacks: in standard parametrisation with the update scale alone, "

@@ -56,13 +56,43 @@ def every_target_verdict(inside: pd.Series, by: str) -> str:
     return label(list(inside.groupby(level=by).all()))
 
 
-def gain_verdict(gaps: pd.DataFrame) -> str:
-    """M18 from a gap table, one condition per row (budget or size): it holds where Muon's mean
-    gain lies in the paper's 2-4% band and Muon is better beyond the seed spread, and fails
-    where the gain lies outside the band or Muon is worse beyond the spread."""
+#: where M18's gain at equal compute lies against the paper's band (:func:`gain_bounds`)
+INSIDE, OUTSIDE, UNDETERMINED = "inside", "outside", "undetermined"
+
+
+def gain_bounds(tokens: pd.DataFrame, flops: pd.DataFrame) -> pd.Series:
+    """Where Muon's gain at equal compute lies against the paper's 2-4% band, per row (budget or
+    size) of two gap tables. It lies between the gain read on equal FLOPs (``flops``, a lower
+    bound: Muon's schedule has not finished decaying where its FLOPs reach AdamW's) and the one
+    on equal tokens (``tokens``, an upper bound: there Muon spent more FLOPs). ``"inside"``
+    where both bounds lie in the band and Muon is lower beyond the seed spread at equal FLOPs;
+    ``"outside"`` where both lie on one side of it, or Muon is higher beyond the spread even on
+    equal tokens; else ``"undetermined"``: the band and the bounds overlap in part, and only a
+    run planned for AdamW's FLOPs could tell."""
     low, high = PAPER["M18"]
-    inside = [low <= g.mean <= high for g in gaps["gain %"]]
-    return label([i and s == -1 for i, s in zip(inside, gaps.separated)], fails=[not i or s == 1 for i, s in zip(inside, gaps.separated)])
+
+    def where(lower, upper, better: bool, worse: bool) -> str:
+        if worse or upper < low or lower > high:
+            return OUTSIDE
+        return INSIDE if better and low <= lower and upper <= high else UNDETERMINED
+
+    return pd.Series([where(f.mean, t.mean, s == -1, w == 1) for f, t, s, w
+                      in zip(flops["gain %"], tokens["gain %"], flops.separated, tokens.separated)], index=flops.index)
+
+
+def gain_bounds_text(bounds: pd.Series, name=str) -> str:
+    """Where the gain at equal compute lies (:func:`gain_bounds`), grouped: "in the band at XS, S;
+    undetermined at L", each row's index ``name``d."""
+    words = {INSIDE: "in the band", OUTSIDE: "outside it", UNDETERMINED: "undetermined"}
+    return "; ".join(f"{words[w]} at {', '.join(name(i) for i in bounds.index[bounds == w])}" for w in words if (bounds == w).any())
+
+
+def gain_verdict(tokens: pd.DataFrame, flops: pd.DataFrame) -> str:
+    """M18 from its gap tables on equal tokens and on equal FLOPs, one condition per row (budget
+    or size): it holds where the gain at equal compute lies in the band for certain, fails where
+    it lies outside for certain, and tells neither way between (:func:`gain_bounds`)."""
+    bounds = gain_bounds(tokens, flops)
+    return label(list(bounds == INSIDE), fails=list(bounds == OUTSIDE))
 
 
 #: the condition a verdict from the original protocol's runs alone holds under
