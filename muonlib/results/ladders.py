@@ -15,7 +15,7 @@ from ..analysis import SWEEP_FACTOR, Budget, SeedSpread, compare, rate_key, swee
 from ..experiments import ScalingDecisions, experiment, load_results
 from .paper import PAPER, PAPER_BATCHES, PAPER_R, TABLE1_RATES
 from .protocols import Protocols
-from .rules import (NOT_RUN, across_parts, band_distance, combine_verdicts, every_target_verdict, gain_bounds, gain_bounds_text, gain_verdict, judged, label, one_protocol,
+from .rules import (NOT_RUN, across_parts, band_distance, every_target_verdict, gain_bounds, gain_bounds_text, gain_verdict, judged, label, one_protocol,
                     one_protocol_table, original_only)
 from .runs import (NOISE_SIGMAS, OPTIMIZERS, TARGET_OFFSETS, equal_compute_gap_row, final_rows, gap_row, newton_schulz_share, ratio_rows,
                    spike_rows, spread_text)
@@ -224,7 +224,7 @@ class ScalingResults(LadderResults):
         """M15, M16, M18, M21, M30 and M31 over the sizes, each with its evidence and a verdict label.
         M15 and M18 are also judged at XS over three budgets (``xs``: those claims' verdicts
         there, :meth:`~muonlib.results.comparison.ProtocolComparison.verdicts`); given them, the verdict is both chapters'
-        (:func:`~muonlib.results.rules.combine_verdicts`), the one the ledger gives. ``capped``: as
+        (:func:`~muonlib.results.rules.across_parts`), the one the ledger gives. ``capped``: as
         these runs alone judge them, one protocol's, ``why`` they judge alone
         (:func:`~muonlib.results.rules.original_only`); else as they found, for
         :class:`ScalingProtocols` to set beside another protocol's."""
@@ -325,8 +325,8 @@ class ScalingProtocols(Protocols):
         if self.judged_by == ("original",):
             return self.results["original"].verdicts(xs, why=self.unfinished())
         verdicts = super().verdicts()
-        for claim in ("M15", "M18") if xs is not None else ():
-            verdicts.at[claim, "verdict"] = combine_verdicts([verdicts.verdict[claim], xs[claim]])
+        for claim in ("M15", "M18") if xs is not None else ():  # both parts judged by both protocols: found is standing
+            verdicts.at[claim, "verdict"] = across_parts([verdicts.verdict[claim], xs[claim]], [verdicts.verdict[claim], xs[claim]])
         return verdicts
 
 
