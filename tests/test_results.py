@@ -731,6 +731,17 @@ def test_companion_claims_as_the_chapter_states_them(architectures):
     for opt in ("adamw", "muon"):
         balanced, free = balance.loc[("moe-mla", opt), "CV, last tenth"], balance.loc[("moe-mla unbalanced", opt), "CV, last tenth"]
         assert free.low > 2 * balanced.high and balanced.low > 0.1  # more than twofold lower, not below 0.1
+    # the yardstick: a random router's CV from sampling alone, against a simulated one; the
+    # balanced routers stay several times above it
+    chance = architectures.random_router_cv()
+    import torch
+
+    steps = 64
+    loads = torch.rand(steps, 8192, 62, generator=torch.Generator().manual_seed(0)).topk(6, dim=-1).indices  # 6 distinct of 62 per token
+    counts = torch.zeros(steps, 62).scatter_add_(1, loads.flatten(1), torch.ones(steps, 8192 * 6))
+    # within about two standard errors (fixed seed); with repeats allowed, sqrt((E - 1) / n), 5% higher, would fail
+    assert (counts.std(1) / counts.mean(1)).mean().item() == pytest.approx(chance, rel=0.025)
+    assert all(balance.loc[("moe-mla", o), "CV, last tenth"].low > 5 * chance for o in ("adamw", "muon"))
     assert architectures.active_parameter_change("moe-mla") > 0  # the stated experts: more active parameters, not 42% fewer
     assert -43 < architectures.active_parameter_change("moe-mla small") < -41
     for opt in ("adamw", "muon"):

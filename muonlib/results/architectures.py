@@ -137,6 +137,19 @@ class ArchitectureResults(LadderResults):
         return pd.DataFrame(rows, columns=["setting", "optimizer", "final CV", "CV, last tenth", "max violation, last tenth"]
                             ).set_index(["setting", "optimizer"])
 
+    def random_router_cv(self, setting: str = "moe-mla") -> float:
+        """The expert-load CV a router choosing its experts uniformly at random would show, from
+        sampling alone: each of a step's ``T`` tokens takes ``k`` distinct of ``E`` experts, so an
+        expert's load is binomial, ``T`` draws at ``k / E``, and its CV ``sqrt((E - k) / (T k))``.
+        The yardstick for how balanced the trained routers are."""
+        from ..models import preset
+
+        header = self.header(setting)
+        config = header["provenance"]["config"]
+        model_config = preset(config["model"], config["variant"], **config["model_changes"])
+        experts, k = model_config.n_routed_experts, model_config.top_k
+        return float(np.sqrt((experts - k) / (header["tokens_per_step"] * k)))
+
     def balance_curves(self, setting: str, optimizer: str) -> pd.DataFrame:
         """The expert-load CV against the step (mean over seeds, smoothed over 25 steps)."""
         runs = self.chosen(setting, optimizer)
@@ -325,7 +338,10 @@ class ArchitectureResults(LadderResults):
             pairs = [(balance.loc[("moe-mla", o), "CV, last tenth"], balance.loc[("moe-mla unbalanced", o), "CV, last tenth"]) for o in OPTIMIZERS]
             rows.append({"claim": "E7", "paper": "bias balancing keeps the experts balanced without an auxiliary loss",
                          "ours": "expert-load CV over the last tenth, balanced against unbalanced: "
-                                 + "; ".join(f"{OPTIMIZER_LABELS[o]} {b.mean:.2f} vs {u.mean:.2f}" for o, (b, u) in zip(OPTIMIZERS, pairs)),
+                                 + "; ".join(f"{OPTIMIZER_LABELS[o]} {b.mean:.2f} vs {u.mean:.2f}" for o, (b, u) in zip(OPTIMIZERS, pairs))
+                                 + f"; a router choosing at random would show {self.random_router_cv():.3f} from sampling alone, "
+                                   f"{min(b.mean for b, _ in pairs) / self.random_router_cv():.0f} to "
+                                   f"{max(b.mean for b, _ in pairs) / self.random_router_cv():.0f} times less than the balanced ones",
                          "verdict": label([compare(b.values, u.values) == -1 for b, u in pairs],
                                           fails=[compare(b.values, u.values) == 1 for b, u in pairs])})
         else:
