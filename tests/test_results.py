@@ -146,19 +146,24 @@ def test_a_claim_about_any_threshold_holds_at_a_budget_only_where_every_target_d
 def test_the_gain_at_equal_compute_is_judged_between_its_bounds():
     import pandas as pd
 
-    from muonlib.results.rules import INSIDE, OUTSIDE, UNDETERMINED, gain_bounds, gain_verdict
+    from muonlib.results.rules import ABOVE, BELOW, INSIDE, UNDETERMINED, gain_bounds, gain_bounds_text, gain_verdict
     from muonlib.results.runs import SeedSpread
 
-    def gaps(gains, separated):
-        return pd.DataFrame({"gain %": [SeedSpread((g,)) for g in gains], "separated": separated}, index=list("abcdef")[:len(gains)])
+    def gaps(gains, separated, index=None):
+        return pd.DataFrame({"gain %": [SeedSpread(g if isinstance(g, tuple) else (g,)) for g in gains], "separated": separated},
+                            index=index or list("abcdefg")[:len(gains)])
 
     # rows: both bounds in 2-4%; lower in, upper above; both above; both below; bounds straddling
-    # the band; in the band but Muon not beyond the spread at equal FLOPs
-    flops = gaps([2.5, 3.0, 4.5, 0.5, 1.0, 2.5], [-1, -1, -1, -1, -1, 0])
-    tokens = gaps([3.5, 4.2, 5.0, 1.5, 5.0, 3.0], [-1, -1, -1, -1, -1, -1])
-    assert list(gain_bounds(tokens, flops)) == [INSIDE, UNDETERMINED, OUTSIDE, OUTSIDE, UNDETERMINED, UNDETERMINED]
-    # Muon worse beyond the spread even on equal tokens: outside whatever the gains read
-    assert list(gain_bounds(gaps([3.0], [1]), gaps([2.5], [1]))) == [OUTSIDE]
+    # the band; in the band but Muon not beyond the spread at equal FLOPs; above on the mean but
+    # not for every seed
+    flops = gaps([2.5, 3.0, 4.5, 0.5, 1.0, 2.5, (3.9, 4.5)], [-1, -1, -1, -1, -1, 0, -1])
+    tokens = gaps([3.5, 4.2, 5.0, 1.5, 5.0, 3.0, 5.0], [-1] * 7)
+    assert list(gain_bounds(tokens, flops)) == [INSIDE, UNDETERMINED, ABOVE, BELOW, UNDETERMINED, UNDETERMINED, UNDETERMINED]
+    # where a curve turns up the readings cross, and say nothing
+    assert list(gain_bounds(gaps([2.9], [-1]), gaps([4.5], [-1]))) == [UNDETERMINED]
+    # rows are matched by their budget or size, not their order
+    assert list(gain_bounds(gaps([3.0, 5.0], [-1, -1], [400, 1200]), gaps([4.5, 2.5], [-1, -1], [1200, 400]))) == [ABOVE, INSIDE]
+    assert gain_bounds_text(gain_bounds(tokens, flops).iloc[:4]) == "in the band at a; above it at c; below it at d; undetermined at b"
     assert gain_verdict(tokens.iloc[:1], flops.iloc[:1]) == VERIFIED
     assert gain_verdict(tokens.iloc[:2], flops.iloc[:2]) == CONDITIONAL  # in the band at one, undetermined at the other
     assert gain_verdict(tokens.iloc[1:2], flops.iloc[1:2]) == UNTESTABLE  # nothing measured tells
@@ -175,6 +180,9 @@ def test_a_claim_no_part_found_holding_is_refuted_by_one_part_both_protocols_ref
     # no part's refutation stands under both protocols yet
     assert across_parts([REFUTED, REFUTED], [CONDITIONAL, CONDITIONAL]) == CONDITIONAL
     assert across_parts([VERIFIED, VERIFIED], [VERIFIED, VERIFIED]) == VERIFIED
+    # a part whose runs could not tell is left out: the other part's refutation stands
+    assert across_parts([UNTESTABLE, REFUTED], [UNTESTABLE, REFUTED]) == REFUTED
+    assert across_parts([UNTESTABLE, UNTESTABLE], [UNTESTABLE, UNTESTABLE]) == UNTESTABLE
 
 
 
@@ -261,7 +269,7 @@ def test_diverged_runs_are_counted_never_averaged():
 
 from muonlib.results import ScalingResults, every_run_table, runs_verdict, stability_table, stability_verdict  # noqa: E402
 from muonlib.results.protocols import PROTOCOL_NAMES  # noqa: E402
-from muonlib.results.rules import INSIDE, OUTSIDE, UNDETERMINED, gain_bounds  # noqa: E402
+from muonlib.results.rules import ABOVE, BELOW, INSIDE, UNDETERMINED, gain_bounds  # noqa: E402
 from muonlib.results.stability import is_ablation, stability_by_protocol, withdrawn_run_table  # noqa: E402
 
 SCALING = Path(__file__).resolve().parents[1] / "data" / "results" / "scaling"
@@ -333,7 +341,7 @@ def test_m16_m18_on_equal_tokens_the_gain_rises_with_size_at_equal_compute_and_t
     # but that reading is a lower bound and the equal-token gain an upper one: at XL the band
     # lies between them, so XL tells neither way, while XS lies in the band on both
     bounds = gain_bounds(gaps, scaling.equal_compute_gap_table())
-    assert bounds["XS"] == INSIDE and bounds["XL"] == UNDETERMINED and OUTSIDE not in set(bounds)
+    assert bounds["XS"] == INSIDE and bounds["XL"] == UNDETERMINED and not {ABOVE, BELOW} & set(bounds)
     assert found(verdicts, "M18") == CONDITIONAL
     # M16's "efficiency gain" is M15's: Muon's share of AdamW's FLOPs to the targets rises with
     # size, above AdamW's own at XL: the gain is neither consistent nor rising
@@ -710,9 +718,9 @@ def test_the_sizes_batch_sizes_and_ablations_are_judged_under_each_protocol_as_t
 def test_a1s_note_leaves_both_optimizers_costs_to_the_prose(architectures, monkeypatch):
     import pandas as pd
 
-    from muonlib.results import ArchitectureResults
+    from muonlib.results import architectures as architectures_module
 
-    monkeypatch.setattr(ArchitectureResults, "cost_band", lambda self, *changes, paper: REFUTED)  # a cost the runs refute, capped
+    monkeypatch.setattr(architectures_module, "at_most_verdict", lambda changes, claimed: REFUTED)  # a cost the runs refute, capped
     row = architectures.a1_row(capped=True)
     assert row["verdict"] == CONDITIONAL and found(pd.DataFrame([row]).set_index("claim"), "A1") == REFUTED
     prose = architectures.a1_row(capped=False)["ours"]  # what the chapter quotes: the measurement, both optimizers' costs
@@ -760,7 +768,8 @@ def test_companion_claims_as_the_chapter_states_them(architectures):
 def test_a1_mla_saves_more_cache_than_claimed_and_its_loss_cost_depends_on_the_optimizer(architectures):
     from muonlib.analysis import SeedSpread
     from muonlib.models import kv_cache_elements_per_token, preset
-    from muonlib.results import PAPER_QUALITY, saving_band
+    from muonlib.results import PAPER_QUALITY, band_verdict, saving_band
+    from muonlib.results.rules import at_most_verdict
 
     cost = {o: architectures.loss_change("mla", "mha", o) for o in ("adamw", "muon")}
     assert cost["adamw"].low > 0 and cost["muon"].high < 0  # the chapter: a cost with AdamW, a gain with Muon, every seed pair
@@ -769,10 +778,20 @@ def test_a1_mla_saves_more_cache_than_claimed_and_its_loss_cost_depends_on_the_o
     mla, mha = (kv_cache_elements_per_token(preset(architectures.size(), a)) for a in ("mla", "mha"))
     assert 100 * (1 - mla / mha) > PAPER_QUALITY["A1 cache"] + 2  # "saves more cache than the MLA paper says"
     assert saving_band(46, 45) == VERIFIED and saving_band(30, 45) == REFUTED
-    assert ArchitectureResults.cost_band(SeedSpread((0.2, 0.4)), paper=0.3) == VERIFIED
-    assert ArchitectureResults.cost_band(SeedSpread((0.7, 0.9)), paper=0.3) == REFUTED
-    assert ArchitectureResults.cost_band(SeedSpread((-0.4, -0.1)), paper=0.3) == VERIFIED  # a gain: the claim fails only by costing more
-    assert ArchitectureResults.cost_band(SeedSpread((0.4, 0.9)), SeedSpread((0.1,)), paper=0.3) == CONDITIONAL
+
+    # a cost is a bound: held where the mean cost is within it, failed where every seed pair costs more
+    assert at_most_verdict([SeedSpread((0.1, 0.4))], 0.3) == VERIFIED
+    assert at_most_verdict([SeedSpread((0.7, 0.9))], 0.3) == REFUTED
+    assert at_most_verdict([SeedSpread((-0.4, -0.1))], 0.3) == VERIFIED  # a gain: the claim fails only by costing more
+    assert at_most_verdict([SeedSpread((0.2, 0.6))], 0.3) == UNTESTABLE  # the seeds straddle it: no telling
+    assert at_most_verdict([SeedSpread((0.4, 0.9)), SeedSpread((0.1,))], 0.3) == CONDITIONAL  # one optimizer within it
+    # a benefit stated as one figure is a floor, in the change's sign: a 6.9% lower loss is a change of at most -6.9
+    assert at_most_verdict([SeedSpread((-8.0, -7.0))], -6.9) == VERIFIED
+    assert at_most_verdict([SeedSpread((-3.0, -2.0))], -6.9) == REFUTED  # falls short, every seed
+    # a range states the size: beyond it on either side fails, where every seed is
+    assert band_verdict([SeedSpread((-10.0, -9.0))], (-12, -8)) == VERIFIED
+    assert band_verdict([SeedSpread((-21.0, -19.0))], (-12, -8)) == REFUTED  # a larger gain than stated
+    assert band_verdict([SeedSpread((-9.0, -7.0)), SeedSpread((-13.0, -12.5))], (-12, -8)) == CONDITIONAL
 
 
 # ---------------------------------------------------------------- what the trained models attend to

@@ -45,9 +45,23 @@ def label(holds, fails=None) -> str:
     return REFUTED if any(fails) else UNTESTABLE
 
 
-def band_verdict(inside) -> str:
-    """"verified" if every value lies in the paper's band, "refuted" if none does."""
-    return label(inside)
+def in_band(change, band: tuple[float, float]) -> tuple[bool, bool]:
+    """Whether a range claim holds for one measured change (a
+    :class:`~muonlib.analysis.SeedSpread`): its mean lies in ``band``; and whether it fails:
+    every seed's lies on one side of it."""
+    return band[0] <= change.mean <= band[1], change.high < band[0] or change.low > band[1]
+
+
+def at_most(change, claimed: float) -> tuple[bool, bool]:
+    """Whether a claim that a change is at most ``claimed`` holds for one measured change (a
+    :class:`~muonlib.analysis.SeedSpread`): its mean is; and whether it fails: every seed's exceeds it."""
+    return change.mean <= claimed, change.low > claimed
+
+
+def band_verdict(changes, band: tuple[float, float]) -> str:
+    """A range claim (:func:`in_band`), one condition per measured change."""
+    holds, fails = zip(*(in_band(c, band) for c in changes))
+    return label(holds, fails=fails)
 
 
 def every_target_verdict(inside: pd.Series, by: str) -> str:
@@ -56,43 +70,59 @@ def every_target_verdict(inside: pd.Series, by: str) -> str:
     return label(list(inside.groupby(level=by).all()))
 
 
+def at_most_verdict(changes, claimed: float) -> str:
+    """A claim that a change is at most ``claimed`` (%, in the change's sign: a cost such as a
+    0.8% higher perplexity, or a benefit stated as one figure such as a 6.9% lower loss, -6.9),
+    one condition per measured change (an optimizer, a setting; :func:`at_most`)."""
+    changes = list(changes)
+    if not any(c.values for c in changes):
+        raise ValueError("no seed pair to judge the change by: the compared settings share no seed")
+    holds, fails = zip(*(at_most(c, claimed) for c in changes))
+    return label(holds, fails=fails)
+
+
 #: where M18's gain at equal compute lies against the paper's band (:func:`gain_bounds`)
-INSIDE, OUTSIDE, UNDETERMINED = "inside", "outside", "undetermined"
+INSIDE, ABOVE, BELOW, UNDETERMINED = "inside", "above", "below", "undetermined"
 
 
 def gain_bounds(tokens: pd.DataFrame, flops: pd.DataFrame) -> pd.Series:
     """Where Muon's gain at equal compute lies against the paper's 2-4% band, per row (budget or
-    size) of two gap tables. It lies between the gain read on equal FLOPs (``flops``, a lower
-    bound: Muon's schedule has not finished decaying where its FLOPs reach AdamW's) and the one
-    on equal tokens (``tokens``, an upper bound: there Muon spent more FLOPs). ``"inside"``
-    where both bounds lie in the band and Muon is lower beyond the seed spread at equal FLOPs;
-    ``"outside"`` where both lie on one side of it, or Muon is higher beyond the spread even on
-    equal tokens; else ``"undetermined"``: the band and the bounds overlap in part, and only a
-    run planned for AdamW's FLOPs could tell."""
+    size) of two gap tables. It lies between the gain read on equal FLOPs (``flops``: Muon's
+    schedule has not finished decaying where its FLOPs reach AdamW's, so a run planned for those
+    FLOPs would do better) and the one on equal tokens (``tokens``: there Muon spent more FLOPs),
+    as long as a planned run's loss falls with its budget; where a curve turns up, the readings
+    can cross, and then say nothing. ``"inside"`` where both bounds' means lie in the band and
+    Muon is lower beyond the seed spread at equal FLOPs; ``"above"`` or ``"below"`` where a bound
+    lies beyond the band for every seed; else ``"undetermined"``: only a run planned for AdamW's
+    FLOPs could tell."""
     low, high = PAPER["M18"]
+    tokens = tokens.loc[flops.index]
 
-    def where(lower, upper, better: bool, worse: bool) -> str:
-        if worse or upper < low or lower > high:
-            return OUTSIDE
-        return INSIDE if better and low <= lower and upper <= high else UNDETERMINED
+    def where(lower, upper, better: bool) -> str:
+        if lower.mean > upper.mean:
+            return UNDETERMINED
+        if upper.high < low:
+            return BELOW
+        if lower.low > high:
+            return ABOVE
+        return INSIDE if better and low <= lower.mean and upper.mean <= high else UNDETERMINED
 
-    return pd.Series([where(f.mean, t.mean, s == -1, w == 1) for f, t, s, w
-                      in zip(flops["gain %"], tokens["gain %"], flops.separated, tokens.separated)], index=flops.index)
+    return pd.Series([where(f, t, s == -1) for f, t, s in zip(flops["gain %"], tokens["gain %"], flops.separated)], index=flops.index)
 
 
 def gain_bounds_text(bounds: pd.Series, name=str) -> str:
     """Where the gain at equal compute lies (:func:`gain_bounds`), grouped: "in the band at XS, S;
     undetermined at L", each row's index ``name``d."""
-    words = {INSIDE: "in the band", OUTSIDE: "outside it", UNDETERMINED: "undetermined"}
+    words = {INSIDE: "in the band", ABOVE: "above it", BELOW: "below it", UNDETERMINED: "undetermined"}
     return "; ".join(f"{words[w]} at {', '.join(name(i) for i in bounds.index[bounds == w])}" for w in words if (bounds == w).any())
 
 
 def gain_verdict(tokens: pd.DataFrame, flops: pd.DataFrame) -> str:
     """M18 from its gap tables on equal tokens and on equal FLOPs, one condition per row (budget
-    or size): it holds where the gain at equal compute lies in the band for certain, fails where
-    it lies outside for certain, and tells neither way between (:func:`gain_bounds`)."""
+    or size): it holds where the gain at equal compute lies in the band, fails where it lies
+    outside beyond the seed spread, and tells neither way between (:func:`gain_bounds`)."""
     bounds = gain_bounds(tokens, flops)
-    return label(list(bounds == INSIDE), fails=list(bounds == OUTSIDE))
+    return label(list(bounds == INSIDE), fails=list(bounds.isin([ABOVE, BELOW])))
 
 
 #: the condition a verdict from the original protocol's runs alone holds under
@@ -148,7 +178,10 @@ def across_parts(found: list[str], verdicts: list[str]) -> str:
     """One verdict for a claim judged in parts (the sizes' runs, XS's budgets): ``found`` what
     each part's runs found, ``verdicts`` each part's verdict as it stands (capped where one
     protocol's runs judge alone). A claim no part found holding is refuted by one part whose
-    refutation both protocols agree on; else :func:`combine_verdicts` of the standing verdicts."""
+    refutation both protocols agree on; else :func:`combine_verdicts` of the standing verdicts.
+    A part whose runs could not tell (not testable) is left out, unless every part is."""
+    kept = [(f, v) for f, v in zip(found, verdicts) if f != UNTESTABLE] or list(zip(found, verdicts))
+    found, verdicts = [f for f, _ in kept], [v for _, v in kept]
     if all(f == REFUTED for f in found) and REFUTED in verdicts:
         return REFUTED
     return combine_verdicts(verdicts)

@@ -60,9 +60,12 @@ def equal_compute_gap_row(chosen: dict[str, pd.DataFrame], newton_schulz: float)
     final = []
     for opt in OPTIMIZERS:
         for seed, run in chosen[opt].groupby("seed"):
+            if run.diverged.iloc[0]:  # counted, not read at its last finite evaluation, as gap_row does
+                final.append({"optimizer": opt, "seed": seed, "diverged": True, "test_loss": np.nan})
+                continue
             curve = run.dropna(subset=["test_loss"]).sort_values("tokens")
             tokens = curve.tokens.iloc[-1] / (1 + newton_schulz) if opt == "muon" else curve.tokens.iloc[-1]
-            final.append({"optimizer": opt, "seed": seed, "diverged": bool(run.diverged.iloc[0]),
+            final.append({"optimizer": opt, "seed": seed, "diverged": False,
                           "test_loss": float(np.interp(tokens, curve.tokens, curve.test_loss))})
     return gap_row(pd.DataFrame(final))
 
