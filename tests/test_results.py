@@ -137,10 +137,17 @@ def test_a_claim_about_any_threshold_holds_at_a_budget_only_where_every_target_d
 
     from muonlib.results.rules import every_target_verdict
 
-    index = pd.MultiIndex.from_product([[400, 1200], [0.1, 0.2]], names=["steps", "offset"])
-    assert every_target_verdict(pd.Series([True, True, True, True], index), by="steps") == VERIFIED
-    assert every_target_verdict(pd.Series([True, True, True, False], index), by="steps") == CONDITIONAL
-    assert every_target_verdict(pd.Series([True, False, False, True], index), by="steps") == REFUTED  # in part at each: at none
+    index = pd.MultiIndex.from_product([[400, 1200], [0.1, 0.2], [0, 1]], names=["steps", "offset", "seed"])
+
+    def verdict(*per_target):  # each target's two seeds, budget by budget
+        return every_target_verdict(pd.Series([v for pair in per_target for v in pair], index), (48, 52), by="steps")
+
+    assert verdict((49, 51), (50, 50), (48, 52), (51, 51)) == VERIFIED
+    assert verdict((49, 51), (50, 50), (48, 52), (60, 61)) == CONDITIONAL
+    assert verdict((49, 51), (60, 61), (60, 61), (50, 50)) == REFUTED  # in part at each: at none
+    # a target outside the band on its mean but not for every seed: the budget neither holds nor fails
+    assert verdict((49, 51), (50, 58), (60, 61), (60, 61)) == REFUTED
+    assert verdict((49, 51), (50, 58), (50, 50), (51, 58)) == UNTESTABLE
 
 
 def test_the_gain_at_equal_compute_is_judged_between_its_bounds():

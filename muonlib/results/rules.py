@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from ..analysis import SeedSpread
 from .paper import PAPER
 
 #: the book's verdict labels (``book/intro.md``); code names them only through these
@@ -64,10 +65,15 @@ def band_verdict(changes, band: tuple[float, float]) -> str:
     return label(holds, fails=fails)
 
 
-def every_target_verdict(inside: pd.Series, by: str) -> str:
-    """A claim about *any* loss threshold, one condition per level ``by`` of ``inside``'s index
-    (a budget, a size): it holds there only where every target's value lies in the paper's band."""
-    return label(list(inside.groupby(level=by).all()))
+def every_target_verdict(values: pd.Series, band: tuple[float, float], by: str) -> str:
+    """A claim about *any* loss threshold, one condition per level ``by`` (a budget, a size) of
+    ``values``, a measurement per target (index level ``offset``) and seed: it holds at a level
+    where every target's mean over the seeds lies in ``band`` (:func:`in_band`), and fails where
+    some target lies outside it for every seed."""
+    per_target = values.groupby(level=[by, "offset"]).agg(lambda seeds: in_band(SeedSpread(tuple(seeds)), band))
+    holds = per_target.map(lambda h: h[0]).groupby(level=by).all()
+    fails = per_target.map(lambda h: h[1]).groupby(level=by).any()
+    return label(list(holds), fails=list(fails[holds.index]))
 
 
 def at_most_verdict(changes, claimed: float) -> str:
