@@ -118,7 +118,7 @@ def gain_bounds(tokens: pd.DataFrame, flops: pd.DataFrame) -> pd.Series:
 
 def gain_bounds_text(bounds: pd.Series, name=str) -> str:
     """Where the gain at equal compute lies (:func:`gain_bounds`), grouped: "in the band at XS, S;
-    undetermined at L", each row's index ``name``d."""
+    undetermined at L", each row's index named by ``name``."""
     words = {INSIDE: "in the band", ABOVE: "above it", BELOW: "below it", UNDETERMINED: "undetermined"}
     return "; ".join(f"{words[w]} at {', '.join(name(i) for i in bounds.index[bounds == w])}" for w in words if (bounds == w).any())
 
