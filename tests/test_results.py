@@ -166,8 +166,10 @@ def test_the_gain_at_equal_compute_is_judged_between_its_bounds():
     flops = gaps([2.5, 3.0, 4.5, 0.5, 1.0, 2.5, (3.9, 4.5)], [-1, -1, -1, -1, -1, 0, -1])
     tokens = gaps([3.5, 4.2, 5.0, 1.5, 5.0, 3.0, 5.0], [-1] * 7)
     assert list(gain_bounds(tokens, flops)) == [INSIDE, UNDETERMINED, ABOVE, BELOW, UNDETERMINED, UNDETERMINED, UNDETERMINED]
-    # where a curve turns up the readings cross, and say nothing
-    assert list(gain_bounds(gaps([2.9], [-1]), gaps([4.5], [-1]))) == [UNDETERMINED]
+    # where a curve turns up the readings cross: they say nothing inside the band, and still
+    # place a gain both put beyond it; a change no seed measured says nothing
+    assert list(gain_bounds(gaps([3.0, 4.6], [-1, -1]), gaps([3.5, 5.0], [-1, -1]))) == [UNDETERMINED, ABOVE]
+    assert list(gain_bounds(gaps([()], [0]), gaps([3.0], [-1]))) == [UNDETERMINED]
     # rows are matched by their budget or size, not their order
     assert list(gain_bounds(gaps([3.0, 5.0], [-1, -1], [400, 1200]), gaps([4.5, 2.5], [-1, -1], [1200, 400]))) == [ABOVE, INSIDE]
     assert gain_bounds_text(gain_bounds(tokens, flops).iloc[:4]) == "in the band at a; above it at c; below it at d; undetermined at b"
@@ -792,6 +794,7 @@ def test_a1_mla_saves_more_cache_than_claimed_and_its_loss_cost_depends_on_the_o
     assert at_most_verdict([SeedSpread((-0.4, -0.1))], 0.3) == VERIFIED  # a gain: the claim fails only by costing more
     assert at_most_verdict([SeedSpread((0.2, 0.6))], 0.3) == UNTESTABLE  # the seeds straddle it: no telling
     assert at_most_verdict([SeedSpread((0.4, 0.9)), SeedSpread((0.1,))], 0.3) == CONDITIONAL  # one optimizer within it
+    assert at_most_verdict([SeedSpread((0.1,)), SeedSpread(())], 0.3) == CONDITIONAL  # one not measured: it tells nothing
     # a benefit stated as one figure is a floor, in the change's sign: a 6.9% lower loss is a change of at most -6.9
     assert at_most_verdict([SeedSpread((-8.0, -7.0))], -6.9) == VERIFIED
     assert at_most_verdict([SeedSpread((-3.0, -2.0))], -6.9) == REFUTED  # falls short, every seed

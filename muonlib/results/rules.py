@@ -50,12 +50,16 @@ def in_band(change, band: tuple[float, float]) -> tuple[bool, bool]:
     """Whether a range claim holds for one measured change (a
     :class:`~muonlib.analysis.SeedSpread`): its mean lies in ``band``; and whether it fails:
     every seed's lies on one side of it."""
+    if not change.values:  # no seed pair measured it
+        return False, False
     return band[0] <= change.mean <= band[1], change.high < band[0] or change.low > band[1]
 
 
 def at_most(change, claimed: float) -> tuple[bool, bool]:
     """Whether a claim that a change is at most ``claimed`` holds for one measured change (a
     :class:`~muonlib.analysis.SeedSpread`): its mean is; and whether it fails: every seed's exceeds it."""
+    if not change.values:  # no seed pair measured it
+        return False, False
     return change.mean <= claimed, change.low > claimed
 
 
@@ -70,7 +74,7 @@ def every_target_verdict(values: pd.Series, band: tuple[float, float], by: str) 
     ``values``, a measurement per target (index level ``offset``) and seed: it holds at a level
     where every target's mean over the seeds lies in ``band`` (:func:`in_band`), and fails where
     some target lies outside it for every seed."""
-    per_target = values.groupby(level=[by, "offset"]).agg(lambda seeds: in_band(SeedSpread(tuple(seeds)), band))
+    per_target = values.groupby(level=[by, "offset"]).agg(lambda seeds: in_band(SeedSpread(tuple(seeds.dropna())), band))
     holds = per_target.map(lambda h: h[0]).groupby(level=by).all()
     fails = per_target.map(lambda h: h[1]).groupby(level=by).any()
     return label(list(holds), fails=list(fails[holds.index]))
@@ -97,7 +101,7 @@ def gain_bounds(tokens: pd.DataFrame, flops: pd.DataFrame) -> pd.Series:
     schedule has not finished decaying where its FLOPs reach AdamW's, so a run planned for those
     FLOPs would do better) and the one on equal tokens (``tokens``: there Muon spent more FLOPs),
     as long as a planned run's loss falls with its budget; where a curve turns up, the readings
-    can cross, and then say nothing. ``"inside"`` where both bounds' means lie in the band and
+    can cross, and then place the gain only where both lie beyond the band. ``"inside"`` where both bounds' means lie in the band and
     Muon is lower beyond the seed spread at equal FLOPs; ``"above"`` or ``"below"`` where a bound
     lies beyond the band for every seed; else ``"undetermined"``: only a run planned for AdamW's
     FLOPs could tell."""
@@ -105,13 +109,14 @@ def gain_bounds(tokens: pd.DataFrame, flops: pd.DataFrame) -> pd.Series:
     tokens = tokens.loc[flops.index]
 
     def where(lower, upper, better: bool) -> str:
-        if lower.mean > upper.mean:
+        if not (lower.values and upper.values):
             return UNDETERMINED
         if upper.high < low:
             return BELOW
         if lower.low > high:
             return ABOVE
-        return INSIDE if better and low <= lower.mean and upper.mean <= high else UNDETERMINED
+        crossed = lower.mean > upper.mean
+        return INSIDE if better and not crossed and low <= lower.mean and upper.mean <= high else UNDETERMINED
 
     return pd.Series([where(f, t, s == -1) for f, t, s in zip(flops["gain %"], tokens["gain %"], flops.separated)], index=flops.index)
 
