@@ -142,7 +142,9 @@ def tune_setting(grid: Sequence[float], losses: Mapping[float, Sequence[float | 
 
 @dataclass(frozen=True)
 class SeedSpread:
-    """A quantity measured once per seed: its mean, sample standard deviation and range."""
+    """A quantity measured once per seed: its mean, sample standard deviation and range. A
+    missing seed (NaN) makes each of them NaN, whatever the seeds' order: every comparison
+    with it is false, so it neither holds nor fails a claim."""
 
     values: tuple[float, ...]
 
@@ -156,11 +158,11 @@ class SeedSpread:
 
     @property
     def low(self) -> float:
-        return float(min(self.values))
+        return float(np.min(self.values))
 
     @property
     def high(self) -> float:
-        return float(max(self.values))
+        return float(np.max(self.values))
 
     def __str__(self) -> str:
         return f"{self.mean:.4g} ± {self.std:.2g} (n={len(self.values)})"

@@ -63,6 +63,9 @@ def test_a_difference_counts_only_beyond_the_seed_spread():
     assert compare([3.0, 3.25, 3.1], [3.2, 3.3, 3.24]) == 0  # 3.25 > 3.2: the ranges overlap
     spread = SeedSpread((1.0, 2.0, 3.0))
     assert (spread.mean, spread.std, spread.low, spread.high) == (2.0, 1.0, 1.0, 3.0)
+    # a missing seed makes the range unknown, not the range of the others in some orders only
+    for values in ((math.nan, 1.0, 3.0), (1.0, math.nan, 3.0), (1.0, 3.0, math.nan)):
+        assert math.isnan(SeedSpread(values).low) and math.isnan(SeedSpread(values).high)
 
 
 def test_a_budget_in_tokens_epochs_and_tokens_per_parameter():

@@ -64,9 +64,10 @@ def at_most(change, claimed: float) -> tuple[bool, bool]:
 
 
 def band_verdict(changes, band: tuple[float, float]) -> str:
-    """A range claim (:func:`in_band`), one condition per measured change."""
-    holds, fails = zip(*(in_band(c, band) for c in changes))
-    return label(holds, fails=fails)
+    """A range claim (:func:`in_band`), one condition per measured change; with none measured,
+    not testable."""
+    readings = [in_band(c, band) for c in changes]
+    return label([h for h, _ in readings], fails=[f for _, f in readings])
 
 
 def every_target_verdict(values: pd.Series, band: tuple[float, float], by: str) -> str:
