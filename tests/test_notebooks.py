@@ -106,3 +106,23 @@ def test_no_code_cell_types_a_verdict_label():
                  for i, cell in enumerate(json.loads(path.read_text())["cells"]) if cell["cell_type"] == "code"
                  for m in typed.finditer("".join(cell["source"]))]
     assert not offenders, offenders
+
+
+def test_no_caption_or_legend_types_a_band_the_papers_state():
+    """A band quoted from the papers lives in ``muonlib.results.paper.QUOTES``; a figure's caption
+    names it, and its legend formats it from there: typed twice, the two could disagree."""
+    from muonlib.results import QUOTES
+
+    bands = [q.value for q in QUOTES.values() if isinstance(q.value, tuple) and len(q.value) == 2]
+    bands += [band for q in QUOTES.values() if isinstance(q.value, dict) for band in q.value.values()
+              if isinstance(band, tuple) and len(band) == 2 and all(isinstance(x, (int, float)) for x in band)]
+    spellings = {f"{low:g}-{high:g}%" for low, high in bands} | {f"({low:g}, {high:g})" for low, high in bands}
+    spellings.add("10-15%")  # section 3.1's band, stated as fewer tokens, quoted as R = 1 / 0.90 to 1 / 0.85
+    offenders = []
+    for path in NOTEBOOKS:
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            caption = ((cell.get("metadata", {}).get("mystnb") or {}).get("figure") or {}).get("caption", "")
+            code = "".join(cell["source"]) if cell["cell_type"] == "code" else ""
+            legends = " ".join(re.findall(r"label=(f?\"[^\"]*\"|f?'[^']*')", code))
+            offenders += [f"{path.name} cell {i}: {s}" for s in spellings if s in caption or s in legends]
+    assert not offenders, offenders

@@ -25,6 +25,7 @@ class Quote:
 
 #: claim id -> what the papers state
 QUOTES: dict[str, Quote] = {
+    "M5": Quote((0.7, 1.3), f"{MUON}, section 2.2", "the band the K = 5 coefficients leave every singular value in"),
     "M14": Quote({"XS": 2.5e-3, "S": 2.0e-3, "M": 1.8e-3, "L": 1.6e-3, "XL": 1.2e-3}, f"{MUON}, Table 1",
                  "recommended peak learning rate LR_max per size, one rate for both optimizers"),
     "M15": Quote((48, 52), f"{MUON}, abstract and section 5.1", "Muon's share of AdamW's FLOPs to any loss threshold, %"),
