@@ -566,6 +566,7 @@ def test_m19_m20_muon_needs_fewer_tokens_and_steps_at_every_batch_and_more_so_at
     assert np.allclose([r.mean for r in after], means[after.index])  # every seed reaches every cell: the same mean either way
     low, high = PAPER_R["section 3.1"]
     assert low <= after.iloc[0].mean <= high and all(r.low > high for r in after.iloc[1:])
+    assert batches.ratio_per_batch(summary_after.iloc[:0]).empty  # no target after the warm-ups: nothing to judge, no error
     assert v["M26"] == CONDITIONAL
     # after the warm-ups the token difference grows more slowly than the batch
     assert v["M27"] == REFUTED

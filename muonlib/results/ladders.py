@@ -459,12 +459,11 @@ class BatchSizeResults(LadderResults):
     def ratio_per_batch(self, summary: pd.DataFrame) -> pd.Series:
         """Per batch, in batch order, ``R`` averaged over the targets of a :meth:`ratio_summary`
         that batch reaches, seed by seed (:class:`~muonlib.analysis.SeedSpread`): how M26's
-        "consistently" is judged, a batch at a time against the seed spread."""
-        cells = set(zip(summary.target, summary.batch))
-        reach = self.reach_table(sorted(summary.target.unique(), reverse=True)) if len(summary) else self.reach.iloc[:0]
-        reach = reach[[(t, b) in cells for t, b in zip(reach.target, reach.batch)]]
-        per_seed = reach.groupby(["batch", "seed"]).R.mean()
-        return pd.Series({b: SeedSpread(tuple(per_seed[b])) for b in self.settings if b in per_seed.index}, dtype=object)
+        "consistently" is judged, a batch at a time against the seed spread. Every cell of the
+        summary holds every seed, in seed order, so the seeds line up across its targets."""
+        per_batch = {batch: SeedSpread(tuple(np.mean([r.values for r in g.R], axis=0)))
+                     for batch, g in summary.groupby("batch", sort=False)}
+        return pd.Series({b: per_batch[b] for b in self.settings if b in per_batch}, dtype=object)
 
     @staticmethod
     def ratio_changes(summary: pd.DataFrame) -> tuple[int, int]:

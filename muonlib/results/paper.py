@@ -26,6 +26,7 @@ class Quote:
 #: claim id -> what the papers state
 QUOTES: dict[str, Quote] = {
     "M5": Quote((0.7, 1.3), f"{MUON}, section 2.2", "the band the K = 5 coefficients leave every singular value in"),
+    "M12": Quote(50.0, f"{MUON}, section 2.5", "optimizer-state memory saved against AdamW, %"),
     "M14": Quote({"XS": 2.5e-3, "S": 2.0e-3, "M": 1.8e-3, "L": 1.6e-3, "XL": 1.2e-3}, f"{MUON}, Table 1",
                  "recommended peak learning rate LR_max per size, one rate for both optimizers"),
     "M15": Quote((48, 52), f"{MUON}, abstract and section 5.1", "Muon's share of AdamW's FLOPs to any loss threshold, %"),
@@ -43,6 +44,7 @@ QUOTES: dict[str, Quote] = {
                  "per row: train time to target in hours, inference tokens/s, peak memory in GB, final perplexity, FLOPs to "
                  "target relative to MHA + AdamW"),
     "M24": Quote((8, 12), f"{MUON}, abstract", "perplexity improvement of MLA + MoE + Muon, %"),
+    "M24 memory": Quote(68.0, f"{MUON}, abstract", "memory reduction of MLA + MoE + Muon, % (the abstract does not say against what)"),
     "M26": Quote({"section 3.1": (1 / 0.90, 1 / 0.85), "section 5.1": (1 / 0.52, 1 / 0.48)}, f"{MUON}, sections 3.1 and 5.1",
                  "Muon's token advantage as bands of R = T_AdamW / T_Muon: section 3.1's 10-15% fewer tokens, section 5.1's "
                  "48-52% of the FLOPs"),
