@@ -1246,12 +1246,13 @@ def main(argv: list[str] | None = None) -> None:
                    size=kv_size, compiled=compiled)
     if "train" in parts:
         for size in sizes:
-            for optimizer in args.optimizers.split(","):
-                compile = torch.cuda.is_available() and size in compile_sizes
-                record("train_step", lambda: bench_train_step(size, "mha", optimizer, args.batch, compile, args.iters, peak, args.compile_mode),
-                       lambda r: f"train step {r['size']} {r['optimizer']}: {r['step_ms']:.1f} ms, {r['tokens_per_s']:,.0f} tok/s"
-                                 + (f", MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""),
-                       size=size, optimizer=optimizer)
+            for variant in variants:
+                for optimizer in args.optimizers.split(","):
+                    compile = torch.cuda.is_available() and size in compile_sizes
+                    record("train_step", lambda: bench_train_step(size, variant, optimizer, args.batch, compile, args.iters, peak, args.compile_mode),
+                           lambda r: f"train step {r['size']} {r['variant']} {r['optimizer']}: {r['step_ms']:.1f} ms, {r['tokens_per_s']:,.0f} tok/s"
+                                     + (f", MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""),
+                           size=size, variant=variant, optimizer=optimizer)
 
 
 if __name__ == "__main__":

@@ -60,8 +60,10 @@ def test_model_benchmarks_run_on_cpu(tmp_path):
     # model FLOPs utilisation beside tokens/s: against the GPU's measured matmul rate, none on a CPU
     for r in results["forward_backward"] + results["train_step"]:
         assert r["flops_per_token"] > 0 and (r["mfu"] is None) == (not torch.cuda.is_available())
-    step = {r["optimizer"]: r for r in results["train_step"]}
-    assert step["muon"]["flops_per_token"] > step["adamw"]["flops_per_token"]  # Newton-Schulz counted
+    step = {(r["variant"], r["optimizer"]): r for r in results["train_step"]}
+    assert set(step) == {(v, o) for v in ("mha", "moe-mla") for o in ("adamw", "muon")}  # a training step per architecture
+    for variant in ("mha", "moe-mla"):  # Newton-Schulz counted
+        assert step[variant, "muon"]["flops_per_token"] > step[variant, "adamw"]["flops_per_token"]
     for r in results["kv_cache"]:
         assert r["kv_bytes_measured"] == r["kv_bytes_analytic"]
 
@@ -69,8 +71,8 @@ def test_model_benchmarks_run_on_cpu(tmp_path):
 def test_the_training_step_is_compiled_at_the_compile_sizes_only(tmp_path, monkeypatch):
     compiles = []
     monkeypatch.setattr(bench, "bench_train_step", lambda size, variant, optimizer, batch, compile, iters, peak, mode:
-                        compiles.append((size, compile)) or dict(size=size, optimizer=optimizer, step_ms=1.0, tokens_per_s=1.0, mfu=None))
-    bench.main(["models", "--out", str(tmp_path), "--sizes", "tiny,XS", "--compile-sizes", "XS", "--parts", "train",
+                        compiles.append((size, compile)) or dict(size=size, variant=variant, optimizer=optimizer, step_ms=1.0, tokens_per_s=1.0, mfu=None))
+    bench.main(["models", "--out", str(tmp_path), "--sizes", "tiny,XS", "--variants", "mha", "--compile-sizes", "XS", "--parts", "train",
                 "--optimizers", "muon"])
     assert compiles == [("tiny", False), ("XS", torch.cuda.is_available())]  # every size trains; XS compiled on a GPU
 
