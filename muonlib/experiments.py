@@ -158,18 +158,20 @@ def probe_checkpoint(config: TrainConfig, checkpoint: Path) -> dict:
 
 # ---------------------------------------------------------------- the protocol
 
+#: the paper's warm-up as a fraction of the steps, the top of the range section 4.2 gives (QUOTES["recipe"])
+PAPER_WARMUP = 0.02
+#: the paper's Muon momentum: an EMA with section 4.2's beta, no Nesterov (Algorithm 1)
+PAPER_MUON = {"momentum": 0.9, "nesterov": False}
+
 #: how a comparison sets what its rate sweeps hold fixed, the warm-up and Muon's momentum
 PROTOCOLS = {
     "original": "the book's first runs: one warm-up for both optimizers, searched at the first budget "
                 "(it chose 45% of the steps, the longest it allowed); Muon's momentum 0.95 with Nesterov",
-    "paper": "the paper's recipe (section 4): a 2% linear warm-up; Muon's momentum an EMA with beta 0.9, no Nesterov",
+    "paper": f"the paper's recipe (section 4): a {PAPER_WARMUP:.0%} linear warm-up; Muon's momentum an EMA with beta "
+             f"{PAPER_MUON['momentum']}, no Nesterov",
     "tuned": "each optimizer's warm-up, and Muon's momentum and Nesterov, chosen by sweeps at the first budget "
              "(two seeds, optimum inside the grid; a value within the seed spread of the best gives way to the paper's)",
 }
-#: the paper's warm-up as a fraction of the steps, the top of the 0.5-2% that section 4.2 gives
-PAPER_WARMUP = 0.02
-#: the paper's Muon momentum, an EMA with beta 0.9 and no Nesterov (Algorithm 1)
-PAPER_MUON = {"momentum": 0.9, "nesterov": False}
 #: the tuned protocol's first grids: warm-up fractions; Muon's 1 - beta (0.8, 0.9, 0.95, 0.98)
 TUNE_WARMUPS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 TUNE_MOMENTUM_GAPS = (0.02, 0.05, 0.1, 0.2)

@@ -52,7 +52,7 @@ class TrainConfig:
     batch_size: int = 32  # sequences per micro-batch
     grad_accum: int = 1  # micro-batches per step
     steps: int = 300
-    warmup: float = 0.02  # fraction of steps (the paper: 0.5-2%)
+    warmup: float = 0.02  # fraction of steps (inside the paper's range, QUOTES["recipe"])
     final_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
     grad_clip: float | None = 1.0  # global-norm clipping; 0 or None: none (the norm is still logged)
     eval_every: int = 50

@@ -653,3 +653,16 @@ def test_the_ablations_under_a_new_protocol_read_its_xs_runs_and_want_every_arm(
         assert len(arms) == 3 * len(experiments.ABLATION_ARMS)
         assert all(c.warmup == decided.warmups["muon"] and c.lr == decided.rates[1200, "muon"] for c in arms)
         assert baseline.optimizer_options == decided.muon_options and run_id(baseline, "h200") in finals  # the XS comparison's run
+
+
+def test_the_papers_protocol_and_the_trainers_defaults_follow_the_recipe_section_4_2_states():
+    from muonlib.results import QUOTES
+    from muonlib.train import TrainConfig
+
+    recipe = QUOTES["recipe"].value
+    low, high = recipe["warmup"]
+    assert low / 100 <= experiments.PAPER_WARMUP <= high / 100
+    assert experiments.PAPER_MUON == {"momentum": recipe["momentum"], "nesterov": False}
+    defaults = TrainConfig()
+    assert low / 100 <= defaults.warmup <= high / 100 and defaults.grad_clip == recipe["clip"]
+    assert defaults.weight_decay in recipe["weight decay"]

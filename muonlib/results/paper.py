@@ -1,7 +1,8 @@
-"""Every number the book quotes from the three papers, in one registry: claim id -> the value
-and where the paper states it (the texts in ``shared/paper`` carry no page numbers, so a
-quote names its table, section or the abstract). Chapters, verdicts and the ledger read the
-values from here; the names below :data:`QUOTES` are views of it, by the chapter that uses them."""
+"""Every number the book quotes from the three papers, in one registry: claim id (or
+"recipe", section 4.2's training settings) -> the value and where the paper states it (the
+texts in ``shared/paper`` carry no page numbers, so a quote names its table, section or the
+abstract). Chapters, verdicts and the ledger read the values from here; the names below
+:data:`QUOTES` are views of it, by the chapter that uses them."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ class Quote:
 
 #: claim id -> what the papers state
 QUOTES: dict[str, Quote] = {
+    "recipe": Quote({"warmup": (0.5, 2.0), "momentum": 0.9, "clip": 1.0, "weight decay": (0.05, 0.1)}, f"{MUON}, section 4.2",
+                    "the recipe every experiment uses: linear warm-up in % of training before cosine decay, Muon's momentum "
+                    "beta, the gradient-clipping norm, the weight decays"),
     "M5": Quote((0.7, 1.3), f"{MUON}, section 2.2", "the band the K = 5 coefficients leave every singular value in"),
     "M12": Quote(50.0, f"{MUON}, section 2.5", "optimizer-state memory saved against AdamW, %"),
     "M14": Quote({"XS": 2.5e-3, "S": 2.0e-3, "M": 1.8e-3, "L": 1.6e-3, "XL": 1.2e-3}, f"{MUON}, Table 1",
