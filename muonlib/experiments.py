@@ -160,7 +160,7 @@ def probe_checkpoint(config: TrainConfig, checkpoint: Path) -> dict:
 
 #: the paper's warm-up as a fraction of the steps, the top of the range section 4.2 gives (QUOTES["recipe"])
 PAPER_WARMUP = 0.02
-#: the paper's Muon momentum: an EMA with section 4.2's beta, no Nesterov (Algorithm 1)
+#: the paper's Muon momentum, an EMA with section 4.2's beta and no Nesterov (Algorithm 1)
 PAPER_MUON = {"momentum": 0.9, "nesterov": False}
 
 #: how a comparison sets what its rate sweeps hold fixed, the warm-up and Muon's momentum
