@@ -84,7 +84,7 @@ class ArchitectureResults(LadderResults):
         return self.header(self.settings[0])["provenance"]["config"]["model"]
 
     def batch(self) -> int:
-        """Sequences per training step."""
+        """Sequences per micro-batch: what the training-step benchmark's ``--batch`` times."""
         return self.header(self.settings[0])["provenance"]["config"]["batch_size"]
 
     def test_losses(self, setting: str, optimizer: str) -> pd.Series:
