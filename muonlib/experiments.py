@@ -183,6 +183,21 @@ def check_protocol(protocol: str) -> None:
         raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
 
 
+#: the GPU kind each protocol's runs are made on and read from, one kind per comparison so that
+#: compared arms never differ by the machine (the original protocol's plans read both Hopper
+#: kinds, :func:`original_reader`); the paper's and the tuned protocol's first runs were an H200's
+PROTOCOL_HARDWARE = {"original": "h100", "paper": "h200", "tuned": "h200"}
+#: experiments whose paper and tuned runs are an H100's instead: they share no run with another
+#: experiment (they read no other's results, and none reads theirs), and H200s are seldom lent
+ON_H100 = ("batch_sizes",)
+
+
+def protocol_hardware(name: str) -> dict[str, str]:
+    """The GPU kind an experiment's runs are made on, and read from, under each protocol."""
+    experiment(name)
+    return {p: "h100" if name in ON_H100 and p != "original" else kind for p, kind in PROTOCOL_HARDWARE.items()}
+
+
 @dataclass(frozen=True)
 class Decisions:
     """What a comparison has settled so far (``None`` or absent while the runs that decide it are missing)."""
@@ -720,16 +735,19 @@ def under_protocol(plan: Scaling, hardware: str, protocol: str) -> Scaling:
     """``plan`` with the settings a protocol (:data:`PROTOCOLS`) holds fixed while the rates are
     swept: as the plan has them under the original protocol; the paper's warm-up and Muon's
     momentum under the paper's; under the tuned protocol, each optimizer's warm-up and Muon's
-    momentum as the XS comparison tuned them on this hardware (which must have finished)."""
+    momentum as the XS comparison tuned them (which must have finished): on a Hopper GPU, the
+    tuning the kind that made it saved (:func:`protocol_hardware`), since they are settings every
+    Hopper plan shares, not arms it compares; elsewhere this hardware's own, whose plans differ."""
     check_protocol(protocol)
     if protocol == "original":
         return plan
     if protocol == "paper":
         return dataclasses.replace(plan, warmups=both(PAPER_WARMUP), muon_options=dict(PAPER_MUON))
-    tuned = decisions("xs_muon_vs_adamw", hardware, protocol="tuned")
+    tuned_on = protocol_hardware("xs_muon_vs_adamw")["tuned"] if hardware in HOPPER else hardware
+    tuned = decisions("xs_muon_vs_adamw", tuned_on, protocol="tuned")
     if tuned.muon_options is None or len(tuned.warmups) < 2:
         raise ValueError(f"the tuned protocol takes its warm-ups and Muon's momentum from the XS comparison's tuning on "
-                         f"{hardware!r}, which is not finished: run `python -m muonlib.experiments run xs_muon_vs_adamw "
+                         f"{tuned_on!r}, which is not finished: run `python -m muonlib.experiments run xs_muon_vs_adamw "
                          f"--protocol tuned` first")
     return dataclasses.replace(plan, warmups=dict(tuned.warmups), muon_options=dict(tuned.muon_options))
 

@@ -53,15 +53,17 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
     """Claim -> (verdict, evidence, chapters), from the saved results, as the chapters compute them."""
     from .results import (QUOTES, AblationProtocols, ArchitectureProtocols, BatchSizeProtocols, DecodeResults, ProbeResults,
                           ProtocolComparison, ScalingProtocols, every_run_table, label, runs_verdict, stability_verdict)
-    from .results.comparison import PROTOCOL_HARDWARE
+    from .experiments import protocol_hardware
     from .results.architectures import DECODE_PARTS
 
     protocols = ProtocolComparison.load("xs_muon_vs_adamw")
     xs = protocols.verdicts()
     xs["ours"] = [f"under the paper's recipe, {row['paper: ours']}; under our {protocols.second} protocol, {row[f'{protocols.second}: ours']}"
                   for _, row in xs.iterrows()]
-    kinds = {**PROTOCOL_HARDWARE, "original": hardware}
-    across = ScalingProtocols.load("scaling", kinds).verdicts(xs.verdict)
+    def kinds(name: str) -> dict[str, str]:
+        return {**protocol_hardware(name), "original": hardware}
+
+    across = ScalingProtocols.load("scaling", kinds("scaling")).verdicts(xs.verdict)
     every = every_run_table()
     rows = {"M14": (xs.verdict["M14"], f"tested at XS only, Table 1's other sizes not swept under the paper's schedule: {xs.ours['M14']}",
                     (XS_CHAPTER, PROTOCOLS_CHAPTER))}
@@ -87,12 +89,12 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
     for claim in decode.index:
         rows[claim] = (decode.verdict[claim], decode.ours[claim], (DECODE_CHAPTER,))
 
-    batches = BatchSizeProtocols.load("batch_sizes", kinds).verdicts()
+    batches = BatchSizeProtocols.load("batch_sizes", kinds("batch_sizes")).verdicts()
     for claim in batches.index:
         rows[claim] = (batches.verdict[claim], batches.ours[claim], (BATCH_CHAPTER,))
-    ablations = AblationProtocols.load("ablations", kinds).verdicts()
+    ablations = AblationProtocols.load("ablations", kinds("ablations")).verdicts()
     rows["M22"] = (ablations.verdict["M22"], ablations.ours["M22"], (ABLATIONS_CHAPTER,))
-    architectures = ArchitectureProtocols.load("architectures", kinds).verdicts(decode)
+    architectures = ArchitectureProtocols.load("architectures", kinds("architectures")).verdicts(decode)
     for claim in architectures.index:
         chapters = (ARCHITECTURES_CHAPTER, DECODE_CHAPTER) if claim in DECODE_PARTS else (ARCHITECTURES_CHAPTER,)
         rows[claim] = (architectures.verdict[claim], architectures.ours[claim], chapters)

@@ -125,6 +125,19 @@ def test_the_attention_probes_run_under_the_original_protocol_only():
         experiments.results_folder("xs_muon_vs_adamw", "best")
 
 
+def test_experiments_that_share_runs_make_them_on_one_gpu_kind_and_the_tuned_settings_are_shared():
+    kinds = {name: experiments.protocol_hardware(name) for name in experiments.EXPERIMENTS}
+    assert all(set(k) == set(experiments.PROTOCOLS) for k in kinds.values())
+    for e in experiments.EXPERIMENTS.values():
+        assert all(kinds[e.name] == kinds[other] for other in e.reads), e.name  # a shared run is one kind's
+    assert {kinds[name]["paper"] for name in experiments.ON_H100} == {"h100"}
+    # the tuned protocol's warm-ups and momentum are the saved tuning's, on either Hopper kind
+    on_h100, on_h200 = (experiments.experiment("batch_sizes").plan_for(kind, "tuned") for kind in ("h100", "h200"))
+    assert (on_h100.warmups, on_h100.muon_options) == (on_h200.warmups, on_h200.muon_options)
+    with pytest.raises(KeyError, match="unknown experiment"):
+        experiments.protocol_hardware("batch_size")
+
+
 def test_budgets_differ_only_in_length():
     a = COMPARISON.config("muon", 100, 0.1, 1e-3)
     b = COMPARISON.config("muon", 300, 0.1, 1e-3)

@@ -721,12 +721,14 @@ def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agr
 def test_the_sizes_batch_sizes_and_ablations_are_judged_under_each_protocol_as_the_architectures_are(experiment):
     import pandas as pd
 
+    from muonlib.experiments import protocol_hardware
     from muonlib.results import AblationProtocols, BatchSizeProtocols, ScalingProtocols
 
     kind = {"scaling": ScalingProtocols, "batch_sizes": BatchSizeProtocols, "ablations": AblationProtocols}[experiment]
     protocols = kind.load()
     progress = protocols.progress
     assert list(progress.index) == ["original", "paper", "tuned"] and progress.loc["original", "runs wanted now"] == 0
+    assert progress.GPU.to_dict() == {p: kind.upper() for p, kind in protocol_hardware(experiment).items()}  # each read where it ran
     if protocols.judged_by == ("original",):  # the others still running: the original protocol judges alone, capped, and says why
         alone = protocols.verdicts()
         assert alone.verdict.equals(protocols.results["original"].verdicts().verdict)

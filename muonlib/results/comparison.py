@@ -217,8 +217,6 @@ class ComparisonResults:
 
 #: Muon's momentum settings where a run's options leave them unset (the optimizer's own defaults)
 MUON_DEFAULTS = {k: inspect.signature(Muon).parameters[k].default for k in ("momentum", "nesterov")}
-#: the GPU kind each protocol's XS runs were made on (one kind per protocol, so per comparison)
-PROTOCOL_HARDWARE = {"original": "h100", "paper": "h200", "tuned": "h200"}
 
 
 @dataclass
@@ -234,9 +232,12 @@ class ProtocolComparison:
     tuned_missing: int  # runs the tuned protocol still wants
 
     @classmethod
-    def load(cls, name: str = "xs_muon_vs_adamw", hardware: dict[str, str] = PROTOCOL_HARDWARE) -> "ProtocolComparison":
-        from ..experiments import finished_runs, result_folders, run_id
+    def load(cls, name: str = "xs_muon_vs_adamw", hardware: dict[str, str] | None = None) -> "ProtocolComparison":
+        """``hardware``: the GPU kind each protocol's runs are read from, by default those that
+        made the saved ones (:func:`~muonlib.experiments.protocol_hardware`)."""
+        from ..experiments import finished_runs, protocol_hardware, result_folders, run_id
 
+        hardware = hardware or protocol_hardware(name)
         folders = result_folders(name, None, "tuned")
         finals = finished_runs([f for f in folders if f.exists()])
         wanted, tuned = experiment(name).plan_for(hardware["tuned"], "tuned").plan(hardware["tuned"], finals)

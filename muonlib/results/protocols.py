@@ -33,11 +33,13 @@ class Protocols:
 
     @classmethod
     def load(cls, name: str | None = None, hardware: dict[str, str] | None = None) -> "Protocols":
-        """``name``: the experiment's results folder, the class's ``experiment`` by default."""
-        from ..experiments import experiment, finished_runs, original_reader, result_folders, run_id
-        from .comparison import PROTOCOL_HARDWARE
+        """``name``: the experiment's results folder, the class's ``experiment`` by default;
+        ``hardware``: the GPU kind each protocol's runs are read from, by default those that made
+        the saved ones (:func:`~muonlib.experiments.protocol_hardware`)."""
+        from ..experiments import experiment, finished_runs, original_reader, protocol_hardware, result_folders, run_id
 
-        name, hardware = name or cls.experiment, hardware or PROTOCOL_HARDWARE
+        name = name or cls.experiment
+        hardware = hardware or protocol_hardware(name)
         rows, complete = [], {}
         for protocol, kind in hardware.items():
             folders = [f for f in result_folders(name, None, protocol) if f.exists()]
