@@ -544,6 +544,28 @@ class Retrain:
         return wanted, decided
 
 
+@dataclass(frozen=True)
+class Copies:
+    """Another experiment's chosen runs under one protocol (each configuration it ran at more
+    than one seed: a chosen rate), made on one GPU kind, trained again exactly as they were on
+    whatever GPU runs this plan. Beside the runs they copy
+    (:func:`~muonlib.results.comparison.kind_table`) they show how far the GPU kind moves a
+    run's loss, against how far copies on one kind differ."""
+
+    source: str
+    protocol: str
+    made_on: str  # the GPU kind whose saved runs are copied
+
+    def plan(self, hardware: str, finals: Finals) -> tuple[list[TrainConfig], None]:
+        seeds: dict[str, list[TrainConfig]] = {}
+        for path in sorted(results_folder(self.source, self.protocol).glob(f"{self.made_on}-*{RESULT}")):
+            header, _, final = read_run(path)
+            if final is not None:
+                config = TrainConfig(**header["provenance"]["config"])
+                seeds.setdefault(config_hash(config), []).append(config)
+        return [c for configs in seeds.values() if len(configs) > 1 for c in configs], None
+
+
 def run_config(base: TrainConfig, optimizer: str, steps: int, warmup: float, lr: float, seed: int, adamw_lr: float | None,
                evaluations: int) -> TrainConfig:
     """One run of a plan: ``evaluations`` evenly spaced evaluations, four checkpoints."""
@@ -760,16 +782,24 @@ def attention_probes(hardware: str) -> Retrain:
     return Retrain("architectures", ("mha", "mla", "mla-norope", "moe-mla"), seeds=(0, 1, 2), every_seed=("mha", "mla"))
 
 
+def hopper_kinds(hardware: str) -> Copies:
+    """The XS comparison's chosen runs under the paper's recipe (each budget, both optimizers,
+    three seeds), made on the kind that made that protocol's runs (:data:`PROTOCOL_HARDWARE`),
+    trained again on this GPU: on the other Hopper kind, whether the kind moves a loss more
+    than a copy on one kind does; elsewhere this hardware's own runs, copied."""
+    return Copies("xs_muon_vs_adamw", "paper", PROTOCOL_HARDWARE["paper"] if hardware in HOPPER else hardware)
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
     description: str
-    design: Callable[..., Comparison | Scaling | Ablations | Retrain]  # hardware preset[, protocol] -> the plan it runs
+    design: Callable[..., Comparison | Scaling | Ablations | Retrain | Copies]  # hardware preset[, protocol] -> the plan it runs
     reads: tuple[str, ...] = ()  # experiments whose results count as this one's runs (the same configurations)
     probes: bool = False  # each run measures its trained model (muonlib.probes) into its final record
     protocols: tuple[str, ...] = ("original",)  # the PROTOCOLS it can run under
 
-    def plan_for(self, hardware: str, protocol: str = "original") -> Comparison | Scaling | Ablations | Retrain:
+    def plan_for(self, hardware: str, protocol: str = "original") -> Comparison | Scaling | Ablations | Retrain | Copies:
         check_protocol(protocol)
         if protocol not in self.protocols:
             moved = [e.name for e in EXPERIMENTS.values() if len(e.protocols) > 1]
@@ -798,6 +828,10 @@ EXPERIMENTS = {
         Experiment("scaling",
                    "XS to XL MHA (to M under the paper's and the tuned protocol): Muon vs AdamW on the same tokens, rates swept at XS and transferred (checked by a wide sweep at L, or M), three seeds",
                    scaling, reads=("xs_muon_vs_adamw", "architectures"), protocols=tuple(PROTOCOLS)),
+        Experiment("hopper_kinds",
+                   f"the XS comparison's chosen runs under the paper's recipe (made on an {PROTOCOL_HARDWARE['paper'].upper()}) trained again "
+                   f"as they were on this GPU: how far the GPU kind moves a run's loss",
+                   hopper_kinds),
     )
 }
 
@@ -1084,7 +1118,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: {exp.description}")
 
 
-__all__ = ["EXPERIMENTS", "PROTOCOLS", "Ablations", "Comparison", "Decisions", "Experiment", "Retrain", "Scaling", "ScalingDecisions",
+__all__ = ["EXPERIMENTS", "PROTOCOLS", "Ablations", "Comparison", "Copies", "Decisions", "Experiment", "Retrain", "Scaling", "ScalingDecisions",
            "decisions", "load_results", "pack", "read_run", "results_folder", "run", "run_id", "unpack"]
 
 

@@ -60,6 +60,7 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
     xs = protocols.verdicts()
     xs["ours"] = [f"under the paper's recipe, {row['paper: ours']}; under our {protocols.second} protocol, {row[f'{protocols.second}: ours']}"
                   for _, row in xs.iterrows()]
+
     def kinds(name: str) -> dict[str, str]:
         return {**protocol_hardware(name), "original": hardware}
 

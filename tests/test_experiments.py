@@ -138,6 +138,41 @@ def test_experiments_that_share_runs_make_them_on_one_gpu_kind_and_the_tuned_set
         experiments.protocol_hardware("batch_size")
 
 
+def test_copies_train_again_another_kinds_chosen_runs_and_are_set_beside_them(tmp_path, monkeypatch):
+    from muonlib.results import kind_table
+    from muonlib.results.stability import protocol_folders
+
+    monkeypatch.setenv("MUONLIB_DATA", str(tmp_path))
+
+    def save(folder, kind, config, loss, gpu):
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = [{"provenance": {"gpu": gpu, "config": config.to_dict()}}, {"step": 1, "loss": loss, "grad_norm": 1.0},
+                 {"final": True, "step": 1, "val_loss": loss}]
+        experiments.result_path(folder, run_id(config, kind)).write_bytes(compact(lines))
+
+    source, copies = experiments.results_folder("xs_muon_vs_adamw", "paper"), experiments.results_folder("hopper_kinds")
+    chosen = [TrainConfig(model="tiny", corpus="sample", optimizer=o, lr=lr, seed=s) for o, lr in (("adamw", 2e-3), ("muon", 8e-3))
+              for s in (0, 1, 2)]
+    swept = dataclasses.replace(chosen[0], lr=4e-3)  # a sweep's other rate, seed 0 only: not a chosen run
+    for c in [*chosen, swept]:
+        save(source, "h200", c, 3 + c.seed / 100, "NVIDIA H200")
+    save(source, "h100", dataclasses.replace(chosen[0], lr=1e-3), 3.5, "NVIDIA H100")  # another kind's: not copied
+    save(source, "h100", dataclasses.replace(chosen[1], lr=1e-3), 3.5, "NVIDIA H100")
+    wanted, _ = experiments.experiment("hopper_kinds").plan_for("h100").plan("h100", {})
+    assert sorted(run_id(c, "h100") for c in wanted) == sorted(run_id(c, "h100") for c in chosen)
+
+    save(copies, "h100", chosen[0], 3.004, "NVIDIA H100")
+    save(copies, "h100", chosen[4], 3.008, "NVIDIA H100")
+    table = kind_table()
+    assert list(zip(table.optimizer, table.seed)) == [("adamw", 0), ("muon", 1)]
+    assert np.allclose(table.difference, [0.004, -0.002]) and np.allclose(table["seed range"], 0.02)
+    assert set(table["GPU, original"]) == {"NVIDIA H200"} and set(table["GPU, copy"]) == {"NVIDIA H100"}
+    assert [(p, f.name) for p, f in protocol_folders(tmp_path / "results")] == [("paper", "xs_muon_vs_adamw")]  # copies not counted twice
+    experiments.result_path(source, run_id(chosen[0], "h200")).unlink()
+    with pytest.raises(FileNotFoundError, match="which is not saved: restore it or delete the copy"):
+        kind_table()
+
+
 def test_budgets_differ_only_in_length():
     a = COMPARISON.config("muon", 100, 0.1, 1e-3)
     b = COMPARISON.config("muon", 300, 0.1, 1e-3)

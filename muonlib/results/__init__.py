@@ -19,7 +19,7 @@ the losses reported are on the test split.
 
 from .ablations import AblationProtocols, AblationResults, optimizer_state_bytes
 from .architectures import TABLE3_ARCHITECTURES, ArchitectureProtocols, ArchitectureResults, training_throughput
-from .comparison import ComparisonResults, ProtocolComparison, repeat_sweeps, repeat_table
+from .comparison import ComparisonResults, ProtocolComparison, kind_table, repeat_sweeps, repeat_table
 from .decode import DecodeResults
 from .ladders import BatchSizeProtocols, BatchSizeResults, LadderResults, ScalingProtocols, ScalingResults
 from .paper import (ADAMW_ARM, BASELINE, PAPER, PAPER_INFERENCE, PAPER_QUALITY, PAPER_R, PAPER_TABLE2, PAPER_TABLE3, QUOTES,
@@ -33,5 +33,5 @@ __all__ = ["ADAMW_ARM", "BASELINE", "CONDITIONAL", "NOISE_SIGMAS", "OPEN", "REFU
            "PAPER_R", "PAPER_TABLE2", "PAPER_TABLE3", "QUOTES", "SHARP_HEAD", "TABLE1_RATES", "TABLE1_XS_RATE",
            "TABLE3_ARCHITECTURES", "TARGET_OFFSETS", "AblationProtocols", "AblationResults", "ArchitectureProtocols", "ArchitectureResults", "BatchSizeProtocols", "BatchSizeResults", "ComparisonResults",
            "DecodeResults", "LadderResults", "ProbeResults", "ProtocolComparison", "Quote", "ScalingProtocols", "ScalingResults", "band_verdict",
-           "combine_verdicts", "conjunction", "every_run_table", "gain_verdict", "label", "optimizer_state_bytes", "repeat_sweeps", "repeat_table", "runs_verdict", "saving_band", "stability_table",
+           "combine_verdicts", "conjunction", "every_run_table", "gain_verdict", "kind_table", "label", "optimizer_state_bytes", "repeat_sweeps", "repeat_table", "runs_verdict", "saving_band", "stability_table",
            "stability_verdict", "training_throughput"]

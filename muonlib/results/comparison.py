@@ -350,6 +350,41 @@ def repeat_table(results: Path | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: :func:`kind_table`'s columns
+KIND_COLUMNS = ["optimizer", "steps", "lr", "seed", "GPU, original", "GPU, copy", "commit, original", "commit, copy", "val loss, original", "val loss, copy", "difference",
+                "seed range"]
+
+
+def kind_table(name: str = "hopper_kinds") -> pd.DataFrame:
+    """Each finished run of a :class:`~muonlib.experiments.Copies` experiment beside the run it
+    copies, made from the same configuration and seed on another GPU (and the commits each ran
+    at): both final validation losses, the copy's difference from the original and the range
+    over the original's seeds, so that a difference larger than copies on one kind show
+    (:func:`repeat_table`) is the GPU kind's or the code's since."""
+    from ..experiments import read_run, result_path, results_folder, run_id
+    from ..train import TrainConfig
+
+    rows = []
+    for path in sorted(results_folder(name).glob("*.jsonl.gz")):
+        header, _, final = read_run(path)
+        if final is None:
+            continue
+        plan = experiment(name).design(path.name.split("-", 1)[0])
+        config = TrainConfig(**header["provenance"]["config"])
+        source, original = results_folder(plan.source, plan.protocol), run_id(config, plan.made_on)
+        if not result_path(source, original).exists():
+            raise FileNotFoundError(f"{path} copies {result_path(source, original)}, which is not saved: restore it or delete the copy")
+        original_header, _, original_final = read_run(result_path(source, original))
+        seeds = [loss for loss in final_losses(sorted(source.glob(f"{original.rsplit('-seed', 1)[0]}-seed*.jsonl.gz"))) if math.isfinite(loss)]
+        losses = loss_or_inf(original_final.get("val_loss")), loss_or_inf(final.get("val_loss"))
+        rows.append({"optimizer": config.optimizer, "steps": config.steps, "lr": config.lr, "seed": config.seed,
+                     "GPU, original": original_header["provenance"]["gpu"], "GPU, copy": header["provenance"]["gpu"],
+                     "commit, original": original_header["provenance"].get("git_commit"), "commit, copy": header["provenance"].get("git_commit"),
+                     "val loss, original": losses[0], "val loss, copy": losses[1], "difference": losses[1] - losses[0],
+                     "seed range": max(seeds) - min(seeds) if len(seeds) > 1 else np.nan})
+    return pd.DataFrame(rows, columns=KIND_COLUMNS)
+
+
 def repeat_sweeps(results: Path | None = None) -> pd.DataFrame:
     """The rate sweeps (seed 0 of runs alike in all but their rate) with a repeated point: the
     rate the kept copies choose, and every rate that some choice of copies would choose (a

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..analysis import SPIKE_WINDOW, grad_norm_excursions, paired_spikes, raw_spikes
 from ..data import data_root
-from ..experiments import EXPERIMENTS, PAPER_MUON, PROTOCOLS, Ablations, experiment, load_results
+from ..experiments import EXPERIMENTS, PAPER_MUON, PROTOCOLS, Ablations, Copies, experiment, load_results
 from .protocols import PROTOCOL_NAMES
 from .rules import ORIGINAL_ONLY, combine_verdicts, judged, label, one_protocol
 from .runs import OPTIMIZER_LABELS, common_steps
@@ -32,12 +32,14 @@ EVERY_RUN_COLUMNS = ["protocol", "experiment", "run", "optimizer", "model", "var
 
 def protocol_folders(root: Path) -> list[tuple[str, Path]]:
     """Each experiment's folder under ``root`` with the protocol its runs ran under: the
-    original protocol's ``root/NAME``, the others' ``root/PROTOCOL/NAME``."""
+    original protocol's ``root/NAME``, the others' ``root/PROTOCOL/NAME``; not the copies of
+    other experiments' runs (:class:`~muonlib.experiments.Copies`), which would count them twice."""
     folders = []
     for protocol in PROTOCOLS:
         parent = root if protocol == "original" else root / protocol
         if parent.is_dir():
-            folders += [(protocol, p) for p in sorted(parent.iterdir()) if p.is_dir() and p.name in EXPERIMENTS]
+            folders += [(protocol, p) for p in sorted(parent.iterdir())
+                        if p.is_dir() and p.name in EXPERIMENTS and not isinstance(experiment(p.name).design("h100"), Copies)]
     return folders
 
 
