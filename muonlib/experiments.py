@@ -185,10 +185,10 @@ def check_protocol(protocol: str) -> None:
 
 #: the GPU kind each protocol's runs are made on and read from, one kind per comparison so that
 #: compared arms never differ by the machine (the original protocol's plans read both Hopper
-#: kinds, :func:`original_reader`); the paper's and the tuned protocol's first runs were an H200's
+#: kinds); the paper's and the tuned protocol's first runs were an H200's
 PROTOCOL_HARDWARE = {"original": "h100", "paper": "h200", "tuned": "h200"}
-#: experiments whose paper and tuned runs are an H100's instead: they share no run with another
-#: experiment (they read no other's results, and none reads theirs), and H200s are seldom lent
+#: experiments whose paper and tuned runs are an H100's instead, since they share no run with
+#: another experiment (they read no other's results, and none reads theirs) and H200s are seldom lent
 ON_H100 = ("batch_sizes",)
 
 
