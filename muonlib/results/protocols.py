@@ -29,14 +29,14 @@ class Protocols:
     experiment: ClassVar[str]
     results_type: ClassVar[type]
     results: dict  # protocol -> its results: the complete ones, and the original protocol's always (its chapter shows what has run)
-    progress: pd.DataFrame  # per protocol: the GPU kind, the runs of its plan finished and those it wants now
+    progress: pd.DataFrame  # per protocol: the GPU kinds its finished runs ran on (its plan's before any), the runs of its plan finished and those it wants now
 
     @classmethod
     def load(cls, name: str | None = None, hardware: dict[str, str] | None = None) -> "Protocols":
         """``name``: the experiment's results folder, the class's ``experiment`` by default;
         ``hardware``: the GPU kind each protocol's runs are read from, by default those that made
         the saved ones (:func:`~muonlib.experiments.protocol_hardware`)."""
-        from ..experiments import experiment, finished_runs, original_reader, protocol_hardware, result_folders, run_id
+        from ..experiments import experiment, finished_runs, original_reader, protocol_hardware, result_files, result_folders, run_id
 
         name = name or cls.experiment
         hardware = hardware or protocol_hardware(name)
@@ -47,7 +47,9 @@ class Protocols:
             wanted, _ = experiment(name).plan_for(kind, protocol).plan(kind, finals)
             ids = {run_id(c, kind) for c in wanted}
             missing = len(ids - set(finals))
-            rows.append({"protocol": protocol, "GPU": kind.upper(), "runs finished": len(ids & set(finals)),
+            files = result_files(folders, original_reader(kind, protocol))  # a file's name starts with the GPU it ran on
+            made_on = sorted({files[run].name.split("-", 1)[0].upper() for run in ids & set(finals)}) or [kind.upper()]
+            rows.append({"protocol": protocol, "GPU": ", ".join(made_on), "runs finished": len(ids & set(finals)),
                          "runs wanted now": missing})  # a sweep that ends at its grid's edge, or chosen rates' seeds, want more later
             if not missing or protocol == "original":
                 complete[protocol] = cls.results_type.load(name, kind, protocol=protocol)
