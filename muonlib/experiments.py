@@ -89,14 +89,18 @@ def compact(lines: list[dict]) -> bytes:
     return gzip.compress(text.encode(), mtime=0)
 
 
+def ran_on(path: Path) -> str:
+    """The hardware preset a result file's run ran on: the first part of its name."""
+    return path.name.split("-", 1)[0]
+
+
 def plan_name(path: Path, as_hardware: str | None = None) -> str:
     """The run id a result file answers to. A file is named by the GPU its run ran on; the
     original protocol's runs ran on H100s and H200s, and its plans (the same on both Hopper
     kinds) read either: with ``as_hardware`` a Hopper preset, a Hopper file answers to that
     preset's id (the runs keep their GPU in ``hardware``/``gpu``, and the chapters show it)."""
     run = path.name.removesuffix(RESULT)
-    kind, rest = run.split("-", 1)
-    return f"{as_hardware}-{rest}" if as_hardware in HOPPER and kind in HOPPER else run
+    return f"{as_hardware}-{run.split('-', 1)[1]}" if as_hardware in HOPPER and ran_on(path) in HOPPER else run
 
 
 def result_files(folders: list[Path], as_hardware: str | None = None) -> dict[str, Path]:
@@ -1041,7 +1045,7 @@ def load_results(folder: str | Path, as_hardware: str | None = None):
         for key, value in config.items():
             if key not in frame:
                 frame[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
-        frame["hardware"] = path.name.split("-")[0]
+        frame["hardware"] = ran_on(path)
         frame["gpu"] = header["provenance"]["gpu"] or "CPU"
         frame["diverged"] = bool(final.get("diverged"))
         frames.append(frame)

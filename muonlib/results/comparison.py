@@ -290,6 +290,14 @@ def repeated_runs(results: Path | None = None) -> dict[Path, list[Path]]:
     return copies
 
 
+def seed_range(path: Path) -> float:
+    """How far the finished, undiverged seeds of a result file's run lie apart in final
+    validation loss (NaN with fewer than two)."""
+    stem = path.name.removesuffix(".jsonl.gz").rsplit("-seed", 1)[0]
+    losses = [loss for loss in final_losses(sorted(path.parent.glob(f"{stem}-seed*.jsonl.gz"))) if math.isfinite(loss)]
+    return max(losses) - min(losses) if len(losses) > 1 else np.nan
+
+
 def final_losses(paths) -> list[float]:
     """The final validation loss of each finished run of ``paths`` (infinite where it diverged);
     an unfinished one is left out."""
@@ -340,13 +348,11 @@ def repeat_table(results: Path | None = None) -> pd.DataFrame:
         losses = final_losses([kept, *others])
         finite = [loss for loss in losses if math.isfinite(loss)]
         config = header["provenance"]["config"]
-        stem = kept.name.removesuffix(".jsonl.gz").rsplit("-seed", 1)[0]
-        seed_losses = [loss for loss in final_losses(sorted(kept.parent.glob(f"{stem}-seed*.jsonl.gz"))) if math.isfinite(loss)]
         rows.append({"protocol": kept.parent.parent.name, "experiment": kept.parent.name, "setting": setting(kept, config),
                      "optimizer": config["optimizer"], "lr": config["lr"], "steps": config["steps"], "seed": config["seed"],
                      "copies": len(losses), "diverged copies": len(losses) - len(finite), "val loss, kept": losses[0],
                      "largest difference": max(finite) - min(finite) if len(finite) > 1 else np.nan,
-                     "seed range": max(seed_losses) - min(seed_losses) if len(seed_losses) > 1 else np.nan})
+                     "seed range": seed_range(kept)})
     return pd.DataFrame(rows)
 
 
@@ -361,7 +367,7 @@ def kind_table(name: str = "hopper_kinds") -> pd.DataFrame:
     at): both final validation losses, the copy's difference from the original and the range
     over the original's seeds, so that a difference larger than copies on one kind show
     (:func:`repeat_table`) is the GPU kind's or the code's since."""
-    from ..experiments import read_run, result_path, results_folder, run_id
+    from ..experiments import ran_on, read_run, result_path, results_folder, run_id
     from ..train import TrainConfig
 
     rows = []
@@ -369,19 +375,18 @@ def kind_table(name: str = "hopper_kinds") -> pd.DataFrame:
         header, _, final = read_run(path)
         if final is None:
             continue
-        plan = experiment(name).design(path.name.split("-", 1)[0])
+        plan = experiment(name).design(ran_on(path))
         config = TrainConfig(**header["provenance"]["config"])
         source, original = results_folder(plan.source, plan.protocol), run_id(config, plan.made_on)
         if not result_path(source, original).exists():
             raise FileNotFoundError(f"{path} copies {result_path(source, original)}, which is not saved: restore it or delete the copy")
         original_header, _, original_final = read_run(result_path(source, original))
-        seeds = [loss for loss in final_losses(sorted(source.glob(f"{original.rsplit('-seed', 1)[0]}-seed*.jsonl.gz"))) if math.isfinite(loss)]
         losses = loss_or_inf(original_final.get("val_loss")), loss_or_inf(final.get("val_loss"))
         rows.append({"optimizer": config.optimizer, "steps": config.steps, "lr": config.lr, "seed": config.seed,
                      "GPU, original": original_header["provenance"]["gpu"], "GPU, copy": header["provenance"]["gpu"],
                      "commit, original": original_header["provenance"].get("git_commit"), "commit, copy": header["provenance"].get("git_commit"),
                      "val loss, original": losses[0], "val loss, copy": losses[1], "difference": losses[1] - losses[0],
-                     "seed range": max(seeds) - min(seeds) if len(seeds) > 1 else np.nan})
+                     "seed range": seed_range(result_path(source, original))})
     return pd.DataFrame(rows, columns=KIND_COLUMNS)
 
 

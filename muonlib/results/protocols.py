@@ -36,7 +36,7 @@ class Protocols:
         """``name``: the experiment's results folder, the class's ``experiment`` by default;
         ``hardware``: the GPU kind each protocol's runs are read from, by default those that made
         the saved ones (:func:`~muonlib.experiments.protocol_hardware`)."""
-        from ..experiments import experiment, finished_runs, original_reader, protocol_hardware, result_files, result_folders, run_id
+        from ..experiments import experiment, finished_runs, original_reader, protocol_hardware, ran_on, result_files, result_folders, run_id
 
         name = name or cls.experiment
         hardware = hardware or protocol_hardware(name)
@@ -47,8 +47,8 @@ class Protocols:
             wanted, _ = experiment(name).plan_for(kind, protocol).plan(kind, finals)
             ids = {run_id(c, kind) for c in wanted}
             missing = len(ids - set(finals))
-            files = result_files(folders, original_reader(kind, protocol))  # a file's name starts with the GPU it ran on
-            made_on = sorted({files[run].name.split("-", 1)[0].upper() for run in ids & set(finals)}) or [kind.upper()]
+            files = result_files(folders, original_reader(kind, protocol))
+            made_on = sorted({ran_on(files[run]).upper() for run in ids & set(finals)}) or [kind.upper()]
             rows.append({"protocol": protocol, "GPU": ", ".join(made_on), "runs finished": len(ids & set(finals)),
                          "runs wanted now": missing})  # a sweep that ends at its grid's edge, or chosen rates' seeds, want more later
             if not missing or protocol == "original":
