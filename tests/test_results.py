@@ -279,7 +279,7 @@ def test_diverged_runs_are_counted_never_averaged():
 
 from muonlib.results import ScalingResults, every_run_table, runs_verdict, stability_table, stability_verdict  # noqa: E402
 from muonlib.results.protocols import PROTOCOL_NAMES  # noqa: E402
-from muonlib.results.rules import ABOVE, BELOW, INSIDE, UNDETERMINED, gain_bounds  # noqa: E402
+from muonlib.results.rules import ABOVE, BELOW, INSIDE, UNDETERMINED, combine_verdicts, gain_bounds  # noqa: E402
 from muonlib.results.stability import is_ablation, stability_by_protocol, withdrawn_run_table  # noqa: E402
 
 SCALING = Path(__file__).resolve().parents[1] / "data" / "results" / "scaling"
@@ -691,14 +691,24 @@ def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agr
     assert progress.loc["original", "runs wanted now"] == 0 and progress.loc["paper", "runs finished"] >= 49
     if protocols.judged_by == ("original",):
         alone, why = protocols.verdicts(), protocols.unfinished()
-        assert alone.verdict.equals(architectures.verdicts().verdict)
-        assert not set(alone.verdict.drop(["E8", "A1"])) & {VERIFIED, REFUTED}
+        # both new protocols have finished MHA and MLA, the arms A1 compares: they judge it, as every claim once both are complete
+        ready = protocols.ready_claims()
+        assert "A1" in ready and "E5" not in ready
+        paper, tuned = (protocols.ready[p][0].verdicts(capped=False) for p in ("paper", "tuned"))
+        assert all(alone.verdict[c] == combine_verdicts([paper.verdict[c], tuned.verdict[c]]) for c in ready)
+        assert alone.ours["A1"] == f"paper: {paper.ours['A1']}; tuned: {tuned.ours['A1']}"
+        assert alone.verdict.drop(ready).equals(architectures.verdicts().verdict.drop(ready))
+        assert not set(alone.verdict.drop(["E8", *ready])) & {VERIFIED, REFUTED}
         # a capped claim's evidence says how far the other protocols' runs are, not that they never ran
         others = progress.drop(index="original").query("`runs wanted now` > 0")
         assert why.endswith(f"({' and '.join(map(str, others['runs finished']))} runs finished, "
                             f"{' and '.join(map(str, others['runs wanted now']))} more wanted so far)")
         capped = [claim for claim in alone.index if f"{found(alone, claim)} under the original protocol only" in alone.ours[claim]]
         assert capped and all(why in alone.ours[claim] for claim in capped)
+        # a claim one new protocol alone has finished keeps the original's verdict and shows that protocol's finding beside it
+        paper_alone = [c for c in protocols.ready["paper"][1] if c not in ready]
+        assert "A2" in paper_alone and "no positions" in alone.ours["A2"]
+        assert all(f"whose runs for this claim have finished, alone: {paper.ours[c]} ({paper.verdict[c]})" in alone.ours[c] for c in paper_alone)
 
     class Found:  # a protocol's uncapped verdicts
         def __init__(self, **verdicts):
@@ -715,6 +725,19 @@ def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agr
     assert table.verdict.to_dict() == {"E3": VERIFIED, "E4": CONDITIONAL}  # the original protocol no longer counts
     assert list(table.columns[:3]) == ["paper", "original: ours", "original: verdict"]
     assert table.at["E4", "paper: verdict"] == REFUTED and table.at["E4", "tuned: verdict"] == VERIFIED
+
+    # before the plans are complete, only the claims both protocols have finished leave the original protocol's verdict
+    class Capped(Found):  # the original protocol's verdicts while it judges alone
+        def verdicts(self, decode=None, capped=True, why=None):
+            assert capped and why == unfinished.unfinished()
+            return self.table
+
+    unfinished = ArchitectureProtocols({"original": Capped(E3=REFUTED, E4=REFUTED)}, progress,
+                                       ready={"paper": (Found(E3=VERIFIED, E4=VERIFIED), ("E3", "E4")), "tuned": (Found(E3=VERIFIED), ("E3",))})
+    assert unfinished.ready_claims() == ["E3"]
+    table = unfinished.verdicts()
+    assert table.verdict.to_dict() == {"E3": VERIFIED, "E4": REFUTED} and table.ours["E3"] == "paper: measured; tuned: measured"
+    assert table.ours["E4"] == "measured; the paper's recipe, whose runs for this claim have finished, alone: measured (verified)"
 
 
 @pytest.mark.parametrize("experiment", ["scaling", "batch_sizes", "ablations"])

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..analysis import SeedSpread, compare, tokens_to_target
 from ..data import data_root
+from ..experiments import NO_POSITIONS
 from .ladders import LadderResults
 from .paper import PAPER_QUALITY, QUOTES
 from .protocols import Protocols
@@ -201,8 +202,6 @@ class ArchitectureResults(LadderResults):
         RoPE replaced by learned positions (MLA-noRoPE, the MLA paper's arm as we read it) and no
         positions at all (:data:`~muonlib.experiments.NO_POSITIONS`), which changes RoPE alone;
         each reading is a condition, so the claim holds only under conditions where one agrees."""
-        from ..experiments import NO_POSITIONS
-
         low, high = PAPER_QUALITY["A2 no RoPE"]
         readings = {"learned positions": "mla-norope"} | ({"no positions": NO_POSITIONS} if NO_POSITIONS in self.settings else {})
         nope = {(r, o): self.change(s, "mha", o) for r, s in readings.items() for o in OPTIMIZERS}
@@ -354,8 +353,13 @@ class ArchitectureProtocols(Protocols):
     with the decoding benchmark's parts of the claims that have them."""
 
     experiment, results_type = "architectures", ArchitectureResults
+    claim_settings = {"M23": ("mha", "mla", "moe-mla"), "M24": ("mha", "moe-mla"), "E3": ("mha", "moe-mla"),
+                      "E4": ("mha", "moe-mla", "moe-mla small"), "E5": ("mha", "moe-mla", "moe-mla flop-matched"),
+                      "E7": ("mha", "moe-mla", "moe-mla unbalanced"), "A1": ("mha", "mla"),
+                      "A2": ("mha", "mla", "mla-norope", NO_POSITIONS)}
 
     def verdicts(self, decode: pd.DataFrame | None = None) -> pd.DataFrame:
         if self.judged_by == ("original",):
-            return self.results["original"].verdicts(decode, why=self.unfinished())
+            return self.with_ready(self.results["original"].verdicts(decode, why=self.unfinished()),
+                                   lambda table: with_decode_parts(table, decode))
         return with_decode_parts(super().verdicts(), decode)

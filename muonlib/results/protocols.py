@@ -5,7 +5,8 @@ experiment runs under several protocols names its results class here once
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import pandas as pd
@@ -23,13 +24,23 @@ class Protocols:
     protocol's runs judge alone, capped as one protocol's
     (:func:`~muonlib.results.rules.one_protocol`), their evidence saying how far the others are.
 
+    A claim that compares some of a plan's settings, not all (:attr:`claim_settings`), is
+    judged by the paper's recipe and the tuned protocol once both have finished the settings it
+    compares, whether or not the rest of their plans has: its arms are final then, each at its
+    chosen rate with its seeds.
+
     A subclass names its ``experiment`` and ``results_type``: a class with
-    ``load(name, hardware, protocol=...)`` and ``verdicts(capped=..., why=...)``."""
+    ``load(name, hardware, protocol=...)`` and ``verdicts(capped=..., why=...)``; and where its
+    plan is a ladder of settings, the settings each claim compares."""
 
     experiment: ClassVar[str]
     results_type: ClassVar[type]
+    #: claim -> the plan's settings its verdict reads, for the claims judged before the whole plan has finished
+    claim_settings: ClassVar[dict[str, tuple[str, ...]]] = {}
     results: dict  # protocol -> its results: the complete ones, and the original protocol's always (its chapter shows what has run)
     progress: pd.DataFrame  # per protocol: the GPU kinds its finished runs ran on (its plan's before any), the runs of its plan finished and those it wants now
+    # protocol -> (its results limited to the settings it has finished, the claims those judge), for protocols not complete
+    ready: dict = field(default_factory=dict)
 
     @classmethod
     def load(cls, name: str | None = None, hardware: dict[str, str] | None = None) -> "Protocols":
@@ -40,11 +51,12 @@ class Protocols:
 
         name = name or cls.experiment
         hardware = hardware or protocol_hardware(name)
-        rows, complete = [], {}
+        rows, complete, ready = [], {}, {}
         for protocol, kind in hardware.items():
             folders = [f for f in result_folders(name, None, protocol) if f.exists()]
             finals = finished_runs(folders, original_reader(kind, protocol))
-            wanted, _ = experiment(name).plan_for(kind, protocol).plan(kind, finals)
+            design = experiment(name).plan_for(kind, protocol)
+            wanted, _ = design.plan(kind, finals)
             ids = {run_id(c, kind) for c in wanted}
             missing = len(ids - set(finals))
             files = result_files(folders, original_reader(kind, protocol))
@@ -53,7 +65,14 @@ class Protocols:
                          "runs wanted now": missing})  # a sweep that ends at its grid's edge, or chosen rates' seeds, want more later
             if not missing or protocol == "original":
                 complete[protocol] = cls.results_type.load(name, kind, protocol=protocol)
-        return cls(complete, pd.DataFrame(rows).set_index("protocol"))
+            elif cls.claim_settings and finals:
+                pending = {design.setting_of(c) for c in wanted if run_id(c, kind) not in finals}
+                results = cls.results_type.load(name, kind, protocol=protocol)
+                finished = [s for s in results.settings if s not in pending]
+                claims = tuple(c for c, needs in cls.claim_settings.items() if set(needs) <= set(finished))
+                if claims:
+                    ready[protocol] = (dataclasses.replace(results, settings=finished), claims)
+        return cls(complete, pd.DataFrame(rows).set_index("protocol"), ready)
 
     def unfinished(self) -> str:
         """Why the original protocol's runs still judge alone: the other protocols' runs are not
@@ -73,11 +92,36 @@ class Protocols:
         complete, else the original's alone."""
         return ("paper", "tuned") if {"paper", "tuned"} <= set(self.results) else ("original",)
 
+    def ready_claims(self) -> list[str]:
+        """The claims the paper's recipe and the tuned protocol both judge before their plans are
+        complete (:attr:`claim_settings`), in the order the class lists them."""
+        both = [set(self.ready[p][1]) if p in self.ready else set() for p in ("paper", "tuned")]
+        return [c for c in self.claim_settings if c in both[0] & both[1]]
+
+    def with_ready(self, alone: pd.DataFrame, finish=lambda table: table) -> pd.DataFrame:
+        """``alone`` (the original protocol's verdicts, capped) with each of :meth:`ready_claims`
+        judged instead as :meth:`verdicts` judges every claim once both plans are complete,
+        ``finish`` applied to those rows (a chapter's parts from elsewhere). A claim one new
+        protocol alone has finished keeps the original's verdict; its evidence adds that
+        protocol's finding, which cannot stand alone."""
+        tables = {p: results.verdicts(capped=False).loc[list(claims)] for p, (results, claims) in self.ready.items()}
+        out = alone.copy()
+        for protocol, table in tables.items():
+            for claim in set(table.index) - set(self.ready_claims()):
+                out.at[claim, "ours"] += (f"; {PROTOCOL_NAMES[protocol]}, whose runs for this claim have finished, alone: "
+                                          f"{table.ours[claim]} ({table.verdict[claim]})")
+        if not (claims := self.ready_claims()):
+            return out
+        both = side_by_side({p: tables[p].loc[claims] for p in ("paper", "tuned")}, ("paper", "tuned"))
+        both["ours"] = ["; ".join(f"{p}: {tables[p].ours[claim]}" for p in ("paper", "tuned")) for claim in both.index]
+        return pd.concat([out.drop(index=claims), finish(both)]).loc[alone.index]
+
     def verdicts(self) -> pd.DataFrame:
         """Per claim: each complete protocol's evidence and verdict, and the verdict that stands;
-        while the original protocol judges alone, its evidence says how far the others are."""
+        while the original protocol judges alone, its evidence says how far the others are,
+        except where both new protocols have finished the settings a claim compares."""
         if self.judged_by == ("original",):
-            return self.results["original"].verdicts(why=self.unfinished())
+            return self.with_ready(self.results["original"].verdicts(why=self.unfinished()))
         shown = [p for p in self.results if p in self.judged_by or not self.progress.loc[p, "runs wanted now"]]  # not an unfinished original plan
         tables = {p: self.results[p].verdicts(capped=False) for p in shown}
         verdicts = side_by_side(tables, self.judged_by)
