@@ -66,7 +66,7 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
 
     across = ScalingProtocols.load("scaling", kinds("scaling")).verdicts(xs.verdict)
     every = every_run_table()
-    rows = {"M14": (xs.verdict["M14"], f"tested at XS only, Table 1's other sizes not swept under the paper's schedule: {xs.ours['M14']}",
+    rows = {"M14": (xs.verdict["M14"], xs.ours["M14"],
                     (XS_CHAPTER, PROTOCOLS_CHAPTER))}
     for claim in ("M16", "M21", "M30", "M31"):
         rows[claim] = (across.verdict[claim], across.ours[claim], (SCALING_CHAPTER,))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from muonlib.book import MATHJAX, install_mathjax
+from muonlib.results.rules import CONDITIONAL, OPEN, REFUTED, VERIFIED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +67,7 @@ def test_pages_hold_no_log_lines(built_book):
 def test_the_dashboard_and_the_ledger_show_verdict_badges(built_book):
     intro = (built_book / "book" / "intro.html").read_text()
     ledger = (built_book / "book" / "claims.html").read_text()
-    for label in ("verified", "refuted", "holds only under conditions", "open"):
+    for label in (VERIFIED, REFUTED, CONDITIONAL, OPEN):
         assert re.search(rf'sd-badge[^>]*>{label}<', ledger), f"the ledger shows no {label!r} badge"
     assert intro.count("sd-badge") >= 5 and "claims.html" in intro
 

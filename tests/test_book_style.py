@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from muonlib.book import COLUMN_PX, NA, FONT_PT, MIN_TEXT_PX, FIGURE_WIDTH, house_style, number_format, table
+from muonlib.results.rules import REFUTED
 
 
 def cells(t, part=0):
@@ -51,7 +52,7 @@ def test_units_names_and_formats():
 
 def test_a_verdict_table_wraps_and_never_cuts_its_text():
     long = "evidence " * 40
-    t = table(pd.DataFrame({"claim": ["M14"], "paper": ["x"], "ours": [long], "verdict": ["refuted"]}).set_index("claim"))
+    t = table(pd.DataFrame({"claim": ["M14"], "paper": ["x"], "ours": [long], "verdict": [REFUTED]}).set_index("claim"))
     html = t._repr_html_()
     assert t.kind == "verdicts" and 'class="book-table verdicts"' in html and len(t.parts) == 1
     assert long.strip() in html and "..." not in html

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from muonlib import ledger
-from muonlib.results import OPEN, UNTESTABLE
+from muonlib.results import OPEN, UNTESTABLE, VERIFIED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def test_the_committed_ledger_and_dashboard_are_what_the_data_gives(claims):
 def test_a_computed_claim_cannot_also_be_typed(monkeypatch):
     parts = ledger.read_claims()
     typed = next(c for part in parts for c in part["claims"] if c.get("computed"))
-    typed["verdict"] = "verified"
+    typed["verdict"] = VERIFIED
     monkeypatch.setattr(ledger, "read_claims", lambda: parts)
     with pytest.raises(ValueError, match="must not also be typed"):
         ledger.ledger()

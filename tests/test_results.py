@@ -69,7 +69,11 @@ def test_the_shared_warmup_holds_back_neither_optimizer(xs):
 
 
 def test_m14_table1_rate_is_worse_than_each_chosen_rate_beyond_the_seed_spread(xs):
-    assert xs.verdicts().verdict["M14"] == REFUTED
+    from muonlib.results.rules import tested_in_part
+
+    # Table 1 gives five sizes' rates and XS's alone is swept: a disagreeing row refutes it, an agreeing one verifies only XS
+    assert [tested_in_part(v) for v in (VERIFIED, REFUTED, CONDITIONAL, UNTESTABLE)] == [CONDITIONAL, REFUTED, CONDITIONAL, UNTESTABLE]
+    assert xs.verdicts().verdict["M14"] == REFUTED and xs.verdicts().ours["M14"].startswith("XS only")
     sweep = xs.sweep_table().set_index(["steps", "optimizer", "lr"]).val_loss
     spread = xs.final_table().groupby(["steps", "optimizer"]).val_loss.std()
     for (steps, opt), lr in xs.decisions.rates.items():
@@ -336,7 +340,7 @@ def test_m30_m31_muons_best_rate_matches_adamws_at_small_sizes_and_grows_above_i
 def test_m16_m18_on_equal_tokens_the_gain_rises_with_size_at_equal_compute_and_to_a_target_it_falls(scaling):
     verdicts = scaling.verdicts()
     v = verdicts.verdict
-    assert v["M16"] == CONDITIONAL and v["M18"] == CONDITIONAL  # one protocol's runs
+    assert v["M18"] == CONDITIONAL  # one protocol's runs
     per_parameter = scaling.size_table()["tokens per parameter"]
     assert per_parameter.max() > 10 * per_parameter.min()
     # on equal tokens Muon is lower at every size, and more so at XL than at XS, seed by seed...
@@ -354,10 +358,15 @@ def test_m16_m18_on_equal_tokens_the_gain_rises_with_size_at_equal_compute_and_t
     assert bounds["XS"] == INSIDE and bounds["XL"] == UNDETERMINED and not {ABOVE, BELOW} & set(bounds)
     assert found(verdicts, "M18") == CONDITIONAL
     # M16's "efficiency gain" is M15's: Muon's share of AdamW's FLOPs to the targets rises with
-    # size, above AdamW's own at XL: the gain is neither consistent nor rising
+    # size, above AdamW's own at XL; but the sizes share their tokens, so the larger ones are the
+    # less trained, and a gain that falls with size says as little as one that rises would
     share = scaling.ratio_table().groupby(["setting", "seed"])["Muon's share %"].mean()
     assert share["XS"].max() < share["XL"].min() and share["XL"].min() > 100
-    assert found(verdicts, "M16") == REFUTED
+    assert v["M16"] == UNTESTABLE and "cannot tell" in verdicts.ours["M16"]
+    trained_alike = scaling.size_table().assign(**{"tokens per parameter": 1.0})
+    with pytest.MonkeyPatch.context() as patch:  # trained alike, the same shares refute it
+        patch.setattr(type(scaling), "size_table", lambda self: trained_alike)
+        assert found(scaling.verdicts(), "M16") == REFUTED
 
 
 def test_m15_muons_share_of_adamws_flops_is_far_above_half_and_all_of_it_at_xl(scaling):
@@ -633,8 +642,8 @@ def test_a_claim_that_also_claims_decode_speed_falls_with_the_benchmarks_verdict
     joined, alone = architectures.verdicts(decode), architectures.verdicts()
     for claim in ("M24", "E5"):  # the runs' part capped as one protocol's; the benchmark's refutes it under any protocol
         assert alone.verdict[claim] == CONDITIONAL and joined.verdict[claim] == REFUTED, claim
-        assert "speed (E2, refuted): slower" in joined.ours[claim]
-    assert "KV memory (E1, verified): fewer bytes" in joined.ours["M24"] and "E1" not in joined.ours["E5"]
+        assert f"speed (E2, {REFUTED}): slower" in joined.ours[claim]
+    assert f"KV memory (E1, {VERIFIED}): fewer bytes" in joined.ours["M24"] and "E1" not in joined.ours["E5"]
     assert joined.drop(["M24", "E5"]).equals(alone.drop(["M24", "E5"]))
     assert architectures.verdicts(decode.assign(verdict=[VERIFIED, VERIFIED])).verdict["E5"] == CONDITIONAL
     assert dataclasses.replace(architectures, settings=["mha", "mla"]).verdicts(decode).verdict["M24"] == OPEN  # untrained stays open
@@ -737,7 +746,7 @@ def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agr
     assert unfinished.ready_claims() == ["E3"]
     table = unfinished.verdicts()
     assert table.verdict.to_dict() == {"E3": VERIFIED, "E4": REFUTED} and table.ours["E3"] == "paper: measured; tuned: measured"
-    assert table.ours["E4"] == "measured; the paper's recipe, whose runs for this claim have finished, alone: measured (verified)"
+    assert table.ours["E4"] == f"measured; the paper's recipe, whose runs for this claim have finished, alone: measured ({VERIFIED})"
 
 
 @pytest.mark.parametrize("experiment", ["scaling", "batch_sizes", "ablations"])

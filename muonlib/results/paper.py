@@ -49,13 +49,15 @@ QUOTES: dict[str, Quote] = {
                  "target relative to MHA + AdamW"),
     "M24": Quote((8, 12), f"{MUON}, abstract", "perplexity improvement of MLA + MoE + Muon, %"),
     "M24 memory": Quote(68.0, f"{MUON}, abstract", "memory reduction of MLA + MoE + Muon, % (the abstract does not say against what)"),
-    "M26": Quote({"section 3.1": (1 / 0.90, 1 / 0.85), "section 5.1": (1 / 0.52, 1 / 0.48)}, f"{MUON}, sections 3.1 and 5.1",
-                 "Muon's token advantage as bands of R = T_AdamW / T_Muon: section 3.1's 10-15% fewer tokens, section 5.1's "
-                 "48-52% of the FLOPs"),
+    "M21": Quote(0.2, f"{MUON}, Algorithm 1 and section 5.4", "the constant c of the update scale s = c sqrt(n) that transfers rates across widths"),
+    "M26": Quote((10, 15), f"{MUON}, section 3.1", "Muon's tokens to a target against AdamW's, % fewer (set against section 5.1's "
+                 "share of the FLOPs, M15's)"),
+    "M29": Quote(100, f"{MUON}, abstract", "training runs the stability analyses span, at least"),
     "E1": Quote(68.0, f"{MOE_MLA}, abstract", "KV-cache memory reduction against dense, %"),
     "E2": Quote(3.2, f"{MOE_MLA}, abstract", "inference speed-up over dense, x"),
     "E3": Quote(0.8, f"{MOE_MLA}, abstract", "perplexity degradation against dense baselines, %"),
-    "E4": Quote(-6.9, f"{MOE_MLA}, abstract", "validation loss against a dense 53.9M model with 42% fewer active parameters, %"),
+    "E4": Quote({"loss": -6.9, "active": -42.0, "dense": 53.9}, f"{MOE_MLA}, abstract",
+                "validation loss and active parameters per forward pass against a dense model, %, and that model's size in millions"),
     "E5": Quote(-11.1, f"{MOE_MLA}, abstract", "FLOP-matched improvement over dense, %"),
     "E6": Quote(3.6e7, f"{MOE_MLA}, abstract", "possible combinations of the routed experts a token takes (6 of 62)"),
     "E8": Quote(40.0, f"{MOE_MLA}, limitations (as summarised)", "training-time overhead, %"),
@@ -68,12 +70,14 @@ QUOTES: dict[str, Quote] = {
 TABLE1_RATES = QUOTES["M14"].value
 TABLE1_XS_RATE = TABLE1_RATES["XS"]
 PAPER = {"M15": QUOTES["M15"].value, "M18": QUOTES["M18"].value}
-PAPER_R = QUOTES["M26"].value
+#: M26's two statements as bands of R = T_AdamW / T_Muon: section 3.1's fewer tokens, section 5.1's share of the FLOPs
+PAPER_R = {"section 3.1": tuple(1 / (1 - saving / 100) for saving in QUOTES["M26"].value),
+           "section 5.1": tuple(100 / share for share in reversed(QUOTES["M15"].value))}
 PAPER_BATCHES = QUOTES["M19"].value
 PAPER_TABLE2 = QUOTES["M22"].value
 PAPER_TABLE3 = QUOTES["M23"].value
 #: the companion papers' quality claims, in % (a positive change is a higher loss or perplexity)
-PAPER_QUALITY = {"M24": QUOTES["M24"].value, **{c: QUOTES[c].value for c in ("E3", "E4", "E5", "E8")},
+PAPER_QUALITY = {"M24": QUOTES["M24"].value, **{c: QUOTES[c].value for c in ("E3", "E5", "E8")}, "E4": QUOTES["E4"].value["loss"],
                  "A2 no RoPE": QUOTES["A2"].value["no RoPE"], "A2 RoPE": QUOTES["A2"].value["RoPE"],
                  "A1": QUOTES["A1"].value["loss"], "A1 cache": QUOTES["A1"].value["cache"]}
 PAPER_INFERENCE = {c: QUOTES[c].value for c in ("E1", "E2", "A3")}

@@ -162,6 +162,13 @@ def one_protocol(verdict: str) -> str:
     return CONDITIONAL if verdict in (VERIFIED, REFUTED) else verdict
 
 
+def tested_in_part(verdict: str) -> str:
+    """A verdict on part of what a claim covers (one of the sizes a table gives a value for): a
+    part that disagrees refutes the claim, but one that agrees verifies only that part, so the
+    claim holds only under its conditions."""
+    return CONDITIONAL if verdict == VERIFIED else verdict
+
+
 def judged(found: str) -> bool:
     """Whether runs found something about a claim (not "not testable here", not "open"): what one
     protocol's runs found is then said, with the protocol, whether or not the cap changes the label."""

@@ -13,6 +13,7 @@ import pandas as pd
 from ..analysis import SPIKE_WINDOW, grad_norm_excursions, paired_spikes, raw_spikes
 from ..data import data_root
 from ..experiments import EXPERIMENTS, PAPER_MUON, PROTOCOLS, Ablations, Copies, experiment, load_results
+from .paper import QUOTES
 from .protocols import PROTOCOL_NAMES
 from .rules import ORIGINAL_ONLY, combine_verdicts, judged, label, one_protocol
 from .runs import OPTIMIZER_LABELS, common_steps
@@ -188,6 +189,6 @@ def runs_verdict(every_run: pd.DataFrame) -> dict:
     counts = [f"{len(runs)} under {PROTOCOL_NAMES[p]} ({(runs.optimizer == 'muon').sum()} Muon, "
               f"{(runs.optimizer == 'adamw').sum()} AdamW, from {runs.experiment.nunique()} experiments)"
               for p in PROTOCOLS if len(runs := every_run[every_run.protocol == p])]
-    return {"claim": "M29", "paper": "stability analyses across 100+ training runs",
+    return {"claim": "M29", "paper": f"stability analyses across {QUOTES['M29'].value}+ training runs",
             "ours": f"the paper shows none of its runs; the book holds {', '.join(counts)}, every one read for divergence and loss spikes",
             "verdict": label(None)}
