@@ -51,8 +51,8 @@ def read_claims(path: Path = BOOK / "claims.yml") -> list[dict]:
 
 def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple[str, ...]]]:
     """Claim -> (verdict, evidence, chapters), from the saved results, as the chapters compute them."""
-    from .results import (QUOTES, AblationProtocols, ArchitectureProtocols, BatchSizeProtocols, DecodeResults, ProbeResults,
-                          ProtocolComparison, ScalingProtocols, every_run_table, label, runs_verdict, stability_verdict)
+    from .results import (AblationProtocols, ArchitectureProtocols, BatchSizeProtocols, DecodeResults, ProbeResults, ProtocolComparison,
+                          ScalingProtocols, every_run_table, expert_combinations_row, runs_verdict, stability_verdict)
     from .experiments import protocol_hardware
     from .results.architectures import DECODE_PARTS
 
@@ -79,13 +79,8 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
     m29 = runs_verdict(every)
     rows["M29"] = (m29["verdict"], m29["ours"], (SCALING_CHAPTER,))
 
-    from .models import expert_combinations, preset
-
-    spec = preset("XS", "moe-mla")
-    combinations = expert_combinations(spec)
-    rows["E6"] = (label([abs(combinations / QUOTES["E6"].value - 1) < 0.05]),
-                  f"{spec.top_k} of {spec.n_routed_experts} routed experts: C({spec.n_routed_experts}, {spec.top_k}) = {combinations:,}",
-                  (MODELS_CHAPTER,))
+    e6 = expert_combinations_row()
+    rows["E6"] = (e6["verdict"], e6["ours"], (MODELS_CHAPTER,))
     decode = DecodeResults.load().verdicts()
     for claim in decode.index:
         rows[claim] = (decode.verdict[claim], decode.ours[claim], (DECODE_CHAPTER,))

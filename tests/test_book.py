@@ -5,12 +5,13 @@ import re
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from muonlib.book import MATHJAX, install_mathjax
-from muonlib.results.rules import CONDITIONAL, OPEN, REFUTED, VERIFIED
+from muonlib.results.rules import CONDITIONAL, OPEN, REFUTED, UNTESTABLE, VERIFIED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,6 +71,77 @@ def test_the_dashboard_and_the_ledger_show_verdict_badges(built_book):
     for label in (VERIFIED, REFUTED, CONDITIONAL, OPEN):
         assert re.search(rf'sd-badge[^>]*>{label}<', ledger), f"the ledger shows no {label!r} badge"
     assert intro.count("sd-badge") >= 5 and "claims.html" in intro
+
+
+class VerdictTables(HTMLParser):
+    """The verdict tables of a built page (:func:`muonlib.book.table` marks them; with ``every``,
+    all its tables, as on the ledger's page), each as its header cells, lower-cased, and its rows'
+    cells, row labels included."""
+
+    def __init__(self, every: bool = False):
+        super().__init__()
+        self.every, self.tables, self.cell, self.row, self.part = every, [], None, None, None
+
+    def handle_starttag(self, tag, attrs):
+        classes = dict(attrs).get("class") or ""
+        if tag == "table":
+            self.part = "" if self.every or "verdicts" in classes.split() else None
+            if self.part is not None:
+                self.tables.append({"header": [], "rows": []})
+        elif self.part is not None and tag in ("thead", "tbody"):
+            self.part = tag
+        elif self.part is not None and tag == "tr":
+            self.row = []
+        elif self.row is not None and tag in ("th", "td"):
+            self.cell = []
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell.append(data)
+
+    def handle_endtag(self, tag):
+        if self.cell is not None and tag in ("th", "td"):
+            self.row.append("".join(self.cell).strip())
+            self.cell = None
+        elif self.row is not None and tag == "tr":
+            if self.part == "thead":
+                self.tables[-1]["header"] = [cell.lower() for cell in self.row]  # the last header row names the columns
+            else:
+                self.tables[-1]["rows"].append(self.row)
+            self.row = None
+        elif tag == "table":
+            self.part = None
+
+
+def test_every_chapter_gives_a_claim_the_verdict_the_ledger_gives(built_book):
+    """One verdict per claim across the book: each verdict table a chapter shows, read from the
+    built page, gives every claim it names whole (``M4: ...``, or a row labelled by the id) the
+    ledger's label. A row about part of a claim (``A1 (cache half): ...``) judges that part."""
+    ledger_rows = VerdictTables(every=True)
+    ledger_rows.feed((built_book / "book" / "claims.html").read_text())
+    ledger = {}
+    for table in ledger_rows.tables:
+        for row in table["rows"]:
+            ledger[row[0]] = row[table["header"].index("verdict")]
+    assert len(ledger) > 40 and set(ledger.values()) <= {VERIFIED, REFUTED, CONDITIONAL, UNTESTABLE, OPEN}
+    shown, disagree = [], []
+    for page in sorted((built_book / "notebooks").rglob("*.html")):
+        tables = VerdictTables()
+        tables.feed(page.read_text())
+        for table in tables.tables:
+            if "verdict" not in table["header"]:
+                continue
+            column = table["header"].index("verdict")
+            for row in table["rows"]:
+                claim = re.match(r"([MEA]\d+)(?::|$)", row[0])
+                if claim:
+                    shown.append((page.stem, claim.group(1)))
+                    if row[column] != ledger[claim.group(1)]:
+                        disagree.append(f"{page.stem}: {claim.group(1)} {row[column]!r}, the ledger {ledger[claim.group(1)]!r}")
+    assert not disagree, disagree
+    chapters = {page for page, _ in shown}
+    assert {"newton_schulz", "convergence", "spectral_geometry", "shampoo", "anatomy", "architectures", "muon_vs_adamw",
+            "scaling", "batch_sizes", "ablations", "attention_and_moe", "decode"} <= chapters, chapters
 
 
 def test_proofs_math_and_citations_render(built_book):

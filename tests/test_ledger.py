@@ -96,3 +96,30 @@ def test_m15_is_refuted_where_both_protocols_refute_it_at_xs_and_no_size_finds_i
     inside = share.between(*PAPER["M15"])
     assert inside.any() and not inside.groupby(level="steps").all().any()
     assert {c.id: c.verdict for c in claims}["M15"] == REFUTED
+
+
+def test_the_ledger_states_each_claims_numbers_as_the_quote_registry_has_them():
+    """The ledger's statement of a claim (``claims.yml``) and the registry the chapters and
+    verdicts read (``muonlib.results.paper.QUOTES``) hold the same numbers: each number the
+    registry quotes for a claim appears, spelled as the paper spells it, in the claim's row."""
+    from muonlib.results import QUOTES
+
+    def spellings(value) -> list[list[str]]:  # per number the registry quotes, the ways the paper writes it
+        if isinstance(value, dict):
+            return [group for v in value.values() for group in spellings(v)]
+        if isinstance(value, tuple) and len(value) == 2:
+            return [[f"{value[0]:g}-{value[1]:g}", f"({value[0]:g}, {value[1]:g})"]]
+        mantissa, exponent = f"{value:.1e}".split("e")
+        if abs(value) >= 1e4:  # 3.6e7, written 3.6 \cdot 10^7
+            return [[f"{mantissa} \\cdot 10^{int(exponent)}"]]
+        if abs(value) < 1e-2:  # a learning rate, written 2.5e-3
+            return [[f"{mantissa}e{int(exponent)}"]]
+        return [[f"{abs(value):g}"]]
+
+    stated = {c["id"]: c["claim"] for part in ledger.read_claims() for c in part["claims"]}
+    # rows that state the claim without the registry's numbers: Table 2 and 3's cells and Figure 2's batch range
+    not_in_the_statement = {"M19", "M22", "M23"}
+    missing = {claim: absent for claim, quote in QUOTES.items() if claim in stated and claim not in not_in_the_statement
+               if (absent := [group[0] for group in spellings(quote.value) if not any(s in stated[claim] for s in group)])}
+    assert not missing, missing
+    assert {"M15", "M26", "E4", "A2", "E6"} <= set(QUOTES) & set(stated)

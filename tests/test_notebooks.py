@@ -127,3 +127,35 @@ def test_no_caption_or_legend_types_a_band_the_papers_state():
             legends = " ".join(re.findall(r"label=(f?\"[^\"]*\"|f?'[^']*')", code))
             offenders += [f"{path.name} cell {i}: {s}" for s in spellings if s in caption or s in legends]
     assert not offenders, offenders
+
+
+def test_no_markdown_cell_types_a_number_the_papers_state():
+    """The prose quotes the papers' numbers through glue roles, glued from ``QUOTES`` in a code
+    cell; a number typed in a markdown cell could disagree with the registry the verdicts read."""
+    from muonlib.results import PAPER_R, QUOTES
+
+    def numbers(value):  # a quote's value: a number, a band, or a dict of them
+        if isinstance(value, dict):
+            for part in value.values():
+                yield from numbers(part)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield value
+        elif isinstance(value, tuple) and len(value) == 2 and all(isinstance(x, (int, float)) for x in value):
+            yield value
+
+    spellings = set()
+    for quote in QUOTES.values():
+        for number in numbers(quote.value):
+            spellings |= {"{:g}-{:g}%".format(*number)} if isinstance(number, tuple) else {f"{abs(number):g}%", f"{abs(number):g}x"}
+    fewer = sorted(round(100 * (1 - 1 / r)) for r in PAPER_R["section 3.1"])  # section 3.1's band, stated as fewer tokens
+    spellings.add("{}-{}%".format(*fewer))
+    spellings.add(f"{QUOTES['E4'].value['dense']:g}M")  # E4's dense model, in millions of parameters
+    # ordinary text, not quotes: the recipe's clipping norm 1.0 is neither a share nor a factor, M29's
+    # 100 is a count of runs, and A2's 2% is a change, never "2x" (a symmetric kernel does "at most 2x"
+    # a general one's tiles, fast_muon)
+    spellings -= {"1%", "1x", "100%", "2x"}
+    typed = re.compile("|".join(rf"(?<![\d.]){re.escape(s)}" for s in sorted(spellings, key=len, reverse=True)))
+    offenders = [f"{path.name} cell {i}: {m.group(0)}" for path in NOTEBOOKS
+                 for i, cell in enumerate(json.loads(path.read_text())["cells"]) if cell["cell_type"] == "markdown"
+                 for m in typed.finditer(re.sub(r"\{glue:[a-z]+\}`[^`]*`", "", "".join(cell["source"])))]
+    assert not offenders, offenders

@@ -705,7 +705,8 @@ def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agr
         assert "A1" in ready and "E5" not in ready
         paper, tuned = (protocols.ready[p][0].verdicts(capped=False) for p in ("paper", "tuned"))
         assert all(alone.verdict[c] == combine_verdicts([paper.verdict[c], tuned.verdict[c]]) for c in ready)
-        assert alone.ours["A1"] == f"paper: {paper.ours['A1']}; tuned: {tuned.ours['A1']}"
+        assert alone.ours["A1"] == f"paper: {paper.ours['A1']} ({paper.verdict['A1']}); tuned: {tuned.ours['A1']} ({tuned.verdict['A1']})"
+        assert list(alone.columns) == ["paper", "ours", "verdict"]
         assert alone.verdict.drop(ready).equals(architectures.verdicts().verdict.drop(ready))
         assert not set(alone.verdict.drop(["E8", *ready])) & {VERIFIED, REFUTED}
         # a capped claim's evidence says how far the other protocols' runs are, not that they never ran
@@ -745,7 +746,7 @@ def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agr
                                        ready={"paper": (Found(E3=VERIFIED, E4=VERIFIED), ("E3", "E4")), "tuned": (Found(E3=VERIFIED), ("E3",))})
     assert unfinished.ready_claims() == ["E3"]
     table = unfinished.verdicts()
-    assert table.verdict.to_dict() == {"E3": VERIFIED, "E4": REFUTED} and table.ours["E3"] == "paper: measured; tuned: measured"
+    assert table.verdict.to_dict() == {"E3": VERIFIED, "E4": REFUTED} and table.ours["E3"] == f"paper: measured ({VERIFIED}); tuned: measured ({VERIFIED})"
     assert table.ours["E4"] == f"measured; the paper's recipe, whose runs for this claim have finished, alone: measured ({VERIFIED})"
 
 

@@ -5,7 +5,8 @@ its chapter is:
 - :mod:`~muonlib.results.comparison`: the XS chapter (M14, M15, M17, M18) and the protocols page;
 - :mod:`~muonlib.results.ladders`: the scaling (M15, M16, M18, M21) and batch-size (M19, M20, M26, M27) chapters;
 - :mod:`~muonlib.results.ablations`: Table 2 (M22);
-- :mod:`~muonlib.results.architectures`: Table 3 and the companion papers' quality claims (M23, M24, E3-E8, A1, A2);
+- :mod:`~muonlib.results.architectures`: Table 3 and the companion papers' quality claims (M23, M24, E3-E8, A1, A2), and the
+  models chapter's count of expert combinations (E6);
 - :mod:`~muonlib.results.probes`: attention entropy (M28);
 - :mod:`~muonlib.results.stability`: every run read for spikes (M17 over the book);
 - :mod:`~muonlib.results.decode`: decoding (E1, E2, A3);
@@ -18,7 +19,7 @@ the losses reported are on the test split.
 """
 
 from .ablations import AblationProtocols, AblationResults, optimizer_state_bytes
-from .architectures import TABLE3_ARCHITECTURES, ArchitectureProtocols, ArchitectureResults, training_throughput
+from .architectures import TABLE3_ARCHITECTURES, ArchitectureProtocols, ArchitectureResults, expert_combinations_row, training_throughput
 from .comparison import ComparisonResults, ProtocolComparison, kind_table, repeat_sweeps, repeat_table
 from .decode import DecodeResults
 from .ladders import BatchSizeProtocols, BatchSizeResults, LadderResults, ScalingProtocols, ScalingResults
@@ -33,5 +34,5 @@ __all__ = ["ADAMW_ARM", "BASELINE", "CONDITIONAL", "NOISE_SIGMAS", "OPEN", "REFU
            "PAPER_R", "PAPER_TABLE2", "PAPER_TABLE3", "QUOTES", "SHARP_HEAD", "TABLE1_RATES", "TABLE1_XS_RATE",
            "TABLE3_ARCHITECTURES", "TARGET_OFFSETS", "AblationProtocols", "AblationResults", "ArchitectureProtocols", "ArchitectureResults", "BatchSizeProtocols", "BatchSizeResults", "ComparisonResults",
            "DecodeResults", "LadderResults", "ProbeResults", "ProtocolComparison", "Quote", "ScalingProtocols", "ScalingResults", "band_verdict",
-           "combine_verdicts", "conjunction", "every_run_table", "gain_verdict", "kind_table", "label", "optimizer_state_bytes", "repeat_sweeps", "repeat_table", "runs_verdict", "saving_band", "stability_table",
+           "combine_verdicts", "conjunction", "every_run_table", "expert_combinations_row", "gain_verdict", "kind_table", "label", "optimizer_state_bytes", "repeat_sweeps", "repeat_table", "runs_verdict", "saving_band", "stability_table",
            "stability_verdict", "training_throughput"]

@@ -27,6 +27,19 @@ E7_UNTRAINED = {"claim": "E7", "paper": "bias balancing keeps the experts balanc
                 "ours": "MoE-MLA without balancing is not trained yet", "verdict": OPEN}
 
 
+def expert_combinations_row() -> dict:
+    """E6, counted rather than trained: the routed-expert sets a token can take in the
+    MoE-MLA preset built to the companion paper's specification, against the abstract's
+    figure, which it rounds to two significant digits (so within 5%)."""
+    from ..models import expert_combinations, preset
+
+    spec = preset("XS", "moe-mla")
+    combinations = expert_combinations(spec)
+    return {"claim": "E6", "paper": f"{QUOTES['E6'].value:.1e} {QUOTES['E6'].what}",
+            "ours": f"{spec.top_k} of {spec.n_routed_experts} routed experts: C({spec.n_routed_experts}, {spec.top_k}) = {combinations:,}",
+            "verdict": label([abs(combinations / QUOTES["E6"].value - 1) < 0.05])}
+
+
 #: claims of the runs that also claim the decode benchmark's: claim -> {decode claim: what it adds}
 DECODE_PARTS = {"M24": {"E1": "KV memory", "E2": "speed"}, "E5": {"E2": "speed"}}
 

@@ -297,7 +297,7 @@ class ScalingResults(LadderResults):
                      + "; on equal tokens (an upper bound), " + "; ".join(f"{s} {spread_text(g)}" for s, g in gaps["gain %"].items())
                      + f"; the gain at equal compute, between the two, is {gain_bounds_text(gain_bounds(gaps, compute_gaps))}",
              "verdict": m18},
-            {"claim": "M21", "paper": f"learning rate and weight decay transfer across widths with s = {QUOTES['M21'].value} sqrt(n)",
+            {"claim": "M21", "paper": f"learning rate and weight decay transfer across widths with s = {QUOTES['M4'].value} sqrt(n)",
              "ours": "not muP, which muonlib lacks: in standard parametrisation with the update scale alone, "
                      + ("the rates transfer" if kept.all() and not decay_flips else "the rates do not all transfer") + f"; Muon's best rate beyond {self.settings[0]} is {fraction(muon['shift'].min())} to {fraction(muon['shift'].max())} "
                      f"of {self.settings[0]}'s, whose rate costs {muon['transfer penalty'].min():.3f}-{muon['transfer penalty'].max():.3f} "
@@ -305,7 +305,7 @@ class ScalingResults(LadderResults):
                      f"{fraction(adamw['shift'].iloc[1:].max())}; weight decay 0.05 against 0.1: "
                      + ("no difference beyond the seed spread" if (decay.separated == 0).all() else "a difference at some size"),
              "verdict": m21},
-            {"claim": "M30", "paper": f"s = {QUOTES['M21'].value} sqrt(n) matches AdamW's update magnitude, enabling direct hyperparameter transfer from AdamW",
+            {"claim": "M30", "paper": f"s = {QUOTES['M4'].value} sqrt(n) matches AdamW's update magnitude, enabling direct hyperparameter transfer from AdamW",
              "ours": f"Muon's best peak rate, swept per size on equal tokens, against AdamW's: {ratios_text}",
              "verdict": cap(found["M30"])},
             {"claim": "M31", "paper": "spectral normalisation of the updates enables larger learning rates",

@@ -29,6 +29,8 @@ QUOTES: dict[str, Quote] = {
     "recipe": Quote({"warmup": (0.5, 2.0), "momentum": 0.9, "clip": 1.0, "weight decay": (0.05, 0.1)}, f"{MUON}, section 4.2",
                     "the recipe every experiment uses: linear warm-up in % of training before cosine decay, Muon's momentum "
                     "beta, the gradient-clipping norm, the weight decays"),
+    "M4": Quote(0.2, f"{MUON}, Algorithm 1 line 7 (and sections 4.2 and 5.4)",
+                "the constant c of the update scale s = c sqrt(n) that matches AdamW's update RMS and transfers rates across widths"),
     "M5": Quote((0.7, 1.3), f"{MUON}, section 2.2", "the band the K = 5 coefficients leave every singular value in"),
     "M12": Quote(50.0, f"{MUON}, section 2.5", "optimizer-state memory saved against AdamW, %"),
     "M14": Quote({"XS": 2.5e-3, "S": 2.0e-3, "M": 1.8e-3, "L": 1.6e-3, "XL": 1.2e-3}, f"{MUON}, Table 1",
@@ -49,7 +51,6 @@ QUOTES: dict[str, Quote] = {
                  "target relative to MHA + AdamW"),
     "M24": Quote((8, 12), f"{MUON}, abstract", "perplexity improvement of MLA + MoE + Muon, %"),
     "M24 memory": Quote(68.0, f"{MUON}, abstract", "memory reduction of MLA + MoE + Muon, % (the abstract does not say against what)"),
-    "M21": Quote(0.2, f"{MUON}, Algorithm 1 and section 5.4", "the constant c of the update scale s = c sqrt(n) that transfers rates across widths"),
     "M26": Quote((10, 15), f"{MUON}, section 3.1", "Muon's tokens to a target against AdamW's, % fewer (set against section 5.1's "
                  "share of the FLOPs, M15's)"),
     "M29": Quote(100, f"{MUON}, abstract", "training runs the stability analyses span, at least"),

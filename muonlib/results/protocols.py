@@ -101,7 +101,9 @@ class Protocols:
     def with_ready(self, alone: pd.DataFrame, finish=lambda table: table) -> pd.DataFrame:
         """``alone`` (the original protocol's verdicts, capped) with each of :meth:`ready_claims`
         judged instead as :meth:`verdicts` judges every claim once both plans are complete,
-        ``finish`` applied to those rows (a chapter's parts from elsewhere). A claim one new
+        ``finish`` applied to those rows (a chapter's parts from elsewhere), each protocol's verdict
+        in their evidence rather than in columns of its own, which the other claims would leave
+        empty. A claim one new
         protocol alone has finished keeps the original's verdict; its evidence adds that
         protocol's finding, which cannot stand alone."""
         tables = {p: results.verdicts(capped=False).loc[list(claims)] for p, (results, claims) in self.ready.items()}
@@ -113,8 +115,8 @@ class Protocols:
         if not (claims := self.ready_claims()):
             return out
         both = side_by_side({p: tables[p].loc[claims] for p in ("paper", "tuned")}, ("paper", "tuned"))
-        both["ours"] = ["; ".join(f"{p}: {tables[p].ours[claim]}" for p in ("paper", "tuned")) for claim in both.index]
-        return pd.concat([out.drop(index=claims), finish(both)]).loc[alone.index]
+        both["ours"] = ["; ".join(f"{p}: {tables[p].ours[claim]} ({tables[p].verdict[claim]})" for p in ("paper", "tuned")) for claim in both.index]
+        return pd.concat([out.drop(index=claims), finish(both[alone.columns])]).loc[alone.index]  # each protocol's verdict in its evidence
 
     def verdicts(self) -> pd.DataFrame:
         """Per claim: each complete protocol's evidence and verdict, and the verdict that stands;
