@@ -39,7 +39,7 @@ class Protocols:
     claim_settings: ClassVar[dict[str, tuple[str, ...]]] = {}
     results: dict  # protocol -> its results: the complete ones, and the original protocol's always (its chapter shows what has run)
     progress: pd.DataFrame  # per protocol: the GPU kinds its finished runs ran on (its plan's before any), the runs of its plan finished and those it wants now
-    # protocol -> (its results limited to the settings it has finished, the claims those judge), for protocols not complete
+    # protocol -> (its results limited to the settings it has finished, the claims those judge), for the new protocols
     ready: dict = field(default_factory=dict)
 
     @classmethod
@@ -65,9 +65,9 @@ class Protocols:
                          "runs wanted now": missing})  # a sweep that ends at its grid's edge, or chosen rates' seeds, want more later
             if not missing or protocol == "original":
                 complete[protocol] = cls.results_type.load(name, kind, protocol=protocol)
-            elif cls.claim_settings and finals:
+            if protocol != "original" and cls.claim_settings and finals:  # complete or not, the claims its finished settings judge
                 pending = {design.setting_of(c) for c in wanted if run_id(c, kind) not in finals}
-                results = cls.results_type.load(name, kind, protocol=protocol)
+                results = complete.get(protocol) or cls.results_type.load(name, kind, protocol=protocol)
                 finished = [s for s in results.settings if s not in pending]
                 claims = tuple(c for c, needs in cls.claim_settings.items() if set(needs) <= set(finished))
                 if claims:
@@ -103,9 +103,8 @@ class Protocols:
         judged instead as :meth:`verdicts` judges every claim once both plans are complete,
         ``finish`` applied to those rows (a chapter's parts from elsewhere), each protocol's verdict
         in their evidence rather than in columns of its own, which the other claims would leave
-        empty. A claim one new
-        protocol alone has finished keeps the original's verdict; its evidence adds that
-        protocol's finding, which cannot stand alone."""
+        empty. A claim one new protocol alone has finished keeps the original's verdict; its
+        evidence adds that protocol's finding, which cannot stand alone."""
         tables = {p: results.verdicts(capped=False).loc[list(claims)] for p, (results, claims) in self.ready.items()}
         out = alone.copy()
         for protocol, table in tables.items():
