@@ -284,7 +284,7 @@ def test_diverged_runs_are_counted_never_averaged():
 from muonlib.results import ScalingResults, every_run_table, runs_verdict, stability_table, stability_verdict  # noqa: E402
 from muonlib.results.protocols import PROTOCOL_NAMES  # noqa: E402
 from muonlib.results.rules import ABOVE, BELOW, INSIDE, UNDETERMINED, combine_verdicts, gain_bounds  # noqa: E402
-from muonlib.results.stability import is_ablation, stability_by_protocol, withdrawn_run_table  # noqa: E402
+from muonlib.results.stability import is_ablation, reruns, stability_by_protocol, withdrawn_run_table  # noqa: E402
 
 SCALING = Path(__file__).resolve().parents[1] / "data" / "results" / "scaling"
 
@@ -407,18 +407,22 @@ def test_no_run_of_the_evidence_diverged_and_the_withdrawn_ones_went_from_calm_t
     assert len(withdrawn) == 8 and withdrawn.diverged.all()
     assert (withdrawn.optimizer == "muon").all() and (withdrawn.variant == "moe-mla").all() and (withdrawn.protocol != "original").all()
     assert ((withdrawn["last loss jump"] - 1).abs() < 0.1).all()
-    # no plan reads them, so the sweeps they belonged to run on without them: several are wanted again now
+    # no plan reads them: the finished runs of their names are reruns with the fixed norm, none diverged
     from muonlib.experiments import finished_runs, original_reader, result_folders
+    rerun = reruns(every_run, withdrawn)
+    assert not rerun.diverged.any() and len(rerun) >= 7  # 7 of the 8 rerun by 2026-12-06
     for protocol in ("paper", "tuned"):
         finals = finished_runs([f for f in result_folders("architectures", None, protocol) if f.exists()], original_reader("h200", protocol))
-        wanted, _ = experiment("architectures").plan_for("h200", protocol).plan("h200", finals)
         mine = set(withdrawn[withdrawn.protocol == protocol].run)
-        assert not mine & set(finals) and mine & {run_id(c, "h200") for c in wanted}
+        assert mine & set(finals) == set(rerun[rerun.protocol == protocol].run)
+        assert all(math.isfinite(finals[r]["test_loss"]) for r in mine & set(finals))
     # M17's evidence counts them apart, under their protocols, not as runs that did not diverge
     ours = stability_verdict(every_run, withdrawn)["ours"]
     for protocol, name in (("paper", "the paper's recipe"), ("tuned", "the tuned protocol")):
         said = ours.split(f"under {name}, ")[1].split("; under ")[0]
-        assert said.endswith(f"their reruns pending, so no count above holds them): Muon {(withdrawn.protocol == protocol).sum()}")
+        mine = rerun[rerun.protocol == protocol]
+        assert said.endswith(f"so no count above holds them: Muon {(withdrawn.protocol == protocol).sum()} "
+                             f"(rerun with the fix, and counted above: {len(mine)}, of which diverged: 0)")
     assert "withdrawn" not in ours.split("under the paper's recipe, ")[0]  # the original protocol's runs have none
 
 
@@ -717,7 +721,7 @@ def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agr
         assert capped and all(why in alone.ours[claim] for claim in capped)
         # a claim one new protocol alone has finished keeps the original's verdict and shows that protocol's finding beside it
         paper_alone = [c for c in protocols.ready["paper"][1] if c not in ready]
-        assert "A2" in paper_alone and "no positions" in alone.ours["A2"]
+        assert "E5" in paper_alone and "A2" in ready and "no positions" in alone.ours["A2"]  # E5: the tuned FLOP-matched runs still wanted
         assert all(f"whose runs for this claim have finished, alone: {paper.ours[c]} ({paper.verdict[c]})" in alone.ours[c] for c in paper_alone)
 
     class Found:  # a protocol's uncapped verdicts

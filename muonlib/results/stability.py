@@ -113,6 +113,13 @@ def withdrawn_run_table(root: Path | None = None) -> pd.DataFrame:
     return every_run_table(root / WITHDRAWN)
 
 
+def reruns(every_run: pd.DataFrame, withdrawn: pd.DataFrame) -> pd.DataFrame:
+    """The runs of ``every_run`` that rerun a withdrawn one: the same configuration under the
+    same protocol, made with the fixed code."""
+    keys = pd.MultiIndex.from_frame(withdrawn[["protocol", "run"]])
+    return every_run[pd.MultiIndex.from_frame(every_run[["protocol", "run"]]).isin(keys)]
+
+
 def stability_table(every_run: pd.DataFrame) -> pd.DataFrame:
     """Per protocol, optimizer and rate relative to its optimum: runs, divergences, and spikes
     per run (ablations left out: with their options changed they are not the optimizers
@@ -161,18 +168,21 @@ def stability_verdict(every_run: pd.DataFrame, withdrawn: pd.DataFrame | None = 
     alone, capped as one protocol's (:func:`~muonlib.results.rules.one_protocol`). The evidence
     gives each protocol's counts (:func:`stability_by_protocol`), and the runs withdrawn after
     diverging (``withdrawn``, :func:`withdrawn_run_table` by default), which no count holds
-    until their reruns finish."""
+    (their reruns, :func:`reruns`, are counted as any run is)."""
     by_protocol = stability_by_protocol(every_run)
     withdrawn = withdrawn_run_table() if withdrawn is None else withdrawn
-    pending = withdrawn[withdrawn.diverged & ~withdrawn.ablation].groupby(["protocol", "optimizer"]).size() if len(withdrawn) else pd.Series(dtype=int)
+    withdrawn_counts = withdrawn[withdrawn.diverged & ~withdrawn.ablation].groupby(["protocol", "optimizer"]).size() if len(withdrawn) else pd.Series(dtype=int)
     plain = every_run[~every_run.ablation]
     both = all({"adamw", "muon"} <= set(plain[plain.protocol == p].optimizer) for p in ("paper", "tuned"))
     judged_by = ("paper", "tuned") if both else ("original",)
     verdict = combine_verdicts(list(by_protocol.verdict[list(judged_by)]))
+    rerun = reruns(every_run, withdrawn) if len(withdrawn) else every_run.iloc[:0]
     def withdrawn_text(protocol: str) -> str:
-        counts = {OPTIMIZER_LABELS[o]: n for (p, o), n in pending.items() if p == protocol}
-        return (f", and withdrawn after diverging under a fault of Muon's norm, since fixed (their reruns pending, so no count above "
-                f"holds them): {', '.join(f'{o} {n}' for o, n in counts.items())}") if counts else ""
+        counts = {OPTIMIZER_LABELS[o]: n for (p, o), n in withdrawn_counts.items() if p == protocol}
+        mine = rerun[rerun.protocol == protocol]
+        return (f", and withdrawn after diverging under a fault of Muon's norm, since fixed, so no count above holds them: "
+                f"{', '.join(f'{o} {n}' for o, n in counts.items())} (rerun with the fix, and counted above: {len(mine)}, "
+                f"of which diverged: {int(mine.diverged.sum())})") if counts else ""
 
     ours = "; ".join(f"under {PROTOCOL_NAMES[p]}, {row.ours}{withdrawn_text(p)}" for p, row in by_protocol.iterrows())
     if not both and judged(verdict):
