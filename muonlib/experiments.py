@@ -862,6 +862,13 @@ def run_work(config: TrainConfig) -> float:
     return config.steps * config.tokens_per_step() * model.n_layer * model.d_model**2
 
 
+def run_kind(config: TrainConfig) -> str:
+    """What decides how long a run takes: the model, the optimizer, the steps and the batch (not
+    the rate, the seed or the schedule's shape)."""
+    return (f"{config.model} {config.variant} {json.dumps(config.model_changes, sort_keys=True)} {config.optimizer} "
+            f"{config.steps} steps of {config.tokens_per_step()} tokens")
+
+
 def results_folder(name: str, protocol: str = "original") -> Path:
     """Where an experiment keeps its runs: ``data/results/NAME``, under the other protocols
     ``data/results/PROTOCOL/NAME``."""
@@ -955,7 +962,7 @@ def run(names: str | Sequence[str], hardware: str | None = None, results: Path |
             jobs.append(Job(run, c.steps, ("muonlib.experiments", "worker", "--hardware", hardware, "--results", str(folders[common[0]][0]),
                                            "--checkpoints", str(checkpoints), "--config", json.dumps(c.to_dict()),
                                            *(("--probes",) if experiment(name).probes else ())),
-                            checkpoints / run / "log.txt", checkpoints / run / "metrics.jsonl", work=run_work(c)))
+                            checkpoints / run / "log.txt", checkpoints / run / "metrics.jsonl", work=run_work(c), kind=run_kind(c)))
         return jobs
 
     environments = slots(gpus, per_gpu or (TINY_RUNS_PER_GPU if hardware == "cpu" else 1), workers)
@@ -1067,7 +1074,8 @@ def main(argv: list[str] | None = None) -> None:
     go.add_argument("--gpus", default="all", help="'all' (default) or how many GPUs to use")
     go.add_argument("--per-gpu", type=int, help=f"runs sharing each GPU (small models leave a GPU idle; default 1, {TINY_RUNS_PER_GPU} for the cpu preset's plans)")
     go.add_argument("--workers", type=int, default=1, help="CPU processes where there is no GPU")
-    go.add_argument("--deadline", type=float, help="start no run after this many seconds (runs in flight finish)")
+    go.add_argument("--deadline", type=float, help="start no run after this many seconds, nor one that the pace of the runs "
+                                                   "so far says would not end by then (runs in flight finish)")
     packer = sub.add_parser("pack", help="an experiment's results in one .tar")
     packer.add_argument("name", choices=sorted(EXPERIMENTS))
     protocols = "how the settings the rate sweeps hold fixed are chosen: " + "; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items())

@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 
 POLL_SECONDS = 1.0
 STOP_GRACE_SECONDS = 120  # how long stopped runs get to write their checkpoint
+LAUNCH_MARGIN = 1.15  # a run starts before a deadline only if this many times its expected seconds still fit
+PACE_FROM = 0.25  # a run in flight tells how long its kind takes once it has run this share of its steps
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Job:
     log: Path  # where its output goes; progress is read from `progress` (one line per step)
     progress: Path
     work: float = 0.0  # how long it takes, in any unit common to the queue (default: its steps)
+    kind: str = ""  # runs of one kind take about as long (same model, optimizer and length)
 
 
 @dataclass
@@ -88,34 +91,73 @@ def steps_done(path: Path) -> int:
         return 0
 
 
+def expected_seconds(job: Job, done: int, seen: dict[str, list[tuple[float, float]]]) -> float | None:
+    """How long ``job`` still needs, with ``done`` of its steps behind it, on slots where whole
+    runs have been seen to take ``seen`` (kind -> [(seconds, work)]): as long as the slowest run of
+    its kind, or with none seen yet, the slowest run of any kind, longer in proportion where it
+    has more work (a run's start-up does not shrink with its work, so smaller runs are not
+    counted as faster); ``None`` before any run has been seen."""
+    if job.kind in seen:
+        whole = max(seconds for seconds, _ in seen[job.kind])
+    elif seen:
+        whole = max(seconds * max(1.0, (job.work or job.steps) / (work or 1.0)) for runs in seen.values() for seconds, work in runs)
+    else:
+        return None
+    return whole * (1 - done / job.steps)
+
+
 def run_queue(plan: Callable[[], list[Job]], is_finished: Callable[[str], bool], environments: list[dict[str, str]],
               progress: bool = True, deadline: float | None = None, description: str = "runs") -> Report:
     """Run what ``plan()`` wants on the worker slots until nothing more is wanted.
 
     ``plan`` is asked again whenever a run ends; ``is_finished`` says whether a run's
-    result exists. ``deadline`` (seconds from now): start no run after it; runs in flight
-    finish."""
+    result exists. ``deadline`` (seconds from now): start no run after it, nor one that
+    would not end by it at the pace of this queue's runs so far (:func:`expected_seconds`);
+    runs in flight finish."""
     report = Report()
     running: dict[str, tuple[subprocess.Popen, int, Job]] = {}
-    started: dict[str, float] = {}
+    started: dict[str, tuple[float, int]] = {}  # run -> when it started, and the steps it had then
+    finished_seconds: dict[str, list[tuple[float, float]]] = {}  # kind -> (whole-run seconds, work) of runs ended here
     free = list(range(len(environments)))
     stop_launching = time.monotonic() + deadline if deadline is not None else None
     bar = tqdm(total=0, unit="step", desc=description, disable=not progress, dynamic_ncols=True)
     wanted: list[Job] = []
+
+    def whole_run_seconds(job: Job, steps_now: int) -> float | None:  # scaled from the steps it ran here
+        since, first = started[job.run]
+        share = (steps_now - first) / job.steps
+        return (time.monotonic() - since) / share if share > 0 else None
+
+    def pace() -> dict[str, list[tuple[float, float]]]:  # the runs ended here, and those in flight far enough along
+        seen = {kind: list(runs) for kind, runs in finished_seconds.items()}
+        for _, _, job in running.values():
+            steps_now = steps_done(job.progress)
+            if (steps_now - started[job.run][1]) / job.steps >= PACE_FROM:
+                seen.setdefault(job.kind, []).append((whole_run_seconds(job, steps_now), job.work or job.steps))
+        return seen
+
+    def fits(job: Job, seen: dict[str, list[tuple[float, float]]]) -> bool:
+        if stop_launching is None:
+            return True
+        left = stop_launching - time.monotonic()
+        needs = expected_seconds(job, steps_done(job.progress), seen)
+        return left > 0 and (needs is None or LAUNCH_MARGIN * needs <= left)
+
     try:
         while True:
             wanted = plan()
             pending = [j for j in wanted if not is_finished(j.run) and j.run not in running and j.run not in report.failed]
             pending.sort(key=lambda j: -(j.work or j.steps))  # longest first: the last wave ends soonest
-            may_launch = stop_launching is None or time.monotonic() < stop_launching
-            while free and pending and may_launch:
-                job, slot = pending.pop(0), free.pop(0)
+            seen = pace() if free and pending and stop_launching is not None else {}
+            while free and (job := next((j for j in pending if fits(j, seen)), None)):
+                pending.remove(job)
+                slot = free.pop(0)
                 job.log.parent.mkdir(parents=True, exist_ok=True)
                 with open(job.log, "ab") as log:
                     proc = subprocess.Popen([sys.executable, "-m", *job.argv], stdout=log, stderr=subprocess.STDOUT,
                                             env=os.environ | environments[slot])
                 running[job.run] = (proc, slot, job)
-                started[job.run] = time.monotonic()
+                started[job.run] = (time.monotonic(), steps_done(job.progress))
             bar.total = sum(j.steps for j in wanted)
             bar.n = sum(j.steps if is_finished(j.run) else steps_done(j.progress) if j.run in running else 0 for j in wanted)
             bar.set_postfix(running=len(running), failed=len(report.failed), refresh=False)
@@ -129,9 +171,11 @@ def run_queue(plan: Callable[[], list[Job]], is_finished: Callable[[str], bool],
                     continue
                 del running[run]
                 free.append(slot)
-                report.seconds[run] = time.monotonic() - started[run]
+                report.seconds[run] = time.monotonic() - started[run][0]
                 if proc.returncode == 0 and is_finished(run):
                     report.finished.append(run)
+                    if (whole := whole_run_seconds(job, job.steps)) is not None:
+                        finished_seconds.setdefault(job.kind, []).append((whole, job.work or job.steps))
                 else:
                     tail = job.log.read_text(errors="replace").splitlines()[-15:] if job.log.exists() else []
                     report.failed[run] = "\n".join(tail)

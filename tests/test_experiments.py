@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -328,6 +329,43 @@ def test_a_crashing_run_is_reported_and_the_others_go_on(toy, monkeypatch):
 def test_a_deadline_starts_nothing_more(toy):
     report = run("toy", "cpu", workers=2, progress=False, deadline=0)
     assert report.finished == [] and len(report.waiting) == 2  # the seed-0 runs: the seeds wait for them
+
+
+def test_a_run_expects_as_long_as_the_slowest_of_its_kind_and_an_unseen_kind_as_the_slowest_run():
+    def job(kind, work, steps=100):
+        return runner.Job(kind, steps, (), Path("log"), Path("progress"), work=work, kind=kind)
+
+    seen = {"S": [(300.0, 8.0), (330.0, 8.0)], "XS": [(40.0, 1.0)]}
+    assert runner.expected_seconds(job("S", 8.0), 0, seen) == 330.0
+    assert runner.expected_seconds(job("S", 8.0), 75, seen) == pytest.approx(82.5)  # resumed: what is left of it
+    assert runner.expected_seconds(job("XS", 1.0), 0, seen) == 40.0
+    # no run of its kind yet: the slowest run seen, in proportion where it has more work, never less
+    assert runner.expected_seconds(job("M", 2.0), 0, seen) == 330.0
+    assert runner.expected_seconds(job("M", 16.0), 0, seen) == 660.0
+    assert runner.expected_seconds(job("M", 16.0), 0, {}) is None  # nothing seen: nothing to go by
+
+
+def test_a_run_that_would_not_end_by_the_deadline_is_not_started(tmp_path):
+    (tmp_path / "sleeper.py").write_text(
+        "import sys, time\n"
+        "progress, result, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])\n"
+        "with open(progress, 'w') as f:\n"
+        "    f.write('header\\n')\n"
+        "    for _ in range(steps):\n"
+        "        time.sleep(0.15); f.write('step\\n'); f.flush()\n"
+        "open(result, 'w').close()\n")
+
+    def job(run, kind, work, steps):
+        return runner.Job(run, steps, ("sleeper", str(tmp_path / f"{run}.progress"), str(tmp_path / f"{run}.done"), str(steps)),
+                          tmp_path / f"{run}.log", tmp_path / f"{run}.progress", work=work, kind=kind)
+
+    jobs = [job("a", "slow", 10.0, 10), job("b", "slow", 10.0, 10), job("c", "quick", 2.0, 2)]
+    report = runner.run_queue(lambda: jobs, lambda run: (tmp_path / f"{run}.done").exists(), [{"PYTHONPATH": str(tmp_path)}],
+                              progress=False, deadline=3.0)
+    # a took over 1.5 s, so b (its kind) would end after the deadline, and c (a kind not seen) is
+    # taken to be as slow as a: neither starts, though the deadline had not passed when a ended
+    assert report.finished == ["a"] and sorted(report.waiting) == ["b", "c"]
+    assert report.seconds["a"] < 3.0
 
 
 def test_a_stopped_worker_checkpoints_its_step_and_resumes(toy, tmp_path):
