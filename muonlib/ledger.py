@@ -55,6 +55,7 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
                           ScalingProtocols, every_run_table, expert_combinations_row, runs_verdict, stability_verdict)
     from .experiments import protocol_hardware
     from .results.architectures import DECODE_PARTS
+    from .results.comparison import M14_SCOPE
 
     protocols = ProtocolComparison.load("xs_muon_vs_adamw")
     xs = protocols.verdicts()
@@ -66,7 +67,7 @@ def computed_verdicts(hardware: str = "h100") -> dict[str, tuple[str, str, tuple
 
     across = ScalingProtocols.load("scaling", kinds("scaling")).verdicts(xs.verdict)
     every = every_run_table()
-    rows = {"M14": (xs.verdict["M14"], xs.ours["M14"],
+    rows = {"M14": (xs.verdict["M14"], f"{M14_SCOPE}; " + xs.ours["M14"].replace(f"{M14_SCOPE}: ", ""),  # the scope once, not per protocol
                     (XS_CHAPTER, PROTOCOLS_CHAPTER))}
     for claim in ("M16", "M21", "M30", "M31"):
         rows[claim] = (across.verdict[claim], across.ours[claim], (SCALING_CHAPTER,))
