@@ -722,6 +722,11 @@ def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agr
         # a claim one new protocol alone has finished keeps the original's verdict and shows that protocol's finding beside it
         paper_alone = [c for c in protocols.ready["paper"][1] if c not in ready]
         assert "E5" in paper_alone and "A2" in ready and "no positions" in alone.ours["A2"]  # E5: the tuned FLOP-matched runs still wanted
+        # what both judge (the ledger's labels): MoE-MLA no worse than dense and its balancing working, under both
+        # recipes; E4's sizing no better than dense, A2's no-RoPE arm far worse, M24's perplexity gain beyond the claim
+        assert {c: alone.verdict[c] for c in ready} == {"M23": CONDITIONAL, "M24": REFUTED, "E3": VERIFIED, "E4": REFUTED,
+                                                        "E7": VERIFIED, "A1": CONDITIONAL, "A2": REFUTED}
+        assert all(paper.verdict[c] == tuned.verdict[c] for c in ("M24", "E3", "E4", "E7", "A2"))  # agreed, not combined into conditions
         assert all(f"whose runs for this claim have finished, alone: {paper.ours[c]} ({paper.verdict[c]})" in alone.ours[c] for c in paper_alone)
 
     class Found:  # a protocol's uncapped verdicts
