@@ -176,7 +176,7 @@ def stability_verdict(every_run: pd.DataFrame, withdrawn: pd.DataFrame | None = 
     both = all({"adamw", "muon"} <= set(plain[plain.protocol == p].optimizer) for p in ("paper", "tuned"))
     judged_by = ("paper", "tuned") if both else ("original",)
     verdict = combine_verdicts(list(by_protocol.verdict[list(judged_by)]))
-    rerun = reruns(every_run, withdrawn) if len(withdrawn) else every_run.iloc[:0]
+    rerun = reruns(every_run, withdrawn)
     def withdrawn_text(protocol: str) -> str:
         counts = {OPTIMIZER_LABELS[o]: n for (p, o), n in withdrawn_counts.items() if p == protocol}
         mine = rerun[rerun.protocol == protocol]
