@@ -757,6 +757,11 @@ def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agr
     table = unfinished.verdicts()
     assert table.verdict.to_dict() == {"E3": VERIFIED, "E4": REFUTED} and table.ours["E3"] == f"paper: measured ({VERIFIED}); tuned: measured ({VERIFIED})"
     assert table.ours["E4"] == f"measured; the paper's recipe, whose runs for this claim have finished, alone: measured ({VERIFIED})"
+    # a new protocol whose whole plan is complete, the other's not: its finding beside every claim, the verdict still the original's
+    paper_done = ArchitectureProtocols({"original": Capped(E3=REFUTED, E4=REFUTED), "paper": Found(E3=VERIFIED, E4=CONDITIONAL)}, progress)
+    table = paper_done.verdicts()
+    assert table.verdict.to_dict() == {"E3": REFUTED, "E4": REFUTED}
+    assert table.ours["E4"] == f"measured; the paper's recipe, whose runs for this claim have finished, alone: measured ({CONDITIONAL})"
 
 
 @pytest.mark.parametrize("experiment", ["scaling", "batch_sizes", "ablations"])
@@ -777,6 +782,10 @@ def test_the_sizes_batch_sizes_and_ablations_are_judged_under_each_protocol_as_t
         alone = protocols.verdicts()
         assert alone.verdict.equals(protocols.results["original"].verdicts().verdict)
         assert all(protocols.unfinished() in alone.ours[claim] for claim in alone.index if found(alone, claim) != alone.verdict[claim])
+        for protocol in set(protocols.results) - {"original"}:  # a new protocol whose plan is complete shows its finding beside
+            assert progress.loc[protocol, "runs wanted now"] == 0
+            own = protocols.results[protocol].verdicts(capped=False)
+            assert all(alone.ours[c].endswith(f"whose runs for this claim have finished, alone: {own.ours[c]} ({own.verdict[c]})") for c in alone.index)
 
     class Found:  # a protocol's uncapped verdicts
         def __init__(self, verdict):

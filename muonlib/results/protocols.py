@@ -103,12 +103,16 @@ class Protocols:
         judged instead as :meth:`verdicts` judges every claim once both plans are complete,
         ``finish`` applied to those rows (a chapter's parts from elsewhere), each protocol's verdict
         in their evidence rather than in columns of its own, which the other claims would leave
-        empty. A claim one new protocol alone has finished keeps the original's verdict; its
-        evidence adds that protocol's finding, which cannot stand alone."""
+        empty. A claim one new protocol alone has finished (the settings it compares, or that
+        protocol's whole plan) keeps the original's verdict; its evidence adds that protocol's
+        finding, which cannot stand alone, unless it says what the evidence says already."""
         tables = {p: results.verdicts(capped=False).loc[list(claims)] for p, (results, claims) in self.ready.items()}
+        tables |= {p: self.results[p].verdicts(capped=False) for p in ("paper", "tuned") if p in self.results}  # complete: every claim
         out = alone.copy()
         for protocol, table in tables.items():
             for claim in set(table.index) - set(self.ready_claims()):
+                if table.ours[claim] in out.at[claim, "ours"]:  # read from elsewhere than the runs (a benchmark): said already
+                    continue
                 out.at[claim, "ours"] += (f"; {PROTOCOL_NAMES[protocol]}, whose runs for this claim have finished, alone: "
                                           f"{table.ours[claim]} ({table.verdict[claim]})")
         if not (claims := self.ready_claims()):
@@ -119,8 +123,9 @@ class Protocols:
 
     def verdicts(self) -> pd.DataFrame:
         """Per claim: each complete protocol's evidence and verdict, and the verdict that stands;
-        while the original protocol judges alone, its evidence says how far the others are,
-        except where both new protocols have finished the settings a claim compares."""
+        while the original protocol judges alone, its evidence says how far the others are and
+        what a new protocol that has finished found (:meth:`with_ready`), except where both new
+        protocols have finished the settings a claim compares."""
         if self.judged_by == ("original",):
             return self.with_ready(self.results["original"].verdicts(why=self.unfinished()))
         shown = [p for p in self.results if p in self.judged_by or not self.progress.loc[p, "runs wanted now"]]  # not an unfinished original plan
