@@ -952,7 +952,7 @@ def test_repeats_pair_each_copy_with_the_kept_run_and_a_sweep_the_copies_can_tip
     run(copies[0] / "h200-mla-def-seed0.jsonl.gz", None, lr=2e-3)  # a copy that diverged
     run(kept / "h200-mla-ghi-seed0.jsonl.gz", 3.5, warmup=0.2)  # another sweep at the same rate: not a point of this one
     rows = repeat_table(tmp_path).set_index("lr")
-    assert (rows.loc[1e-3, "copies"], rows.loc[1e-3, "val loss, kept"], rows.loc[1e-3, "protocol"]) == (3, 4.00, "tuned")
+    assert (rows.loc[1e-3, "copies"], rows.loc[1e-3, "val loss, kept"], rows.loc[1e-3, "protocol"], rows.loc[1e-3, "GPU"]) == (3, 4.00, "tuned", "H200")
     assert rows.loc[1e-3, "largest difference"] == pytest.approx(0.03) and rows.loc[1e-3, "seed range"] == pytest.approx(0.05)
     assert rows.loc[2e-3, "diverged copies"] == 1 and np.isnan(rows.loc[2e-3, "largest difference"])
     (sweep,) = repeat_sweeps(tmp_path).to_dict("records")  # 4.00 beats 4.01, its copy at 4.02 does not: a tie

@@ -336,13 +336,13 @@ class SettingNames:
 
 def repeat_table(results: Path | None = None) -> pd.DataFrame:
     """Runs made more than once from one configuration and seed, each copy on a fresh machine
-    of the same GPU kind, beside the copy the book keeps (:func:`repeated_runs`): every
+    of the same GPU kind, beside the copy the book keeps (:func:`repeated_runs`): the kind, every
     finished copy's final validation loss, the largest difference between those that did not
     diverge (and how many did), and the range over the kept run's seeds where they exist.
     Nothing but the GPU's nondeterministic kernels (atomic reductions in the backward pass,
     autotuned kernel choices) separates the copies, so two points of a rate sweep closer than
     this are a tie whichever the sweep picks."""
-    from ..experiments import read_run
+    from ..experiments import ran_on, read_run
 
     setting = SettingNames()
     rows = []
@@ -353,7 +353,7 @@ def repeat_table(results: Path | None = None) -> pd.DataFrame:
         losses = final_losses([kept, *others])
         finite = [loss for loss in losses if math.isfinite(loss)]
         config = header["provenance"]["config"]
-        rows.append({"protocol": kept.parent.parent.name, "experiment": kept.parent.name, "setting": setting(kept, config),
+        rows.append({"protocol": kept.parent.parent.name, "experiment": kept.parent.name, "GPU": ran_on(kept).upper(), "setting": setting(kept, config),
                      "optimizer": config["optimizer"], "lr": config["lr"], "steps": config["steps"], "seed": config["seed"],
                      "copies": len(losses), "diverged copies": len(losses) - len(finite), "val loss, kept": losses[0],
                      "largest difference": max(finite) - min(finite) if len(finite) > 1 else np.nan,
