@@ -730,8 +730,8 @@ def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agr
         assert all(f"whose runs for this claim have finished, alone: {paper.ours[c]} ({paper.verdict[c]})" in alone.ours[c] for c in paper_alone)
 
     class Found:  # a protocol's uncapped verdicts
-        def __init__(self, **verdicts):
-            self.table = pd.DataFrame({"paper": "claimed", "ours": "measured", "verdict": pd.Series(verdicts)})
+        def __init__(self, ours="measured", **verdicts):
+            self.table = pd.DataFrame({"paper": "claimed", "ours": ours, "verdict": pd.Series(verdicts)})
 
         def verdicts(self, decode=None, capped=True):
             assert not capped  # set beside another protocol's, a protocol's runs are not capped
@@ -752,16 +752,19 @@ def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agr
             return self.table
 
     unfinished = ArchitectureProtocols({"original": Capped(E3=REFUTED, E4=REFUTED)}, progress,
-                                       ready={"paper": (Found(E3=VERIFIED, E4=VERIFIED), ("E3", "E4")), "tuned": (Found(E3=VERIFIED), ("E3",))})
+                                       ready={"paper": (Found("found", E3=VERIFIED, E4=VERIFIED), ("E3", "E4")), "tuned": (Found(E3=VERIFIED), ("E3",))})
     assert unfinished.ready_claims() == ["E3"]
     table = unfinished.verdicts()
-    assert table.verdict.to_dict() == {"E3": VERIFIED, "E4": REFUTED} and table.ours["E3"] == f"paper: measured ({VERIFIED}); tuned: measured ({VERIFIED})"
-    assert table.ours["E4"] == f"measured; the paper's recipe, whose runs for this claim have finished, alone: measured ({VERIFIED})"
+    assert table.verdict.to_dict() == {"E3": VERIFIED, "E4": REFUTED} and table.ours["E3"] == f"paper: found ({VERIFIED}); tuned: measured ({VERIFIED})"
+    assert table.ours["E4"] == f"measured; the paper's recipe, whose runs for this claim have finished, alone: found ({VERIFIED})"
     # a new protocol whose whole plan is complete, the other's not: its finding beside every claim, the verdict still the original's
-    paper_done = ArchitectureProtocols({"original": Capped(E3=REFUTED, E4=REFUTED), "paper": Found(E3=VERIFIED, E4=CONDITIONAL)}, progress)
+    paper_done = ArchitectureProtocols({"original": Capped(E3=REFUTED, E4=REFUTED), "paper": Found("found", E3=VERIFIED, E4=CONDITIONAL)}, progress)
     table = paper_done.verdicts()
+    assert (paper_done.complete_alone(), unfinished.complete_alone(), both.complete_alone()) == (["paper"], [], [])
     assert table.verdict.to_dict() == {"E3": REFUTED, "E4": REFUTED}
-    assert table.ours["E4"] == f"measured; the paper's recipe, whose runs for this claim have finished, alone: measured ({CONDITIONAL})"
+    assert table.ours["E4"] == f"measured; the paper's recipe, whose runs for this claim have finished, alone: found ({CONDITIONAL})"
+    same = ArchitectureProtocols({"original": Capped(E3=REFUTED), "paper": Found(E3=REFUTED)}, progress).verdicts()
+    assert same.ours["E3"] == "measured"  # evidence that reads no runs (a benchmark's) is not said twice
 
 
 @pytest.mark.parametrize("experiment", ["scaling", "batch_sizes", "ablations"])

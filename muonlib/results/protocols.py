@@ -92,6 +92,11 @@ class Protocols:
         complete, else the original's alone."""
         return ("paper", "tuned") if {"paper", "tuned"} <= set(self.results) else ("original",)
 
+    def complete_alone(self) -> list[str]:
+        """The new protocols whose whole plan is complete while the other's is not: each judges
+        every claim, and adds its finding to the evidence (:meth:`with_ready`) until both can."""
+        return [p for p in ("paper", "tuned") if p in self.results] if self.judged_by == ("original",) else []
+
     def ready_claims(self) -> list[str]:
         """The claims the paper's recipe and the tuned protocol both judge before their plans are
         complete (:attr:`claim_settings`), in the order the class lists them."""
@@ -107,11 +112,11 @@ class Protocols:
         protocol's whole plan) keeps the original's verdict; its evidence adds that protocol's
         finding, which cannot stand alone, unless it says what the evidence says already."""
         tables = {p: results.verdicts(capped=False).loc[list(claims)] for p, (results, claims) in self.ready.items()}
-        tables |= {p: self.results[p].verdicts(capped=False) for p in ("paper", "tuned") if p in self.results}  # complete: every claim
+        tables |= {p: self.results[p].verdicts(capped=False) for p in self.complete_alone()}
         out = alone.copy()
         for protocol, table in tables.items():
             for claim in set(table.index) - set(self.ready_claims()):
-                if table.ours[claim] in out.at[claim, "ours"]:  # read from elsewhere than the runs (a benchmark): said already
+                if table.ours[claim] == out.at[claim, "ours"]:  # read from elsewhere than the runs (a benchmark): said already
                     continue
                 out.at[claim, "ours"] += (f"; {PROTOCOL_NAMES[protocol]}, whose runs for this claim have finished, alone: "
                                           f"{table.ours[claim]} ({table.verdict[claim]})")
