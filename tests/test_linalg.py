@@ -290,3 +290,9 @@ def test_iterations_write_their_result_into_out(gram, steps):
     assert returned.data_ptr() == out.data_ptr()
     expected = linalg.newton_schulz(X, steps, dtype=torch.float64, gram=gram)
     assert torch.allclose(out, expected, atol=1e-12)
+
+
+def test_the_muon_coefficients_are_the_papers():
+    from muonlib.results import QUOTES
+
+    assert NAMED_COEFFICIENTS["muon"] == QUOTES["M5 coefficients"].value

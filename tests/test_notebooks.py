@@ -135,7 +135,7 @@ def test_no_markdown_cell_types_a_number_the_papers_state():
     cell; a number typed in a markdown cell could disagree with the registry the verdicts read."""
     from muonlib.results import PAPER_R, QUOTES
 
-    def numbers(value):  # a quote's value: a number, a band, or a dict of them
+    def numbers(value):  # a quote's value: a number, a band, a table's row, or a dict of them
         if isinstance(value, dict):
             for part in value.values():
                 yield from numbers(part)
@@ -143,11 +143,19 @@ def test_no_markdown_cell_types_a_number_the_papers_state():
             yield value
         elif isinstance(value, tuple) and len(value) == 2 and all(isinstance(x, (int, float)) for x in value):
             yield value
+        elif isinstance(value, tuple):  # a table's row, or a tuple of coefficients
+            for part in value:
+                yield from numbers(part)
 
     spellings = set()
     for quote in QUOTES.values():
         for number in numbers(quote.value):
-            spellings |= {"{:g}-{:g}%".format(*number)} if isinstance(number, tuple) else {f"{abs(number):g}%", f"{abs(number):g}x"}
+            if isinstance(number, tuple):
+                spellings |= {"{:g}-{:g}%".format(*number), "({:g}, {:g})".format(*number)}
+            else:
+                spellings |= {f"{abs(number):g}%", f"{abs(number):g}x", f"{abs(number):g} GB"}
+                if len(f"{abs(number):g}".partition(".")[2]) >= 2:  # a table's 8.462 or 3.4445 is no section number
+                    spellings.add(f"{abs(number):g}")
     fewer = sorted(round(100 * (1 - 1 / r)) for r in PAPER_R["section 3.1"])  # section 3.1's band, stated as fewer tokens
     spellings.add("{}-{}%".format(*fewer))
     spellings.add(f"{QUOTES['E4'].value['dense']:g}M")  # E4's dense model, in millions of parameters
@@ -155,7 +163,7 @@ def test_no_markdown_cell_types_a_number_the_papers_state():
     # 100 is a count of runs, and A2's 2% is a change, never "2x" (a symmetric kernel does "at most 2x"
     # a general one's tiles, fast_muon)
     spellings -= {"1%", "1x", "100%", "2x"}
-    typed = re.compile("|".join(rf"(?<![\d.]){re.escape(s)}" for s in sorted(spellings, key=len, reverse=True)))
+    typed = re.compile("|".join(rf"(?<![\d.]){re.escape(s)}(?!\d)" for s in sorted(spellings, key=len, reverse=True)))
     offenders = [f"{path.name} cell {i}: {m.group(0)}" for path in NOTEBOOKS
                  for i, cell in enumerate(json.loads(path.read_text())["cells"]) if cell["cell_type"] == "markdown"
                  for m in typed.finditer(re.sub(r"\{glue:[a-z]+\}`[^`]*`", "", "".join(cell["source"])))]

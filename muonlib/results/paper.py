@@ -32,6 +32,7 @@ QUOTES: dict[str, Quote] = {
     "M4": Quote(0.2, f"{MUON}, Algorithm 1 line 7 (and sections 4.2 and 5.4)",
                 "the constant c of the update scale s = c sqrt(n) that matches AdamW's update RMS and transfers rates across widths"),
     "M5": Quote((0.7, 1.3), f"{MUON}, section 2.2", "the band the K = 5 coefficients leave every singular value in"),
+    "M5 coefficients": Quote((3.4445, -4.7750, 2.0315), f"{MUON}, section 2.2", "the quintic's coefficients (a, b, c), optimised for K = 5"),
     "M12": Quote(50.0, f"{MUON}, section 2.5", "optimizer-state memory saved against AdamW, %"),
     "M14": Quote({"XS": 2.5e-3, "S": 2.0e-3, "M": 1.8e-3, "L": 1.6e-3, "XL": 1.2e-3}, f"{MUON}, Table 1",
                  "recommended peak learning rate LR_max per size, one rate for both optimizers"),
