@@ -712,12 +712,15 @@ def test_the_batch_sizes_and_the_ablations_take_each_protocols_warmup_and_moment
 
 def test_the_scaling_ladder_under_a_new_protocol_stops_at_m_and_shares_the_architectures_mha_runs():
     from muonlib.experiments import PAPER_MUON, PAPER_WARMUP
+    from muonlib.results import QUOTES
 
     original, paper = experiments.scaling("h200"), experiments.scaling("h200", "paper")
     assert list(original.settings) == ["XS", "S", "M", "L", "XL"] and original.wide == "L"  # the saved runs' plan
     assert list(paper.settings) == list(experiments.PROTOCOL_SIZES) and paper.wide == "M" and paper.decay_settings == ("XS", "M")
     muon = paper.config("S", "muon", 1e-2, adamw_lr=1e-3)
     assert (muon.warmup, muon.optimizer_options) == (PAPER_WARMUP, PAPER_MUON)
+    weight_decays = QUOTES["recipe"].value["weight decay"]  # the paper's two: runs use the higher, the chapter says the sizes also ran the lower
+    assert original.decays == paper.decays == (min(weight_decays),) and muon.weight_decay == max(weight_decays)
     # MHA at S is one run in both plans, and each experiment reads the other's folder
     arch = experiments.architectures("h200", "paper")
     assert experiments.run_id(arch.config("mha", "muon", 1e-2, adamw_lr=1e-3), "h200") == experiments.run_id(muon, "h200")
