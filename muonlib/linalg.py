@@ -30,6 +30,9 @@ NAMED_COEFFICIENTS: dict[str, Coefficients] = {
     "cubic": (3 / 2, -1 / 2, 0.0),
 }
 
+#: Algorithm 1's K: the Newton-Schulz steps per update, for which the ``"muon"`` tuple is tuned
+NS_STEPS = 5
+
 #: Where the ``"muon"`` map leaves a singular value after 5 steps (exact arithmetic), for
 #: every normalised singular value ``s / ||G||_F >= 3.2e-3`` (a fine grid gives
 #: [0.6818, 1.2024]). Smaller values stay small: the tuple does not converge to msign.
@@ -195,7 +198,7 @@ def normalization_safety(coefficients: CoefficientSpec) -> float:
 
 def newton_schulz(
     G: Tensor,
-    steps: int = 5,
+    steps: int = NS_STEPS,
     coefficients: CoefficientSpec = "muon",
     dtype: torch.dtype = torch.float16,
     gram: bool | None = None,
@@ -393,7 +396,7 @@ def scalar_map(x: Tensor, steps: int, coefficients: CoefficientSpec = "muon") ->
     return x
 
 
-def newton_schulz_flops(m: int, n: int, steps: int = 5) -> int:
+def newton_schulz_flops(m: int, n: int, steps: int = NS_STEPS) -> int:
     """Dense matmul FLOPs of ``steps`` quintic iterations on an ``m x n`` matrix.
 
     With ``p = min(m, n)``, ``q = max(m, n)``: ``X X^T`` costs ``2 p^2 q``, ``A A`` ``2 p^3``
@@ -403,7 +406,7 @@ def newton_schulz_flops(m: int, n: int, steps: int = 5) -> int:
     return steps * (4 * p * p * q + 2 * p**3)
 
 
-def gram_newton_schulz_flops(m: int, n: int, steps: int = 5) -> int:
+def gram_newton_schulz_flops(m: int, n: int, steps: int = NS_STEPS) -> int:
     """Dense matmul FLOPs of :func:`gram_newton_schulz` on an ``m x n`` matrix: ``2 p^2 q`` for
     each product with ``X`` (the first ``R``, two per restart, the final ``Q X``) and ``2 p^3``
     for each ``p x p`` product."""

@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 from .distributed import Shard, is_sharded, orthogonalize_sharded
 from .fused import ITERATION_DTYPE, FusedMuonStep, fusable
 from .kernels import interpreting
-from .linalg import NORM_FLOOR, CoefficientSpec, frobenius_scaled, msign, msign_by_gram, newton_schulz, rms_scaled
+from .linalg import NORM_FLOOR, NS_STEPS, CoefficientSpec, frobenius_scaled, msign, msign_by_gram, newton_schulz, rms_scaled
 
 AdjustLR = Literal["match_rms_adamw", "original", "dynamic_rms"] | None
 #: the RMS of an AdamW update, which "match_rms_adamw" gives Muon's updates (Moonlight)
@@ -48,7 +48,7 @@ def momentum_directions(grads: list[Tensor], buffers: list[Tensor], beta: float,
 def orthogonalize(
     updates: list[Tensor],
     method: Method = "newton_schulz",
-    steps: int = 5,
+    steps: int = NS_STEPS,
     coefficients: CoefficientSpec = "muon",
     dtype: torch.dtype = ITERATION_DTYPE,
     eps: float = NORM_FLOOR,
@@ -112,7 +112,7 @@ def muon_directions(
     beta: float,
     nesterov: bool,
     method: Method = "newton_schulz",
-    steps: int = 5,
+    steps: int = NS_STEPS,
     coefficients: CoefficientSpec = "muon",
     eps: float = NORM_FLOOR,
     shard: Shard | None = None,
@@ -145,7 +145,7 @@ def muon_step(
     weight_decay: float,
     lr_factors: Sequence[float],
     method: Method = "newton_schulz",
-    steps: int = 5,
+    steps: int = NS_STEPS,
     coefficients: CoefficientSpec = "muon",
     eps: float = NORM_FLOOR,
     shard: Shard | None = None,
@@ -298,7 +298,7 @@ class Muon(Optimizer):
         momentum: float = 0.95,
         nesterov: bool = True,
         weight_decay: float = 0.0,
-        ns_steps: int = 5,
+        ns_steps: int = NS_STEPS,
         ns_coefficients: CoefficientSpec = "muon",
         adjust_lr: AdjustLR | object = _UNSET,
         orthogonalize: Method = "newton_schulz",
