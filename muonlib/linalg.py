@@ -30,7 +30,7 @@ NAMED_COEFFICIENTS: dict[str, Coefficients] = {
     "cubic": (3 / 2, -1 / 2, 0.0),
 }
 
-#: Algorithm 1's K: the Newton-Schulz steps per update, for which the ``"muon"`` tuple is tuned
+#: Algorithm 1's K, the Newton-Schulz steps per update, for which the ``"muon"`` tuple is tuned
 NS_STEPS = 5
 
 #: Where the ``"muon"`` map leaves a singular value after 5 steps (exact arithmetic), for
