@@ -127,7 +127,8 @@ class Protocols:
         return pd.concat([out.drop(index=claims), finish(both[alone.columns])]).loc[alone.index]  # each protocol's verdict in its evidence
 
     def verdicts(self) -> pd.DataFrame:
-        """Per claim: each complete protocol's evidence and verdict, and the verdict that stands;
+        """Per claim: each complete protocol's evidence and verdict, and the verdict that stands
+        (the evidence names each judging protocol's verdict, as :meth:`with_ready` does);
         while the original protocol judges alone, its evidence says how far the others are and
         what a new protocol that has finished found (:meth:`with_ready`), except where both new
         protocols have finished the settings a claim compares."""
@@ -136,5 +137,6 @@ class Protocols:
         shown = [p for p in self.results if p in self.judged_by or not self.progress.loc[p, "runs wanted now"]]  # not an unfinished original plan
         tables = {p: self.results[p].verdicts(capped=False) for p in shown}
         verdicts = side_by_side(tables, self.judged_by)
-        verdicts["ours"] = ["; ".join(f"{p}: {tables[p].ours[claim]}" for p in self.judged_by) for claim in verdicts.index]
+        verdicts["ours"] = ["; ".join(f"{p}: {tables[p].ours[claim]} ({tables[p].verdict[claim]})" for p in self.judged_by)
+                            for claim in verdicts.index]  # each protocol's verdict, so that a disagreement names who decides
         return verdicts
