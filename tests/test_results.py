@@ -794,8 +794,12 @@ def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agr
     assert (paper_done.complete_alone(), unfinished.complete_alone(), both.complete_alone()) == (["paper"], [], [])
     assert table.verdict.to_dict() == {"E3": REFUTED, "E4": REFUTED}
     assert table.ours["E4"] == f"measured; the paper's recipe, whose runs for this claim have finished, alone: found ({CONDITIONAL})"
-    same = ArchitectureProtocols({"original": Capped(E3=REFUTED), "paper": Found(E3=REFUTED)}, progress).verdicts()
-    assert same.ours["E3"] == "measured"  # evidence that reads no runs (a benchmark's) is not said twice
+    # the benchmark's claim reads no runs: its evidence is said once, while a run's finding that reads as the original's is still shown
+    same = ArchitectureProtocols({"original": Capped(E3=REFUTED, E8=CONDITIONAL), "paper": Found(E3=REFUTED, E8=CONDITIONAL)}, progress).verdicts()
+    assert same.ours["E8"] == "measured" and same.ours["E3"] == f"measured; the paper's recipe, whose runs for this claim have finished, alone: measured ({REFUTED})"
+    assert ArchitectureProtocols.not_from_runs == ("E8",)
+    both = ArchitectureProtocols({"original": Found(E8=CONDITIONAL), "paper": Found(E8=CONDITIONAL), "tuned": Found(E8=CONDITIONAL)}, progress)
+    assert both.verdicts().ours["E8"] == "measured"
 
 
 @pytest.mark.parametrize("experiment", ["scaling", "batch_sizes", "ablations"])

@@ -40,6 +40,8 @@ def expert_combinations_row() -> dict:
             "verdict": label([abs(combinations / QUOTES["E6"].value - 1) < 0.05])}
 
 
+#: claims judged by the training benchmark (E8's overhead), not by the runs, so alike under every protocol
+FROM_BENCHMARK = ("E8",)
 #: claims of the runs that also claim the decode benchmark's: claim -> {decode claim: what it adds}
 DECODE_PARTS = {"M24": {"E1": "KV memory", "E2": "speed"}, "E5": {"E2": "speed"}}
 
@@ -291,7 +293,7 @@ class ArchitectureResults(LadderResults):
         rows += [self.e8_row(), self.a1_row(capped, why)] + ([] if "A2" in untrained else [self.a2_row()])
         verdicts = pd.DataFrame(rows).set_index("claim")
         if capped:
-            verdicts = one_protocol_table(verdicts, claims=verdicts.index.drop(["E8", "A1"]), why=why)  # E8 from a benchmark; A1 above
+            verdicts = one_protocol_table(verdicts, claims=verdicts.index.drop([*FROM_BENCHMARK, "A1"]), why=why)  # A1 capped above
         return with_decode_parts(verdicts, decode)
 
     def moe_rows(self) -> list[dict]:
@@ -368,6 +370,7 @@ class ArchitectureProtocols(Protocols):
     with the decoding benchmark's parts of the claims that have them."""
 
     experiment, results_type = "architectures", ArchitectureResults
+    not_from_runs = FROM_BENCHMARK
     claim_settings = {"M23": ("mha", "mla", "moe-mla"), "M24": ("mha", "moe-mla"), "E3": ("mha", "moe-mla"),
                       "E4": ("mha", "moe-mla", "moe-mla small"), "E5": ("mha", "moe-mla", "moe-mla flop-matched"),
                       "E7": ("mha", "moe-mla", "moe-mla unbalanced"), "A1": ("mha", "mla"),

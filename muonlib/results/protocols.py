@@ -37,6 +37,8 @@ class Protocols:
     results_type: ClassVar[type]
     #: claim -> the plan's settings its verdict reads, for the claims judged before the whole plan has finished
     claim_settings: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: claims judged from something other than the runs (a benchmark), alike under every protocol: their evidence is said once
+    not_from_runs: ClassVar[tuple[str, ...]] = ()
     results: dict  # protocol -> its results: the complete ones, and the original protocol's always (its chapter shows what has run)
     progress: pd.DataFrame  # per protocol: the GPU kinds its finished runs ran on (its plan's before any), the runs of its plan finished and those it wants now
     # protocol -> (its results limited to the settings it has finished, the claims those judge), for the new protocols
@@ -110,14 +112,13 @@ class Protocols:
         in their evidence rather than in columns of its own, which the other claims would leave
         empty. A claim one new protocol alone has finished (the settings it compares, or that
         protocol's whole plan) keeps the original's verdict; its evidence adds that protocol's
-        finding, which cannot stand alone, unless it says what the evidence says already."""
+        finding, which cannot stand alone, unless the claim is not judged from the runs
+        (:attr:`not_from_runs`)."""
         tables = {p: results.verdicts(capped=False).loc[list(claims)] for p, (results, claims) in self.ready.items()}
         tables |= {p: self.results[p].verdicts(capped=False) for p in self.complete_alone()}
         out = alone.copy()
         for protocol, table in tables.items():
-            for claim in set(table.index) - set(self.ready_claims()):
-                if table.ours[claim] == out.at[claim, "ours"]:  # read from elsewhere than the runs (a benchmark): said already
-                    continue
+            for claim in set(table.index) - set(self.ready_claims()) - set(self.not_from_runs):
                 out.at[claim, "ours"] += (f"; {PROTOCOL_NAMES[protocol]}, whose runs for this claim have finished, alone: "
                                           f"{table.ours[claim]} ({table.verdict[claim]})")
         if not (claims := self.ready_claims()):
@@ -137,6 +138,7 @@ class Protocols:
         shown = [p for p in self.results if p in self.judged_by or not self.progress.loc[p, "runs wanted now"]]  # not an unfinished original plan
         tables = {p: self.results[p].verdicts(capped=False) for p in shown}
         verdicts = side_by_side(tables, self.judged_by)
-        verdicts["ours"] = ["; ".join(f"{p}: {tables[p].ours[claim]} ({tables[p].verdict[claim]})" for p in self.judged_by)
+        verdicts["ours"] = [tables[self.judged_by[0]].ours[claim] if claim in self.not_from_runs
+                            else "; ".join(f"{p}: {tables[p].ours[claim]} ({tables[p].verdict[claim]})" for p in self.judged_by)
                             for claim in verdicts.index]  # each protocol's verdict, so that a disagreement names who decides
         return verdicts
