@@ -37,7 +37,7 @@ class Protocols:
     results_type: ClassVar[type]
     #: claim -> the plan's settings its verdict reads, for the claims judged before the whole plan has finished
     claim_settings: ClassVar[dict[str, tuple[str, ...]]] = {}
-    #: claims judged from something other than the runs (a benchmark), alike under every protocol: their evidence is said once
+    #: claims judged from something other than the runs (a benchmark), alike under every protocol, so their evidence is said once
     not_from_runs: ClassVar[tuple[str, ...]] = ()
     results: dict  # protocol -> its results: the complete ones, and the original protocol's always (its chapter shows what has run)
     progress: pd.DataFrame  # per protocol: the GPU kinds its finished runs ran on (its plan's before any), the runs of its plan finished and those it wants now
