@@ -898,6 +898,41 @@ def original_reader(hardware: str, protocol: str) -> str | None:
     return hardware if protocol == "original" else None
 
 
+@dataclass(frozen=True)
+class PlanProgress:
+    """How far an experiment's plan under one protocol is on one GPU kind: the runs it wants
+    now (a sweep that settles wants more later), the finished runs it reads, and the GPU kinds
+    that made those of them it wants."""
+
+    name: str
+    protocol: str
+    hardware: str
+    wanted: list[TrainConfig]
+    finals: dict[str, dict]  # every finished run the plan reads, by run id
+    made_on: list[str]  # the GPU kinds of its wanted runs that have finished (its own kind before any)
+
+    @property
+    def finished(self) -> int:
+        return len({run_id(c, self.hardware) for c in self.wanted} & set(self.finals))
+
+    @property
+    def missing(self) -> int:
+        return len({run_id(c, self.hardware) for c in self.wanted} - set(self.finals))
+
+
+def plan_progress(name: str, protocol: str = "original", hardware: str | None = None) -> PlanProgress:
+    """:class:`PlanProgress` of an experiment's saved runs, read as its chapter reads them: on
+    ``hardware``, by default the kind the protocol's runs are made on (:func:`protocol_hardware`)."""
+    hardware = hardware or protocol_hardware(name)[protocol]
+    folders = [f for f in result_folders(name, None, protocol) if f.exists()]
+    finals = finished_runs(folders, original_reader(hardware, protocol))
+    wanted, _ = experiment(name).plan_for(hardware, protocol).plan(hardware, finals)
+    files = result_files(folders, original_reader(hardware, protocol))
+    done = {run_id(c, hardware) for c in wanted} & set(finals)
+    made_on = sorted({ran_on(files[run]).upper() for run in done}) or [hardware.upper()]
+    return PlanProgress(name, protocol, hardware, wanted, finals, made_on)
+
+
 #: runs sharing a GPU by default when it trains the CPU preset's tiny plans, as a chapter's
 #: smallest rerun on a GPU does, since one tiny run leaves a GPU nearly idle
 TINY_RUNS_PER_GPU = 8
@@ -1086,7 +1121,9 @@ def main(argv: list[str] | None = None) -> None:
     unpacker = sub.add_parser("unpack", help="put packed results into data/results/")
     unpacker.add_argument("archive", type=Path)
     unpacker.add_argument("--overwrite", action="store_true", help="replace results that differ from the packed ones")
-    sub.add_parser("list", help="the named experiments")
+    lister = sub.add_parser("list", help="the named experiments")
+    lister.add_argument("--progress", action="store_true", help="and, under each protocol it runs under, how many runs of its plan "
+                                                                "have finished on the protocol's GPU kind and how many more it wants now")
     worker = sub.add_parser("worker", help=argparse.SUPPRESS)  # one run, started by `run`
     for flag in ("--hardware", "--results", "--checkpoints", "--config"):
         worker.add_argument(flag, required=True)
@@ -1128,6 +1165,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         for name, exp in EXPERIMENTS.items():
             print(f"{name}: {exp.description}")
+            for protocol in exp.protocols if args.progress else ():
+                p = plan_progress(name, protocol)
+                print(f"  {protocol}: {p.finished} runs finished on {', '.join(p.made_on)}, {p.missing} more wanted now"
+                      + ("" if p.missing else " (complete)"))
 
 
 __all__ = ["EXPERIMENTS", "PROTOCOLS", "Ablations", "Comparison", "Copies", "Decisions", "Experiment", "Retrain", "Scaling", "ScalingDecisions",

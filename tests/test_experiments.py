@@ -283,6 +283,25 @@ def test_two_cpu_workers_run_the_plan_and_a_second_call_skips_finished_runs(toy)
     assert again.finished == [] and not again.failed
 
 
+def test_a_plans_progress_counts_its_finished_runs_and_those_it_still_wants(toy):
+    before = experiments.plan_progress("toy", hardware="cpu")
+    assert (before.finished, before.missing, before.made_on) == (0, 2, ["CPU"])  # the warm-up's runs first; its own kind before any run
+    run("toy", "cpu", workers=2, progress=False)
+    after = experiments.plan_progress("toy", hardware="cpu")
+    assert (after.finished, after.missing, after.made_on) == (4, 0, ["CPU"]) and set(after.finals) == {run_id(c, "cpu") for c in after.wanted}
+
+
+def test_list_shows_each_protocols_progress_on_its_gpu_kind(capsys):
+    experiments.main(["list"])
+    assert "runs finished" not in capsys.readouterr().out
+    experiments.main(["list", "--progress"])
+    lines = capsys.readouterr().out.splitlines()
+    ladder = lines.index(next(line for line in lines if line.startswith("batch_sizes: ")))
+    # the saved ladders, complete under every protocol, the new protocols' on an H100
+    assert lines[ladder + 1:ladder + 4] == [f"  {protocol}: {runs} runs finished on {kind}, 0 more wanted now (complete)"
+                                           for protocol, runs, kind in (("original", 79, "H200"), ("paper", 79, "H100"), ("tuned", 74, "H100"))]
+
+
 def test_two_experiments_share_one_queue_and_each_keeps_its_runs(toy, monkeypatch):
     comparison = experiments.EXPERIMENTS["toy"].design("cpu")
     other = dataclasses.replace(comparison, base=dataclasses.replace(comparison.base, weight_decay=0.05))

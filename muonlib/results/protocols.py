@@ -49,23 +49,17 @@ class Protocols:
         """``name``: the experiment's results folder, the class's ``experiment`` by default;
         ``hardware``: the GPU kind each protocol's runs are read from, by default those that made
         the saved ones (:func:`~muonlib.experiments.protocol_hardware`)."""
-        from ..experiments import experiment, finished_runs, original_reader, protocol_hardware, ran_on, result_files, result_folders, run_id
+        from ..experiments import experiment, plan_progress, protocol_hardware, run_id
 
         name = name or cls.experiment
         hardware = hardware or protocol_hardware(name)
         rows, complete, ready = [], {}, {}
         for protocol, kind in hardware.items():
-            folders = [f for f in result_folders(name, None, protocol) if f.exists()]
-            finals = finished_runs(folders, original_reader(kind, protocol))
-            design = experiment(name).plan_for(kind, protocol)
-            wanted, _ = design.plan(kind, finals)
-            ids = {run_id(c, kind) for c in wanted}
-            missing = len(ids - set(finals))
-            files = result_files(folders, original_reader(kind, protocol))
-            made_on = sorted({ran_on(files[run]).upper() for run in ids & set(finals)}) or [kind.upper()]
-            rows.append({"protocol": protocol, "GPU": ", ".join(made_on), "runs finished": len(ids & set(finals)),
-                         "runs wanted now": missing})  # a sweep that ends at its grid's edge, or chosen rates' seeds, want more later
-            if not missing or protocol == "original":
+            progress = plan_progress(name, protocol, kind)
+            wanted, finals, design = progress.wanted, progress.finals, experiment(name).plan_for(kind, protocol)
+            rows.append({"protocol": protocol, "GPU": ", ".join(progress.made_on), "runs finished": progress.finished,
+                         "runs wanted now": progress.missing})  # a sweep that ends at its grid's edge, or chosen rates' seeds, want more later
+            if not progress.missing or protocol == "original":
                 complete[protocol] = cls.results_type.load(name, kind, protocol=protocol)
             if protocol != "original" and cls.claim_settings and finals:  # complete or not, the claims its finished settings judge
                 pending = {design.setting_of(c) for c in wanted if run_id(c, kind) not in finals}
