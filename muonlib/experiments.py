@@ -1171,8 +1171,8 @@ def main(argv: list[str] | None = None) -> None:
                       + ("" if p.missing else " (complete)"))
 
 
-__all__ = ["EXPERIMENTS", "PROTOCOLS", "Ablations", "Comparison", "Copies", "Decisions", "Experiment", "Retrain", "Scaling", "ScalingDecisions",
-           "decisions", "load_results", "pack", "read_run", "results_folder", "run", "run_id", "unpack"]
+__all__ = ["EXPERIMENTS", "PROTOCOLS", "Ablations", "Comparison", "Copies", "Decisions", "Experiment", "PlanProgress", "Retrain", "Scaling",
+           "ScalingDecisions", "decisions", "load_results", "pack", "plan_progress", "read_run", "results_folder", "run", "run_id", "unpack"]
 
 
 if __name__ == "__main__":
