@@ -604,9 +604,9 @@ def test_the_batch_size_verdicts_are_the_paper_recipes_and_the_tuned_protocols_c
     # M20: Muon needs fewer steps in every cell under the tuned protocol, not at the paper recipe's first target
     assert (cells["tuned"]["Muon steps"] < cells["tuned"]["AdamW steps"]).all()
     assert not (cells["paper"]["Muon steps"] < cells["paper"]["AdamW steps"]).all()
-    # M26: both find R per batch above section 3.1's band at every batch, so both refute "10-15% fewer tokens"
+    # M26: both find R per batch above section 3.1's band at every batch and seed, so both refute "10-15% fewer tokens"
     for protocol, results in (("paper", paper), ("tuned", tuned)):
-        assert all(r.mean > PAPER_R["section 3.1"][1] for r in results.ratio_per_batch(cells[protocol]))
+        assert all(r.low > PAPER_R["section 3.1"][1] for r in results.ratio_per_batch(cells[protocol]))
     # M27: the token difference grows more slowly than the batch at every tuned target, faster at some of the paper's
     slopes = {p: [np.polyfit(np.log(g["tokens per step"]), np.log(g.difference), 1)[0]
                   for _, g in c[c.difference > 0].groupby("target") if len(g) >= 3] for p, c in cells.items()}
