@@ -191,9 +191,11 @@ def check_protocol(protocol: str) -> None:
 #: compared arms never differ by the machine (the original protocol's plans read both Hopper
 #: kinds); the paper's and the tuned protocol's first runs were an H200's
 PROTOCOL_HARDWARE = {"original": "h100", "paper": "h200", "tuned": "h200"}
-#: experiments whose paper and tuned runs are an H100's instead, since they share no run with
-#: another experiment (they read no other's results, and none reads theirs) and H200s are seldom lent
-ON_H100 = ("batch_sizes",)
+#: experiments whose paper and tuned runs are an H100's instead, since H200s are seldom lent and
+#: they share no run with another experiment: the batch sizes read no other's results, and none
+#: reads theirs; the ablations take only the settings and rates the XS comparison chose on an
+#: H200, and train its chosen runs again beside their arms (:class:`Ablations` ``chosen_on``)
+ON_H100 = ("batch_sizes", "ablations")
 
 
 def protocol_hardware(name: str) -> dict[str, str]:
@@ -489,27 +491,47 @@ class Ablations:
 
     The comparison's own runs are the baseline (and AdamW's row); an arm keeps Muon's
     chosen rate, so an arm that changes what the rate means (the RMS rules) is judged at a
-    rate tuned for another rule, as the paper's one-column table implies.
+    rate tuned for another rule, as the paper's one-column table implies. With ``chosen_on``
+    another GPU kind, the comparison there (experiment ``source``, finished) chose the
+    settings and rates, and its chosen runs are trained again on this one beside the arms,
+    so that the arms and what they are compared with come from one kind.
     """
 
     comparison: Comparison
     steps: int  # the comparison's budget the ablation runs at
     arms: dict[str, dict]  # arm -> changes to Muon's run: optimizer_options (added to the run's), weight_decay
     seeds: tuple[int, ...] = (0, 1, 2)
+    chosen_on: str | None = None  # the GPU kind whose comparison chose the rates, where not the one the arms run on
+    source: str = "xs_muon_vs_adamw"  # the comparison's experiment, read on chosen_on
 
     def plan(self, hardware: str, finals: Finals) -> tuple[list[TrainConfig], Decisions]:
-        """The comparison's wanted runs until it has chosen Muon's rate at ``steps``, then every arm."""
-        wanted, decisions = self.comparison.plan(hardware, finals)
-        if (self.steps, "muon") not in decisions.rates:
-            return wanted, decisions
-        baseline = self.baseline(decisions)
+        """The comparison's wanted runs until it has chosen Muon's rate at ``steps``, then every
+        arm; with the rates chosen on another kind, its chosen runs trained again too."""
+        elsewhere = self.chosen_on not in (None, hardware)
+        if elsewhere:
+            wanted, chosen = [], decisions(self.source, self.chosen_on, protocol=self.comparison.protocol)
+            if (self.steps, "muon") not in chosen.rates:
+                raise ValueError(f"the ablations take their rates from {self.source} on {self.chosen_on!r}, which has not chosen "
+                                 f"Muon's rate at {self.steps} steps: run `python -m muonlib.experiments run {self.source} "
+                                 f"--protocol {self.comparison.protocol}` on that kind first")
+        else:
+            wanted, chosen = self.comparison.plan(hardware, finals)
+            if (self.steps, "muon") not in chosen.rates:
+                return wanted, chosen
+        baseline = self.baseline(chosen)
+        if elsewhere:
+            wanted += [dataclasses.replace(c, seed=s) for c in (baseline, self.adamw(chosen)) for s in self.seeds]
         wanted += [dataclasses.replace(self.arm_config(baseline, arm), seed=s) for arm in self.arms for s in self.seeds]
-        return Comparison.unique(wanted, hardware), decisions
+        return Comparison.unique(wanted, hardware), chosen
 
     def baseline(self, decisions: Decisions) -> TrainConfig:
         """Muon's run at the chosen rates, seed 0."""
         return self.comparison.config("muon", self.steps, decisions.warmups["muon"], decisions.rates[self.steps, "muon"],
                                       adamw_lr=decisions.rates[self.steps, "adamw"], muon_options=decisions.muon_options)
+
+    def adamw(self, decisions: Decisions) -> TrainConfig:
+        """AdamW's run at its chosen rate, seed 0: Table 2's AdamW row."""
+        return self.comparison.config("adamw", self.steps, decisions.warmups["adamw"], decisions.rates[self.steps, "adamw"])
 
     def arm_config(self, baseline: TrainConfig, arm: str) -> TrainConfig:
         changes = dict(self.arms[arm])
@@ -692,9 +714,12 @@ def ablations(hardware: str, protocol: str = "original") -> Ablations:
     judged against) at that comparison's 1200-step budget and chosen rates, whose runs are
     the baseline and AdamW's row, under the same protocol (its warm-ups and Muon's momentum).
     The batch-size rows are the batch-size experiment's. A CPU runs the tiny model's arms at 40
-    steps."""
+    steps. Under the paper's and the tuned protocol on a Hopper GPU, the rates are those the
+    comparison chose on the kind that made its runs (:func:`protocol_hardware`), and on the
+    other kind its chosen runs are trained again beside the arms."""
     xs = xs_comparison(hardware, protocol)
-    return Ablations(xs, steps=xs.budgets[0] if hardware == "cpu" else 1200, arms=ABLATION_ARMS)
+    chosen_on = protocol_hardware("xs_muon_vs_adamw")[protocol] if hardware in HOPPER and protocol != "original" else None
+    return Ablations(xs, steps=xs.budgets[0] if hardware == "cpu" else 1200, arms=ABLATION_ARMS, chosen_on=chosen_on)
 
 
 #: MoE-MLA experts that give S 42% fewer active non-embedding parameters than dense MHA-S, the

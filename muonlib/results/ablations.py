@@ -67,7 +67,7 @@ class AblationResults:
         design = experiment(name).plan_for(hardware, protocol)
         wanted, decisions = design.plan(hardware, finished_runs(folders, reader))
         baseline = design.baseline(decisions)
-        adamw = design.comparison.config("adamw", design.steps, decisions.warmups["adamw"], decisions.rates[design.steps, "adamw"])
+        adamw = design.adamw(decisions)
         arm_of = {run_id(dataclasses.replace(c, seed=s), hardware): arm
                   for c, arm in ((baseline, BASELINE), (adamw, ADAMW_ARM)) for s in design.seeds}
         arm_of |= {run_id(c, hardware): design.arm_of(c, baseline) for c in wanted if design.arm_of(c, baseline)}
