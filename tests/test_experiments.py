@@ -564,6 +564,26 @@ def test_the_ablations_read_the_xs_comparisons_baseline():
     assert set(design.arms) >= {"no orthogonalisation", "K = 3", "K = 10", "Taylor coefficients", "no weight decay", "exact msign (SVD)"}
 
 
+@pytest.mark.parametrize("protocol", ["paper", "tuned"])
+def test_ablations_on_another_kind_train_the_comparisons_chosen_runs_again_beside_the_arms(protocol, monkeypatch):
+    on_h100, on_h200 = (experiments.ablations(kind, protocol) for kind in ("h100", "h200"))
+    assert on_h100.chosen_on == on_h200.chosen_on == experiments.protocol_hardware("xs_muon_vs_adamw")[protocol]
+    chosen = experiments.decisions("xs_muon_vs_adamw", on_h100.chosen_on, protocol=protocol)
+    wanted, decided = on_h100.plan("h100", {})
+    assert decided == chosen  # the H200's settings and rates, none swept again
+    baseline, adamw = on_h100.baseline(chosen), on_h100.adamw(chosen)
+    copies = [c for c in wanted if on_h100.arm_of(c, baseline) is None]
+    assert sorted((c.optimizer, c.seed) for c in copies) == [(o, s) for o in ("adamw", "muon") for s in (0, 1, 2)]
+    assert all(dataclasses.replace(c, seed=0) in (baseline, adamw) for c in copies)
+    for c in copies:  # the very runs the comparison made on the H200, configuration and seed
+        assert experiments.result_path(experiments.results_folder("xs_muon_vs_adamw", protocol), run_id(c, on_h100.chosen_on)).exists()
+    assert len(wanted) - len(copies) == 3 * len(experiments.ABLATION_ARMS)
+    assert on_h200.plan("h200", {})[0] == on_h200.comparison.plan("h200", {})[0]  # on the kind that chooses, its comparison's own plan
+    monkeypatch.setattr(experiments, "decisions", lambda *args, **kwargs: experiments.Decisions())
+    with pytest.raises(ValueError, match=f"has not chosen Muon's rate at 1200 steps.*run xs_muon_vs_adamw --protocol {protocol}"):
+        on_h100.plan("h100", {})
+
+
 def test_a_borrowed_setting_runs_only_seeds_at_its_lenders_rates_once_they_are_chosen():
     plan = dataclasses.replace(SCALING, settings={**SCALING.settings, "tiny-unbalanced": {"model_changes": {"bias_update_rate": 0.0}}},
                                borrowed={"tiny-unbalanced": "tiny"})
