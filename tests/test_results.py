@@ -644,6 +644,21 @@ def test_m22_orthogonalisation_and_the_scale_rule_matter_steps_and_coefficients_
     assert table["peak memory GB"].drop(ADAMW_ARM).max() - table["peak memory GB"].drop(ADAMW_ARM).min() < 0.1
 
 
+def test_the_paper_recipes_arms_on_each_gpu_kind_are_each_judged_against_their_own_kinds_runs():
+    from muonlib.results.ablations import arms_by_kind
+
+    by_kind = arms_by_kind("ablations", "paper")
+    kinds = list(dict.fromkeys(by_kind.columns.get_level_values(0)))
+    assert "H200" in kinds and BASELINE not in by_kind.index  # the arms an H200 ran before the move stay, beside the H100's
+    for kind in kinds:
+        own = AblationResults.load("ablations", kind.lower(), protocol="paper").arm_table()
+        every_seed = [a for a in own.index if a != BASELINE and len(own["test loss"][a].values) == 3]
+        assert by_kind[kind, "change"].dropna().to_dict() == own.change[every_seed].to_dict()
+        partial = set(own.index) - set(every_seed) - {BASELINE}
+        assert by_kind.loc[list(partial), (kind, "change")].isna().all()  # an arm short of seeds is not set beside the other kind
+    assert by_kind.loc["no orthogonalisation", ("H200", "separated")] == 1
+
+
 # ---------------------------------------------------------------- the architectures chapter
 
 

@@ -167,3 +167,20 @@ class AblationProtocols(Protocols):
     """Table 2's verdict under each protocol (:class:`~muonlib.results.protocols.Protocols`)."""
 
     experiment, results_type = "ablations", AblationResults
+
+
+def arms_by_kind(name: str = "ablations", protocol: str = "paper") -> pd.DataFrame:
+    """Each arm's change in test loss against Muon as specified, and whether it is beyond the
+    seed spread (-1 lower, +1 higher), on every GPU kind that ran a protocol's arms, each
+    against runs of its own kind (:meth:`AblationResults.arm_table`): whether the GPU kind
+    moves an arm's finding. An arm a kind has not run every seed of is NaN there."""
+    from ..experiments import ran_on, results_folder
+
+    kinds = sorted({ran_on(path) for path in results_folder(name, protocol).glob("*.jsonl.gz")})
+    columns = {}
+    for kind in kinds:
+        table = AblationResults.load(name, kind, protocol=protocol).arm_table()
+        complete = [len(spread.values) == len(experiment(name).plan_for(kind, protocol).seeds) for spread in table["test loss"]]
+        columns |= {(kind.upper(), "change"): table.change.where(complete), (kind.upper(), "separated"): table.separated.where(complete)}
+    return pd.DataFrame(columns).drop(index=[BASELINE], errors="ignore")
+
