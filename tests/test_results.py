@@ -657,6 +657,12 @@ def test_the_paper_recipes_arms_on_each_gpu_kind_are_each_judged_against_their_o
         partial = set(own.index) - set(every_seed) - {BASELINE}
         assert by_kind.loc[list(partial), (kind, "change")].isna().all()  # an arm short of seeds is not set beside the other kind
     assert by_kind.loc["no orthogonalisation", ("H200", "separated")] == 1
+    both = by_kind.dropna()
+    assert {"H100", "H200"} <= set(kinds) and len(both) >= 9
+    flips = both["H100", "separated"] * both["H200", "separated"] == -1
+    differ = both.index[both["H100", "separated"] != both["H200", "separated"]]
+    assert not flips.any() and list(differ) == ["K = 10"]  # the kind moves one row between lower and level, none across
+    assert (both["H100", "change"] - both["H200", "change"]).abs().max() < 0.01
 
 
 # ---------------------------------------------------------------- the architectures chapter
