@@ -584,6 +584,18 @@ def test_ablations_on_another_kind_train_the_comparisons_chosen_runs_again_besid
         on_h100.plan("h100", {})
 
 
+def test_the_exact_msign_arm_is_queued_first_and_paced_apart_from_newton_schulz():
+    design = experiments.ablations("h100", "paper")
+    wanted, decided = design.plan("h100", {})
+    baseline = design.baseline(decided)
+    exact = dataclasses.replace(design.arm_config(baseline, "exact msign (SVD)"), seed=0)
+    assert experiments.run_work(exact) == experiments.EXACT_MSIGN_COST * experiments.run_work(baseline)
+    assert experiments.run_kind(exact) != experiments.run_kind(baseline)  # its pace is its own, not Newton-Schulz's
+    assert experiments.run_kind(design.arm_config(baseline, "K = 3")) == experiments.run_kind(baseline)
+    queued = sorted(wanted, key=lambda c: -experiments.run_work(c))  # as the runner orders its queue
+    assert {design.arm_of(c, baseline) for c in queued[:len(design.seeds)]} == {"exact msign (SVD)"}
+
+
 def test_a_borrowed_setting_runs_only_seeds_at_its_lenders_rates_once_they_are_chosen():
     plan = dataclasses.replace(SCALING, settings={**SCALING.settings, "tiny-unbalanced": {"model_changes": {"bias_update_rate": 0.0}}},
                                borrowed={"tiny-unbalanced": "tiny"})
