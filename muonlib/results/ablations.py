@@ -177,12 +177,12 @@ def arms_by_kind(name: str = "ablations", protocol: str = "paper") -> pd.DataFra
     from ..experiments import ran_on, results_folder
 
     kinds = sorted({ran_on(path) for path in results_folder(name, protocol).glob("*.jsonl.gz")})
-    columns, arms = {}, {}
+    columns, ran = {}, set()
     for kind in kinds:
         table = AblationResults.load(name, kind, protocol=protocol).arm_table()
         complete = [len(spread.values) == len(experiment(name).plan_for(kind, protocol).seeds) for spread in table["test loss"]]
         columns |= {(kind.upper(), "change"): table.change.where(complete), (kind.upper(), "separated"): table.separated.where(complete)}
-        arms |= dict.fromkeys(table.index)
-    order = [a for a in (*experiment(name).plan_for(kinds[0], protocol).arms, ADAMW_ARM) if a in arms] if kinds else []
+        ran |= set(table.index)
+    order = [a for a in (*experiment(name).plan_for(kinds[0], protocol).arms, ADAMW_ARM) if a in ran] if kinds else []
     return pd.DataFrame(columns).reindex(order)  # the chapter's order, not the alphabet's
 
