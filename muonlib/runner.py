@@ -42,6 +42,7 @@ class Job:
     progress: Path
     work: float = 0.0  # how long it takes, in any unit common to the queue (default: its steps)
     kind: str = ""  # runs of one kind take about as long (same model, optimizer and length)
+    serial: bool = False  # its steps queue on the GPU, so two such runs there take as long as one after the other
 
 
 @dataclass
@@ -113,7 +114,8 @@ def run_queue(plan: Callable[[], list[Job]], is_finished: Callable[[str], bool],
     ``plan`` is asked again whenever a run ends; ``is_finished`` says whether a run's
     result exists. ``deadline`` (seconds from now): start no run after it, nor one that
     would not end by it at the pace of this queue's runs so far (:func:`expected_seconds`);
-    runs in flight finish."""
+    runs in flight finish. A ``serial`` job starts only on a GPU no other serial job is using:
+    sharing gains it nothing, and it would hold back every slot it took."""
     report = Report()
     running: dict[str, tuple[subprocess.Popen, int, Job]] = {}
     started: dict[str, tuple[float, int]] = {}  # run -> when it started, and the steps it had then
@@ -143,15 +145,20 @@ def run_queue(plan: Callable[[], list[Job]], is_finished: Callable[[str], bool],
         needs = expected_seconds(job, steps_done(job.progress), seen)
         return left > 0 and (needs is None or LAUNCH_MARGIN * needs <= left)
 
+    def slot_for(job: Job) -> int | None:  # a free slot; for a serial job, one on a GPU no serial job is using
+        taken = {environments[slot].get("CUDA_VISIBLE_DEVICES") for _, slot, other in running.values() if other.serial}
+        return next((slot for slot in free if not job.serial or environments[slot].get("CUDA_VISIBLE_DEVICES") not in taken), None)
+
     try:
         while True:
             wanted = plan()
             pending = [j for j in wanted if not is_finished(j.run) and j.run not in running and j.run not in report.failed]
             pending.sort(key=lambda j: -(j.work or j.steps))  # longest first: the last wave ends soonest
             seen = pace() if free and pending and stop_launching is not None else {}
-            while free and (job := next((j for j in pending if fits(j, seen)), None)):
+            while free and (start := next(((j, s) for j in pending if fits(j, seen) and (s := slot_for(j)) is not None), None)):
+                job, slot = start
                 pending.remove(job)
-                slot = free.pop(0)
+                free.remove(slot)
                 job.log.parent.mkdir(parents=True, exist_ok=True)
                 with open(job.log, "ab") as log:
                     proc = subprocess.Popen([sys.executable, "-m", *job.argv], stdout=log, stderr=subprocess.STDOUT,

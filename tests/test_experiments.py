@@ -390,6 +390,26 @@ def test_a_run_that_would_not_end_by_the_deadline_is_not_started(tmp_path):
     assert report.seconds["a"] < 3.0
 
 
+def test_serial_runs_take_turns_on_a_gpu_while_the_others_fill_its_slots(tmp_path):
+    (tmp_path / "timed.py").write_text(
+        "import sys, time\n"
+        "start = time.monotonic(); time.sleep(float(sys.argv[2]))\n"
+        "open(sys.argv[1], 'w').write(f'{start} {time.monotonic()}')\n")
+
+    def job(run, seconds, serial):
+        return runner.Job(run, 1, ("timed", str(tmp_path / f"{run}.done"), str(seconds)), tmp_path / f"{run}.log",
+                          tmp_path / f"{run}.progress", work=seconds, serial=serial)
+
+    jobs = [job("exact-0", 0.8, True), job("exact-1", 0.8, True), job("quick-0", 0.3, False), job("quick-1", 0.3, False)]
+    one_gpu = [{"PYTHONPATH": str(tmp_path), "CUDA_VISIBLE_DEVICES": "0"} for _ in range(3)]
+    report = runner.run_queue(lambda: jobs, lambda run: (tmp_path / f"{run}.done").exists(), one_gpu, progress=False)
+    assert sorted(report.finished) == ["exact-0", "exact-1", "quick-0", "quick-1"]
+    span = {run: tuple(map(float, (tmp_path / f"{run}.done").read_text().split())) for run in report.finished}
+    first, second = sorted((span["exact-0"], span["exact-1"]))
+    assert first[1] <= second[0]  # one after the other, though three slots were free at the start
+    assert all(span[q][0] < first[1] for q in ("quick-0", "quick-1"))  # the other slots did not wait
+
+
 def test_a_stopped_worker_checkpoints_its_step_and_resumes(toy, tmp_path):
     config = dataclasses.replace(COMPARISON.config("adamw", 400, 0.1, 1e-3), model_changes={"vocab_size": 50257, "context": 32},
                                  batch_size=2, eval_tokens=128, checkpoint_every=1000)
