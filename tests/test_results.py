@@ -644,6 +644,26 @@ def test_m22_orthogonalisation_and_the_scale_rule_matter_steps_and_coefficients_
     assert table["peak memory GB"].drop(ADAMW_ARM).max() - table["peak memory GB"].drop(ADAMW_ARM).min() < 0.1
 
 
+def test_the_ablation_verdicts_are_the_paper_recipes_and_the_tuned_protocols_combined():
+    from muonlib.results import AblationProtocols
+
+    protocols = AblationProtocols.load()
+    assert protocols.judged_by == ("paper", "tuned")  # both plans complete, each on one H100
+    for protocol in ("paper", "tuned"):
+        table = protocols.results[protocol].arm_table()
+        assert all(len(s.values) == 3 for s in table["test loss"])
+        assert set(table.index[table.separated == 1]) == {
+            "no orthogonalisation", "K = 3", "Taylor coefficients", "cubic coefficients", "no weight decay",
+            "no RMS matching (lr unscaled)", "no RMS matching (Keller Jordan's scale)", "dynamic RMS (per layer)", ADAMW_ARM}
+        # more steps, other quintic coefficients or the exact sign: K = 5 is already as good as exact
+        assert set(table.index[table.separated == 0]) == {BASELINE, "K = 10", "Polar Express", "exact msign (SVD)"}
+        assert table.change["no orthogonalisation"] > 10 * table.change["K = 3"]
+        # the original protocol's one row on the better side, by a hair, costs under both new ones
+        assert 0 < table.change["dynamic RMS (per layer)"] < 0.01
+    verdicts = protocols.verdicts()
+    assert tuple(verdicts.loc["M22", ["paper: verdict", "tuned: verdict", "verdict"]]) == (CONDITIONAL, CONDITIONAL, CONDITIONAL)
+
+
 def test_the_paper_recipes_arms_on_each_gpu_kind_are_each_judged_against_their_own_kinds_runs():
     from muonlib.results.ablations import arms_by_kind
 
