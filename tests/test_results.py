@@ -1087,3 +1087,24 @@ def test_the_saved_repeats_say_what_the_protocols_page_says():
     assert (repeats["largest difference"] >= repeats["seed range"]).any()
     median = repeats.groupby("optimizer")["largest difference"].median()
     assert median["muon"] < median["adamw"]
+
+
+def test_the_protocols_changed_m14_and_four_batch_size_verdicts_and_none_the_architectures_or_ablations_judge():
+    from muonlib.results import AblationProtocols, ArchitectureProtocols, BatchSizeProtocols, DecodeResults, ProtocolComparison
+
+    arch = ArchitectureProtocols.load()
+    experiments = {"xs": ProtocolComparison.load().findings(), "arch": arch.findings(arch.verdicts(DecodeResults.load().verdicts()).verdict)}
+    for name, kind in (("batches", BatchSizeProtocols), ("ablations", AblationProtocols)):
+        protocols = kind.load()
+        experiments[name] = protocols.findings(protocols.verdicts().verdict)
+        assert experiments[name].original.equals(protocols.results["original"].verdicts(capped=False).verdict)  # as found, uncapped
+    for name, found in experiments.items():
+        both = found.dropna()
+        if name != "arch":  # the architectures' standing verdicts join the decoding benchmark's parts
+            assert all(both.verdict[c] == combine_verdicts([both.paper[c], both.tuned[c]]) for c in both.index)
+    changed = {c: tuple(row) for found in experiments.values() for c, row in found[found.verdict != found.original].iterrows()}
+    # (original, paper, tuned, the verdict now): each moved by a new protocol that disagrees, or by both agreeing on another
+    assert changed == {"M14": (REFUTED, CONDITIONAL, REFUTED, CONDITIONAL),
+                       "M19": (VERIFIED, REFUTED, VERIFIED, CONDITIONAL), "M20": (VERIFIED, CONDITIONAL, VERIFIED, CONDITIONAL),
+                       "M26": (CONDITIONAL, REFUTED, REFUTED, REFUTED), "M27": (REFUTED, CONDITIONAL, REFUTED, CONDITIONAL)}
+    assert set(experiments["arch"].dropna().index) == set(arch.ready_claims())  # each judged by both, none changed

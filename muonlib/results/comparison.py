@@ -18,6 +18,7 @@ from ..analysis import Budget, compare, grad_norm_excursions, loss_or_inf, paire
 from ..experiments import Decisions, experiment, load_results
 from ..optim import Muon
 from .paper import PAPER, TABLE1_XS_RATE
+from .protocols import PROTOCOL_NAMES
 from .rules import every_target_verdict, gain_bounds, gain_bounds_text, gain_verdict, label, side_by_side, tested_in_part
 from .runs import (OPTIMIZERS, TARGET_OFFSETS, common_steps, equal_compute_gap_row, final_rows, gap_row, newton_schulz_share, ratio_rows,
                    spike_rows, spread_text)
@@ -277,6 +278,13 @@ class ProtocolComparison:
     def verdicts(self) -> pd.DataFrame:
         """Per claim: each complete protocol's evidence and verdict, and the verdict that stands."""
         return side_by_side({p: r.verdicts() for p, r in self.results.items()}, ("paper", self.second))
+
+    def findings(self) -> pd.DataFrame:
+        """Per claim: each complete protocol's verdict and the one that stands, as
+        :meth:`~muonlib.results.protocols.Protocols.findings` sets them for the other experiments."""
+        verdicts = self.verdicts()
+        found = {p: verdicts[f"{p}: verdict"] for p in PROTOCOL_NAMES if f"{p}: verdict" in verdicts}
+        return pd.DataFrame(found).reindex(columns=list(PROTOCOL_NAMES)).assign(verdict=verdicts.verdict)
 
 
 def repeated_runs(results: Path | None = None) -> dict[Path, list[Path]]:

@@ -121,6 +121,22 @@ class Protocols:
         both["ours"] = ["; ".join(f"{p}: {tables[p].ours[claim]} ({tables[p].verdict[claim]})" for p in ("paper", "tuned")) for claim in both.index]
         return pd.concat([out.drop(index=claims), finish(both[alone.columns])]).loc[alone.index]  # each protocol's verdict in its evidence
 
+    def findings(self, standing: pd.Series) -> pd.DataFrame:
+        """Per claim: each protocol's verdict as its runs found it (uncapped): the original
+        protocol's always, a new protocol's where its runs for the claim have finished (its
+        whole plan, or the settings the claim compares), else empty; and ``standing``, the
+        verdict that stands (:meth:`verdicts`, which a subclass may join with parts from
+        elsewhere). Where it differs from the original's, the protocols changed the verdict."""
+        found = {"original": self.results["original"].verdicts(capped=False).verdict}
+        for protocol in ("paper", "tuned"):
+            if protocol in self.results:
+                found[protocol] = self.results[protocol].verdicts(capped=False).verdict
+            elif protocol in self.ready:
+                results, claims = self.ready[protocol]
+                found[protocol] = results.verdicts(capped=False).verdict.loc[list(claims)]
+        table = pd.DataFrame(found).reindex(columns=list(PROTOCOL_NAMES))
+        return table.assign(verdict=standing.loc[table.index])
+
     def verdicts(self) -> pd.DataFrame:
         """Per claim: each complete protocol's evidence and verdict, and the verdict that stands
         (the evidence names each judging protocol's verdict, as :meth:`with_ready` does);
