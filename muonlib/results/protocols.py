@@ -99,6 +99,17 @@ class Protocols:
         both = [set(self.ready[p][1]) if p in self.ready else set() for p in ("paper", "tuned")]
         return [c for c in self.claim_settings if c in both[0] & both[1]]
 
+    def found_by(self, protocol: str) -> pd.DataFrame | None:
+        """A protocol's verdicts as its runs found them (uncapped): every claim once its whole plan
+        is complete (the original protocol's always), before then the claims its finished
+        settings judge (:attr:`ready`), else None."""
+        if protocol in self.results:
+            return self.results[protocol].verdicts(capped=False)
+        if protocol in self.ready:
+            results, claims = self.ready[protocol]
+            return results.verdicts(capped=False).loc[list(claims)]
+        return None
+
     def with_ready(self, alone: pd.DataFrame, finish=lambda table: table) -> pd.DataFrame:
         """``alone`` (the original protocol's verdicts, capped) with each of :meth:`ready_claims`
         judged instead as :meth:`verdicts` judges every claim once both plans are complete,
@@ -108,8 +119,7 @@ class Protocols:
         protocol's whole plan) keeps the original's verdict; its evidence adds that protocol's
         finding, which cannot stand alone, unless the claim is not judged from the runs
         (:attr:`not_from_runs`)."""
-        tables = {p: results.verdicts(capped=False).loc[list(claims)] for p, (results, claims) in self.ready.items()}
-        tables |= {p: self.results[p].verdicts(capped=False) for p in self.complete_alone()}
+        tables = {p: self.found_by(p) for p in (*self.ready, *self.complete_alone())}
         out = alone.copy()
         for protocol, table in tables.items():
             for claim in set(table.index) - set(self.ready_claims()) - set(self.not_from_runs):
@@ -127,13 +137,7 @@ class Protocols:
         whole plan, or the settings the claim compares), else empty; and ``standing``, the
         verdict that stands (:meth:`verdicts`, which a subclass may join with parts from
         elsewhere). Where it differs from the original's, the protocols changed the verdict."""
-        found = {"original": self.results["original"].verdicts(capped=False).verdict}
-        for protocol in ("paper", "tuned"):
-            if protocol in self.results:
-                found[protocol] = self.results[protocol].verdicts(capped=False).verdict
-            elif protocol in self.ready:
-                results, claims = self.ready[protocol]
-                found[protocol] = results.verdicts(capped=False).verdict.loc[list(claims)]
+        found = {p: table.verdict for p in PROTOCOL_NAMES if (table := self.found_by(p)) is not None}
         table = pd.DataFrame(found).reindex(columns=list(PROTOCOL_NAMES))
         return table.assign(verdict=standing.loc[table.index])
 
@@ -146,7 +150,7 @@ class Protocols:
         if self.judged_by == ("original",):
             return self.with_ready(self.results["original"].verdicts(why=self.unfinished()))
         shown = [p for p in self.results if p in self.judged_by or not self.progress.loc[p, "runs wanted now"]]  # not an unfinished original plan
-        tables = {p: self.results[p].verdicts(capped=False) for p in shown}
+        tables = {p: self.found_by(p) for p in shown}
         verdicts = side_by_side(tables, self.judged_by)
         verdicts["ours"] = [tables[self.judged_by[0]].ours[claim] if claim in self.not_from_runs
                             else "; ".join(f"{p}: {tables[p].ours[claim]} ({tables[p].verdict[claim]})" for p in self.judged_by)
