@@ -102,7 +102,7 @@ class Protocols:
     def found_by(self, protocol: str) -> pd.DataFrame | None:
         """A protocol's verdicts as its runs found them (uncapped): every claim once its whole plan
         is complete (the original protocol's always), before then the claims its finished
-        settings judge (:attr:`ready`), else None."""
+        settings judge (``ready``), else None."""
         if protocol in self.results:
             return self.results[protocol].verdicts(capped=False)
         if protocol in self.ready:
