@@ -27,6 +27,43 @@ def test_optimizer_benchmark_writes_provenance(tmp_path):
     assert len(moe) == len(expected) and moe[0]["n_matrices"] > experts
 
 
+def test_each_optimizer_is_timed_with_only_its_own_tensors_alive(monkeypatch):
+    """The step's peak memory is one optimizer's: its parameters, gradients and state (AdamW's
+    two moments the most), with nothing left of the optimizers timed before it."""
+    import gc
+    import math
+
+    def live_bytes():
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                    for t in gc.get_objects() if isinstance(t, torch.Tensor) and t.device.type != "meta"}
+        return sum(storages.values())
+
+    before, alive = live_bytes(), {}
+
+    def one_step(step, warmup, iters):  # a step builds the state; then count what is alive
+        step()
+        alive[len(alive)] = live_bytes() - before
+        return 1.0
+
+    monkeypatch.setattr(bench, "median_ms", one_step)
+    rows = bench.bench_optimizer_step("tiny", "moe-mla")
+    weights = 4 * sum(math.prod(s) for s in bench.hidden_matrix_shapes("tiny", "moe-mla"))  # float32
+    assert len(alive) == len(rows) and min(alive.values()) >= 3 * weights  # parameters, gradients, momentum at least
+    assert max(alive.values()) <= 4.1 * weights  # AdamW's: parameters, gradients, two moments
+
+
+def test_a_size_that_does_not_fit_the_gpu_says_which_and_what_to_do(tmp_path, monkeypatch):
+    def step(size, variant, iters):
+        if size == "M":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.05 GiB.")
+        return [dict(size=size, variant=variant, optimizer="torch.optim.Muon", step_ms=1.0, speedup_vs_torch_muon=1.0)]
+
+    monkeypatch.setattr(bench, "bench_optimizer_step", step)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("Properties", (), {"total_memory": 80 * 2**30}))
+    with pytest.raises(MemoryError, match=r"optim at M mha does not fit .* \(80 GiB in all\).* \(--sizes XS,S\)"):
+        bench.main(["optim", "--out", str(tmp_path), "--sizes", "XS,S,M,L", "--variants", "mha"])
+
+
 def test_results_go_where_the_book_reads_them_from_any_working_folder(tmp_path, monkeypatch):
     # a notebook's rerun runs in its own folder: a path relative to it would miss the data folder
     monkeypatch.setenv("MUONLIB_DATA", str(tmp_path / "data"))
