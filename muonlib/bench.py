@@ -1021,11 +1021,24 @@ def smoke_options(config: dict) -> dict:
     return config | {key: smoke(key, value) for key, value in SMOKE_OPTIONS.get(config["what"], {}).items()}
 
 
+def newly_failed(fresh: list | dict, saved: list | dict) -> list[dict]:
+    """The rows of a benchmark's ``fresh`` results that record an error where the ``saved``
+    results hold a measurement of the same arm (every field of the failed row but the error
+    equal): what a remeasurement lost, as opposed to an arm that fails everywhere."""
+    def rows(results):
+        return results if isinstance(results, list) else [row for part in results.values() for row in part]
+
+    measured = [row for row in rows(saved) if "error" not in row]
+    return [row for row in rows(fresh) if "error" in row
+            and any(all(m.get(key) == value for key, value in row.items() if key != "error") for m in measured)]
+
+
 def remeasure(stem: str) -> Path:
     """Measure ``data/bench/<stem>.json`` again on this machine, with the options its provenance
     recorded (shrunk by :func:`smoke_options` under the ``cpu`` preset), and replace it once the
-    new measurement is complete (a failure leaves the saved file as it was): how a chapter
-    reruns the benchmarks it reads."""
+    new measurement is complete: a failure, or an arm the saved file measured that fails here
+    (:func:`newly_failed`; a ``MemoryError`` where the GPU ran out of memory), leaves the saved
+    file as it was. How a chapter reruns the benchmarks it reads."""
     import tempfile
 
     from .hardware import detect_hardware
@@ -1039,8 +1052,16 @@ def remeasure(stem: str) -> Path:
         for action in command_line()._get_optional_actions():
             if action.dest in config and action.dest not in ("help", "out", "name", "force", "resume") and config[action.dest] is not None:
                 argv += [action.option_strings[0], str(config[action.dest])]
-        main(argv)
-        (Path(fresh) / saved.name).replace(saved)
+        try:
+            main(argv)
+        except MemoryError as error:
+            raise MemoryError(f"{saved} kept as it was: {error}") from error
+        measured = Path(fresh) / saved.name
+        if lost := newly_failed(json.loads(measured.read_text())["results"], json.loads(saved.read_text())["results"]):
+            kind = MemoryError if any(row["error"].startswith("OutOfMemoryError") for row in lost) else RuntimeError
+            raise kind(f"{saved} kept as it was: {len(lost)} of the arms it measured failed on this machine, the first "
+                       f"({', '.join(f'{k} {v}' for k, v in lost[0].items() if k != 'error')}) with {lost[0]['error']}")
+        measured.replace(saved)
     return saved
 
 

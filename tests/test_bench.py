@@ -64,6 +64,14 @@ def test_a_size_that_does_not_fit_the_gpu_says_which_and_what_to_do(tmp_path, mo
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("Properties", (), {"total_memory": 80 * 2**30}))
     with pytest.raises(MemoryError, match=r"optim at M mha does not fit .* \(80 GiB in all\).* \(--sizes XS,S\)"):
         bench.main(["optim", "--out", str(tmp_path), "--sizes", "XS,S,M,L", "--variants", "mha"])
+    # a chapter's rerun on a smaller GPU than the saved file's keeps that file, and says so
+    monkeypatch.setenv("MUONLIB_DATA", str(tmp_path))
+    bench.main(["optim", "--sizes", "XS,S", "--variants", "mha", "--name", "optim_small"])
+    saved = (tmp_path / "bench" / "optim_small.json").read_text()
+    monkeypatch.setattr(bench, "bench_optimizer_step", lambda size, variant, iters: step("M", variant, iters))
+    with pytest.raises(MemoryError, match=r"optim_small.json kept as it was: optim at XS mha does not fit"):
+        bench.remeasure("optim_small")
+    assert (tmp_path / "bench" / "optim_small.json").read_text() == saved
 
 
 def test_results_go_where_the_book_reads_them_from_any_working_folder(tmp_path, monkeypatch):
@@ -362,6 +370,38 @@ def test_a_saved_benchmark_is_remeasured_with_the_options_it_recorded(tmp_path, 
     with pytest.raises(ZeroDivisionError):
         bench.remeasure("ns_small")
     assert json.loads(saved.read_text()) == after and list(saved.parent.iterdir()) == [saved]
+
+
+def test_a_remeasurement_that_loses_an_arm_the_saved_file_measured_keeps_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUONLIB_DATA", str(tmp_path))
+    bench.main(["models", "--parts", "train", "--sizes", "tiny", "--variants", "mha", "--batch", "1", "--iters", "1", "--name", "train_small"])
+    saved = tmp_path / "bench" / "train_small.json"
+    before = json.loads(saved.read_text())
+    assert [r["optimizer"] for r in before["results"]["train_step"] if "error" not in r] == ["adamw", "muon"]
+    measure = bench.bench_train_step
+
+    def failing_muon(error):  # Muon's step fails (a T4 at XL runs out of memory), AdamW's still runs
+        def bench_train_step(size, variant, optimizer, *args):
+            if optimizer == "muon":
+                raise error
+            return measure(size, variant, optimizer, *args)
+        return bench_train_step
+
+    monkeypatch.setattr(bench, "bench_train_step", failing_muon(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.05 GiB")))
+    with pytest.raises(MemoryError, match="1 of the arms it measured failed on this machine, the first \\(size tiny, variant mha, optimizer muon\\)"):
+        bench.remeasure("train_small")
+    assert json.loads(saved.read_text()) == before and list(saved.parent.iterdir()) == [saved]
+    monkeypatch.setattr(bench, "bench_train_step", failing_muon(ValueError("a bug")))
+    with pytest.raises(RuntimeError, match="ValueError: a bug"):  # not a memory error: nothing a smaller size would fix
+        bench.remeasure("train_small")
+    assert json.loads(saved.read_text()) == before
+    # an arm that failed where the file was measured too is no loss: the remeasurement replaces it
+    muon = next(r for r in before["results"]["train_step"] if r["optimizer"] == "muon")
+    failed = [r if r is not muon else dict(size="tiny", variant="mha", optimizer="muon", error="ValueError: a bug") for r in before["results"]["train_step"]]
+    saved.write_text(json.dumps({**before, "results": {**before["results"], "train_step": failed}}))
+    bench.remeasure("train_small")
+    after = json.loads(saved.read_text())
+    assert after["provenance"]["date"] >= before["provenance"]["date"] and after["results"]["train_step"][1]["error"] == "ValueError: a bug"
 
 
 def test_the_graph_anchor_decodes_greedily_against_its_own_roofline():

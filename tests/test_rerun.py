@@ -74,6 +74,8 @@ def test_a_readers_rerun_executes_the_chapter_top_to_bottom(path, tmp_path, monk
     if path.name in BENCHMARK_CHAPTERS:  # remeasured in place, at the smoke options: each file the chapter reads is new
         remeasured = [f for f in before if f.parts[0] == "bench" and (data / f).read_bytes() != (ROOT / "data" / f).read_bytes()]
         assert remeasured, "the rerun measured nothing"
+        kept = [o.text for cell in notebook.cells for o in cell.get("outputs", []) if "kept as it was" in o.get("text", "")]
+        assert not kept, f"on this GPU the rerun kept saved files (a reader's smaller GPU may): {kept}"
         for f in remeasured:
             saved = json.loads((ROOT / "data" / f).read_text())["provenance"]["config"]
             config = json.loads((data / f).read_text())["provenance"]["config"]
