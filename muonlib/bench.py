@@ -1023,14 +1023,15 @@ def smoke_options(config: dict) -> dict:
 
 def newly_failed(fresh: list | dict, saved: list | dict) -> list[dict]:
     """The rows of a benchmark's ``fresh`` results that record an error where the ``saved``
-    results hold a measurement of the same arm (every field of the failed row but the error
-    equal): what a remeasurement lost, as opposed to an arm that fails everywhere."""
+    results hold a measurement of the same arm (every field of the failed row equal but the
+    error and the ``job`` that ran it): what a remeasurement lost, as opposed to an arm that
+    fails everywhere."""
     def rows(results):
         return results if isinstance(results, list) else [row for part in results.values() for row in part]
 
     measured = [row for row in rows(saved) if "error" not in row]
     return [row for row in rows(fresh) if "error" in row
-            and any(all(m.get(key) == value for key, value in row.items() if key != "error") for m in measured)]
+            and any(all(m.get(key) == value for key, value in row.items() if key not in ("error", "job")) for m in measured)]
 
 
 def remeasure(stem: str) -> Path:

@@ -402,6 +402,10 @@ def test_a_remeasurement_that_loses_an_arm_the_saved_file_measured_keeps_the_fil
     bench.remeasure("train_small")
     after = json.loads(saved.read_text())
     assert after["provenance"]["date"] >= before["provenance"]["date"] and after["results"]["train_step"][1]["error"] == "ValueError: a bug"
+    # the decode benchmark's rows carry the job that ran them: another job's failure of the same arm is still a loss
+    decoded = dict(size="L", model="mla", batch=1, context=512, tokens_per_s=1e3, job={"git_commit": "a"})
+    failed = dict(size="L", model="mla", batch=1, context=512, error="OutOfMemoryError: CUDA out of memory", job={"git_commit": "b"})
+    assert bench.newly_failed([failed], [decoded]) == [failed] and bench.newly_failed([failed], [decoded | {"batch": 16}]) == []
 
 
 def test_the_graph_anchor_decodes_greedily_against_its_own_roofline():
