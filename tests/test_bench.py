@@ -60,8 +60,16 @@ def test_a_size_that_does_not_fit_the_gpu_says_which_and_what_to_do(tmp_path, mo
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.05 GiB.")
         return [dict(size=size, variant=variant, optimizer="torch.optim.Muon", step_ms=1.0, speedup_vs_torch_muon=1.0)]
 
+    device_properties = torch.cuda.get_device_properties
+
+    class Properties:  # an 80 GiB GPU: this one's properties (a GPU's provenance reads its name) but its memory
+        total_memory = 80 * 2**30
+
+        def __getattr__(self, name):
+            return getattr(device_properties(0), name)
+
     monkeypatch.setattr(bench, "bench_optimizer_step", step)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("Properties", (), {"total_memory": 80 * 2**30}))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: Properties())
     with pytest.raises(MemoryError, match=r"optim at M mha does not fit .* \(80 GiB in all\).* \(--sizes XS,S\)"):
         bench.main(["optim", "--out", str(tmp_path), "--sizes", "XS,S,M,L", "--variants", "mha"])
     # a chapter's rerun on a smaller GPU than the saved file's keeps that file, and says so
