@@ -1061,7 +1061,7 @@ def remeasure(stem: str) -> Path:
         if lost := newly_failed(json.loads(measured.read_text())["results"], json.loads(saved.read_text())["results"]):
             kind = MemoryError if any(row["error"].startswith("OutOfMemoryError") for row in lost) else RuntimeError
             raise kind(f"{saved} kept as it was: {len(lost)} of the arms it measured failed on this machine, the first "
-                       f"({', '.join(f'{k} {v}' for k, v in lost[0].items() if k != 'error')}) with {lost[0]['error']}")
+                       f"({', '.join(f'{k} {v}' for k, v in lost[0].items() if k not in ('error', 'job'))}) with {lost[0]['error']}")
         measured.replace(saved)
     return saved
 

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -414,6 +415,10 @@ def test_a_remeasurement_that_loses_an_arm_the_saved_file_measured_keeps_the_fil
     decoded = dict(size="L", model="mla", batch=1, context=512, tokens_per_s=1e3, job={"git_commit": "a"})
     failed = dict(size="L", model="mla", batch=1, context=512, error="OutOfMemoryError: CUDA out of memory", job={"git_commit": "b"})
     assert bench.newly_failed([failed], [decoded]) == [failed] and bench.newly_failed([failed], [decoded | {"batch": 16}]) == []
+    (tmp_path / "bench" / "decode_small.json").write_text(json.dumps({**before, "results": [decoded]}))
+    monkeypatch.setattr(bench, "main", lambda argv: (Path(argv[argv.index("--out") + 1]) / "decode_small.json").write_text(json.dumps({**before, "results": [failed]})))
+    with pytest.raises(MemoryError, match=r"the first \(size L, model mla, batch 1, context 512\) with OutOfMemoryError"):  # the arm, not its job
+        bench.remeasure("decode_small")
 
 
 def test_the_graph_anchor_decodes_greedily_against_its_own_roofline():
