@@ -51,6 +51,7 @@ def reader_data(tmp_path: Path) -> Path:
 def test_a_readers_rerun_executes_the_chapter_top_to_bottom(path, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
+    from traitlets.config import Config
 
     if not (torch.cuda.is_available() or path.name in QUICK_ON_CPU):
         if path.name in BENCHMARK_CHAPTERS:
@@ -67,7 +68,9 @@ def test_a_readers_rerun_executes_the_chapter_top_to_bottom(path, tmp_path, monk
     switch.source = switch.source.replace(SWITCH, ON)
     workdir = tmp_path / "colab"  # where the notebook runs, and keeps what it packs for the reader
     workdir.mkdir()
-    NotebookClient(notebook, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+    # the kernel talks over unix sockets in tmp_path: over TCP, chapters rerun at once can race for one free port
+    kernel = Config({"KernelManager": {"transport": "ipc", "ip": str(tmp_path / "kernel")}})
+    NotebookClient(notebook, timeout=1800, kernel_name="python3", config=kernel, resources={"metadata": {"path": str(workdir)}}).execute()
     saved = {p.relative_to(data) for p in (data / "results").rglob("*.jsonl.gz")} | {p.relative_to(data) for p in (data / "bench").glob("*.json")}
     before = {p.relative_to(ROOT / "data") for p in (ROOT / "data" / "results").rglob("*.jsonl.gz")} | \
              {p.relative_to(ROOT / "data") for p in (ROOT / "data" / "bench").glob("*.json")}
