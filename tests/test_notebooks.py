@@ -32,6 +32,8 @@ def test_notebook_conventions(path):
     setup = "".join(cells[1]["source"])
     assert '"google.colab" in sys.modules' in setup and f'"git", "clone", "--depth", "1", "{REPO_URL}"' in setup, \
         "second cell: on Colab only, clone the repository and install muonlib from it"
+    ids = [cell.get("id") for cell in cells]  # nbformat 4.5 requires them; a tool that adds them rewrites the file
+    assert None not in ids and len(set(ids)) == len(ids), "every cell needs an id of its own"
     for cell in cells:
         if cell["cell_type"] == "code":
             assert not cell.get("outputs") and cell.get("execution_count") is None, "commit notebooks without outputs"
