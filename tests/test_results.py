@@ -337,6 +337,24 @@ def test_m30_m31_muons_best_rate_matches_adamws_at_small_sizes_and_grows_above_i
     assert v.verdict["M31"] == CONDITIONAL and found(v, "M31") == VERIFIED  # larger rates, in one protocol's runs
 
 
+def test_under_the_paper_and_the_tuned_protocol_muons_best_rate_is_above_adamws_at_every_size():
+    import re
+
+    from muonlib.results import ScalingProtocols
+
+    protocols = ScalingProtocols.load()
+    assert protocols.judged_by == ("paper", "tuned")  # both ladders complete, XS to M on one H200
+    for protocol in ("paper", "tuned"):
+        results = protocols.results[protocol]
+        assert results.settings == ["XS", "S", "M"] and (results.final_table().min_val_step == 1200).all()  # no curve turns up
+        ratio = [results.decisions.rates[s, "muon"] / results.decisions.rates[s, "adamw"] for s in results.settings]
+        assert min(ratio) >= 2  # Muon's best rate matches AdamW's at no size (M30), and is larger at each (M31)
+        v = results.verdicts(capped=False)
+        assert (v.verdict["M30"], v.verdict["M31"]) == (REFUTED, VERIFIED)
+        assert re.search(r"AdamW's is 1/\d+;", v.ours["M21"])  # AdamW's best rate moved alike at S and M: one shift, said once
+    assert (protocols.verdicts().verdict["M30"], protocols.verdicts().verdict["M31"]) == (REFUTED, VERIFIED)
+
+
 def test_m16_m18_on_equal_tokens_the_gain_rises_with_size_at_equal_compute_and_to_a_target_it_falls(scaling):
     verdicts = scaling.verdicts()
     v = verdicts.verdict
@@ -766,40 +784,25 @@ def test_training_throughput_is_the_median_of_the_newest_gpu_and_commits_repeats
     assert list(training_throughput("S", 16).index) == [("mha", "adamw")]
 
 
-def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agree(architectures):
+def test_architecture_verdicts_stand_where_the_papers_and_the_tuned_protocol_agree():
     import pandas as pd
 
     from muonlib.results import ArchitectureProtocols
     protocols = ArchitectureProtocols.load()
-    # the paper's and the tuned protocol's runs are under way: the original protocol judges alone, capped
+    # both new protocols' plans are complete, on one H200: they judge every claim, the original protocol's runs shown beside
     progress = protocols.progress
-    assert progress.loc["original", "runs wanted now"] == 0 and progress.loc["paper", "runs finished"] >= 49
-    if protocols.judged_by == ("original",):
-        alone, why = protocols.verdicts(), protocols.unfinished()
-        # both new protocols have finished MHA and MLA, the arms A1 compares: they judge it, as every claim once both are complete
-        ready = protocols.ready_claims()
-        assert "A1" in ready and "E5" not in ready
-        paper, tuned = (protocols.ready[p][0].verdicts(capped=False) for p in ("paper", "tuned"))
-        assert all(alone.verdict[c] == combine_verdicts([paper.verdict[c], tuned.verdict[c]]) for c in ready)
-        assert alone.ours["A1"] == f"paper: {paper.ours['A1']} ({paper.verdict['A1']}); tuned: {tuned.ours['A1']} ({tuned.verdict['A1']})"
-        assert list(alone.columns) == ["paper", "ours", "verdict"]
-        assert alone.verdict.drop(ready).equals(architectures.verdicts().verdict.drop(ready))
-        assert not set(alone.verdict.drop(["E8", *ready])) & {VERIFIED, REFUTED}
-        # a capped claim's evidence says how far the other protocols' runs are, not that they never ran
-        others = progress.drop(index="original").query("`runs wanted now` > 0")
-        assert why.endswith(f"({' and '.join(map(str, others['runs finished']))} runs finished, "
-                            f"{' and '.join(map(str, others['runs wanted now']))} more wanted so far)")
-        capped = [claim for claim in alone.index if f"{found(alone, claim)} under the original protocol only" in alone.ours[claim]]
-        assert capped and all(why in alone.ours[claim] for claim in capped)
-        # a claim one new protocol alone has finished keeps the original's verdict and shows that protocol's finding beside it
-        paper_alone = [c for c in protocols.ready["paper"][1] if c not in ready]
-        assert "E5" in paper_alone and "A2" in ready and "no positions" in alone.ours["A2"]  # E5: the tuned FLOP-matched runs still wanted
-        # what both judge (the ledger's labels): MoE-MLA no worse than dense and its balancing working, under both
-        # recipes; E4's sizing no better than dense, A2's no-RoPE arm far worse, M24's perplexity gain beyond the claim
-        assert {c: alone.verdict[c] for c in ready} == {"M23": CONDITIONAL, "M24": REFUTED, "E3": VERIFIED, "E4": REFUTED,
-                                                        "E7": VERIFIED, "A1": CONDITIONAL, "A2": REFUTED}
-        assert all(paper.verdict[c] == tuned.verdict[c] for c in ("M24", "E3", "E4", "E7", "A2"))  # agreed, not combined into conditions
-        assert all(f"whose runs for this claim have finished, alone: {paper.ours[c]} ({paper.verdict[c]})" in alone.ours[c] for c in paper_alone)
+    assert progress["runs wanted now"].eq(0).all() and protocols.judged_by == ("paper", "tuned")
+    standing = protocols.verdicts()
+    paper, tuned = (protocols.results[p].verdicts(capped=False) for p in ("paper", "tuned"))
+    runs = standing.index.drop(list(protocols.not_from_runs))
+    assert all(standing.verdict[c] == combine_verdicts([paper.verdict[c], tuned.verdict[c]]) for c in runs)
+    assert standing.ours["A1"] == f"paper: {paper.ours['A1']} ({paper.verdict['A1']}); tuned: {tuned.ours['A1']} ({tuned.verdict['A1']})"
+    assert "no positions" in standing.ours["A2"]
+    # MoE-MLA no worse than dense and its balancing working, under both recipes; E4's sizing and E5's FLOP-matched
+    # MoE-MLA no better than dense, A2's no-RoPE arm far worse, M24's perplexity gain beyond the claim
+    assert {c: standing.verdict[c] for c in runs} == {"M23": CONDITIONAL, "M24": REFUTED, "E3": VERIFIED, "E4": REFUTED, "E5": REFUTED,
+                                                      "E7": VERIFIED, "A1": CONDITIONAL, "A2": REFUTED}
+    assert all(paper.verdict[c] == tuned.verdict[c] for c in ("M24", "E3", "E4", "E5", "E7", "A2"))  # agreed, not combined into conditions
 
     class Found:  # a protocol's uncapped verdicts
         def __init__(self, ours="measured", **verdicts):
@@ -1089,22 +1092,29 @@ def test_the_saved_repeats_say_what_the_protocols_page_says():
     assert median["muon"] < median["adamw"]
 
 
-def test_the_protocols_changed_m14_and_four_batch_size_verdicts_and_none_the_architectures_or_ablations_judge():
-    from muonlib.results import AblationProtocols, ArchitectureProtocols, BatchSizeProtocols, DecodeResults, ProtocolComparison
+def test_the_protocols_changed_m14_m30_and_four_batch_size_verdicts_and_none_the_architectures_or_ablations_judge():
+    from muonlib.results import (AblationProtocols, ArchitectureProtocols, BatchSizeProtocols, DecodeResults, ProtocolComparison,
+                                 ScalingProtocols)
+    from muonlib.results.rules import across_parts
 
-    arch = ArchitectureProtocols.load()
-    experiments = {"xs": ProtocolComparison.load().findings(), "arch": arch.findings(arch.verdicts(DecodeResults.load().verdicts()).verdict)}
-    for name, kind in (("batches", BatchSizeProtocols), ("ablations", AblationProtocols)):
+    arch, xs = ArchitectureProtocols.load(), ProtocolComparison.load()
+    experiments = {"xs": xs.findings(), "arch": arch.findings(arch.verdicts(DecodeResults.load().verdicts()).verdict)}
+    for name, kind in (("batches", BatchSizeProtocols), ("ablations", AblationProtocols), ("sizes", ScalingProtocols)):
         protocols = kind.load()
-        experiments[name] = protocols.findings(protocols.verdicts().verdict)
+        standing = protocols.verdicts(xs.verdicts().verdict) if kind is ScalingProtocols else protocols.verdicts()
+        experiments[name] = protocols.findings(standing.verdict)
         assert experiments[name].original.equals(protocols.results["original"].verdicts(capped=False).verdict)  # as found, uncapped
+    joined = {"arch": list(experiments["arch"].index), "sizes": ["M15", "M18"]}  # with the decoding benchmark's parts, or XS's
     for name, found in experiments.items():
         both = found.dropna()
-        if name != "arch":  # the architectures' standing verdicts join the decoding benchmark's parts
-            assert all(both.verdict[c] == combine_verdicts([both.paper[c], both.tuned[c]]) for c in both.index)
+        assert all(both.verdict[c] == combine_verdicts([both.paper[c], both.tuned[c]]) for c in both.index.difference(joined.get(name, [])))
+    for claim in joined["sizes"]:  # the sizes' verdict, joined with XS's as ScalingResults joins them
+        sizes, at_xs = combine_verdicts(list(experiments["sizes"].loc[claim, ["paper", "tuned"]])), experiments["xs"].verdict[claim]
+        assert experiments["sizes"].verdict[claim] == across_parts([sizes, at_xs], [sizes, at_xs])
     changed = {c: tuple(row) for found in experiments.values() for c, row in found[found.verdict != found.original].iterrows()}
     # (original, paper, tuned, the verdict now): each moved by a new protocol that disagrees, or by both agreeing on another
     assert changed == {"M14": (REFUTED, CONDITIONAL, REFUTED, CONDITIONAL),
                        "M19": (VERIFIED, REFUTED, VERIFIED, CONDITIONAL), "M20": (VERIFIED, CONDITIONAL, VERIFIED, CONDITIONAL),
-                       "M26": (CONDITIONAL, REFUTED, REFUTED, REFUTED), "M27": (REFUTED, CONDITIONAL, REFUTED, CONDITIONAL)}
-    assert set(experiments["arch"].dropna().index) == set(arch.ready_claims())  # each judged by both, none changed
+                       "M26": (CONDITIONAL, REFUTED, REFUTED, REFUTED), "M27": (REFUTED, CONDITIONAL, REFUTED, CONDITIONAL),
+                       "M30": (CONDITIONAL, REFUTED, REFUTED, REFUTED)}
+    assert arch.judged_by == ("paper", "tuned") and experiments["arch"].notna().all(axis=None)  # each judged by both, none changed

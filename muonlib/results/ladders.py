@@ -270,6 +270,10 @@ class ScalingResults(LadderResults):
         def fraction(x):
             return f"1/{1 / x:g}" if x < 1 else f"{x:g}x"
 
+        def span(shifts):  # the best rates' shifts from XS's, as one fraction where every size agrees
+            low, high = fraction(shifts.min()), fraction(shifts.max())
+            return low if low == high else f"{low} to {high}"
+
         adamw = transfer.xs("adamw", level="optimizer")
         rates = self.decisions.rates
         rate_ratio = {size: rates[size, "muon"] / rates[size, "adamw"] for size in self.settings}
@@ -299,10 +303,9 @@ class ScalingResults(LadderResults):
              "verdict": m18},
             {"claim": "M21", "paper": f"learning rate and weight decay transfer across widths with s = {QUOTES['M4'].value} sqrt(n)",
              "ours": "not muP, which muonlib lacks: in standard parametrisation with the update scale alone, "
-                     + ("the rates transfer" if kept.all() and not decay_flips else "the rates do not all transfer") + f"; Muon's best rate beyond {self.settings[0]} is {fraction(muon['shift'].min())} to {fraction(muon['shift'].max())} "
-                     f"of {self.settings[0]}'s, whose rate costs {muon['transfer penalty'].min():.3f}-{muon['transfer penalty'].max():.3f} "
-                     f"nats (seed std at most {muon['seed std'].max():.3f}); AdamW's is {fraction(adamw['shift'].iloc[1:].min())} to "
-                     f"{fraction(adamw['shift'].iloc[1:].max())}; weight decay 0.05 against 0.1: "
+                     + ("the rates transfer" if kept.all() and not decay_flips else "the rates do not all transfer")
+                     + f"; Muon's best rate beyond {self.settings[0]} is {span(muon['shift'])} of {self.settings[0]}'s, whose rate costs {muon['transfer penalty'].min():.3f}-{muon['transfer penalty'].max():.3f} "
+                     f"nats (seed std at most {muon['seed std'].max():.3f}); AdamW's is {span(adamw['shift'].iloc[1:])}; weight decay 0.05 against 0.1: "
                      + ("no difference beyond the seed spread" if (decay.separated == 0).all() else "a difference at some size"),
              "verdict": m21},
             {"claim": "M30", "paper": f"s = {QUOTES['M4'].value} sqrt(n) matches AdamW's update magnitude, enabling direct hyperparameter transfer from AdamW",
