@@ -352,7 +352,8 @@ def test_under_the_paper_and_the_tuned_protocol_muons_best_rate_is_above_adamws_
         v = results.verdicts(capped=False)
         assert (v.verdict["M30"], v.verdict["M31"]) == (REFUTED, VERIFIED)
         assert re.search(r"AdamW's is 1/\d+;", v.ours["M21"])  # AdamW's best rate moved alike at S and M: one shift, said once
-    assert (protocols.verdicts().verdict["M30"], protocols.verdicts().verdict["M31"]) == (REFUTED, VERIFIED)
+    standing = protocols.verdicts().verdict
+    assert (standing["M30"], standing["M31"]) == (REFUTED, VERIFIED)
 
 
 def test_m16_m18_on_equal_tokens_the_gain_rises_with_size_at_equal_compute_and_to_a_target_it_falls(scaling):
